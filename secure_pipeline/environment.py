@@ -1,0 +1,235 @@
+"""Which environment the code location runs in, and what that environment must provide.
+
+This is the one module that reads process environment variables. Everything else asks it, so
+there is one place that decides the environment and one list of the variables each environment
+needs. Values are read when definitions are built or a command runs, never at import time.
+
+* ``local`` (the default): the embedded setup. Nothing but the repository is needed: Dagster's
+  SQLite instance and a filesystem snapshot store under ``SECURE_PIPELINE_HOME``.
+* ``production``: everything comes from the environment. A missing or invalid variable is an
+  error, and every problem is reported in one message, so a deployment is fixed in one pass
+  instead of one restart per variable.
+
+Resources receive configuration as ``dg.EnvVar`` so values are resolved at run time and never
+shown in the Dagster UI; this module only decides *whether* a variable is present and valid.
+"""
+
+import enum
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from secure_pipeline.errors import ConfigurationError
+
+ENV_VAR = "SECURE_PIPELINE_ENV"
+
+
+class Environment(enum.Enum):
+    """The two supported environments."""
+
+    LOCAL = "local"
+    PRODUCTION = "production"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable the project reads.
+
+    Attributes:
+        name: The variable's name.
+        description: What it configures, shown in error messages and the README.
+        required_in_production: Whether production refuses to start without it.
+    """
+
+    name: str
+    description: str
+    required_in_production: bool = False
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(ENV_VAR, "`local` (default) or `production`."),
+    Setting(
+        "SECURE_PIPELINE_HOME",
+        "Local state (snapshot store, audit trail); default `$DAGSTER_HOME`, else "
+        "`./.secure_pipeline`.",
+    ),
+    Setting(
+        "SECURE_PIPELINE_SOURCE_URI",
+        "Location of the reference pipeline's source files (`file://`, `https://`, `s3://`); "
+        "default: the bundled copy of the data. Required in production.",
+    ),
+    Setting("SECURE_PIPELINE_CA_BUNDLE", "PEM bundle of CAs trusted for https sources."),
+    Setting(
+        "SECURE_PIPELINE_S3_BUCKET",
+        "Bucket holding snapshots and the audit trail; setting it locally opts into S3 storage.",
+        required_in_production=True,
+    ),
+    Setting(
+        "SECURE_PIPELINE_S3_ENDPOINT",
+        "S3 endpoint URL (https; plain http only to a loopback address in `local`).",
+    ),
+    Setting("SECURE_PIPELINE_S3_KMS_KEY_ID", "KMS key id for SSE-KMS on every object written."),
+    Setting("AWS_REGION", "Region of the bucket.", required_in_production=True),
+    Setting("DAGSTER_HOME", "Dagster instance directory (holds `dagster.yaml`)."),
+    Setting("DAGSTER_PG_HOST", "Postgres host of the Dagster instance.", True),
+    Setting("DAGSTER_PG_USER", "Postgres user of the Dagster instance.", True),
+    Setting("DAGSTER_PG_PASSWORD", "Postgres password of the Dagster instance.", True),
+    Setting("DAGSTER_PG_DB", "Postgres database of the Dagster instance.", True),
+)
+
+_SETTINGS_BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+def read(name: str) -> str | None:
+    """Return the value of a registered variable, or None when unset or empty.
+
+    Args:
+        name: A variable listed in `SETTINGS`.
+
+    Returns:
+        The value with surrounding whitespace removed, or None.
+
+    Raises:
+        KeyError: When ``name`` is not a registered setting (a typo would otherwise read
+            nothing and silently fall back to a default).
+    """
+    if name not in _SETTINGS_BY_NAME:
+        raise KeyError(f"{name} is not a registered secure_pipeline setting")
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def is_set(name: str) -> bool:
+    """Whether a registered variable has a non-empty value."""
+    return read(name) is not None
+
+
+def current_environment() -> Environment:
+    """Return the environment named by ``SECURE_PIPELINE_ENV`` (default ``local``).
+
+    Raises:
+        ConfigurationError: When the variable holds anything but ``local`` or ``production``.
+            An unknown value is never treated as local: a typo in a production deployment
+            must not silently fall back to the embedded setup.
+    """
+    value = read(ENV_VAR)
+    if value is None:
+        return Environment.LOCAL
+    try:
+        return Environment(value.lower())
+    except ValueError:
+        raise ConfigurationError(
+            f"{ENV_VAR} must be 'local' or 'production', found {value!r}. Unset it for the "
+            "embedded local setup or set it to 'production'."
+        ) from None
+
+
+def secure_pipeline_home() -> Path:
+    """Directory for local state: ``SECURE_PIPELINE_HOME``, else ``$DAGSTER_HOME``, else ./."""
+    home = read("SECURE_PIPELINE_HOME") or read("DAGSTER_HOME")
+    return Path(home).expanduser().resolve() if home else Path.cwd() / ".secure_pipeline"
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether a URL points at this machine (127.0.0.0/8, ::1 or localhost)."""
+    host = (urlsplit(url).hostname or "").lower()
+    return host == "localhost" or host == "::1" or host.startswith("127.")
+
+
+def _read_any(name: str) -> str | None:
+    """Read a variable a pipeline spec declared (its source location), registered or not."""
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def problems(
+    environment: Environment, source_variables: Mapping[str, str] | None = None
+) -> list[str]:
+    """List every missing or invalid variable for ``environment``, one line each.
+
+    Args:
+        environment: The environment to check.
+        source_variables: Variables naming source locations, declared by the pipeline specs
+            being loaded, with what each configures. Required in production.
+
+    Returns:
+        Human-readable problems; empty when the environment is complete.
+    """
+    found: list[str] = []
+    if environment is Environment.PRODUCTION:
+        for setting in SETTINGS:
+            if setting.required_in_production and not is_set(setting.name):
+                found.append(f"{setting.name} is not set: {setting.description}")
+        for name, description in (source_variables or {}).items():
+            if _read_any(name) is None:
+                found.append(f"{name} is not set: {description}")
+    endpoint = read("SECURE_PIPELINE_S3_ENDPOINT")
+    if endpoint is not None:
+        scheme = urlsplit(endpoint).scheme
+        if scheme not in ("https", "http"):
+            found.append(f"SECURE_PIPELINE_S3_ENDPOINT must be an http(s) URL, found {endpoint!r}")
+        elif scheme == "http" and (
+            environment is Environment.PRODUCTION or not is_loopback_url(endpoint)
+        ):
+            found.append(
+                "SECURE_PIPELINE_S3_ENDPOINT must use https"
+                + (" in production" if environment is Environment.PRODUCTION else "")
+                + f", found {endpoint!r}; plain http is accepted only for a loopback test "
+                "server in the local environment."
+            )
+        if not is_set("SECURE_PIPELINE_S3_BUCKET"):
+            found.append("SECURE_PIPELINE_S3_ENDPOINT is set but SECURE_PIPELINE_S3_BUCKET is not")
+    if (
+        environment is Environment.LOCAL
+        and is_set("SECURE_PIPELINE_S3_BUCKET")
+        and not (is_set("AWS_REGION") or endpoint is not None)
+    ):
+        found.append(
+            "SECURE_PIPELINE_S3_BUCKET is set but neither AWS_REGION nor "
+            "SECURE_PIPELINE_S3_ENDPOINT is"
+        )
+    for name in source_variables or {}:
+        source = _read_any(name)
+        if source is None:
+            continue
+        scheme = urlsplit(source).scheme
+        if scheme not in ("file", "https", "s3"):
+            found.append(
+                f"{name} must be a file://, https:// or s3:// URI, found scheme "
+                f"{scheme or '(none)'!r}"
+            )
+        elif environment is Environment.PRODUCTION and scheme == "file":
+            found.append(
+                f"{name} must be https:// or s3:// in production, found a file:// URI: "
+                "production ingests over encrypted connectors only"
+            )
+    return found
+
+
+def validate(
+    environment: Environment | None = None, source_variables: Mapping[str, str] | None = None
+) -> Environment:
+    """Check the environment and raise one error naming every problem.
+
+    Args:
+        environment: The environment to check; the current one when None.
+        source_variables: Source-location variables of the pipelines being loaded.
+
+    Returns:
+        The environment that was checked.
+
+    Raises:
+        ConfigurationError: When any variable is missing or invalid.
+    """
+    environment = environment or current_environment()
+    found = problems(environment, source_variables)
+    if found:
+        lines = "\n".join(f"  - {p}" for p in found)
+        raise ConfigurationError(
+            f"The {environment.value} environment is not configured: {len(found)} "
+            f"problem(s):\n{lines}\nSet these variables (see the README's production section) "
+            f"or unset {ENV_VAR} for the embedded local setup."
+        )
+    return environment
