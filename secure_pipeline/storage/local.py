@@ -1,0 +1,124 @@
+"""Filesystem backend of the snapshot store: the embedded default under SECURE_PIPELINE_HOME.
+
+Create-only without races: bytes are written and fsynced to a private spool file, made read-only,
+then hard-linked to the final key. ``link`` fails atomically when the key exists, so two writers
+can never both succeed and a reader never sees a half-written object at a final key.
+"""
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from secure_pipeline.storage.snapshots import CHUNK_SIZE, SnapshotStore
+
+_READ_ONLY = 0o444
+_SPOOL = ".spool"
+
+
+class LocalSnapshotStore(SnapshotStore):
+    """Snapshot store in a local directory.
+
+    Args:
+        root: Directory holding the store; created when missing.
+        fsync: Flush each object to disk before it becomes visible. A crash must not leave a
+            truncated object under a final key, which every later write would then refuse.
+    """
+
+    def __init__(self, root: Path | str, *, fsync: bool = True) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._fsync = fsync
+
+    def __repr__(self) -> str:
+        return f"LocalSnapshotStore({str(self.root)!r})"
+
+    def _path(self, key: str) -> Path:
+        parts = key.split("/")
+        if not key or any(p in ("", ".", "..") for p in parts) or parts[0] == _SPOOL:
+            raise ValueError(f"invalid store key {key!r}")
+        return self.root.joinpath(*parts)
+
+    def _spool_dir(self) -> Path:
+        return self.root / _SPOOL
+
+    def _publish(self, spool: Path, key: str) -> bool:
+        """Make a finished spool file visible under ``key``; False when the key exists."""
+        final = self._path(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(spool, _READ_ONLY)
+        try:
+            os.link(spool, final)
+        except FileExistsError:
+            return False
+        if self._fsync:
+            dir_fd = os.open(final.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        return True
+
+    def _create_from_bytes(self, key: str, data: bytes, sha256: str) -> tuple[bool, None]:
+        if self.exists(key):
+            return False, None
+        spool_dir = self._spool_dir()
+        spool_dir.mkdir(parents=True, exist_ok=True)
+        spool = spool_dir / f"w-{os.getpid()}-{sha256[:16]}-{os.urandom(8).hex()}"
+        fd = os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                if self._fsync:
+                    os.fsync(out.fileno())
+            return self._publish(spool, key), None
+        finally:
+            spool.unlink(missing_ok=True)
+
+    def _create_from_file(self, key: str, path: Path, sha256: str, size: int) -> tuple[bool, None]:
+        if self.exists(key):
+            return False, None
+        spool_dir = self._spool_dir()
+        if path.parent != spool_dir:
+            # A file from elsewhere may be on another filesystem: copy it in first.
+            spool_dir.mkdir(parents=True, exist_ok=True)
+            copy = spool_dir / f"c-{os.getpid()}-{sha256[:16]}-{os.urandom(8).hex()}"
+            shutil.copyfile(path, copy)
+            try:
+                return self._create_from_file(key, copy, sha256, size)
+            finally:
+                copy.unlink(missing_ok=True)
+        if self._fsync:
+            with path.open("rb") as spooled:
+                os.fsync(spooled.fileno())
+        return self._publish(path, key), None
+
+    def _iter_object(self, key: str) -> Iterator[bytes]:
+        with self._path(key).open("rb") as stored:
+            while chunk := stored.read(CHUNK_SIZE):
+                yield chunk
+
+    def _read_all(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def exists(self, key: str) -> bool:
+        """Whether an object is stored under ``key``."""
+        return self._path(key).is_file()
+
+    def list_keys(self, prefix: str, start_after: str | None = None) -> Iterator[str]:
+        """Yield the keys under ``prefix`` in lexicographic order, after ``start_after``."""
+        base = self._path(prefix.rstrip("/"))
+        if not base.is_dir():
+            return
+        keys: list[str] = []
+        for dirpath, _dirnames, filenames in os.walk(base):
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            keys.extend(f"{rel}/{name}" for name in filenames)
+        for key in sorted(keys):
+            if start_after is None or key > start_after:
+                yield key
+
+    def uri(self, key: str) -> str:
+        """The ``file://`` URI of the object behind ``key``."""
+        return self._path(key).as_uri()

@@ -1,0 +1,321 @@
+"""S3 backend of the snapshot store: production storage on a versioned, Object Lock bucket.
+
+Create-only writes use S3 conditional writes (``If-None-Match: *`` on PutObject and on
+CompleteMultipartUpload): S3 itself refuses the second writer, so there is no check-then-write
+race. Every upload carries its SHA-256 so S3 rejects bytes corrupted in transit; large objects
+go up as multipart uploads with a SHA-256 per part. botocore's standard retry mode retries
+throttling and transient errors with exponential backoff and jitter.
+
+boto3 is imported when a store is built, not when this module is imported: the code location
+must load without it.
+"""
+
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from secure_pipeline.environment import is_loopback_url
+from secure_pipeline.errors import ConfigurationError
+from secure_pipeline.storage.snapshots import (
+    CHUNK_SIZE,
+    MANIFEST_SUFFIX,
+    SnapshotStore,
+    sha256_b64,
+    sha256_hex,
+)
+
+DEFAULT_MULTIPART_THRESHOLD = 64 * 1024 * 1024
+DEFAULT_PART_SIZE = 16 * 1024 * 1024
+_MIN_PART_SIZE = 5 * 1024 * 1024  # S3's minimum for every part but the last
+_CONFLICT_RETRIES = 6
+
+
+def make_s3_client(
+    endpoint_url: str | None = None, region: str | None = None, max_pool_connections: int = 16
+) -> Any:
+    """Build a boto3 S3 client with retries, timeouts and checksum settings for the store.
+
+    Args:
+        endpoint_url: A non-AWS endpoint (MinIO, a test server), or None for AWS.
+        region: The bucket's region; None lets boto3 resolve it.
+        max_pool_connections: HTTP connection pool size (parallel multipart parts).
+
+    Returns:
+        A ``botocore`` S3 client.
+    """
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        retries={"mode": "standard", "max_attempts": 8},
+        connect_timeout=10,
+        read_timeout=120,
+        max_pool_connections=max_pool_connections,
+        # The store sends and checks its own SHA-256; a second, default CRC pass over every
+        # payload would only cost time.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        s3={
+            # Every body the store sends carries its SHA-256 in a signed checksum header that
+            # S3 verifies, so hashing the body a second time for the signature adds nothing.
+            # (botocore already skips it over https when a checksum is present.)
+            "payload_signing_enabled": False,
+            **({"addressing_style": "path"} if endpoint_url else {}),
+        },
+    )
+    return boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+
+
+def _error_code(exc: Exception) -> str:
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+def _http_status(exc: Exception) -> int:
+    response = getattr(exc, "response", None) or {}
+    return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+class S3SnapshotStore(SnapshotStore):
+    """Snapshot store in an S3 bucket.
+
+    Args:
+        bucket: Bucket name.
+        client: A boto3 S3 client; built from ``endpoint_url`` and ``region`` when None.
+        endpoint_url: Custom endpoint. Must be https unless ``allow_loopback_http`` is set and
+            the endpoint is on this machine.
+        region: Bucket region.
+        kms_key_id: When set, every object is written with SSE-KMS under this key.
+        allow_loopback_http: Accept a plain-http endpoint on 127.0.0.1/localhost (local tests
+            against an S3 test server). Never set in production.
+        multipart_threshold: Objects of at least this size are uploaded in parts.
+        part_size: Size of each part.
+        max_concurrency: Parts uploaded in parallel.
+        spool_dir: Where streamed payloads are spooled before upload (system temp when None).
+
+    Raises:
+        ConfigurationError: When the endpoint is not https and not an allowed loopback.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        client: Any = None,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        kms_key_id: str | None = None,
+        allow_loopback_http: bool = False,
+        multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
+        part_size: int = DEFAULT_PART_SIZE,
+        max_concurrency: int = 4,
+        spool_dir: Path | None = None,
+    ) -> None:
+        if not bucket:
+            raise ConfigurationError("S3 snapshot store needs a bucket name")
+        if endpoint_url is not None:
+            scheme = urlsplit(endpoint_url).scheme
+            if scheme != "https" and not (
+                scheme == "http" and allow_loopback_http and is_loopback_url(endpoint_url)
+            ):
+                raise ConfigurationError(
+                    f"S3 endpoint must use https, found {endpoint_url!r}. Plain http is accepted "
+                    "only for a loopback test server in the local environment."
+                )
+        if part_size < _MIN_PART_SIZE:
+            raise ConfigurationError(f"part_size must be at least {_MIN_PART_SIZE} bytes")
+        self.bucket = bucket
+        self.endpoint_url = endpoint_url
+        self.client = client or make_s3_client(endpoint_url, region, max(4, 2 * max_concurrency))
+        self._sse: dict[str, str] = (
+            {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key_id} if kms_key_id else {}
+        )
+        self._threshold = max(multipart_threshold, part_size)
+        self._part_size = part_size
+        self._concurrency = max_concurrency
+        self._spool = spool_dir
+        # For manifest writes alongside data writes; parts use their own pool per upload.
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="s3-manifest")
+
+    def __repr__(self) -> str:
+        return f"S3SnapshotStore(bucket={self.bucket!r}, endpoint_url={self.endpoint_url!r})"
+
+    def _spool_dir(self) -> Path | None:
+        return self._spool
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def _create_from_bytes(self, key: str, data: bytes, sha256: str) -> tuple[bool, str | None]:
+        if len(data) >= self._threshold:
+            view = memoryview(data)
+            return self._create_multipart(
+                key, len(data), lambda offset, length: bytes(view[offset : offset + length])
+            )
+        return self._conditional(
+            lambda: self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                IfNoneMatch="*",
+                ChecksumSHA256=sha256_b64(sha256),
+                **self._sse,
+            )
+        )
+
+    def _create_from_file(
+        self, key: str, path: Path, sha256: str, size: int
+    ) -> tuple[bool, str | None]:
+        if size < self._threshold:
+            return self._create_from_bytes(key, path.read_bytes(), sha256)
+
+        def read_part(offset: int, length: int) -> bytes:
+            with path.open("rb") as spooled:
+                spooled.seek(offset)
+                return spooled.read(length)
+
+        return self._create_multipart(key, size, read_part)
+
+    def _write_with_manifest(
+        self, key: str, write: Callable[[], tuple[bool, str | None]], manifest: bytes
+    ) -> tuple[bool, str | None]:
+        """Send the snapshot and its manifest concurrently.
+
+        Each request costs a full round trip, and for the small objects most snapshots are, a
+        second sequential PUT would add a third to the write time. Both writes are create-only,
+        so running them together changes nothing stored, with one exception: if the data write
+        fails, a manifest may remain without its object. It describes exactly the bytes that the
+        next successful write of that content stores, and the next write keeps it.
+        """
+        pending = self._pool.submit(self.try_create_object, key + MANIFEST_SUFFIX, manifest)
+        try:
+            return write()
+        finally:
+            pending.result()
+
+    def _conditional(self, call: Any) -> tuple[bool, str | None]:
+        """Run a conditional write; False when the key exists, retrying S3's 409 conflicts."""
+        from botocore.exceptions import ClientError
+
+        for attempt in range(_CONFLICT_RETRIES):
+            try:
+                response = call()
+            except ClientError as exc:
+                code, status = _error_code(exc), _http_status(exc)
+                if code == "PreconditionFailed" or status == 412:
+                    return False, None
+                # S3 answers 409 when another conditional write to the key is in flight; the
+                # documented remedy is to retry, after which one of the two gets a 412.
+                if code == "ConditionalRequestConflict" and attempt + 1 < _CONFLICT_RETRIES:
+                    time.sleep(0.05 * 2**attempt)
+                    continue
+                raise
+            return True, response.get("VersionId")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _create_multipart(self, key: str, size: int, read_part: Any) -> tuple[bool, str | None]:
+        if self.exists(key):  # skip uploading gigabytes that the final condition would refuse
+            return False, None
+        upload = self.client.create_multipart_upload(
+            Bucket=self.bucket, Key=key, ChecksumAlgorithm="SHA256", **self._sse
+        )
+        upload_id = upload["UploadId"]
+        offsets = list(range(0, size, self._part_size))
+
+        def send(number_offset: tuple[int, int]) -> dict[str, Any]:
+            number, offset = number_offset
+            body = read_part(offset, min(self._part_size, size - offset))
+            checksum = sha256_b64(sha256_hex(body))
+            response = self.client.upload_part(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=body,
+                ChecksumSHA256=checksum,
+            )
+            return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum}
+
+        try:
+            with ThreadPoolExecutor(max_workers=self._concurrency) as pool:
+                parts = list(pool.map(send, enumerate(offsets, start=1)))
+            created, version = self._conditional(
+                lambda: self.client.complete_multipart_upload(
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                    IfNoneMatch="*",
+                )
+            )
+        except BaseException:
+            self._abort(key, upload_id)
+            raise
+        if not created:
+            self._abort(key, upload_id)
+        return created, version
+
+    def _abort(self, key: str, upload_id: str) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except ClientError as exc:
+            # The upload is already gone (completed by a retry or aborted); a lifecycle rule
+            # for incomplete uploads cleans up anything else. The original error matters more.
+            if _error_code(exc) != "NoSuchUpload":
+                raise
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def _get(self, key: str) -> Any:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _error_code(exc) in ("NoSuchKey", "404") or _http_status(exc) == 404:
+                raise FileNotFoundError(self.uri(key)) from None
+            raise
+
+    def _iter_object(self, key: str) -> Iterator[bytes]:
+        body = self._get(key)["Body"]
+        try:
+            yield from body.iter_chunks(CHUNK_SIZE)
+        finally:
+            body.close()
+
+    def _read_all(self, key: str) -> bytes:
+        body = self._get(key)["Body"]
+        try:
+            return body.read()
+        finally:
+            body.close()
+
+    def exists(self, key: str) -> bool:
+        """Whether an object is stored under ``key`` (a HEAD request)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _error_code(exc) in ("404", "NoSuchKey", "NotFound") or _http_status(exc) == 404:
+                return False
+            raise
+        return True
+
+    def list_keys(self, prefix: str, start_after: str | None = None) -> Iterator[str]:
+        """Yield the keys under ``prefix`` in lexicographic order, after ``start_after``."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        if start_after:
+            kwargs["StartAfter"] = start_after
+        for page in paginator.paginate(**kwargs):
+            for item in page.get("Contents", []):
+                yield item["Key"]
+
+    def uri(self, key: str) -> str:
+        """The ``s3://`` URI of the object behind ``key``."""
+        return f"s3://{self.bucket}/{key}"
