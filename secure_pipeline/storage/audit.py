@@ -1,0 +1,345 @@
+"""Tamper-evident audit trail: a hash chain of create-only records in the snapshot store.
+
+Each record is one object, ``audit/<seq>.json``, holding its sequence number, the hash of the
+record before it and its own hash over everything else. Appends are create-only on the next
+sequence number: when two runs race for the same number, the store lets exactly one win and the
+other re-reads the new head and retries, so the chain never forks.
+
+`AuditLog.verify` walks the chain and names the first record that was edited, removed or
+reordered. Records hold digests, counts, names and redacted URIs — never row values — and a
+record's details are size-limited so no table can be dumped into the trail by mistake.
+"""
+
+import csv
+import hashlib
+import io
+import json
+import random
+import re
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from typing import IO, Any
+
+from secure_pipeline.errors import AuditChainError
+from secure_pipeline.redaction import redact_uri
+from secure_pipeline.storage.snapshots import SnapshotStore, canonical_json, utc_now
+
+AUDIT_PREFIX = "audit/"
+GENESIS_HASH = "0" * 64
+MAX_DETAILS_BYTES = 8192
+MAX_STRING_CHARS = 1024
+_SEQ_DIGITS = 12
+_KEY = re.compile(r"^audit/(\d{12})\.json$")
+_APPEND_ATTEMPTS = 64
+
+
+def record_key(seq: int) -> str:
+    """Store key of audit record ``seq`` (1-based)."""
+    return f"{AUDIT_PREFIX}{seq:0{_SEQ_DIGITS}d}.json"
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One entry of the audit trail.
+
+    Attributes:
+        seq: Position in the chain, starting at 1.
+        ts: UTC time the record was appended.
+        run_id: The Dagster run that caused it, if any.
+        actor: Who or what acted (a pipeline step, a CLI user).
+        event: What happened, dotted (``ingestion.stored``, ``snapshot.stored``...).
+        subject: The digest the event is about, if any.
+        details: Small JSON facts: digests, counts, names, redacted URIs.
+        prev_hash: ``hash`` of record ``seq - 1`` (zeros for the first).
+        hash: SHA-256 of the canonical JSON of every other field.
+    """
+
+    seq: int
+    ts: str
+    run_id: str | None
+    actor: str
+    event: str
+    subject: str | None
+    details: Mapping[str, Any]
+    prev_hash: str
+    hash: str
+
+    def body(self) -> dict[str, Any]:
+        """Every field but ``hash``: what the hash covers."""
+        data = asdict(self)
+        del data["hash"]
+        return data
+
+    def computed_hash(self) -> str:
+        """Recompute the hash from the record's content."""
+        return hashlib.sha256(canonical_json(self.body())).hexdigest()
+
+    def to_json(self) -> bytes:
+        """Canonical JSON of the whole record."""
+        return canonical_json(asdict(self))
+
+
+@dataclass(frozen=True)
+class ChainStatus:
+    """Outcome of a successful verification.
+
+    Attributes:
+        count: Number of records, which is also the sequence number of the last one.
+        head_hash: Hash of the last record (the genesis hash when empty).
+    """
+
+    count: int
+    head_hash: str
+
+
+def _sanitize(value: Any, path: str) -> Any:
+    """Check a details value is small plain JSON; strip credentials from URIs."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        if "://" in value:
+            value = redact_uri(value)
+        if len(value) > MAX_STRING_CHARS:
+            raise ValueError(
+                f"audit detail {path} is {len(value)} characters; the limit is "
+                f"{MAX_STRING_CHARS}. Record a digest or a count instead of the content."
+            )
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _sanitize(v, f"{path}.{k}") for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_sanitize(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    raise ValueError(
+        f"audit detail {path} has type {type(value).__name__}; only JSON scalars, lists and "
+        "mappings are recorded"
+    )
+
+
+class AuditLog:
+    """The audit trail stored in a snapshot store.
+
+    Args:
+        store: The store holding ``audit/`` records.
+    """
+
+    def __init__(self, store: SnapshotStore) -> None:
+        self.store = store
+        self._next_seq: int | None = None
+
+    # -- appending ---------------------------------------------------------------------------
+
+    def append(
+        self,
+        event: str,
+        *,
+        actor: str,
+        run_id: str | None = None,
+        subject: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> AuditRecord:
+        """Append one record, retrying on a concurrent append to the same sequence number.
+
+        Args:
+            event: Dotted event name.
+            actor: Who or what acted.
+            run_id: The Dagster run, if any.
+            subject: The digest the event is about.
+            details: Small JSON facts (no personal data; URIs are redacted).
+
+        Returns:
+            The stored record.
+
+        Raises:
+            ValueError: When details are too large or not plain JSON.
+            AuditChainError: When the record to chain onto is damaged: nothing is appended to a
+                broken chain.
+        """
+        clean = _sanitize(dict(details or {}), "details")
+        if len(canonical_json(clean)) > MAX_DETAILS_BYTES:
+            raise ValueError(
+                f"audit details exceed {MAX_DETAILS_BYTES} bytes; record digests and counts, "
+                "and keep reports in snapshots"
+            )
+        seq = self._next_seq or self._find_head() + 1
+        for attempt in range(_APPEND_ATTEMPTS):
+            prev_hash = self._hash_of(seq - 1)
+            body = {
+                "seq": seq,
+                "ts": utc_now(),
+                "run_id": run_id,
+                "actor": actor,
+                "event": event,
+                "subject": subject,
+                "details": clean,
+                "prev_hash": prev_hash,
+            }
+            digest = hashlib.sha256(canonical_json(body)).hexdigest()
+            record = AuditRecord(**body, hash=digest)
+            if self.store.try_create_object(record_key(seq), record.to_json()):
+                self._next_seq = seq + 1
+                return record
+            # Another writer took this number: chain onto its record instead.
+            seq += 1
+            time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 10)))
+        raise AuditChainError(
+            f"could not append to the audit trail after {_APPEND_ATTEMPTS} attempts: too many "
+            "concurrent writers; retry the operation"
+        )
+
+    def _hash_of(self, seq: int) -> str:
+        if seq == 0:
+            return GENESIS_HASH
+        record = self._load(seq)
+        if record.computed_hash() != record.hash:
+            raise AuditChainError(
+                f"refusing to append: audit record {seq} ({self.store.uri(record_key(seq))}) "
+                "does not match its hash. Run `secure-pipeline audit verify`."
+            )
+        return record.hash
+
+    def _find_head(self) -> int:
+        """Highest stored sequence number, by galloping then binary search over `exists`.
+
+        Sequence numbers are contiguous (a gap is tampering, which `verify` reports), so the
+        head is found with O(log n) existence checks instead of listing every record.
+        """
+        if not self.store.exists(record_key(1)):
+            return 0
+        low, high = 1, 2
+        while self.store.exists(record_key(high)):
+            low, high = high, high * 2
+        while high - low > 1:
+            mid = (low + high) // 2
+            if self.store.exists(record_key(mid)):
+                low = mid
+            else:
+                high = mid
+        return low
+
+    # -- reading and verifying ---------------------------------------------------------------
+
+    def _load(self, seq: int) -> AuditRecord:
+        key = record_key(seq)
+        try:
+            data = self.store.read_object(key)
+        except FileNotFoundError:
+            raise AuditChainError(
+                f"audit record {seq} is missing ({self.store.uri(key)})"
+            ) from None
+        return self._parse(seq, data)
+
+    def _parse(self, seq: int, data: bytes) -> AuditRecord:
+        try:
+            return AuditRecord(**json.loads(data))
+        except (ValueError, TypeError) as exc:
+            raise AuditChainError(
+                f"audit record {seq} ({self.store.uri(record_key(seq))}) is not a valid record "
+                f"({exc}): it was edited"
+            ) from exc
+
+    def verify(self, anchors: Mapping[int, str] | None = None) -> ChainStatus:
+        """Check every record and link, and raise on the first broken one.
+
+        Args:
+            anchors: Known ``{seq: hash}`` pairs recorded elsewhere (the Dagster event log
+                records the audit record of every materialization). A chain cut short before an
+                anchor, or rewritten from an anchor on, fails.
+
+        Returns:
+            The chain's length and head.
+
+        Raises:
+            AuditChainError: Naming the first record that was edited, removed, inserted or
+                reordered.
+        """
+        last = deque(self._walk(anchors), maxlen=1)
+        return last[0][1] if last else ChainStatus(0, GENESIS_HASH)
+
+    def _walk(self, anchors: Mapping[int, str] | None) -> Iterator[tuple[AuditRecord, ChainStatus]]:
+        """Yield each record with the chain status up to it, checking every link on the way."""
+        expected_seq = 1
+        prev_hash = GENESIS_HASH
+        for key in self.store.list_keys(AUDIT_PREFIX):
+            match = _KEY.match(key)
+            if not match:
+                raise AuditChainError(
+                    f"unexpected object {self.store.uri(key)} in the audit trail: records are "
+                    "named audit/<12-digit seq>.json; something was added by hand"
+                )
+            key_seq = int(match.group(1))
+            if key_seq != expected_seq:
+                raise AuditChainError(
+                    f"audit record {expected_seq} is missing: the trail goes from record "
+                    f"{expected_seq - 1} to record {key_seq} ({self.store.uri(key)}); a record "
+                    "was deleted"
+                )
+            record = self._parse(key_seq, self.store.read_object(key))
+            where = f"audit record {key_seq} ({self.store.uri(key)})"
+            if record.seq != key_seq:
+                raise AuditChainError(
+                    f"{where} holds record {record.seq}: records were moved or swapped"
+                )
+            if record.computed_hash() != record.hash:
+                raise AuditChainError(f"{where} was edited: its content no longer matches its hash")
+            if record.prev_hash != prev_hash:
+                raise AuditChainError(
+                    f"{where} does not follow record {key_seq - 1}: its prev_hash "
+                    f"{record.prev_hash[:16]}… differs from {prev_hash[:16]}…; a record before "
+                    "it was replaced or the records were reordered"
+                )
+            if anchors and key_seq in anchors and anchors[key_seq] != record.hash:
+                raise AuditChainError(
+                    f"{where} has hash {record.hash}, but {anchors[key_seq]} was recorded for it "
+                    "elsewhere: the trail was rewritten from this record on"
+                )
+            prev_hash = record.hash
+            expected_seq += 1
+            yield record, ChainStatus(key_seq, record.hash)
+        head = expected_seq - 1
+        beyond = sorted(seq for seq in (anchors or {}) if seq > head)
+        if beyond:
+            raise AuditChainError(
+                f"audit record {beyond[0]} was recorded elsewhere but the trail ends at "
+                f"record {head}: records were removed from the end"
+            )
+
+    # -- export ------------------------------------------------------------------------------
+
+    def export(self, out: IO[str], fmt: str = "jsonl") -> ChainStatus:
+        """Verify the chain, then write every record as JSON lines or CSV.
+
+        Args:
+            out: Text stream to write to.
+            fmt: ``jsonl`` or ``csv``.
+
+        Returns:
+            The verified chain status.
+
+        Raises:
+            AuditChainError: When the chain is broken; nothing is written.
+            ValueError: On an unknown format.
+        """
+        if fmt not in ("jsonl", "csv"):
+            raise ValueError(f"export format must be 'jsonl' or 'csv', found {fmt!r}")
+        buffer = io.StringIO()
+        count, head = 0, GENESIS_HASH
+        writer = None
+        if fmt == "csv":
+            writer = csv.DictWriter(
+                buffer, fieldnames=list(AuditRecord.__dataclass_fields__), lineterminator="\n"
+            )
+            writer.writeheader()
+        # Records are checked as they are read, and nothing reaches ``out`` unless the whole
+        # chain verified: an export handed to an auditor is always of an intact trail.
+        for record, _status in self._walk(None):
+            count, head = record.seq, record.hash
+            if writer is None:
+                buffer.write(record.to_json().decode() + "\n")
+            else:
+                row = asdict(record)
+                row["details"] = canonical_json(row["details"]).decode()
+                writer.writerow(row)
+        out.write(buffer.getvalue())
+        return ChainStatus(count, head)
