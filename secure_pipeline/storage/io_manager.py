@@ -1,0 +1,237 @@
+"""IO manager over the snapshot store: immutable outputs, verified inputs, no pickle.
+
+Outputs are stored by type — tables as zstd Parquet, ``bytes`` as they are, JSON documents as
+canonical JSON — and anything else is refused rather than pickled. Each output's digest becomes
+its Dagster data version, so the UI tracks staleness by content.
+
+An input is loaded from the snapshot that the upstream *materialization record* names (key and
+digest in its metadata), never from "the newest file" in a folder: a file planted next to the
+real snapshot is ignored, and a changed snapshot is refused.
+"""
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import dagster as dg
+
+from secure_pipeline.errors import IntegrityError
+from secure_pipeline.storage.resources import SnapshotStoreResource
+from secure_pipeline.storage.snapshots import FILESET_FORMAT, SnapshotRef, canonical_json
+
+SNAPSHOT_KEY = "snapshot_key"
+SHA256 = "sha256"
+FORMAT = "format"
+URI = "uri"
+SIZE = "bytes"
+AUDIT_RECORD = "audit_record"
+EXTENSION_METADATA = "secure_pipeline/extension"
+
+
+def snapshot_metadata(
+    ref: SnapshotRef, fmt: str, audit_record: tuple[int, str] | None = None
+) -> dict[str, Any]:
+    """Materialization metadata that locates and pins a snapshot.
+
+    Args:
+        ref: The stored snapshot.
+        fmt: Its format.
+        audit_record: ``(seq, hash)`` of the audit record written for it; recorded in the
+            Dagster event log, it anchors the audit trail (see ``audit verify --anchor``).
+
+    Returns:
+        Metadata for ``MaterializeResult`` or ``add_output_metadata``.
+    """
+    metadata: dict[str, Any] = {
+        URI: dg.MetadataValue.path(ref.uri) if ref.uri.startswith("file:") else ref.uri,
+        SNAPSHOT_KEY: ref.key,
+        SHA256: ref.sha256,
+        SIZE: ref.size,
+        FORMAT: fmt,
+        "stored": "new snapshot" if ref.created else "identical snapshot already stored",
+    }
+    if ref.version_id:
+        metadata["s3_version_id"] = ref.version_id
+    if audit_record is not None:
+        metadata[AUDIT_RECORD] = f"{audit_record[0]}:{audit_record[1]}"
+    return metadata
+
+
+def _value(metadata: Mapping[str, Any], name: str) -> Any:
+    entry = metadata.get(name)
+    return getattr(entry, "value", entry)
+
+
+def _upstream_digests(context: dg.OutputContext) -> dict[str, str]:
+    """Data versions (our digests) of the inputs this output was computed from."""
+    try:
+        step = context.step_context
+    except dg.DagsterInvariantViolationError:
+        return {}  # built outside a run (unit tests of the IO manager)
+    layer = step.job_def.asset_layer
+    digests: dict[str, str] = {}
+    for key in sorted(layer.get(context.asset_key).parent_keys):
+        info = step.maybe_fetch_and_get_input_asset_version_info(key)
+        if info is not None and info.data_version is not None:
+            digests[key.to_user_string()] = info.data_version.value
+    return digests
+
+
+class SnapshotIOManager(dg.ConfigurableIOManager):
+    """Stores outputs as immutable snapshots and loads inputs from recorded snapshots."""
+
+    store: dg.ResourceDependency[SnapshotStoreResource]
+
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        """Serialize ``obj`` and store it create-only; record metadata and data version.
+
+        Raises:
+            TypeError: For a type that could only be stored by pickling it.
+        """
+        if not context.has_asset_key:
+            raise TypeError(
+                "SnapshotIOManager stores asset outputs only; give op outputs an asset key"
+            )
+        fmt, ext, data, rows, schema = self._serialize(context, obj)
+        store = self.store.get_store()
+        asset_path = context.asset_key.path
+        partition = context.asset_partition_key if context.has_asset_partitions else None
+        ref = store.put_bytes(
+            asset_path,
+            data,
+            ext=ext,
+            format=fmt,
+            partition=partition,
+            schema=schema,
+            upstream=_upstream_digests(context),
+            run_id=context.run_id,
+            code_version=context.version,
+            extra={"rows": rows} if rows is not None else {},
+        )
+        record = self.store.get_audit_log().append(
+            "snapshot.stored",
+            actor=f"asset:{context.asset_key.to_user_string()}",
+            run_id=context.run_id,
+            subject=ref.sha256,
+            details={"key": ref.key, "format": fmt, "bytes": ref.size, "new": ref.created},
+        )
+        metadata = snapshot_metadata(ref, fmt, (record.seq, record.hash))
+        if rows is not None:
+            metadata["dagster/row_count"] = rows
+        if schema is not None:
+            metadata["dagster/column_schema"] = dg.TableSchema(
+                columns=[dg.TableColumn(name, dtype) for name, dtype in schema.items()]
+            )
+        context.add_output_metadata(metadata)
+        # Our digest *is* the data version: unchanged content shows as up to date in the UI.
+        context.step_context.set_data_version(context.asset_key, dg.DataVersion(ref.sha256))
+
+    def _serialize(
+        self, context: dg.OutputContext, obj: Any
+    ) -> tuple[str, str, bytes, int | None, dict[str, str] | None]:
+        if isinstance(obj, bytes | bytearray | memoryview):
+            ext = (context.definition_metadata or {}).get(EXTENSION_METADATA, "bin")
+            return "bytes", str(ext), bytes(obj), None, None
+        if isinstance(obj, Mapping | list):
+            return "json", "json", canonical_json(obj), None, None
+        module = type(obj).__module__.split(".")[0]
+        if module in ("pandas", "pyarrow"):
+            from secure_pipeline.storage.tables import schema_summary, table_to_parquet, to_arrow
+
+            table = to_arrow(obj)
+            return (
+                "parquet",
+                "parquet",
+                table_to_parquet(table),
+                table.num_rows,
+                schema_summary(table),
+            )
+        raise TypeError(
+            f"SnapshotIOManager cannot store a {type(obj).__module__}.{type(obj).__qualname__} "
+            f"for {context.asset_key.to_user_string()}: it stores pandas DataFrames and pyarrow "
+            "Tables (Parquet), bytes, and JSON mappings or lists. Arbitrary objects would need "
+            "pickle, which this project never uses; convert the value or return a "
+            "MaterializeResult and store it yourself."
+        )
+
+    def load_input(self, context: dg.InputContext) -> Any:
+        """Load the snapshot recorded by the upstream materialization, verified.
+
+        Returns:
+            A DataFrame (or pyarrow Table when the input is annotated so), bytes, a JSON
+            document, or for a fileset a dict of member name to bytes. For several upstream
+            partitions, a dict of partition key to value.
+
+        Raises:
+            IntegrityError: When no snapshot is recorded or its bytes changed.
+        """
+        if context.has_asset_partitions and len(context.asset_partition_keys) != 1:
+            return {key: self._load(context, key) for key in sorted(context.asset_partition_keys)}
+        partition = context.asset_partition_key if context.has_asset_partitions else None
+        return self._load(context, partition)
+
+    def _load(self, context: dg.InputContext, partition: str | None) -> Any:
+        record = self._materialization(context, partition)
+        materialization = record.asset_materialization
+        assert materialization is not None
+        metadata = materialization.metadata
+        asset = context.asset_key.to_user_string()
+        key, digest, fmt = (_value(metadata, n) for n in (SNAPSHOT_KEY, SHA256, FORMAT))
+        if not (key and digest and fmt):
+            raise IntegrityError(
+                f"the latest materialization of {asset} (run {record.run_id}) records no "
+                "snapshot: it was not stored through the snapshot store. Re-materialize it."
+            )
+        version = materialization.tags.get("dagster/data_version") if materialization.tags else None
+        if version is not None and version != digest:
+            raise IntegrityError(
+                f"the materialization record of {asset} (run {record.run_id}) is inconsistent: "
+                f"data version {version} but snapshot digest {digest}"
+            )
+        store = self.store.get_store()
+        if fmt == FILESET_FORMAT:
+            return store.read_fileset((key, digest))
+        data = store.read_bytes((key, digest))
+        if fmt == "parquet":
+            from secure_pipeline.storage.tables import parquet_to_table
+
+            table = parquet_to_table(data)
+            wants_arrow = getattr(context.dagster_type.typing_type, "__module__", "").startswith(
+                "pyarrow"
+            )
+            return table if wants_arrow else table.to_pandas()
+        if fmt == "json":
+            return json.loads(data)
+        return data
+
+    def _materialization(self, context: dg.InputContext, partition: str | None) -> Any:
+        """The materialization record whose snapshot this step must read.
+
+        Unpartitioned inputs use the exact record Dagster pinned for this step's provenance, so
+        the digest recorded as this step's input version is the one that was read.
+        """
+        storage_ids = None
+        if partition is None:
+            try:
+                info = context.step_context.maybe_fetch_and_get_input_asset_version_info(
+                    context.asset_key
+                )
+            except dg.DagsterInvariantViolationError:
+                info = None  # loaded outside a run
+            if info is not None:
+                storage_ids = [info.storage_id]
+        result = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(
+                asset_key=context.asset_key,
+                asset_partitions=[partition] if partition is not None else None,
+                storage_ids=storage_ids,
+            ),
+            limit=1,
+        )
+        if not result.records:
+            where = f" partition {partition!r}" if partition is not None else ""
+            raise IntegrityError(
+                f"no materialization of {context.asset_key.to_user_string()}{where} is "
+                "recorded; materialize it before its downstream assets"
+            )
+        return result.records[0]
