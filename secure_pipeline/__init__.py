@@ -1,0 +1,30 @@
+"""secure_pipeline: a Dagster code location and asset library for secure ML pipelines.
+
+The public API is deliberately small. Build a pipeline from a `SecurePipeline` spec and turn it
+into Dagster definitions with `SecurePipeline.build_definitions()`; everything else lives in the
+stage packages (`storage`, `ingestion`, ...).
+
+Nothing heavy is imported here: the code location must load fast in every run worker.
+"""
+
+from secure_pipeline.errors import (
+    AuditChainError,
+    ConfigurationError,
+    IntegrityError,
+    SecurePipelineError,
+    UntrustedSourceError,
+)
+from secure_pipeline.pipeline import Column, DatasetSchema, SecurePipeline, SourceFile, SourceSpec
+
+__all__ = [
+    "AuditChainError",
+    "Column",
+    "ConfigurationError",
+    "DatasetSchema",
+    "IntegrityError",
+    "SecurePipeline",
+    "SecurePipelineError",
+    "SourceFile",
+    "SourceSpec",
+    "UntrustedSourceError",
+]

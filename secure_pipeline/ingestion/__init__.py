@@ -1,0 +1,1 @@
+"""Ingestion: connectors that fetch source files, provenance records, the raw asset builder."""

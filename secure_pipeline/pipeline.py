@@ -1,0 +1,234 @@
+"""The `SecurePipeline` spec: one declarative description of a secure ML pipeline.
+
+A library user describes *their* pipeline — data source, schema, sensitive features — and calls
+`SecurePipeline.build_definitions()` to get Dagster definitions carrying every control. The
+reference Adult pipeline (`secure_pipeline.reference.adult`) is just one instance.
+
+This module stays light: building a spec imports nothing heavy, and the stage builders are
+imported only when definitions are built.
+"""
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Literal
+
+from secure_pipeline.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import dagster as dg
+
+    from secure_pipeline.environment import Environment
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+_ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
+
+ColumnType = Literal["int", "float", "string", "category", "bool"]
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column the data must have.
+
+    Attributes:
+        name: Column name after parsing (snake_case).
+        dtype: Logical type: ``int``, ``float``, ``string``, ``category`` or ``bool``.
+        nullable: Whether missing values are allowed.
+        allowed: For categories: the complete set of allowed values.
+        minimum: Smallest allowed value (numeric columns).
+        maximum: Largest allowed value (numeric columns).
+        description: What the column means.
+    """
+
+    name: str
+    dtype: ColumnType
+    nullable: bool = False
+    allowed: tuple[str, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class DatasetSchema:
+    """The columns of a dataset, in file order, and how its files are written.
+
+    Attributes:
+        name: Schema name, recorded in provenance.
+        columns: Columns in the order they appear in a header-less file.
+        label: The target column, if the data is labelled.
+        missing_values: Tokens that mean "missing" in the raw files (Adult uses ``?``).
+        delimiter: Field separator of the raw files.
+    """
+
+    name: str
+    columns: tuple[Column, ...]
+    label: str | None = None
+    missing_values: tuple[str, ...] = ()
+    delimiter: str = ","
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        """Names of the columns, in order."""
+        return tuple(c.name for c in self.columns)
+
+    @property
+    def version(self) -> str:
+        """A fingerprint of the whole schema: any change to it gives a new version."""
+        digest = hashlib.sha256(
+            json.dumps(asdict(self), sort_keys=True, default=list).encode()
+        ).hexdigest()
+        return f"{self.name}@{digest[:12]}"
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One file of a source.
+
+    Attributes:
+        member: Logical name of the file within the source (``train``, ``test``).
+        path: Path of the file relative to the source location.
+    """
+
+    member: str
+    path: str
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Where a dataset comes from.
+
+    The location is a directory-like URI (``file://``, ``https://``, ``s3://``); each file's
+    path is resolved against it. At run time the variable ``location_env_var``, when set,
+    replaces ``location``, so a deployment points the same pipeline at its own data.
+
+    Attributes:
+        name: Source name; the raw asset is ``raw_<name>``.
+        files: The files to ingest.
+        location: Default location of the files.
+        location_env_var: Variable that overrides ``location`` (required in production).
+        format: Format of the files, recorded in manifests and used as key extension.
+        max_bytes: Largest accepted file; a larger one is refused before it is stored.
+        description: What the data is, shown in the Dagster UI.
+    """
+
+    name: str
+    files: tuple[SourceFile, ...]
+    location: str
+    location_env_var: str | None = None
+    format: str = "csv"
+    max_bytes: int = 512 * 1024 * 1024
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class SecurePipeline:
+    """A secure ML pipeline, declared once and turned into Dagster definitions.
+
+    Attributes:
+        name: Pipeline name (snake_case); used in job names and audit records.
+        source: Where the data comes from.
+        schema: What the data must look like.
+        sensitive_features: Columns that identify protected groups (for fairness audits);
+            they are never written to logs or the audit trail.
+        owners: Dagster owners (``team:...`` or e-mail addresses) shown on every asset.
+        description: What the pipeline does.
+        code_version: Version of the pipeline's code, recorded in every manifest; assets are
+            shown stale in the UI when it changes.
+    """
+
+    name: str
+    source: SourceSpec
+    schema: DatasetSchema
+    sensitive_features: tuple[str, ...] = ()
+    owners: tuple[str, ...] = ()
+    description: str = ""
+    code_version: str = "1"
+
+    def __post_init__(self) -> None:
+        problems = self._problems()
+        if problems:
+            raise ConfigurationError(
+                f"pipeline spec {self.name!r} is invalid:\n"
+                + "\n".join(f"  - {p}" for p in problems)
+            )
+
+    def _problems(self) -> list[str]:
+        found: list[str] = []
+        for label, value in (("pipeline name", self.name), ("source name", self.source.name)):
+            if not _NAME.match(value):
+                found.append(
+                    f"{label} {value!r} must be snake_case: a lowercase letter, then lowercase "
+                    "letters, digits or '_' (at most 48 characters)"
+                )
+        if not self.source.files:
+            found.append("the source lists no files")
+        members = [f.member for f in self.source.files]
+        if len(set(members)) != len(members):
+            found.append(f"source file members must be unique, found {members}")
+        for source_file in self.source.files:
+            if not _NAME.match(source_file.member):
+                found.append(f"source file member {source_file.member!r} must be snake_case")
+            if source_file.path.startswith("/") or ".." in source_file.path.split("/"):
+                found.append(
+                    f"source file path {source_file.path!r} must be relative to the location "
+                    "and stay inside it"
+                )
+        if self.source.location_env_var and not _ENV_NAME.match(self.source.location_env_var):
+            found.append(f"location_env_var {self.source.location_env_var!r} is not a valid name")
+        if self.source.max_bytes <= 0:
+            found.append("source max_bytes must be positive")
+        names = self.schema.column_names
+        if len(set(names)) != len(names):
+            found.append(f"schema column names must be unique, found {list(names)}")
+        if not names:
+            found.append("the schema has no columns")
+        if self.schema.label is not None and self.schema.label not in names:
+            found.append(f"label {self.schema.label!r} is not a column of the schema")
+        for feature in self.sensitive_features:
+            if feature not in names:
+                found.append(
+                    f"sensitive feature {feature!r} is not a column of the schema "
+                    f"(columns: {', '.join(names)})"
+                )
+        for column in self.schema.columns:
+            if column.allowed is not None and column.dtype != "category":
+                found.append(f"column {column.name!r}: allowed values need dtype 'category'")
+        return found
+
+    @property
+    def raw_asset_name(self) -> str:
+        """Name of the raw ingestion asset."""
+        return f"raw_{self.source.name}"
+
+    def source_variables(self) -> dict[str, str]:
+        """Variables naming source locations (required in production), with their meaning."""
+        if self.source.location_env_var:
+            return {
+                self.source.location_env_var: f"Location of the {self.source.name!r} source "
+                "files (https:// or s3://)."
+            }
+        return {}
+
+    def build_definitions(self, environment: "Environment | None" = None) -> "dg.Definitions":
+        """Build the Dagster definitions of this pipeline.
+
+        Args:
+            environment: Build for this environment; the current one (``SECURE_PIPELINE_ENV``)
+                when None.
+
+        Returns:
+            Assets, resources and checks, ready for a code location.
+
+        Raises:
+            ConfigurationError: When the environment is missing variables (all are listed).
+        """
+        import dagster as dg
+
+        from secure_pipeline import environment as env
+        from secure_pipeline.ingestion.assets import build_raw_asset
+        from secure_pipeline.storage.resources import build_resources
+
+        checked = env.validate(environment, source_variables=self.source_variables())
+        return dg.Definitions(assets=[build_raw_asset(self)], resources=build_resources(checked))

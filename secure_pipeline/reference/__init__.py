@@ -1,0 +1,1 @@
+"""The reference pipeline: UCI Adult income, built from the public `SecurePipeline` spec."""

@@ -1,0 +1,102 @@
+"""Environment selection: local by default, production refuses until fully configured."""
+
+import pytest
+
+from secure_pipeline import environment as env
+from secure_pipeline.errors import ConfigurationError
+from secure_pipeline.reference.adult import adult_pipeline
+from secure_pipeline.storage.resources import LocalSnapshotStoreResource, S3SnapshotStoreResource
+
+PRODUCTION = {
+    "SECURE_PIPELINE_ENV": "production",
+    "SECURE_PIPELINE_SOURCE_URI": "https://data.example.com/adult/",
+    "SECURE_PIPELINE_S3_BUCKET": "sp-prod",
+    "AWS_REGION": "eu-west-1",
+    "DAGSTER_PG_HOST": "db",
+    "DAGSTER_PG_USER": "dagster",
+    "DAGSTER_PG_PASSWORD": "x",
+    "DAGSTER_PG_DB": "dagster",
+}
+
+
+def test_local_is_the_default() -> None:
+    assert env.current_environment() is env.Environment.LOCAL
+    defs = adult_pipeline().build_definitions()
+    assert isinstance(defs.resources["snapshot_store"], LocalSnapshotStoreResource)
+
+
+def test_unknown_environment_is_an_error(monkeypatch) -> None:
+    monkeypatch.setenv("SECURE_PIPELINE_ENV", "prod")
+    with pytest.raises(ConfigurationError, match="must be 'local' or 'production', found 'prod'"):
+        env.current_environment()
+
+
+def test_production_with_nothing_set_lists_every_missing_variable(monkeypatch) -> None:
+    monkeypatch.setenv("SECURE_PIPELINE_ENV", "production")
+    with pytest.raises(ConfigurationError) as err:
+        adult_pipeline().build_definitions()
+    message = str(err.value)
+    missing = [name for name in PRODUCTION if name != "SECURE_PIPELINE_ENV"]
+    for name in missing:
+        assert f"{name} is not set" in message
+    assert f"{len(missing)} problem(s)" in message
+
+
+def test_production_half_configured_names_only_what_is_missing(monkeypatch) -> None:
+    for name, value in PRODUCTION.items():
+        if name not in ("DAGSTER_PG_PASSWORD", "AWS_REGION"):
+            monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError) as err:
+        env.validate(source_variables=adult_pipeline().source_variables())
+    message = str(err.value)
+    assert "2 problem(s)" in message
+    assert "DAGSTER_PG_PASSWORD is not set" in message
+    assert "AWS_REGION is not set" in message
+
+
+def test_production_refuses_plain_http_s3_and_file_sources(monkeypatch) -> None:
+    for name, value in PRODUCTION.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SECURE_PIPELINE_S3_ENDPOINT", "http://127.0.0.1:9000")
+    monkeypatch.setenv("SECURE_PIPELINE_SOURCE_URI", "file:///data/")
+    with pytest.raises(ConfigurationError) as err:
+        adult_pipeline().build_definitions()
+    assert "must use https in production" in str(err.value)
+    assert "must be https:// or s3:// in production" in str(err.value)
+
+
+def test_production_uses_s3_through_env_vars(monkeypatch) -> None:
+    for name, value in PRODUCTION.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SECURE_PIPELINE_S3_KMS_KEY_ID", "alias/sp")
+    defs = adult_pipeline().build_definitions()
+    store = defs.resources["snapshot_store"]
+    assert isinstance(store, S3SnapshotStoreResource)
+    # Values are resolved by Dagster at run time and never shown in the UI.
+    assert store.bucket == "SECURE_PIPELINE_S3_BUCKET"  # an EnvVar is a str of its name
+    assert type(store.bucket).__name__ == "EnvVar"
+    assert type(store.kms_key_id).__name__ == "EnvVar"
+    assert store.allow_loopback_http is False
+
+
+def test_local_http_endpoint_only_on_loopback(monkeypatch) -> None:
+    monkeypatch.setenv("SECURE_PIPELINE_S3_BUCKET", "b")
+    monkeypatch.setenv("SECURE_PIPELINE_S3_ENDPOINT", "http://10.0.0.5:9000")
+    with pytest.raises(ConfigurationError, match="must use https"):
+        env.validate()
+    monkeypatch.setenv("SECURE_PIPELINE_S3_ENDPOINT", "http://127.0.0.1:9000")
+    assert env.validate() is env.Environment.LOCAL
+
+
+def test_home_defaults(monkeypatch, tmp_path) -> None:
+    monkeypatch.delenv("SECURE_PIPELINE_HOME")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dh"))
+    assert env.secure_pipeline_home() == tmp_path / "dh"
+    monkeypatch.delenv("DAGSTER_HOME")
+    monkeypatch.chdir(tmp_path)
+    assert env.secure_pipeline_home() == tmp_path / ".secure_pipeline"
+
+
+def test_only_registered_settings_are_read() -> None:
+    with pytest.raises(KeyError):
+        env.read("SECURE_PIPELINE_TYPO")

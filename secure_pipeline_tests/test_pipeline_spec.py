@@ -1,0 +1,53 @@
+"""The SecurePipeline spec refuses contradictions when it is built, with every problem listed."""
+
+import dataclasses
+
+import pytest
+
+from secure_pipeline.errors import ConfigurationError
+from secure_pipeline.pipeline import Column, DatasetSchema, SecurePipeline, SourceFile, SourceSpec
+from secure_pipeline.reference.adult import ADULT_SCHEMA, adult_pipeline
+
+
+def test_reference_spec_is_valid() -> None:
+    pipeline = adult_pipeline()
+    assert pipeline.raw_asset_name == "raw_adult"
+    assert pipeline.source_variables() == {
+        "SECURE_PIPELINE_SOURCE_URI": pipeline.source_variables()["SECURE_PIPELINE_SOURCE_URI"]
+    }
+    assert set(pipeline.sensitive_features) <= set(pipeline.schema.column_names)
+
+
+def test_every_problem_is_listed_at_once() -> None:
+    with pytest.raises(ConfigurationError) as err:
+        SecurePipeline(
+            name="Bad-Name",
+            source=SourceSpec(
+                name="src",
+                files=(SourceFile("a", "../escape.csv"), SourceFile("a", "x.csv")),
+                location="file:///data/",
+            ),
+            schema=DatasetSchema(
+                name="s",
+                columns=(Column("x", "int"), Column("x", "float", allowed=("1",))),
+                label="y",
+            ),
+            sensitive_features=("gender",),
+        )
+    message = str(err.value)
+    for expected in (
+        "pipeline name 'Bad-Name' must be snake_case",
+        "members must be unique",
+        "must be relative to the location and stay inside it",
+        "column names must be unique",
+        "label 'y' is not a column",
+        "sensitive feature 'gender' is not a column",
+        "allowed values need dtype 'category'",
+    ):
+        assert expected in message
+
+
+def test_schema_version_changes_with_the_schema() -> None:
+    changed = dataclasses.replace(ADULT_SCHEMA, missing_values=("?", "NA"))
+    assert changed.version != ADULT_SCHEMA.version
+    assert ADULT_SCHEMA.version == dataclasses.replace(ADULT_SCHEMA).version
