@@ -1,0 +1,125 @@
+"""The `secure-pipeline` console script, run as a user runs it."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+from secure_pipeline.reference.adult import adult_pipeline
+from secure_pipeline.storage.audit import AuditLog, record_key
+from secure_pipeline.storage.local import LocalSnapshotStore
+
+CLI = str(Path(sys.executable).parent / "secure-pipeline")
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([CLI, *args], capture_output=True, text=True, env=dict(os.environ))
+
+
+def _trail(home: Path, n: int = 3) -> LocalSnapshotStore:
+    store = LocalSnapshotStore(home / "store")
+    log = AuditLog(store)
+    for i in range(n):
+        log.append("test.event", actor="cli-test", details={"i": i})
+    return store
+
+
+def test_audit_verify_ok(isolated_env: Path) -> None:
+    _trail(isolated_env)
+    result = run("audit", "verify")
+    assert result.returncode == 0, result.stderr
+    assert "audit trail intact: 3 records" in result.stdout
+
+
+def test_audit_verify_names_the_edited_record(isolated_env: Path) -> None:
+    store = _trail(isolated_env)
+    path = store.root / record_key(2)
+    path.chmod(0o644)
+    record = json.loads(path.read_bytes())
+    record["details"]["i"] = 99
+    path.write_text(json.dumps(record))
+    result = run("audit", "verify")
+    assert result.returncode == 1
+    assert "audit record 2" in result.stderr
+    assert "was edited" in result.stderr
+
+
+def test_audit_verify_names_the_deleted_record(isolated_env: Path) -> None:
+    store = _trail(isolated_env)
+    (store.root / record_key(2)).unlink()
+    result = run("audit", "verify")
+    assert result.returncode == 1
+    assert "audit record 2 is missing" in result.stderr
+
+
+def test_audit_verify_with_anchor_catches_truncation(isolated_env: Path) -> None:
+    store = _trail(isolated_env)
+    head = json.loads((store.root / record_key(3)).read_bytes())["hash"]
+    (store.root / record_key(3)).unlink()
+    assert run("audit", "verify").returncode == 0
+    result = run("audit", "verify", "--anchor", f"3:{head}")
+    assert result.returncode == 1
+    assert "removed from the end" in result.stderr
+    assert run("audit", "verify", "--anchor", "garbage").returncode == 2
+
+
+def test_audit_verify_against_dagster_anchors(isolated_env: Path) -> None:
+    """Audit records named in the Dagster event log must still be in the trail."""
+    with dg.instance_for_test(temp_dir=str(isolated_env)) as instance:
+        defs = adult_pipeline().build_definitions()
+        defs.resolve_implicit_global_asset_job_def().execute_in_process(instance=instance)
+    (isolated_env / "dagster.yaml").write_text(
+        f"storage:\n  sqlite:\n    base_dir: {isolated_env}\n"
+    )
+    assert run("audit", "verify", "--dagster-anchors").returncode == 0
+    store = LocalSnapshotStore(isolated_env / "store")
+    (store.root / record_key(1)).unlink()
+    log = AuditLog(store)
+    log.append("forged", actor="attacker")  # a fresh chain in place of the deleted one
+    assert run("audit", "verify").returncode == 0
+    result = run("audit", "verify", "--dagster-anchors")
+    assert result.returncode == 1
+    assert "rewritten" in result.stderr
+
+
+def test_audit_export_csv(isolated_env: Path, tmp_path: Path) -> None:
+    _trail(isolated_env)
+    target = tmp_path / "audit.csv"
+    result = run("audit", "export", "--format", "csv", "--output", str(target))
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(target.open()))
+    assert [int(r["seq"]) for r in rows] == [1, 2, 3]
+    assert json.loads(rows[0]["details"]) == {"i": 0}
+
+
+def test_audit_export_refuses_a_broken_trail(isolated_env: Path, tmp_path: Path) -> None:
+    store = _trail(isolated_env)
+    (store.root / record_key(1)).unlink()
+    target = tmp_path / "audit.jsonl"
+    result = run("audit", "export", "--output", str(target))
+    assert result.returncode == 1
+    assert not target.exists()
+
+
+def test_production_without_configuration_exits_2(monkeypatch) -> None:
+    monkeypatch.setenv("SECURE_PIPELINE_ENV", "production")
+    result = run("audit", "verify")
+    assert result.returncode == 2
+    assert "SECURE_PIPELINE_S3_BUCKET is not set" in result.stderr
+
+
+def test_status_after_materialization(isolated_env: Path) -> None:
+    (isolated_env / "dagster.yaml").write_text(
+        f"storage:\n  sqlite:\n    base_dir: {isolated_env}\n"
+    )
+    with dg.DagsterInstance.get() as instance:
+        adult_pipeline().build_definitions().resolve_implicit_global_asset_job_def(
+        ).execute_in_process(instance=instance)  # fmt: skip
+    result = run("status")
+    assert result.returncode == 0, result.stderr
+    assert "raw_adult" in result.stdout
+    assert "audit trail: 1 records, intact" in result.stdout
