@@ -29,7 +29,7 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 
 ## demo: materialize the reference pipeline on the embedded default and show what it produced
 demo: sync $(DAGSTER_HOME)/dagster.yaml
-	$(RUN) dagster asset materialize --select '*' -m secure_pipeline.definitions
+	$(RUN) dg launch --assets '*'
 	$(RUN) secure-pipeline status
 
 ## test: lint, validate the code location, run the test suite

@@ -21,6 +21,7 @@ class SnapshotStoreResource(dg.ConfigurableResource):
     """Base of the snapshot store resources: gives assets the store and its audit trail."""
 
     _store: SnapshotStore | None = PrivateAttr(default=None)
+    _audit: AuditLog | None = PrivateAttr(default=None)
 
     def _build_store(self) -> SnapshotStore:
         raise NotImplementedError
@@ -32,8 +33,14 @@ class SnapshotStoreResource(dg.ConfigurableResource):
         return self._store
 
     def get_audit_log(self) -> AuditLog:
-        """The audit trail kept in the same store."""
-        return AuditLog(self.get_store())
+        """The audit trail kept in the same store.
+
+        One log object per resource instance, so a step finds the head of the chain once and
+        then appends without searching for it again.
+        """
+        if self._audit is None:
+            self._audit = AuditLog(self.get_store())
+        return self._audit
 
 
 class LocalSnapshotStoreResource(SnapshotStoreResource):

@@ -160,6 +160,7 @@ class S3SnapshotStore(SnapshotStore):
                 Key=key,
                 Body=data,
                 IfNoneMatch="*",
+                ChecksumAlgorithm="SHA256",
                 ChecksumSHA256=sha256_b64(sha256),
                 **self._sse,
             )

@@ -1,5 +1,6 @@
 """The snapshot store contract, on both backends: create-only, content-addressed, verified."""
 
+import base64
 import hashlib
 import json
 import os
@@ -7,11 +8,13 @@ import threading
 
 import pytest
 
-from secure_pipeline.errors import IntegrityError
+from secure_pipeline.errors import ConfigurationError, IntegrityError
 from secure_pipeline.storage.local import LocalSnapshotStore
+from secure_pipeline.storage.s3 import S3SnapshotStore
 from secure_pipeline.storage.snapshots import (
     SizeLimitError,
     SnapshotStore,
+    sha256_b64,
     snapshot_key,
 )
 from secure_pipeline_tests.conftest import delete_raw, overwrite_raw
@@ -219,3 +222,42 @@ def test_list_keys_is_sorted_and_resumable(store: SnapshotStore) -> None:
     keys = list(store.list_keys("audit/"))
     assert keys == [f"audit/{i:012d}.json" for i in (1, 2, 3)]
     assert list(store.list_keys("audit/", start_after=keys[0])) == keys[1:]
+
+
+def test_s3_writes_carry_sha256_checksums_and_sse_kms(s3_bucket, moto_endpoint, s3_client):
+    store = S3SnapshotStore(
+        s3_bucket,
+        endpoint_url=moto_endpoint,
+        region="us-east-1",
+        kms_key_id="alias/secure-pipeline",
+        allow_loopback_http=True,
+        multipart_threshold=6 * 1024 * 1024,
+        part_size=5 * 1024 * 1024,
+    )
+    small = store.put_bytes("t", DATA, ext="csv", format="csv")
+    head = s3_client.head_object(Bucket=s3_bucket, Key=small.key, ChecksumMode="ENABLED")
+    assert head["ChecksumSHA256"] == sha256_b64(DIGEST)
+    assert head["ServerSideEncryption"] == "aws:kms"
+    assert head["SSEKMSKeyId"].endswith("alias/secure-pipeline")
+    assert small.version_id == head["VersionId"]
+
+    payload = os.urandom(11 * 1024 * 1024)
+    big = store.put_bytes("t", payload, ext="bin", format="bytes")
+    head = s3_client.head_object(Bucket=s3_bucket, Key=big.key, ChecksumMode="ENABLED")
+    # Multipart: S3 keeps the checksum of the per-part SHA-256 checksums we sent.
+    part = 5 * 1024 * 1024
+    parts = b"".join(
+        hashlib.sha256(payload[i : i + part]).digest() for i in range(0, len(payload), part)
+    )
+    composite = base64.b64encode(hashlib.sha256(parts).digest()).decode()
+    assert head["ChecksumSHA256"].split("-")[0] == composite
+    assert head["ServerSideEncryption"] == "aws:kms"
+    manifest = s3_client.head_object(Bucket=s3_bucket, Key=big.manifest_key)
+    assert manifest["ServerSideEncryption"] == "aws:kms"
+
+
+def test_s3_endpoint_must_be_https_unless_loopback_is_allowed() -> None:
+    with pytest.raises(ConfigurationError, match="must use https"):
+        S3SnapshotStore("b", endpoint_url="http://127.0.0.1:9000")
+    with pytest.raises(ConfigurationError, match="must use https"):
+        S3SnapshotStore("b", endpoint_url="http://10.1.2.3:9000", allow_loopback_http=True)
