@@ -9,6 +9,7 @@ configuration.
 
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import click
@@ -23,13 +24,20 @@ def _fail(message: str, code: int) -> None:
 
 
 def _store() -> Any:
-    from secure_pipeline.storage.resources import store_resource
+    """The configured store; a local store must already exist (commands only read it)."""
+    from secure_pipeline.storage.resources import LocalSnapshotStoreResource, store_resource
 
     try:
         environment = env.validate()
+        resource = store_resource(environment, resolve=True)
+        if isinstance(resource, LocalSnapshotStoreResource) and not Path(resource.root).is_dir():
+            raise ConfigurationError(
+                f"no snapshot store at {resource.root}: run the pipeline first (`make demo`), or "
+                "point SECURE_PIPELINE_HOME (or DAGSTER_HOME) at the pipeline's state"
+            )
+        return resource.get_store()
     except ConfigurationError as exc:
         _fail(str(exc), 2)
-    return store_resource(environment, resolve=True).get_store()
 
 
 def _dagster_anchors() -> dict[int, str]:
@@ -86,7 +94,12 @@ def audit() -> None:
     is_flag=True,
     help="Also check every audit record named in the Dagster instance's materializations.",
 )
-def audit_verify(anchors: tuple[str, ...], dagster_anchors: bool) -> None:
+@click.option(
+    "--allow-empty",
+    is_flag=True,
+    help="Accept a trail with no records (a fresh deployment); otherwise that is a failure.",
+)
+def audit_verify(anchors: tuple[str, ...], dagster_anchors: bool, allow_empty: bool) -> None:
     """Check every record and link of the audit trail; exit 1 naming the first broken one."""
     from secure_pipeline.storage.audit import AuditLog
 
@@ -103,6 +116,13 @@ def audit_verify(anchors: tuple[str, ...], dagster_anchors: bool) -> None:
         status = AuditLog(store).verify(known)
     except SecurePipelineError as exc:
         _fail(f"audit trail broken: {exc}", 1)
+    if status.count == 0 and not allow_empty:
+        _fail(
+            f"no audit records in {store.uri('audit')}: wrong store (check "
+            "SECURE_PIPELINE_HOME / SECURE_PIPELINE_S3_BUCKET), or nothing has run yet "
+            "(--allow-empty accepts that)",
+            1,
+        )
     click.echo(
         f"audit trail intact: {status.count} records in {store.uri('audit')}, head "
         f"{status.head_hash}" + (f", {len(known)} anchors matched" if known else "")

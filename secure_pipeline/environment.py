@@ -15,6 +15,7 @@ shown in the Dagster UI; this module only decides *whether* a variable is presen
 """
 
 import enum
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -135,7 +136,12 @@ def secure_pipeline_home() -> Path:
 def is_loopback_url(url: str) -> bool:
     """Whether a URL points at this machine (127.0.0.0/8, ::1 or localhost)."""
     host = (urlsplit(url).hostname or "").lower()
-    return host == "localhost" or host == "::1" or host.startswith("127.")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a DNS name such as 127.attacker.example is not loopback
+        return False
 
 
 def _read_any(name: str) -> str | None:
@@ -179,8 +185,6 @@ def problems(
                 + f", found {endpoint!r}; plain http is accepted only for a loopback test "
                 "server in the local environment."
             )
-        if not is_set("SECURE_PIPELINE_S3_BUCKET"):
-            found.append("SECURE_PIPELINE_S3_ENDPOINT is set but SECURE_PIPELINE_S3_BUCKET is not")
     if (
         environment is Environment.LOCAL
         and is_set("SECURE_PIPELINE_S3_BUCKET")

@@ -1,11 +1,29 @@
 """Keep credentials out of metadata, logs and the audit trail.
 
 A source URI may carry a password (``https://user:secret@host/``) or a signed query
-(``?X-Amz-Signature=...``). Everything the project records about a URI goes through
-`redact_uri` first.
+(``?X-Amz-Signature=...``), and such a URI may also sit inside an error message. Everything the
+project records about a URI goes through `redact_uri`, and free text through `redact_text`.
+Both err on the side of hiding: user info is dropped even when the URI is not well formed
+(an unencoded ``#`` or ``/`` in a password).
 """
 
-from urllib.parse import urlsplit, urlunsplit
+import re
+
+# User info is what precedes an '@' in the authority: either no '/' before the '@', or a
+# "user:password" whose password itself contains '/' (invalid, but seen in the wild).
+_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?:[^\s/@]*@|[^\s/@]*:[^\s@]*@)")
+_QUERY = re.compile(r"(?P<url>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s?#]*)[?#][^\s]*")
+
+
+def redact_text(text: str) -> str:
+    """Remove user info and query strings from every URI inside ``text``.
+
+    Examples:
+        >>> redact_text("fetch failed: https://alice:pw@example.com/a.csv?sig=1 (timeout)")
+        'fetch failed: https://example.com/a.csv (timeout)'
+    """
+    text = _USERINFO.sub(lambda m: m.group("scheme"), text)
+    return _QUERY.sub(lambda m: m.group("url"), text)
 
 
 def redact_uri(uri: str) -> str:
@@ -21,12 +39,4 @@ def redact_uri(uri: str) -> str:
         >>> redact_uri("https://u:p@example.com/a.csv?X-Amz-Signature=abc")
         'https://example.com/a.csv'
     """
-    parts = urlsplit(uri)
-    if not parts.scheme:
-        return uri
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    return redact_text(uri.strip())

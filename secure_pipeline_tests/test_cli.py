@@ -123,3 +123,15 @@ def test_status_after_materialization(isolated_env: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "raw_adult" in result.stdout
     assert "audit trail: 1 records, intact" in result.stdout
+
+
+def test_audit_verify_without_a_trail_fails(isolated_env: Path) -> None:
+    result = run("audit", "verify")
+    assert result.returncode == 2
+    assert "no snapshot store at" in result.stderr
+    assert not (isolated_env / "store").exists()  # reading never creates a store
+    (isolated_env / "store").mkdir()
+    result = run("audit", "verify")
+    assert result.returncode == 1
+    assert "no audit records" in result.stderr
+    assert run("audit", "verify", "--allow-empty").returncode == 0

@@ -12,9 +12,7 @@ from secure_pipeline.reference.adult import ADULT_SCHEMA, adult_pipeline
 def test_reference_spec_is_valid() -> None:
     pipeline = adult_pipeline()
     assert pipeline.raw_asset_name == "raw_adult"
-    assert pipeline.source_variables() == {
-        "SECURE_PIPELINE_SOURCE_URI": pipeline.source_variables()["SECURE_PIPELINE_SOURCE_URI"]
-    }
+    assert list(pipeline.source_variables()) == ["SECURE_PIPELINE_SOURCE_URI"]
     assert set(pipeline.sensitive_features) <= set(pipeline.schema.column_names)
 
 

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import IO, Any
 
 from secure_pipeline.errors import AuditChainError
-from secure_pipeline.redaction import redact_uri
+from secure_pipeline.redaction import redact_text
 from secure_pipeline.storage.snapshots import SnapshotStore, canonical_json, utc_now
 
 AUDIT_PREFIX = "audit/"
@@ -31,7 +31,7 @@ GENESIS_HASH = "0" * 64
 MAX_DETAILS_BYTES = 8192
 MAX_STRING_CHARS = 1024
 _SEQ_DIGITS = 12
-_KEY = re.compile(r"^audit/(\d{12})\.json$")
+_KEY = re.compile(r"audit/(\d{12})\.json")
 _APPEND_ATTEMPTS = 64
 
 
@@ -99,8 +99,7 @@ def _sanitize(value: Any, path: str) -> Any:
     if value is None or isinstance(value, bool | int | float):
         return value
     if isinstance(value, str):
-        if "://" in value:
-            value = redact_uri(value)
+        value = redact_text(value)
         if len(value) > MAX_STRING_CHARS:
             raise ValueError(
                 f"audit detail {path} is {len(value)} characters; the limit is "
@@ -108,7 +107,7 @@ def _sanitize(value: Any, path: str) -> Any:
             )
         return value
     if isinstance(value, Mapping):
-        return {str(k): _sanitize(v, f"{path}.{k}") for k, v in value.items()}
+        return {redact_text(str(k)): _sanitize(v, f"{path}.{k}") for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_sanitize(v, f"{path}[{i}]") for i, v in enumerate(value)]
     raise ValueError(
@@ -177,11 +176,20 @@ class AuditLog:
             }
             digest = hashlib.sha256(canonical_json(body)).hexdigest()
             record = AuditRecord(**body, hash=digest)
+            if self.store.exists(record_key(seq + 1)) and not self.store.exists(record_key(seq)):
+                # A record is only ever written after its predecessor, so a free slot with a
+                # successor means a record was deleted. Filling the hole would erase the
+                # evidence of it.
+                raise AuditChainError(
+                    f"refusing to append: audit record {seq} is missing but record {seq + 1} "
+                    "exists. Run `secure-pipeline audit verify`."
+                )
             if self.store.try_create_object(record_key(seq), record.to_json()):
                 self._next_seq = seq + 1
                 return record
-            # Another writer took this number: chain onto its record instead.
-            seq += 1
+            # Another writer took this number; others may have appended since, so look for
+            # the head again instead of stepping one record at a time.
+            seq = max(seq + 1, self._find_head() + 1)
             time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 10)))
         raise AuditChainError(
             f"could not append to the audit trail after {_APPEND_ATTEMPTS} attempts: too many "
@@ -262,7 +270,7 @@ class AuditLog:
         expected_seq = 1
         prev_hash = GENESIS_HASH
         for key in self.store.list_keys(AUDIT_PREFIX):
-            match = _KEY.match(key)
+            match = _KEY.fullmatch(key)
             if not match:
                 raise AuditChainError(
                     f"unexpected object {self.store.uri(key)} in the audit trail: records are "

@@ -17,7 +17,12 @@ import dagster as dg
 
 from secure_pipeline.errors import IntegrityError
 from secure_pipeline.storage.resources import SnapshotStoreResource
-from secure_pipeline.storage.snapshots import FILESET_FORMAT, SnapshotRef, canonical_json
+from secure_pipeline.storage.snapshots import (
+    FILESET_FORMAT,
+    SnapshotRef,
+    canonical_json,
+    snapshot_key,
+)
 
 SNAPSHOT_KEY = "snapshot_key"
 SHA256 = "sha256"
@@ -182,11 +187,29 @@ class SnapshotIOManager(dg.ConfigurableIOManager):
                 f"the latest materialization of {asset} (run {record.run_id}) records no "
                 "snapshot: it was not stored through the snapshot store. Re-materialize it."
             )
-        version = materialization.tags.get("dagster/data_version") if materialization.tags else None
-        if version is not None and version != digest:
+        if not record.run_id:
+            raise IntegrityError(
+                f"the latest materialization of {asset} was reported without a run; only "
+                "materializations computed by a run are loaded. Re-materialize it."
+            )
+        version = (materialization.tags or {}).get("dagster/data_version")
+        if version != digest:
             raise IntegrityError(
                 f"the materialization record of {asset} (run {record.run_id}) is inconsistent: "
                 f"data version {version} but snapshot digest {digest}"
+            )
+        # The record must name a snapshot *of this asset and partition*: a record pointing at
+        # another asset's (valid, verified) bytes would otherwise be loaded as this input.
+        expected_dir = snapshot_key(context.asset_key.path, digest, "bin", partition).rsplit(
+            "/", 1
+        )[0]
+        directory, _, filename = str(key).rpartition("/")
+        if directory != expected_dir or not filename.startswith(f"{digest}."):
+            raise IntegrityError(
+                f"the materialization record of {asset} (run {record.run_id}) names snapshot "
+                f"{key}, which is not a snapshot of {asset}"
+                + (f" partition {partition!r}" if partition is not None else "")
+                + f" with digest {digest}; refusing to load it"
             )
         store = self.store.get_store()
         if fmt == FILESET_FORMAT:

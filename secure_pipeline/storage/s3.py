@@ -12,7 +12,7 @@ must load without it.
 
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,6 +31,8 @@ DEFAULT_MULTIPART_THRESHOLD = 64 * 1024 * 1024
 DEFAULT_PART_SIZE = 16 * 1024 * 1024
 _MIN_PART_SIZE = 5 * 1024 * 1024  # S3's minimum for every part but the last
 _CONFLICT_RETRIES = 6
+# Manifest writes run beside data writes; one small pool serves every store in the process.
+_MANIFEST_WRITERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="s3-manifest")
 
 
 def make_s3_client(
@@ -67,6 +69,24 @@ def make_s3_client(
         },
     )
     return boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+
+
+def check_endpoint(endpoint_url: str | None, *, allow_loopback_http: bool) -> None:
+    """Refuse an S3 endpoint that is not https (plain http only to loopback, when allowed).
+
+    Raises:
+        ConfigurationError: Naming the endpoint and what is accepted.
+    """
+    if endpoint_url is None:
+        return
+    scheme = urlsplit(endpoint_url).scheme
+    if scheme != "https" and not (
+        scheme == "http" and allow_loopback_http and is_loopback_url(endpoint_url)
+    ):
+        raise ConfigurationError(
+            f"S3 endpoint must use https, found {endpoint_url!r}. Plain http is accepted "
+            "only for a loopback test server in the local environment."
+        )
 
 
 def _error_code(exc: Exception) -> str:
@@ -116,15 +136,7 @@ class S3SnapshotStore(SnapshotStore):
     ) -> None:
         if not bucket:
             raise ConfigurationError("S3 snapshot store needs a bucket name")
-        if endpoint_url is not None:
-            scheme = urlsplit(endpoint_url).scheme
-            if scheme != "https" and not (
-                scheme == "http" and allow_loopback_http and is_loopback_url(endpoint_url)
-            ):
-                raise ConfigurationError(
-                    f"S3 endpoint must use https, found {endpoint_url!r}. Plain http is accepted "
-                    "only for a loopback test server in the local environment."
-                )
+        check_endpoint(endpoint_url, allow_loopback_http=allow_loopback_http)
         if part_size < _MIN_PART_SIZE:
             raise ConfigurationError(f"part_size must be at least {_MIN_PART_SIZE} bytes")
         self.bucket = bucket
@@ -137,8 +149,7 @@ class S3SnapshotStore(SnapshotStore):
         self._part_size = part_size
         self._concurrency = max_concurrency
         self._spool = spool_dir
-        # For manifest writes alongside data writes; parts use their own pool per upload.
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="s3-manifest")
+        self._bucket_checked = False
 
     def __repr__(self) -> str:
         return f"S3SnapshotStore(bucket={self.bucket!r}, endpoint_url={self.endpoint_url!r})"
@@ -190,11 +201,14 @@ class S3SnapshotStore(SnapshotStore):
         fails, a manifest may remain without its object. It describes exactly the bytes that the
         next successful write of that content stores, and the next write keeps it.
         """
-        pending = self._pool.submit(self.try_create_object, key + MANIFEST_SUFFIX, manifest)
+        pending = _MANIFEST_WRITERS.submit(self.try_create_object, key + MANIFEST_SUFFIX, manifest)
         try:
-            return write()
-        finally:
-            pending.result()
+            result = write()
+        except BaseException:
+            wait([pending])  # the data write's error is the one to report
+            raise
+        pending.result()
+        return result
 
     def _conditional(self, call: Any) -> tuple[bool, str | None]:
         """Run a conditional write; False when the key exists, retrying S3's 409 conflicts."""
@@ -277,6 +291,8 @@ class S3SnapshotStore(SnapshotStore):
         try:
             return self.client.get_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
+            if _error_code(exc) == "NoSuchBucket":
+                raise self._no_bucket() from None
             if _error_code(exc) in ("NoSuchKey", "404") or _http_status(exc) == 404:
                 raise FileNotFoundError(self.uri(key)) from None
             raise
@@ -303,9 +319,30 @@ class S3SnapshotStore(SnapshotStore):
             self.client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
             if _error_code(exc) in ("404", "NoSuchKey", "NotFound") or _http_status(exc) == 404:
+                # A HEAD answer has no body, so a missing bucket also looks like a missing
+                # key; check the bucket once so a typo is not read as "no such object".
+                if not self._bucket_checked:
+                    self._check_bucket()
                 return False
             raise
         return True
+
+    def _check_bucket(self) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if _error_code(exc) in ("404", "NoSuchBucket", "NotFound") or _http_status(exc) == 404:
+                raise self._no_bucket() from None
+            raise
+        self._bucket_checked = True
+
+    def _no_bucket(self) -> ConfigurationError:
+        return ConfigurationError(
+            f"bucket {self.bucket!r} does not exist at {self.endpoint_url or 'AWS S3'}; check "
+            "SECURE_PIPELINE_S3_BUCKET"
+        )
 
     def list_keys(self, prefix: str, start_after: str | None = None) -> Iterator[str]:
         """Yield the keys under ``prefix`` in lexicographic order, after ``start_after``."""
@@ -313,9 +350,16 @@ class S3SnapshotStore(SnapshotStore):
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
         if start_after:
             kwargs["StartAfter"] = start_after
-        for page in paginator.paginate(**kwargs):
-            for item in page.get("Contents", []):
-                yield item["Key"]
+        from botocore.exceptions import ClientError
+
+        try:
+            for page in paginator.paginate(**kwargs):
+                for item in page.get("Contents", []):
+                    yield item["Key"]
+        except ClientError as exc:
+            if _error_code(exc) == "NoSuchBucket":
+                raise self._no_bucket() from None
+            raise
 
     def uri(self, key: str) -> str:
         """The ``s3://`` URI of the object behind ``key``."""

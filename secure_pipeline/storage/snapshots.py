@@ -33,9 +33,10 @@ MANIFEST_SCHEMA_VERSION = 1
 CHUNK_SIZE = 1024 * 1024
 FILESET_FORMAT = "fileset"
 
-_ASSET_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-_EXT = re.compile(r"^[a-z0-9]{1,16}(\.[a-z0-9]{1,16}){0,2}$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_ASSET_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_EXT = re.compile(r"[a-z0-9]{1,16}(\.[a-z0-9]{1,16}){0,2}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_MAX_PARTITION_CHARS = 200
 
 
 def sha256_hex(data: bytes | bytearray | memoryview) -> str:
@@ -67,7 +68,7 @@ def _asset_name(asset: Sequence[str] | str) -> str:
 
 def check_sha256(digest: str) -> str:
     """Return ``digest`` if it is a lowercase hex SHA-256, else raise ValueError."""
-    if not _SHA256.match(digest):
+    if not _SHA256.fullmatch(digest):
         raise ValueError(f"expected a 64-character lowercase hex SHA-256, found {digest!r}")
     return digest
 
@@ -93,12 +94,12 @@ def snapshot_key(
     if not parts:
         raise ValueError("an asset key needs at least one component")
     for part in parts:
-        if not _ASSET_PART.match(part) or part in (".", ".."):
+        if not _ASSET_PART.fullmatch(part) or part in (".", ".."):
             raise ValueError(
                 f"asset key component {part!r} is not a safe storage name: use letters, digits, "
                 "'_', '-' and '.' (not leading), at most 128 characters"
             )
-    if not _EXT.match(ext):
+    if not _EXT.fullmatch(ext) or ext.endswith("manifest.json"):
         raise ValueError(f"extension {ext!r} must be short lowercase alphanumerics, e.g. 'parquet'")
     check_sha256(sha256)
     path = [SNAPSHOT_PREFIX, *parts]
@@ -106,6 +107,11 @@ def snapshot_key(
         if partition == "":
             raise ValueError("a partition key must not be empty")
         encoded = quote(partition, safe="-_=")
+        if len(encoded) > _MAX_PARTITION_CHARS:
+            raise ValueError(
+                f"partition key {partition[:40]!r}... is {len(encoded)} characters once encoded; "
+                f"the limit is {_MAX_PARTITION_CHARS}"
+            )
         # quote() leaves '.' alone; a bare '.' or '..' segment would be a path traversal.
         path.append(encoded.replace(".", "%2E") if set(encoded) == {"."} else encoded)
     path.append(f"{sha256}.{ext}")
@@ -512,8 +518,9 @@ class SnapshotStore(abc.ABC):
         """
         key, expected = (ref.key, ref.sha256) if isinstance(ref, SnapshotRef) else ref
         hasher = hashlib.sha256()
+        out = path.open("wb")  # outside the try: a bad destination is not a missing snapshot
         try:
-            with path.open("wb") as out:
+            with out:
                 for chunk in self._iter_object(key):
                     hasher.update(chunk)
                     out.write(chunk)

@@ -178,3 +178,11 @@ def test_raw_asset_carries_ui_metadata() -> None:
     assert [c.name for c in schema.columns][:3] == ["age", "workclass", "fnlwgt"]
     sex = next(c for c in schema.columns if c.name == "sex")
     assert "sensitive" in sex.constraints.other
+
+
+def test_fifo_source_is_refused_without_hanging(instance, isolated_env, tmp_path):
+    data = tmp_path / "loans"
+    data.mkdir()
+    os.mkfifo(data / "loans.csv")
+    with pytest.raises(UntrustedSourceError, match="not a regular file"):
+        _materialize(_tiny_pipeline(data), instance)

@@ -162,3 +162,41 @@ def test_export_of_a_broken_chain_writes_nothing(store: SnapshotStore) -> None:
     with pytest.raises(AuditChainError):
         log.export(out, "jsonl")
     assert out.getvalue() == ""
+
+
+def test_appending_into_a_deleted_slot_is_refused(store: SnapshotStore) -> None:
+    _fill(store, 5)
+    for seq in (5, 4):
+        delete_raw(store, record_key(seq))
+    # records 1-3 remain and 4 is the head's successor: fine to append
+    assert AuditLog(store).append("after truncation", actor="t").seq == 4
+    delete_raw(store, record_key(2))
+    # A new writer's head search stops at the hole (1 exists, 2 does not) and must not fill it.
+    log = AuditLog(store)
+    with pytest.raises(AuditChainError, match="audit record 2 is missing but record 3 exists"):
+        log.append("x", actor="t")
+
+
+def test_a_stale_writer_catches_up_with_many_appends(store: SnapshotStore) -> None:
+    stale = AuditLog(store)
+    stale.append("first", actor="stale")
+    other = AuditLog(store)
+    for i in range(80):
+        other.append("busy", actor="other", details={"i": i})
+    assert stale.append("late", actor="stale").seq == 82
+    assert AuditLog(store).verify().count == 82
+
+
+def test_credentials_inside_text_and_keys_are_redacted(store: SnapshotStore) -> None:
+    record = AuditLog(store).append(
+        "ingestion.failed",
+        actor="t",
+        details={
+            "error": "fetch failed: https://alice:s3cr3t@data.example.com/a.csv (timeout)",
+            "src=https://bob:hunter2@h/x": 1,
+        },
+    )
+    stored = store.read_object(record_key(record.seq))
+    assert b"s3cr3t" not in stored
+    assert b"hunter2" not in stored
+    assert record.details["error"] == "fetch failed: https://data.example.com/a.csv (timeout)"

@@ -15,6 +15,7 @@ from secure_pipeline.storage.resources import (
     S3SnapshotStoreResource,
     SnapshotStoreResource,
 )
+from secure_pipeline.storage.tables import table_to_parquet, to_arrow
 from secure_pipeline_tests.conftest import overwrite_raw
 
 VERSION = {"n": 0}
@@ -146,21 +147,38 @@ def test_planted_newer_file_is_ignored(instance, tmp_path: Path) -> None:
     resources = _resources(resource)
     VERSION["n"] = 1
     dg.materialize([table], instance=instance, resources=resources)
-    recorded = _latest(instance, "table").metadata["sha256"].value
     # Someone writes another valid snapshot of `table` into the store, bypassing Dagster.
     store = resource.get_store()
-    planted = store.put_bytes(
-        "table",
-        pa.BufferOutputStream().getvalue().to_pybytes() + b"planted",
-        ext="parquet",
-        format="parquet",
-    )
-    assert planted.sha256 != recorded
+    planted = pd.DataFrame({"x": [1000, 1000, 1000], "label": ["p", "p", "p"]})
+    store.put_bytes("table", table_to_parquet(to_arrow(planted)), ext="parquet", format="parquet")
     result = dg.materialize(
         [table, doubled], selection=["doubled"], instance=instance, resources=resources
     )
-    assert result.success
-    assert _latest(instance, "doubled").tags["dagster/input_data_version/table"] == recorded
+    assert result.output_for_node("doubled")["x"].tolist() == [2, 4, 6]
+
+
+def test_record_pointing_at_another_assets_snapshot_is_refused(instance, tmp_path: Path):
+    """A reported materialization cannot redirect an input to other (valid) bytes."""
+    resource = LocalSnapshotStoreResource(root=str(tmp_path / "store"))
+    resources = _resources(resource)
+    VERSION["n"] = 3
+    dg.materialize([table], instance=instance, resources=resources)
+    secret = resource.get_store().put_bytes(
+        "salaries",
+        table_to_parquet(to_arrow(pd.DataFrame({"x": [100000], "label": ["ceo"]}))),
+        ext="parquet",
+        format="parquet",
+    )
+    meta = _latest(instance, "table").metadata
+    forged = {k: v for k, v in meta.items()}
+    forged.update({"snapshot_key": secret.key, "sha256": secret.sha256})
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(asset_key="table", metadata=forged,
+                                tags={"dagster/data_version": secret.sha256})
+    )  # fmt: skip
+    with pytest.raises(IntegrityError, match="without a run|not a snapshot of table"):
+        dg.materialize([table, doubled], selection=["doubled"], instance=instance,
+                       resources=resources)  # fmt: skip
 
 
 def test_tampered_upstream_snapshot_fails_the_downstream_step(instance, store_resource) -> None:

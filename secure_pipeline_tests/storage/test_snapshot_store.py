@@ -261,3 +261,34 @@ def test_s3_endpoint_must_be_https_unless_loopback_is_allowed() -> None:
         S3SnapshotStore("b", endpoint_url="http://127.0.0.1:9000")
     with pytest.raises(ConfigurationError, match="must use https"):
         S3SnapshotStore("b", endpoint_url="http://10.1.2.3:9000", allow_loopback_http=True)
+
+
+def test_extensions_cannot_shadow_manifests_and_names_must_match_whole() -> None:
+    with pytest.raises(ValueError, match="extension"):
+        snapshot_key("raw", DIGEST, "json.manifest.json")
+    with pytest.raises(ValueError, match="asset key"):
+        snapshot_key("raw\n", DIGEST, "csv")
+    with pytest.raises(ValueError, match="extension"):
+        snapshot_key("raw", DIGEST, "csv\n")
+    with pytest.raises(ValueError, match="partition key"):
+        snapshot_key("raw", DIGEST, "csv", "客户" * 30)
+
+
+def test_missing_bucket_is_a_configuration_error(moto_endpoint, aws_credentials) -> None:
+    store = S3SnapshotStore(
+        "sp-no-such-bucket", endpoint_url=moto_endpoint, region="us-east-1",
+        allow_loopback_http=True,
+    )  # fmt: skip
+    with pytest.raises(ConfigurationError, match="bucket 'sp-no-such-bucket' does not exist"):
+        store.read_bytes(("snapshots/x/" + DIGEST + ".csv", DIGEST))
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        store.exists("snapshots/x")
+
+
+def test_loopback_means_a_loopback_address_not_a_name_that_looks_like_one() -> None:
+    with pytest.raises(ConfigurationError, match="must use https"):
+        S3SnapshotStore(
+            "b", endpoint_url="http://127.attacker.example:9000", allow_loopback_http=True
+        )
+    S3SnapshotStore("b", endpoint_url="http://127.0.0.1:9000", allow_loopback_http=True)
+    S3SnapshotStore("b", endpoint_url="http://[::1]:9000", allow_loopback_http=True)
