@@ -11,6 +11,7 @@ from typing import Any
 
 import dagster as dg
 
+from secure_pipeline import environment as env
 from secure_pipeline.ingestion.connectors import connector_for, join_location
 from secure_pipeline.ingestion.provenance import ProvenanceRecord, provenance_document
 from secure_pipeline.pipeline import SecurePipeline
@@ -93,12 +94,13 @@ def build_raw_asset(pipeline: SecurePipeline) -> dg.AssetsDefinition:
         context: dg.AssetExecutionContext, snapshot_store: SnapshotStoreResource
     ) -> dg.MaterializeResult:
         store = snapshot_store.get_store()
+        environment = env.current_environment()
         location = source_location(pipeline)
         members: dict[str, SnapshotRef] = {}
         records: list[ProvenanceRecord] = []
         for source_file in source.files:
             uri = join_location(location, source_file.path)
-            connector = connector_for(uri, location=location)
+            connector = connector_for(uri, location=location, environment=environment)
             retrieved_at = utc_now()
             with connector.open(uri, max_bytes=source.max_bytes) as fetched:
                 ref = store.put_stream(

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urljoin, urlsplit
 
+from secure_pipeline import environment as env
+from secure_pipeline.environment import Environment
 from secure_pipeline.errors import UntrustedSourceError
 from secure_pipeline.redaction import redact_uri
 
@@ -90,12 +92,19 @@ class FileConnector:
                 f"source file {requested} resolves to {resolved}, outside the allowed root "
                 f"{self.allowed_root}; symlinks out of the source directory are refused"
             )
-        # O_NOFOLLOW on the resolved path: a symlink swapped in after the check is refused.
-        fd = os.open(resolved, os.O_RDONLY | os.O_NOFOLLOW)
+        # O_NONBLOCK: opening a FIFO must not hang the step (it is refused below).
+        fd = os.open(resolved, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         with os.fdopen(fd, "rb") as handle:
             info = os.fstat(handle.fileno())
             if not stat.S_ISREG(info.st_mode):
                 raise UntrustedSourceError(f"source {resolved} is not a regular file")
+            # What was actually opened, after any swap of a directory symlink since resolve().
+            opened = Path(os.path.realpath(f"/proc/self/fd/{handle.fileno()}"))
+            if opened.exists() and not opened.is_relative_to(self.allowed_root):
+                raise UntrustedSourceError(
+                    f"source file {requested} was replaced while being opened and now lies "
+                    f"outside the allowed root {self.allowed_root}"
+                )
             if info.st_size > max_bytes:
                 raise UntrustedSourceError(
                     f"source file {resolved} is {info.st_size} bytes, over the limit of "
@@ -117,12 +126,70 @@ def _bounded(handle: Any, max_bytes: int, name: object) -> Iterator[bytes]:
         yield chunk
 
 
-def connector_for(uri: str, *, location: str) -> Connector:
+class S3Connector:
+    """Reads objects from an S3 landing zone.
+
+    Args:
+        client: A boto3 S3 client (built by `connector_for` with the project's endpoint rules).
+    """
+
+    name = "s3"
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    @contextmanager
+    def open(self, uri: str, *, max_bytes: int) -> Iterator[Fetched]:
+        """Open an ``s3://bucket/key`` object for reading.
+
+        Raises:
+            UntrustedSourceError: When the object is missing, unreadable or over the limit.
+        """
+        from botocore.exceptions import ClientError
+
+        parts = urlsplit(uri)
+        bucket, key = parts.netloc, unquote(parts.path.lstrip("/"))
+        if not bucket or not key:
+            raise UntrustedSourceError(f"expected s3://bucket/key, found {redact_uri(uri)!r}")
+        try:
+            response = self.client.get_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            raise UntrustedSourceError(
+                f"cannot read s3://{bucket}/{key}: {code or exc}; check that the object exists "
+                "and the role may read it"
+            ) from None
+        body = response["Body"]
+        try:
+            size = int(response.get("ContentLength", 0))
+            if size > max_bytes:
+                raise UntrustedSourceError(
+                    f"s3://{bucket}/{key} is {size} bytes, over the limit of {max_bytes}; "
+                    "nothing was stored"
+                )
+            modified = response.get("LastModified")
+            facts = {
+                "bucket": bucket,
+                "key": key,
+                "etag": str(response.get("ETag", "")).strip('"'),
+                "version_id": response.get("VersionId"),
+                "last_modified": modified.isoformat() if modified else None,
+                "content_length": size,
+            }
+            yield Fetched(_bounded(body, max_bytes, f"s3://{bucket}/{key}"), facts)
+        finally:
+            body.close()
+
+
+def connector_for(
+    uri: str, *, location: str, environment: Environment = Environment.LOCAL
+) -> Connector:
     """Pick the connector for a source URI.
 
     Args:
         uri: The file's URI.
         location: The source location it was resolved from (the allowed root for files).
+        environment: Decides whether a plain-http S3 endpoint on loopback is acceptable.
 
     Raises:
         UntrustedSourceError: For a scheme no connector serves; plain http is always refused.
@@ -130,12 +197,22 @@ def connector_for(uri: str, *, location: str) -> Connector:
     scheme = urlsplit(uri).scheme
     if scheme == "file":
         return FileConnector(Path(unquote(urlsplit(location).path)))
+    if scheme == "s3":
+        from secure_pipeline.errors import ConfigurationError
+        from secure_pipeline.storage.s3 import check_endpoint, make_s3_client
+
+        endpoint = env.read("SECURE_PIPELINE_S3_ENDPOINT")
+        try:
+            check_endpoint(endpoint, allow_loopback_http=environment is Environment.LOCAL)
+        except ConfigurationError as exc:
+            raise UntrustedSourceError(f"refusing the S3 landing zone: {exc}") from None
+        return S3Connector(make_s3_client(endpoint, env.read("AWS_REGION")))
     if scheme == "http":
         raise UntrustedSourceError(
             f"refusing plain http source {redact_uri(uri)!r}: sources must be encrypted "
             "(https:// with TLS 1.3) or local (file://)"
         )
     raise UntrustedSourceError(
-        f"no connector serves {scheme or '(no scheme)'}:// sources in this version "
-        f"({redact_uri(uri)!r}); use a file:// location"
+        f"no connector serves {scheme or '(no scheme)'}:// sources ({redact_uri(uri)!r}); "
+        "use file://, https:// or s3://"
     )
