@@ -63,6 +63,10 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("SECURE_PIPELINE_CA_BUNDLE", "PEM bundle of CAs trusted for https sources."),
     Setting(
+        "SECURE_PIPELINE_SOURCE_TLS_PINS",
+        "Comma-separated SHA-256 fingerprints of accepted https source certificates.",
+    ),
+    Setting(
         "SECURE_PIPELINE_S3_BUCKET",
         "Bucket holding snapshots and the audit trail; setting it locally opts into S3 storage.",
         required_in_production=True,

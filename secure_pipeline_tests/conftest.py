@@ -116,3 +116,11 @@ def delete_raw(store: SnapshotStore, key: str) -> None:
         raw.delete_object(Bucket=store.bucket, Key=key)
     else:  # pragma: no cover
         raise TypeError(store)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory):
+    """A test CA and server certificates (good, expired, other CA, wrong host)."""
+    from secure_pipeline_tests.tls_server import make_pki
+
+    return make_pki(tmp_path_factory.mktemp("pki"))

@@ -100,7 +100,13 @@ def build_raw_asset(pipeline: SecurePipeline) -> dg.AssetsDefinition:
         records: list[ProvenanceRecord] = []
         for source_file in source.files:
             uri = join_location(location, source_file.path)
-            connector = connector_for(uri, location=location, environment=environment)
+            connector = connector_for(
+                uri,
+                location=location,
+                environment=environment,
+                pins=source.tls_pins,
+                read_timeout=source.read_timeout_seconds,
+            )
             retrieved_at = utc_now()
             with connector.open(uri, max_bytes=source.max_bytes) as fetched:
                 ref = store.put_stream(

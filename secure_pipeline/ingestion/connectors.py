@@ -182,7 +182,12 @@ class S3Connector:
 
 
 def connector_for(
-    uri: str, *, location: str, environment: Environment = Environment.LOCAL
+    uri: str,
+    *,
+    location: str,
+    environment: Environment = Environment.LOCAL,
+    pins: tuple[str, ...] = (),
+    read_timeout: float = 60.0,
 ) -> Connector:
     """Pick the connector for a source URI.
 
@@ -190,11 +195,25 @@ def connector_for(
         uri: The file's URI.
         location: The source location it was resolved from (the allowed root for files).
         environment: Decides whether a plain-http S3 endpoint on loopback is acceptable.
+        pins: Accepted https certificate fingerprints (besides the environment's).
+        read_timeout: Seconds one network read may wait.
 
     Raises:
         UntrustedSourceError: For a scheme no connector serves; plain http is always refused.
     """
     scheme = urlsplit(uri).scheme
+    if scheme == "https":
+        from secure_pipeline.ingestion.https import HttpsConnector
+
+        bundle = env.read("SECURE_PIPELINE_CA_BUNDLE")
+        extra = tuple(
+            p.strip() for p in (env.read("SECURE_PIPELINE_SOURCE_TLS_PINS") or "").split(",")
+        )
+        return HttpsConnector(
+            ca_bundle=Path(bundle) if bundle else None,
+            pins=tuple(p for p in (*pins, *extra) if p),
+            read_timeout=read_timeout,
+        )
     if scheme == "file":
         return FileConnector(Path(unquote(urlsplit(location).path)))
     if scheme == "s3":
