@@ -6,7 +6,15 @@ the same pipeline at another copy (required in production).
 
 from pathlib import Path
 
-from secure_pipeline.pipeline import Column, DatasetSchema, SecurePipeline, SourceFile, SourceSpec
+from secure_pipeline.pipeline import (
+    Column,
+    DatasetSchema,
+    FeatureSpec,
+    SecurePipeline,
+    SecurityPolicy,
+    SourceFile,
+    SourceSpec,
+)
 
 DATA_DIR = Path(__file__).parent / "data"
 
@@ -44,25 +52,47 @@ _COUNTRY = (
 ADULT_SCHEMA = DatasetSchema(
     name="uci_adult",
     columns=(
-        Column("age", "int", minimum=17, maximum=90, description="Age in years."),
-        Column("workclass", "category", nullable=True, allowed=_WORKCLASS),
+        Column(
+            "age",
+            "int",
+            minimum=17,
+            maximum=90,
+            mean_between=(30, 50),
+            description="Age in years.",
+        ),
+        Column("workclass", "category", nullable=True, allowed=_WORKCLASS, max_null_fraction=0.1),
         Column("fnlwgt", "int", minimum=1, description="Census sampling weight."),
         Column("education", "category", allowed=_EDUCATION),
         Column("education_num", "int", minimum=1, maximum=16, description="Years of education."),
         Column("marital_status", "category", allowed=_MARITAL),
-        Column("occupation", "category", nullable=True, allowed=_OCCUPATION),
+        Column("occupation", "category", nullable=True, allowed=_OCCUPATION, max_null_fraction=0.1),
         Column("relationship", "category", allowed=_RELATIONSHIP),
         Column("race", "category", allowed=_RACE, description="Protected attribute."),
         Column("sex", "category", allowed=_SEX, description="Protected attribute."),
         Column("capital_gain", "int", minimum=0, maximum=99999),
         Column("capital_loss", "int", minimum=0, maximum=4356),
-        Column("hours_per_week", "int", minimum=1, maximum=99),
-        Column("native_country", "category", nullable=True, allowed=_COUNTRY),
-        Column("income", "category", allowed=("<=50K", ">50K"), description="Label."),
+        Column("hours_per_week", "int", minimum=1, maximum=99, mean_between=(35, 45)),
+        Column(
+            "native_country", "category", nullable=True, allowed=_COUNTRY, max_null_fraction=0.05
+        ),
+        Column(
+            "income",
+            "category",
+            allowed=("<=50K", ">50K"),
+            # adult.test writes its labels with a trailing period.
+            aliases=(("<=50K.", "<=50K"), (">50K.", ">50K")),
+            description="Label: income above 50K a year.",
+        ),
     ),
     label="income",
+    positive_label=">50K",
     missing_values=("?",),
     delimiter=",",
+    # adult.test starts with the line "|1x3 Cross validator".
+    comment_prefix="|",
+    # 48,842 rows are published; a batch far outside that is not this dataset.
+    min_rows=40_000,
+    max_rows=60_000,
 )
 
 
@@ -81,6 +111,13 @@ def adult_pipeline() -> SecurePipeline:
         ),
         schema=ADULT_SCHEMA,
         sensitive_features=("sex", "race", "age"),
+        # The census sampling weight describes the survey, not the person.
+        features=FeatureSpec(
+            exclude=("fnlwgt",),
+            bands={"age": (25, 35, 45, 55, 65)},
+            log1p=("capital_gain", "capital_loss"),
+        ),
+        policy=SecurityPolicy(max_reject_rate=0.01, drift_warn_psi=0.1, drift_fail_psi=0.25),
         owners=("team:ml-platform",),
         description="Predict whether income exceeds 50K/yr from census attributes.",
         code_version="0.1.0",
