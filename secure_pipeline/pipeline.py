@@ -352,8 +352,16 @@ class SecurePipeline:
         import dagster as dg
 
         from secure_pipeline import environment as env
+        from secure_pipeline.features.assets import build_features_stage
         from secure_pipeline.ingestion.assets import build_raw_asset
         from secure_pipeline.storage.resources import build_resources
+        from secure_pipeline.validation.assets import build_validation_stage
 
         checked = env.validate(environment, source_variables=self.source_variables())
-        return dg.Definitions(assets=[build_raw_asset(self)], resources=build_resources(checked))
+        validated, validation_checks = build_validation_stage(self)
+        features, feature_checks = build_features_stage(self)
+        return dg.Definitions(
+            assets=[build_raw_asset(self), *validated, *features],
+            asset_checks=[*validation_checks, *feature_checks],
+            resources=build_resources(checked),
+        )

@@ -12,6 +12,7 @@ import dagster as dg
 from secure_pipeline.reference.adult import adult_pipeline
 from secure_pipeline.storage.audit import AuditLog, record_key
 from secure_pipeline.storage.local import LocalSnapshotStore
+from secure_pipeline_tests.helpers import materialize
 
 CLI = str(Path(sys.executable).parent / "secure-pipeline")
 
@@ -70,14 +71,14 @@ def test_audit_verify_with_anchor_catches_truncation(isolated_env: Path) -> None
 def test_audit_verify_against_dagster_anchors(isolated_env: Path) -> None:
     """Audit records named in the Dagster event log must still be in the trail."""
     with dg.instance_for_test(temp_dir=str(isolated_env)) as instance:
-        defs = adult_pipeline().build_definitions()
-        defs.resolve_implicit_global_asset_job_def().execute_in_process(instance=instance)
+        materialize(adult_pipeline(), instance)
     (isolated_env / "dagster.yaml").write_text(
         f"storage:\n  sqlite:\n    base_dir: {isolated_env}\n"
     )
     assert run("audit", "verify", "--dagster-anchors").returncode == 0
     store = LocalSnapshotStore(isolated_env / "store")
-    (store.root / record_key(1)).unlink()
+    for record in (store.root / "audit").iterdir():
+        record.unlink()
     log = AuditLog(store)
     log.append("forged", actor="attacker")  # a fresh chain in place of the deleted one
     assert run("audit", "verify").returncode == 0
@@ -117,12 +118,11 @@ def test_status_after_materialization(isolated_env: Path) -> None:
         f"storage:\n  sqlite:\n    base_dir: {isolated_env}\n"
     )
     with dg.DagsterInstance.get() as instance:
-        adult_pipeline().build_definitions().resolve_implicit_global_asset_job_def(
-        ).execute_in_process(instance=instance)  # fmt: skip
+        materialize(adult_pipeline(), instance)
     result = run("status")
     assert result.returncode == 0, result.stderr
     assert "raw_adult" in result.stdout
-    assert "audit trail: 1 records, intact" in result.stdout
+    assert "audit trail: 3 records, intact" in result.stdout
 
 
 def test_audit_verify_without_a_trail_fails(isolated_env: Path) -> None:

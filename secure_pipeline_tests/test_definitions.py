@@ -38,5 +38,17 @@ def test_defs_is_lazy_and_loads_the_reference_graph() -> None:
     snapshot = {
         key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()
     }
-    assert snapshot == {"raw_adult": "ingestion"}
+    assert snapshot == {
+        "raw_adult": "ingestion",
+        "validated_adult": "ingestion",
+        "features": "features",
+    }
+    checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
+    assert checks == {
+        ("raw_adult", "provenance_complete"),
+        ("raw_adult", "schema_conforms"),
+        ("validated_adult", "reject_rate_within_limit"),
+        ("validated_adult", "expectations_met"),
+        ("features", "feature_drift"),
+    }
     assert set(loaded.resources) == {"snapshot_store", "io_manager"}

@@ -186,6 +186,8 @@ def build_raw_asset(pipeline: SecurePipeline) -> dg.AssetsDefinition:
         )
         metadata["source"] = redact_uri(location)
         metadata["provenance_uri"] = provenance.uri
+        metadata["provenance_key"] = provenance.key
+        metadata["provenance_sha256"] = provenance.sha256
         metadata["provenance"] = dg.MetadataValue.json([r.to_dict() for r in records])
         return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(index.sha256))
 

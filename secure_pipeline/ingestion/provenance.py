@@ -6,6 +6,7 @@ shown as asset metadata. URIs are redacted: credentials never reach a record.
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 from secure_pipeline.redaction import redact_uri
@@ -66,3 +67,81 @@ def provenance_document(
             "files": [r.to_dict() for r in records],
         }
     )
+
+
+REQUIRED_FIELDS = ("member", "uri", "connector", "retrieved_at", "size", "sha256", "run_id")
+CONNECTOR_FACTS = {
+    "https": ("tls_version", "cipher", "peer_cert_sha256", "final_url"),
+    "s3": ("bucket", "key", "etag", "version_id"),
+    "file": ("path",),
+}
+
+
+def provenance_problems(
+    document: Mapping[str, Any],
+    index: Mapping[str, Any],
+    *,
+    index_sha256: str,
+    run_id: str,
+    schema_version: str,
+) -> list[str]:
+    """Everything missing or inconsistent in an ingestion's provenance record.
+
+    Args:
+        document: The stored provenance document.
+        index: The fileset index the ingestion produced.
+        index_sha256: The index's digest (the raw asset's data version).
+        run_id: The run that materialized the raw asset.
+        schema_version: The schema version the pipeline declares now.
+
+    Returns:
+        One line per problem; empty when the record is complete.
+    """
+    problems: list[str] = []
+    if document.get("fileset_sha256") != index_sha256:
+        problems.append(
+            f"the record describes fileset {document.get('fileset_sha256')}, not the stored "
+            f"{index_sha256}"
+        )
+    records = {r.get("member"): r for r in document.get("files", [])}
+    for member, stored in index.get("files", {}).items():
+        record = records.get(member)
+        if record is None:
+            problems.append(f"file {member!r}: no provenance record")
+            continue
+        missing = [f for f in REQUIRED_FIELDS if record.get(f) in (None, "")]
+        if record.get("schema_version") in (None, ""):
+            missing.append("schema_version")
+        connector = record.get("connector")
+        facts = record.get("facts") or {}
+        missing += [f"facts.{f}" for f in CONNECTOR_FACTS.get(connector, ()) if not facts.get(f)]
+        if connector not in CONNECTOR_FACTS:
+            problems.append(f"file {member!r}: unknown connector {connector!r}")
+        if missing:
+            hint = " (is the landing bucket versioned?)" if "facts.version_id" in missing else ""
+            problems.append(f"file {member!r}: missing {', '.join(missing)}{hint}")
+        if record.get("sha256") != stored.get("sha256") or record.get("size") != stored.get("size"):
+            problems.append(
+                f"file {member!r}: recorded sha256 {record.get('sha256')} / {record.get('size')} "
+                f"bytes, stored {stored.get('sha256')} / {stored.get('size')} bytes"
+            )
+        if record.get("run_id") not in (None, run_id):
+            problems.append(
+                f"file {member!r}: recorded run {record.get('run_id')}, materialized by {run_id}"
+            )
+        if connector == "https" and facts.get("tls_version") not in (None, "TLSv1.3"):
+            problems.append(
+                f"file {member!r}: fetched over {facts.get('tls_version')}; TLS 1.3 is required"
+            )
+        if record.get("schema_version") not in (None, "", schema_version):
+            problems.append(
+                f"file {member!r}: ingested for schema {record.get('schema_version')}, but the "
+                f"pipeline now declares {schema_version}; re-materialize the raw asset"
+            )
+        try:
+            datetime.fromisoformat(str(record.get("retrieved_at")).replace("Z", "+00:00"))
+        except ValueError:
+            problems.append(f"file {member!r}: retrieved_at is not an ISO-8601 time")
+    for member in records.keys() - index.get("files", {}).keys():
+        problems.append(f"provenance names file {member!r}, which the fileset does not hold")
+    return problems

@@ -20,6 +20,7 @@ from secure_pipeline.storage.resources import SnapshotStoreResource
 from secure_pipeline.storage.snapshots import (
     FILESET_FORMAT,
     SnapshotRef,
+    SnapshotStore,
     canonical_json,
     snapshot_key,
 )
@@ -80,6 +81,94 @@ def _upstream_digests(context: dg.OutputContext) -> dict[str, str]:
         if info is not None and info.data_version is not None:
             digests[key.to_user_string()] = info.data_version.value
     return digests
+
+
+def recorded_snapshot(
+    record: Any, asset_key: dg.AssetKey, partition: str | None = None
+) -> tuple[str, str, str]:
+    """The snapshot a materialization record names, after checking the record is sound.
+
+    Args:
+        record: An ``EventLogRecord`` of an asset materialization.
+        asset_key: The asset it must belong to.
+        partition: The partition it must belong to, if any.
+
+    Returns:
+        ``(key, sha256, format)``.
+
+    Raises:
+        IntegrityError: When the record names no snapshot, was reported without a run, has a
+            data version other than the digest, or names a snapshot of another asset.
+    """
+    materialization = record.asset_materialization
+    metadata = materialization.metadata
+    asset = asset_key.to_user_string()
+    key, digest, fmt = (_value(metadata, n) for n in (SNAPSHOT_KEY, SHA256, FORMAT))
+    if not (key and digest and fmt):
+        raise IntegrityError(
+            f"the materialization of {asset} (run {record.run_id}) records no snapshot: it was "
+            "not stored through the snapshot store. Re-materialize it."
+        )
+    if not record.run_id:
+        raise IntegrityError(
+            f"the latest materialization of {asset} was reported without a run; only "
+            "materializations computed by a run are loaded. Re-materialize it."
+        )
+    version = (materialization.tags or {}).get("dagster/data_version")
+    if version != digest:
+        raise IntegrityError(
+            f"the materialization record of {asset} (run {record.run_id}) is inconsistent: "
+            f"data version {version} but snapshot digest {digest}"
+        )
+    # The record must name a snapshot *of this asset and partition*: a record pointing at
+    # another asset's (valid, verified) bytes would otherwise be loaded as this input.
+    expected_dir = snapshot_key(asset_key.path, digest, "bin", partition).rsplit("/", 1)[0]
+    directory, _, filename = str(key).rpartition("/")
+    if directory != expected_dir or not filename.startswith(f"{digest}."):
+        raise IntegrityError(
+            f"the materialization record of {asset} (run {record.run_id}) names snapshot "
+            f"{key}, which is not a snapshot of {asset}"
+            + (f" partition {partition!r}" if partition is not None else "")
+            + f" with digest {digest}; refusing to load it"
+        )
+    return str(key), str(digest), str(fmt)
+
+
+def load_recorded(
+    store: SnapshotStore,
+    record: Any,
+    asset_key: dg.AssetKey,
+    partition: str | None = None,
+    *,
+    arrow: bool = False,
+) -> Any:
+    """Load, verified, the snapshot a materialization record names.
+
+    Args:
+        store: The snapshot store.
+        record: The materialization's ``EventLogRecord``.
+        asset_key: The asset it must belong to.
+        partition: The partition it must belong to, if any.
+        arrow: Return tables as pyarrow Tables instead of pandas DataFrames.
+
+    Returns:
+        A table, bytes, a JSON document, or for a fileset a dict of member name to bytes.
+
+    Raises:
+        IntegrityError: When the record is unsound or the bytes fail verification.
+    """
+    key, digest, fmt = recorded_snapshot(record, asset_key, partition)
+    if fmt == FILESET_FORMAT:
+        return store.read_fileset((key, digest))
+    data = store.read_bytes((key, digest))
+    if fmt == "parquet":
+        from secure_pipeline.storage.tables import parquet_to_table
+
+        table = parquet_to_table(data)
+        return table if arrow else table.to_pandas()
+    if fmt == "json":
+        return json.loads(data)
+    return data
 
 
 class SnapshotIOManager(dg.ConfigurableIOManager):
@@ -177,55 +266,12 @@ class SnapshotIOManager(dg.ConfigurableIOManager):
 
     def _load(self, context: dg.InputContext, partition: str | None) -> Any:
         record = self._materialization(context, partition)
-        materialization = record.asset_materialization
-        assert materialization is not None
-        metadata = materialization.metadata
-        asset = context.asset_key.to_user_string()
-        key, digest, fmt = (_value(metadata, n) for n in (SNAPSHOT_KEY, SHA256, FORMAT))
-        if not (key and digest and fmt):
-            raise IntegrityError(
-                f"the latest materialization of {asset} (run {record.run_id}) records no "
-                "snapshot: it was not stored through the snapshot store. Re-materialize it."
-            )
-        if not record.run_id:
-            raise IntegrityError(
-                f"the latest materialization of {asset} was reported without a run; only "
-                "materializations computed by a run are loaded. Re-materialize it."
-            )
-        version = (materialization.tags or {}).get("dagster/data_version")
-        if version != digest:
-            raise IntegrityError(
-                f"the materialization record of {asset} (run {record.run_id}) is inconsistent: "
-                f"data version {version} but snapshot digest {digest}"
-            )
-        # The record must name a snapshot *of this asset and partition*: a record pointing at
-        # another asset's (valid, verified) bytes would otherwise be loaded as this input.
-        expected_dir = snapshot_key(context.asset_key.path, digest, "bin", partition).rsplit(
-            "/", 1
-        )[0]
-        directory, _, filename = str(key).rpartition("/")
-        if directory != expected_dir or not filename.startswith(f"{digest}."):
-            raise IntegrityError(
-                f"the materialization record of {asset} (run {record.run_id}) names snapshot "
-                f"{key}, which is not a snapshot of {asset}"
-                + (f" partition {partition!r}" if partition is not None else "")
-                + f" with digest {digest}; refusing to load it"
-            )
-        store = self.store.get_store()
-        if fmt == FILESET_FORMAT:
-            return store.read_fileset((key, digest))
-        data = store.read_bytes((key, digest))
-        if fmt == "parquet":
-            from secure_pipeline.storage.tables import parquet_to_table
-
-            table = parquet_to_table(data)
-            wants_arrow = getattr(context.dagster_type.typing_type, "__module__", "").startswith(
-                "pyarrow"
-            )
-            return table if wants_arrow else table.to_pandas()
-        if fmt == "json":
-            return json.loads(data)
-        return data
+        wants_arrow = getattr(context.dagster_type.typing_type, "__module__", "").startswith(
+            "pyarrow"
+        )
+        return load_recorded(
+            self.store.get_store(), record, context.asset_key, partition, arrow=wants_arrow
+        )
 
     def _materialization(self, context: dg.InputContext, partition: str | None) -> Any:
         """The materialization record whose snapshot this step must read.

@@ -9,12 +9,12 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from secure_pipeline.environment import Environment
 from secure_pipeline.errors import UntrustedSourceError
 from secure_pipeline.ingestion.https import HttpsConnector
 from secure_pipeline.reference.adult import DATA_DIR, adult_pipeline
 from secure_pipeline.storage.audit import AuditLog
 from secure_pipeline.storage.local import LocalSnapshotStore
+from secure_pipeline_tests.helpers import materialize
 from secure_pipeline_tests.tls_server import serve
 
 PAYLOAD = os.urandom(300_000)
@@ -124,9 +124,7 @@ def instance(isolated_env: Path):
 
 
 def _ingest(instance) -> dg.ExecuteInProcessResult:
-    defs = adult_pipeline().build_definitions(Environment.LOCAL)
-    job = defs.resolve_implicit_global_asset_job_def()
-    return job.execute_in_process(instance=instance, raise_on_error=False)
+    return materialize(adult_pipeline(), instance, raise_on_error=False)
 
 
 def test_reference_ingests_over_tls13(pki, files, instance, isolated_env, monkeypatch) -> None:

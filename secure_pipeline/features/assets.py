@@ -1,0 +1,177 @@
+"""The features stage as Dagster definitions: ``features`` and its ``feature_drift`` check."""
+
+from typing import Any
+
+import dagster as dg
+
+from secure_pipeline.features.engineering import LABEL_COLUMN, feature_catalog
+from secure_pipeline.pipeline import RESERVED_SPLIT_COLUMN, SecurePipeline
+from secure_pipeline.storage.io_manager import load_recorded, recorded_snapshot
+from secure_pipeline.storage.resources import SnapshotStoreResource
+from secure_pipeline.verdicts import verdict
+
+FEATURES = "features"
+FEATURE_DRIFT = "feature_drift"
+
+
+def drift_reference(instance: dg.DagsterInstance, key: dg.AssetKey) -> object:
+    """The materialization drift is measured against.
+
+    The features snapshot the current champion model was trained on is the reference once a
+    model has been promoted; until then, the first features snapshot ever materialized.
+
+    Returns:
+        The reference materialization's event record, or None when there is none.
+    """
+    result = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key), limit=1, ascending=True
+    )
+    return result.records[0] if result.records else None
+
+
+def build_features_stage(
+    pipeline: SecurePipeline,
+) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
+    """Build ``features`` and ``feature_drift``.
+
+    Args:
+        pipeline: The spec.
+
+    Returns:
+        ``(assets, checks)``.
+    """
+    validated_key = dg.AssetKey(f"validated_{pipeline.source.name}")
+    features_key = dg.AssetKey(FEATURES)
+    catalog = feature_catalog(pipeline)
+    policy = pipeline.policy
+    catalog_table = dg.MetadataValue.table(
+        records=[
+            dg.TableRecord(
+                {
+                    "feature": f.name,
+                    "kind": f.kind,
+                    "from": f.source,
+                    "codes": ", ".join(f"{i}={c}" for i, c in enumerate(f.categories))[:300],
+                    "sensitive": f.sensitive,
+                }
+            )
+            for f in catalog
+        ],
+        schema=dg.TableSchema(
+            columns=[
+                dg.TableColumn("feature", "string"),
+                dg.TableColumn("kind", "string"),
+                dg.TableColumn("from", "string"),
+                dg.TableColumn("codes", "string"),
+                dg.TableColumn("sensitive", "bool"),
+            ]
+        ),
+    )
+
+    @dg.asset(
+        name=FEATURES,
+        ins={"validated": dg.AssetIn(key=validated_key)},
+        group_name="features",
+        kinds={"pandas", "parquet"},
+        owners=list(pipeline.owners) or None,
+        code_version=pipeline.code_version,
+        description=(
+            "The feature table: numeric columns as floats, categories as stable integer codes "
+            "(the schema's order; -1 missing), bands of numeric columns as a sensitive-attribute "
+            "view for fairness audits, log-amounts, the 0/1 label and the split. Stored as an "
+            "immutable, content-addressed snapshot whose digest is the data version."
+        ),
+        metadata={"feature_catalog": catalog_table},
+        tags={"secure_pipeline/stage": "features"},
+    )
+    def features(context: dg.AssetExecutionContext, validated: Any) -> dg.MaterializeResult[Any]:
+        from secure_pipeline.features.engineering import build_features
+
+        table = build_features(validated, pipeline)
+        metadata: dict[str, object] = {
+            "features": len(catalog),
+            "sensitive_features": ", ".join(f.name for f in catalog if f.sensitive) or "none",
+            "rows_by_split": dg.MetadataValue.json(
+                {str(k): int(v) for k, v in table[RESERVED_SPLIT_COLUMN].value_counts().items()}
+            ),
+        }
+        if LABEL_COLUMN in table:
+            metadata["positive_rate"] = round(float(table[LABEL_COLUMN].mean()), 4)
+        context.log.info(f"{len(table)} rows, {len(catalog)} features")
+        return dg.MaterializeResult(value=table, metadata=metadata)
+
+    @dg.asset_check(
+        asset=features_key,
+        name=FEATURE_DRIFT,
+        blocking=True,
+        description=(
+            "Population stability index of every feature against the reference snapshot (the "
+            "one the current champion was trained on; the first snapshot until a model is "
+            f"promoted). Warns at PSI >= {policy.drift_warn_psi}, fails at "
+            f">= {policy.drift_fail_psi}: the population changed, and a model trained on it "
+            "must not replace one trained on the reference without review."
+        ),
+    )
+    def feature_drift(
+        context: dg.AssetCheckExecutionContext, snapshot_store: SnapshotStoreResource
+    ) -> dg.AssetCheckResult:
+        from secure_pipeline.features.drift import population_stability
+
+        store = snapshot_store.get_store()
+        current_record = context.instance.get_latest_materialization_event(features_key)
+        if current_record is None:
+            raise dg.Failure("features has not been materialized yet")
+        reference_record = drift_reference(context.instance, features_key)
+        current = load_recorded(store, current_record, features_key)
+        reference = load_recorded(store, reference_record, features_key)
+        drift = population_stability(reference, current, catalog, policy.drift_bins)
+        worst = drift[0] if drift else None
+        psi = worst.psi if worst else 0.0
+        failed = psi >= policy.drift_fail_psi
+        warned = psi >= policy.drift_warn_psi
+        subject = recorded_snapshot(current_record, features_key)[1]
+        reference_digest = recorded_snapshot(reference_record, features_key)[1]
+        table = dg.MetadataValue.table(
+            records=[
+                dg.TableRecord({"feature": d.feature, "psi": round(d.psi, 6), "bins": d.bins})
+                for d in drift
+            ],
+            schema=dg.TableSchema(
+                columns=[
+                    dg.TableColumn("feature", "string"),
+                    dg.TableColumn("psi", "float"),
+                    dg.TableColumn("bins", "int"),
+                ]
+            ),
+        )
+        return verdict(
+            snapshot_store,
+            run_id=context.run.run_id,
+            asset_key=features_key,
+            check_name=FEATURE_DRIFT,
+            passed=not warned,
+            severity=dg.AssetCheckSeverity.ERROR if failed else dg.AssetCheckSeverity.WARN,
+            subject=subject,
+            summary={
+                "max_psi": round(psi, 6),
+                "feature": worst.feature if worst else None,
+                "reference": reference_digest,
+            },
+            metadata={
+                "max_psi": round(psi, 6),
+                "most_drifted": worst.feature if worst else "none",
+                "psi_by_feature": table,
+                "reference_sha256": reference_digest,
+                "reference": "first features snapshot"
+                if reference_digest != subject
+                else "this snapshot is the first (no drift possible yet)",
+                "warn_at": policy.drift_warn_psi,
+                "fail_at": policy.drift_fail_psi,
+            },
+            description=None
+            if not warned
+            else f"{worst.feature} drifted: PSI {psi:.3f} (warn {policy.drift_warn_psi}, fail "
+            f"{policy.drift_fail_psi})",
+        )
+
+    return [features], [feature_drift]

@@ -1,0 +1,1 @@
+"""Validation: parsing raw files, schema checks (pandera), expectations (GX), quarantine."""

@@ -1,0 +1,354 @@
+"""The validation stage as Dagster definitions, built from a `SecurePipeline` spec.
+
+On ``raw_<source>``:
+  * ``provenance_complete`` (blocking): the stored provenance record is complete and matches
+    the stored files;
+  * ``schema_conforms`` (blocking): the files parse and conform to the pandera model; structural
+    problems fail with ERROR, row-level failures are reported (WARN) and quarantined.
+
+``validated_<source>``: the rows that pass, as a Parquet snapshot; rejected rows go to an
+immutable quarantine snapshot with the reason for each. Its check ``reject_rate_within_limit``
+(blocking) is decided in the same step.
+
+On ``validated_<source>``:
+  * ``expectations_met`` (blocking): the Great Expectations suite; the full result document is
+    stored as a snapshot.
+
+Every verdict is also an audit record.
+"""
+
+import json
+from typing import Any
+
+import dagster as dg
+
+from secure_pipeline.pipeline import RESERVED_SPLIT_COLUMN, SecurePipeline
+from secure_pipeline.storage.io_manager import load_recorded, recorded_snapshot
+from secure_pipeline.storage.resources import SnapshotStoreResource
+from secure_pipeline.storage.snapshots import canonical_json
+from secure_pipeline.verdicts import verdict
+
+PROVENANCE_COMPLETE = "provenance_complete"
+SCHEMA_CONFORMS = "schema_conforms"
+REJECT_RATE = "reject_rate_within_limit"
+EXPECTATIONS_MET = "expectations_met"
+
+
+def _latest(instance: dg.DagsterInstance, key: dg.AssetKey) -> Any:
+    record = instance.get_latest_materialization_event(key)
+    if record is None:
+        raise dg.Failure(f"{key.to_user_string()} has not been materialized yet")
+    return record
+
+
+def _failure_table(failures: dict[str, dict[str, int]]) -> dg.TableMetadataValue:
+    rows = [
+        dg.TableRecord({"column": column, "check": check, "failures": count})
+        for column, checks in sorted(failures.items())
+        for check, count in sorted(checks.items())
+    ]
+    return dg.MetadataValue.table(
+        records=rows,
+        schema=dg.TableSchema(
+            columns=[
+                dg.TableColumn("column", "string"),
+                dg.TableColumn("check", "string"),
+                dg.TableColumn("failures", "int"),
+            ]
+        ),
+    )
+
+
+def _problems_md(problems: list[str]) -> dg.MarkdownMetadataValue:
+    return dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none")
+
+
+def build_validation_stage(
+    pipeline: SecurePipeline,
+) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
+    """Build ``validated_<source>`` and the checks of the raw and validated assets.
+
+    Args:
+        pipeline: The spec.
+
+    Returns:
+        ``(assets, checks)``.
+    """
+    schema, policy = pipeline.schema, pipeline.policy
+    raw_key = dg.AssetKey(pipeline.raw_asset_name)
+    validated_name = f"validated_{pipeline.source.name}"
+    validated_key = dg.AssetKey(validated_name)
+    owners = list(pipeline.owners) or None
+
+    @dg.asset_check(
+        asset=raw_key,
+        name=PROVENANCE_COMPLETE,
+        blocking=True,
+        description=(
+            "The provenance record of the latest ingestion is complete (source, time, size, "
+            "SHA-256, connector facts: TLS 1.3 details for https, ETag and version for S3) and "
+            "matches the stored files and the current schema. A failure means the origin of the "
+            "data cannot be shown: nothing downstream is built from it."
+        ),
+    )
+    def provenance_complete(
+        context: dg.AssetCheckExecutionContext, snapshot_store: SnapshotStoreResource
+    ) -> dg.AssetCheckResult:
+        from secure_pipeline.ingestion.provenance import provenance_problems
+
+        record = _latest(context.instance, raw_key)
+        _key, index_sha, _fmt = recorded_snapshot(record, raw_key)
+        store = snapshot_store.get_store()
+        meta = record.asset_materialization.metadata
+        index = json.loads(store.read_bytes((meta["snapshot_key"].value, index_sha)))
+        prov_key, prov_sha = meta.get("provenance_key"), meta.get("provenance_sha256")
+        if prov_key is None or prov_sha is None:
+            problems = ["the materialization records no provenance snapshot"]
+        else:
+            document = json.loads(store.read_bytes((prov_key.value, prov_sha.value)))
+            problems = provenance_problems(
+                document,
+                index,
+                index_sha256=index_sha,
+                run_id=record.run_id,
+                schema_version=schema.version,
+            )
+        return verdict(
+            snapshot_store,
+            run_id=context.run.run_id,
+            asset_key=raw_key,
+            check_name=PROVENANCE_COMPLETE,
+            passed=not problems,
+            subject=index_sha,
+            summary={"problems": len(problems)},
+            metadata={"problems": _problems_md(problems), "files": len(index["files"])},
+            description=problems[0] if problems else None,
+        )
+
+    @dg.asset_check(
+        asset=raw_key,
+        name=SCHEMA_CONFORMS,
+        blocking=True,
+        description=(
+            f"The raw files conform to the {schema.name} schema (pandera: types, ranges, allowed "
+            "categories, nullability, exact column set). Structural problems — unreadable or "
+            "empty files, a wrong header, a column failing in every row — fail with ERROR and "
+            "block everything downstream. Row-level failures are reported as a warning with "
+            "per-column counts and examples; those rows are quarantined."
+        ),
+    )
+    def schema_conforms(
+        context: dg.AssetCheckExecutionContext, snapshot_store: SnapshotStoreResource
+    ) -> dg.AssetCheckResult:
+        from secure_pipeline.validation.parsing import parse_fileset
+        from secure_pipeline.validation.schema import validate_batch
+
+        record = _latest(context.instance, raw_key)
+        files = load_recorded(snapshot_store.get_store(), record, raw_key)
+        batch = parse_fileset(files, schema)
+        report = validate_batch(batch, schema)
+        structural = bool(report.structural)
+        passed = not structural and report.rejected_rows == 0
+        return verdict(
+            snapshot_store,
+            run_id=context.run.run_id,
+            asset_key=raw_key,
+            check_name=SCHEMA_CONFORMS,
+            passed=passed,
+            # Row-level failures warn (the rows are quarantined); anything structural blocks.
+            severity=dg.AssetCheckSeverity.WARN
+            if report.rejected_rows and not structural
+            else dg.AssetCheckSeverity.ERROR,
+            subject=recorded_snapshot(record, raw_key)[1],
+            summary={
+                "rows": report.rows,
+                "rejected_rows": report.rejected_rows,
+                "structural_problems": len(report.structural),
+            },
+            metadata={
+                "schema_version": schema.version,
+                "rows": report.rows,
+                "rejected_rows": report.rejected_rows,
+                "reject_rate": round(report.reject_rate, 6),
+                "structural_problems": _problems_md(report.structural),
+                "failures_by_column": _failure_table(report.failures),
+                "failing_examples": dg.MetadataValue.json(report.examples),
+                "unparseable_lines": len(report.rejected_lines),
+                "comment_lines": dg.MetadataValue.json(batch.comment_lines),
+            },
+            description=(report.structural or [None])[0],
+        )
+
+    @dg.asset(
+        name=validated_name,
+        ins={"raw": dg.AssetIn(key=raw_key)},
+        group_name="ingestion",
+        kinds={"pandera", "parquet"},
+        owners=owners,
+        code_version=pipeline.code_version,
+        description=(
+            f"Rows of `{raw_key.to_user_string()}` that conform to the {schema.name} schema, "
+            "typed, with a `split` column naming the file each came from. Rejected rows are "
+            "kept as an immutable quarantine snapshot with the reason for each; the batch is "
+            f"held back when more than {policy.max_reject_rate:.2%} of rows are rejected."
+        ),
+        check_specs=[
+            dg.AssetCheckSpec(
+                REJECT_RATE,
+                asset=validated_key,
+                blocking=True,
+                description=(
+                    f"At most {policy.max_reject_rate:.2%} of the batch's rows were quarantined. "
+                    "More means the source changed or broke: nothing downstream is built."
+                ),
+            )
+        ],
+        tags={"secure_pipeline/stage": "validation"},
+    )
+    def validated(
+        context: dg.AssetExecutionContext, raw: dict, snapshot_store: SnapshotStoreResource
+    ):  # no return annotation: with a check spec, dagster reads one as per-output types
+        from secure_pipeline.validation.parsing import parse_fileset
+        from secure_pipeline.validation.quarantine import quarantine_table
+        from secure_pipeline.validation.schema import validate_batch
+
+        batch = parse_fileset(raw, schema)
+        report = validate_batch(batch, schema)
+        if report.structural:
+            raise dg.Failure(
+                description=(
+                    f"{raw_key.to_user_string()} does not conform to the schema; nothing was "
+                    "validated: " + "; ".join(report.structural)
+                ),
+                metadata={"structural_problems": _problems_md(report.structural)},
+            )
+        assert report.rejected is not None
+        kept = batch.frame[~report.rejected].reset_index(drop=True)
+        store = snapshot_store.get_store()
+        raw_sha = context.instance.get_latest_materialization_event(raw_key)
+        raw_digest = recorded_snapshot(raw_sha, raw_key)[1] if raw_sha else None
+        quarantine = quarantine_table(batch, report)
+        from secure_pipeline.storage.tables import table_to_parquet
+
+        quarantined = store.put_bytes(
+            [validated_name, "_quarantine"],
+            table_to_parquet(quarantine),
+            ext="parquet",
+            format="parquet",
+            upstream={raw_key.to_user_string(): raw_digest} if raw_digest else {},
+            run_id=context.run.run_id,
+            code_version=pipeline.code_version,
+            extra={"rows": quarantine.num_rows},
+        )
+        rate = report.reject_rate
+        passed = rate <= policy.max_reject_rate
+        check = verdict(
+            snapshot_store,
+            run_id=context.run.run_id,
+            asset_key=validated_key,
+            check_name=REJECT_RATE,
+            passed=passed,
+            subject=raw_digest,
+            summary={"rows": report.rows, "rejected_rows": report.rejected_rows},
+            metadata={
+                "reject_rate": round(rate, 6),
+                "max_reject_rate": policy.max_reject_rate,
+                "rejected_rows": report.rejected_rows,
+                "rows": report.rows,
+            },
+            description=None
+            if passed
+            else (
+                f"{report.rejected_rows} of {report.rows} rows rejected ({rate:.2%}); the policy "
+                f"allows {policy.max_reject_rate:.2%}"
+            ),
+        )
+        splits = kept[RESERVED_SPLIT_COLUMN].value_counts().to_dict()
+        return dg.MaterializeResult(
+            value=kept,
+            metadata={
+                "rows_in": report.rows,
+                "rows_valid": len(kept),
+                "rows_quarantined": report.rejected_rows,
+                "reject_rate": round(rate, 6),
+                "rows_by_split": dg.MetadataValue.json({str(k): int(v) for k, v in splits.items()}),
+                "failures_by_column": _failure_table(report.failures),
+                "quarantine_uri": quarantined.uri,
+                "quarantine_sha256": quarantined.sha256,
+                "schema_version": schema.version,
+            },
+            check_results=[check],
+        )
+
+    @dg.asset_check(
+        asset=validated_key,
+        name=EXPECTATIONS_MET,
+        blocking=True,
+        description=(
+            "The validated batch meets the statistical expectations (Great Expectations): row "
+            "count bounds, share of missing values, value ranges and means, every label class "
+            "present. The full result is stored as a snapshot. A failure means the batch does "
+            "not look like this dataset: nothing downstream is built from it."
+        ),
+    )
+    def expectations_met(
+        context: dg.AssetCheckExecutionContext, snapshot_store: SnapshotStoreResource
+    ) -> dg.AssetCheckResult:
+        from secure_pipeline.validation.expectations import run_expectations
+
+        record = _latest(context.instance, validated_key)
+        store = snapshot_store.get_store()
+        frame = load_recorded(store, record, validated_key)
+        report = run_expectations(frame, schema)
+        subject = recorded_snapshot(record, validated_key)[1]
+        document = store.put_bytes(
+            [validated_name, "_expectations"],
+            canonical_json(json.loads(json.dumps(report.document, default=str))),
+            ext="json",
+            format="json",
+            upstream={validated_key.to_user_string(): subject},
+            run_id=context.run.run_id,
+            code_version=pipeline.code_version,
+        )
+        outcomes = dg.MetadataValue.table(
+            records=[
+                dg.TableRecord(
+                    {
+                        "expectation": o.expectation,
+                        "column": o.column or "(table)",
+                        "success": o.success,
+                        "observed": o.observed,
+                    }
+                )
+                for o in report.outcomes
+            ],
+            schema=dg.TableSchema(
+                columns=[
+                    dg.TableColumn("expectation", "string"),
+                    dg.TableColumn("column", "string"),
+                    dg.TableColumn("success", "bool"),
+                    dg.TableColumn("observed", "string"),
+                ]
+            ),
+        )
+        failed = [f"{o.expectation}({o.column}): observed {o.observed}" for o in report.failed]
+        return verdict(
+            snapshot_store,
+            run_id=context.run.run_id,
+            asset_key=validated_key,
+            check_name=EXPECTATIONS_MET,
+            passed=report.success,
+            subject=subject,
+            summary={"expectations": len(report.outcomes), "failed": len(report.failed)},
+            metadata={
+                "expectations": len(report.outcomes),
+                "failed": len(report.failed),
+                "outcomes": outcomes,
+                "failed_expectations": _problems_md(failed),
+                "result_uri": document.uri,
+                "result_sha256": document.sha256,
+            },
+            description=failed[0] if failed else None,
+        )
+
+    return [validated], [provenance_complete, schema_conforms, expectations_met]

@@ -1,0 +1,336 @@
+"""Raw delimited files to typed tables, keeping every problem instead of guessing.
+
+Parsing is where "handled by luck" usually happens: a comment line swallowed as data, a label
+with a trailing period treated as a new class, a stray ``?`` turned into a string. Here each of
+those is declared in the `DatasetSchema` and applied explicitly:
+
+1. file-level problems (empty, not text, not UTF-8, wrong header) make the whole batch fail;
+2. lines that do not split into the declared number of fields are rejected with the reason;
+3. values are trimmed, missing-value tokens become nulls, declared aliases are mapped;
+4. each column is converted to its declared type; a value that does not convert is a row-level
+   type failure (the row is rejected later), never silently nulled.
+
+pyarrow's multi-threaded CSV reader does the splitting; conversions are vectorized.
+"""
+
+import csv
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from secure_pipeline.pipeline import RESERVED_SPLIT_COLUMN, Column, DatasetSchema
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+_INT = r"^[+-]?[0-9]+$"
+_FLOAT = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
+_TRUE = ("true", "t", "yes", "y", "1")
+_FALSE = ("false", "f", "no", "n", "0")
+_EXAMPLE_CHARS = 80
+
+
+@dataclass(frozen=True)
+class RejectedLine:
+    """A line that could not be split into the declared columns.
+
+    Attributes:
+        member: The source file it came from.
+        line: Line number in the file (1-based; blank lines are not counted).
+        reason: What was expected and what was found.
+        text: The start of the line.
+    """
+
+    member: str
+    line: int
+    reason: str
+    text: str
+
+
+@dataclass
+class ParsedBatch:
+    """All files of a raw fileset, parsed and typed.
+
+    Attributes:
+        frame: One row per accepted line, columns in schema order plus ``split`` (the member).
+            Typed per the schema; a value that failed conversion is null here and flagged in
+            ``type_failures``.
+        type_failures: Column name to a boolean mask of rows whose value did not convert: the
+            wrong type, or a category outside the allowed values.
+        type_examples: Column name to a few raw values that did not convert.
+        rejected_lines: Lines that did not have the declared number of fields.
+        problems: File-level problems; any one fails the batch.
+        comment_lines: Comment lines dropped, by member.
+        raw_rows: Rows read per member (accepted lines, before validation).
+        text: The same rows as text (trimmed, aliases applied, before conversion), so that a
+            quarantined row shows the value that failed rather than a null.
+    """
+
+    frame: "pd.DataFrame"
+    type_failures: dict[str, Any] = field(default_factory=dict)
+    type_examples: dict[str, list[str]] = field(default_factory=dict)
+    rejected_lines: list[RejectedLine] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    comment_lines: dict[str, int] = field(default_factory=dict)
+    raw_rows: dict[str, int] = field(default_factory=dict)
+    text: "pa.Table | None" = None
+
+    @property
+    def total_lines(self) -> int:
+        """Data lines seen: parsed rows plus lines rejected for their field count."""
+        return len(self.frame) + len(self.rejected_lines)
+
+
+def _mark_comments(data: bytes, prefix: bytes) -> tuple[bytes, int]:
+    """Reduce every comment line to the bare prefix: one field, never a valid row.
+
+    The reader then hands each comment to the invalid-row handler, which drops it as a
+    comment. Lines are not removed, so reported line numbers stay those of the file.
+    """
+    if not (data.startswith(prefix) or b"\n" + prefix in data):
+        return data, 0
+    lines = data.split(b"\n")
+    count = sum(1 for line in lines if line.startswith(prefix))
+    return b"\n".join(prefix if line.startswith(prefix) else line for line in lines), count
+
+
+def _file_problem(member: str, data: bytes, schema: DatasetSchema) -> str | None:
+    if not data.strip():
+        return f"file {member!r} is empty: expected {schema.name} rows, found no data"
+    if b"\x00" in data[:65536]:
+        return (
+            f"file {member!r} is not text: it contains NUL bytes (binary data where "
+            f"{schema.name} CSV was expected)"
+        )
+    return None
+
+
+def _utf8_problem(member: str, data: bytes) -> str:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return (
+            f"file {member!r} is not valid UTF-8 text (byte {exc.start}: {exc.reason}); "
+            "re-export the file as UTF-8"
+        )
+    return ""
+
+
+def _header_problem(member: str, found: list[str], schema: DatasetSchema) -> str | None:
+    expected = list(schema.column_names)
+    if sorted(found) == sorted(expected) and len(set(found)) == len(found):
+        return None
+    missing = [n for n in expected if n not in found]
+    unexpected = [n for n in found if n not in expected]
+    duplicated = sorted({n for n in found if found.count(n) > 1})
+    parts = [f"file {member!r} has columns {found!r}; expected exactly {expected!r}"]
+    if missing:
+        parts.append(f"missing: {missing!r}")
+    if unexpected:
+        parts.append(f"unexpected: {unexpected!r}")
+    if duplicated:
+        parts.append(f"duplicated: {duplicated!r}")
+    return "; ".join(parts) + " (renamed or added columns are schema drift: update the schema)"
+
+
+def _read_member(
+    member: str, data: bytes, schema: DatasetSchema, batch: ParsedBatch
+) -> "pa.Table | None":
+    import pyarrow as pa
+
+    if schema.comment_prefix:
+        data, comments = _mark_comments(data, schema.comment_prefix.encode())
+        batch.comment_lines[member] = comments
+    problem = _file_problem(member, data, schema)
+    if problem:
+        batch.problems.append(problem)
+        return None
+    names = list(schema.column_names)
+    skip = 0
+    if schema.has_header:
+        first = data.lstrip(b"\n").split(b"\n", 1)[0].decode("utf-8", "replace").rstrip("\r")
+        # Names exactly as written: surrounding whitespace in a name is drift too.
+        found = next(csv.reader([first], delimiter=schema.delimiter), [])
+        problem = _header_problem(member, found, schema)
+        if problem:
+            batch.problems.append(problem)
+            return None
+        names = found
+        skip = 1
+    try:
+        table, rejected = _read_csv(member, data, schema, names, skip, threads=True)
+        if rejected:
+            # The threaded reader cannot number rejected lines; the rare file that has any is
+            # read again on one thread so the quarantine can say where each line was.
+            table, rejected = _read_csv(member, data, schema, names, skip, threads=False)
+    except pa.ArrowInvalid as exc:
+        # pyarrow checks UTF-8 as it converts; decode only now to say where it broke.
+        batch.problems.append(
+            _utf8_problem(member, data)
+            or f"file {member!r} could not be parsed as {schema.name} CSV: {exc}"
+        )
+        return None
+    batch.rejected_lines.extend(rejected)
+    if table.num_rows == 0 and rejected:
+        batch.problems.append(
+            f"file {member!r}: no line has the declared {len(names)} fields "
+            f"({rejected[0].reason} on line {rejected[0].line}); wrong delimiter or format?"
+        )
+        return None
+    batch.raw_rows[member] = table.num_rows
+    return table.select(list(schema.column_names))
+
+
+def _read_csv(
+    member: str, data: bytes, schema: DatasetSchema, names: list[str], skip: int, threads: bool
+) -> tuple["pa.Table", list[RejectedLine]]:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    rejected: list[RejectedLine] = []
+
+    comment = schema.comment_prefix
+
+    def on_invalid(row: Any) -> str:
+        if comment is not None and row.text == comment:
+            return "skip"  # a comment line, reduced to its prefix by _mark_comments
+        rejected.append(
+            RejectedLine(
+                member,
+                row.number if row.number is not None else -1,
+                f"expected {row.expected_columns} fields, found {row.actual_columns}",
+                (row.text or "")[:_EXAMPLE_CHARS],
+            )
+        )
+        return "skip"
+
+    table = pacsv.read_csv(
+        io.BytesIO(data),
+        read_options=pacsv.ReadOptions(column_names=names, skip_rows=skip, use_threads=threads),
+        parse_options=pacsv.ParseOptions(
+            delimiter=schema.delimiter, invalid_row_handler=on_invalid
+        ),
+        convert_options=pacsv.ConvertOptions(
+            column_types={n: pa.string() for n in names},
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+    return table, rejected
+
+
+def _clean(column: "pa.ChunkedArray", spec: Column, missing: tuple[str, ...]) -> Any:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    values = pc.utf8_trim_whitespace(column)
+    nulls = list(missing) + ([""] if spec.dtype != "string" else [])
+    if nulls:
+        values = pc.if_else(pc.is_in(values, pa.array(nulls)), pa.scalar(None, pa.string()), values)
+    for raw, canonical in spec.aliases:
+        values = pc.if_else(pc.equal(values, raw), canonical, values)
+    return values
+
+
+def _convert(values: Any, spec: Column) -> tuple["pd.Series", Any]:
+    """Convert cleaned strings to the column's type; return the series and a failure mask."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    present = pc.is_valid(values)
+    if spec.dtype in ("int", "float"):
+        pattern = _INT if spec.dtype == "int" else _FLOAT
+        ok = pc.match_substring_regex(values, pattern)
+        bad = pc.and_(present, pc.invert(ok))
+        usable = pc.if_else(ok, values, pa.scalar(None, pa.string()))
+        target = pa.int64() if spec.dtype == "int" else pa.float64()
+        try:
+            converted = pc.cast(usable, target)
+        except pa.ArrowInvalid:  # an integer beyond 64 bits: judge each value
+            numbers = pd.to_numeric(pd.Series(usable.to_pylist(), dtype=object), errors="coerce")
+            limit = np.iinfo(np.int64)
+            fits = numbers.between(limit.min, limit.max)
+            bad = pc.or_(bad, pa.array((~fits & numbers.notna()).to_numpy()))
+            converted = pa.array(numbers.where(fits).astype("Int64"), type=target)
+        series = converted.to_pandas(types_mapper={target: pd.Int64Dtype()}.get)
+        if spec.dtype == "float":
+            series = series.astype("float64")
+    elif spec.dtype == "bool":
+        lowered = pc.utf8_lower(values)
+        true = pc.is_in(lowered, pa.array(_TRUE))
+        false = pc.is_in(lowered, pa.array(_FALSE))
+        bad = pc.and_(present, pc.invert(pc.or_(true, false)))
+        series = pd.Series(
+            pc.if_else(
+                true, True, pc.if_else(false, False, pa.scalar(None, pa.bool_()))
+            ).to_pandas(),
+            dtype="boolean",
+        )
+    elif spec.dtype == "category":
+        # Codes into the declared categories: an unknown value is a failure here, because
+        # casting it to the categorical type would silently turn it into a missing value.
+        allowed = pa.array(list(spec.allowed or ()), pa.string())
+        codes = pc.index_in(values, value_set=allowed)
+        bad = pc.and_(present, pc.is_null(codes))
+        filled = np.asarray(pc.fill_null(codes, -1).to_numpy(zero_copy_only=False), dtype="int32")
+        series = pd.Series(pd.Categorical.from_codes(filled, categories=list(spec.allowed or ())))
+    else:  # free text
+        series = values.to_pandas().astype("string")
+        return series, np.zeros(len(values), dtype=bool)
+    return series, np.asarray(bad.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def parse_fileset(files: Mapping[str, bytes], schema: DatasetSchema) -> ParsedBatch:
+    """Parse every member of a raw fileset into one typed frame.
+
+    Args:
+        files: Member name to the raw bytes (verified by the store).
+        schema: The declared schema.
+
+    Returns:
+        The parsed batch; check ``problems`` before using the frame.
+    """
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    batch = ParsedBatch(frame=pd.DataFrame())
+    tables = []
+    for member, data in files.items():
+        table = _read_member(member, data, schema, batch)
+        if table is not None:
+            tables.append(
+                table.append_column(
+                    RESERVED_SPLIT_COLUMN, pa.array([member] * table.num_rows, pa.string())
+                )
+            )
+    if not tables:
+        if not batch.problems:
+            batch.problems.append("the fileset has no files")
+        return batch
+    table = pa.concat_tables(tables)
+    columns: dict[str, Any] = {}
+    texts: dict[str, Any] = {}
+    for spec in schema.columns:
+        cleaned = _clean(table.column(spec.name), spec, schema.missing_values)
+        texts[spec.name] = cleaned
+        series, bad = _convert(cleaned, spec)
+        columns[spec.name] = series
+        if bad.any():
+            batch.type_failures[spec.name] = bad
+            text = cleaned.to_numpy(zero_copy_only=False)
+            batch.type_examples[spec.name] = [str(v)[:_EXAMPLE_CHARS] for v in text[bad][:5]]
+    columns[RESERVED_SPLIT_COLUMN] = pd.Series(
+        np.asarray(table.column(RESERVED_SPLIT_COLUMN).to_numpy(zero_copy_only=False)),
+        dtype="string",
+    )
+    texts[RESERVED_SPLIT_COLUMN] = table.column(RESERVED_SPLIT_COLUMN)
+    batch.text = pa.table(texts)
+    batch.frame = pd.DataFrame(columns)
+    if len(batch.frame) == 0:
+        batch.problems.append(f"the fileset has no data rows (expected {schema.name} rows)")
+    return batch
