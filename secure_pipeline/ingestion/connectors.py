@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import unquote, urljoin, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from secure_pipeline import environment as env
 from secure_pipeline.environment import Environment
@@ -53,7 +53,9 @@ class Connector(Protocol):
 def join_location(location: str, path: str) -> str:
     """Resolve a file's relative path against a directory-like location URI."""
     base = location if location.endswith("/") else location + "/"
-    return urljoin(base, path)
+    # Plain concatenation: urljoin does not treat s3:// as hierarchical. The spec already
+    # refuses absolute paths and "..", so the result stays under the location.
+    return base + path
 
 
 class FileConnector:

@@ -256,9 +256,10 @@ def _convert(values: Any, spec: Column) -> tuple["pd.Series", Any]:
             fits = numbers.between(limit.min, limit.max)
             bad = pc.or_(bad, pa.array((~fits & numbers.notna()).to_numpy()))
             converted = pa.array(numbers.where(fits).astype("Int64"), type=target)
-        series = converted.to_pandas(types_mapper={target: pd.Int64Dtype()}.get)
-        if spec.dtype == "float":
-            series = series.astype("float64")
+        if spec.dtype == "int":
+            series = converted.to_pandas(types_mapper={target: pd.Int64Dtype()}.get)
+        else:
+            series = converted.to_pandas().astype("float64")
     elif spec.dtype == "bool":
         lowered = pc.utf8_lower(values)
         true = pc.is_in(lowered, pa.array(_TRUE))

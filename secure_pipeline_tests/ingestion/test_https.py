@@ -153,17 +153,27 @@ def test_reference_ingests_over_tls13(pki, files, instance, isolated_env, monkey
 
 
 @pytest.mark.parametrize(
-    ("cert", "tls12_only"), [("good", True), ("otherca", False), ("expired", False)]
+    ("cert", "tls12_only", "pin", "message"),
+    [
+        ("good", True, None, "does not speak TLS 1.3"),
+        ("otherca", False, None, "unable to get local issuer certificate"),
+        ("expired", False, None, "certificate has expired"),
+        ("wronghost", False, None, "not valid for '127.0.0.1'"),
+        ("good", False, "ab" * 32, "not pinned"),
+    ],
 )
 def test_refused_ingestion_stores_nothing(
-    pki, files, instance, isolated_env, monkeypatch, cert, tls12_only
+    pki, files, instance, isolated_env, monkeypatch, cert, tls12_only, pin, message
 ) -> None:
     with serve(files, pki, cert=cert, tls12_only=tls12_only) as server:
         monkeypatch.setenv("SECURE_PIPELINE_SOURCE_URI", server.url + "/data/")
         monkeypatch.setenv("SECURE_PIPELINE_CA_BUNDLE", str(pki.ca))
+        if pin:
+            monkeypatch.setenv("SECURE_PIPELINE_SOURCE_TLS_PINS", pin)
         result = _ingest(instance)
     assert not result.success
     failure = result.get_step_failure_events()[0].step_failure_data.error
     assert failure.cause.cls_name == "UntrustedSourceError"
+    assert message in failure.cause.message
     store = isolated_env / "store"
     assert not store.exists() or not list(LocalSnapshotStore(store).list_keys("snapshots/"))
