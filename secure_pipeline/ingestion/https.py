@@ -254,11 +254,11 @@ class HttpsConnector:
         max_bytes: int,
         deadline: float,
     ) -> Iterator[bytes]:
-        buffer = bytearray(CHUNK_SIZE)
-        view = memoryview(buffer)
         total = 0
         try:
-            while n := response.readinto(buffer):
+            # A fresh buffer per chunk: the store hashes and writes chunks on another thread,
+            # so a chunk must stay intact after it is handed over.
+            while n := response.readinto(buffer := bytearray(CHUNK_SIZE)):
                 total += n
                 if total > max_bytes:
                     raise UntrustedSourceError(
@@ -270,7 +270,7 @@ class HttpsConnector:
                         f"{redact_uri(url)} took longer than {self.total_timeout}s; nothing was "
                         "stored"
                     )
-                yield bytes(view[:n])
+                yield memoryview(buffer)[:n]
         except TimeoutError:
             raise UntrustedSourceError(
                 f"{redact_uri(url)} stopped sending for {self.read_timeout}s; nothing was stored"

@@ -42,6 +42,11 @@ class LocalSnapshotStore(SnapshotStore):
     def _spool_dir(self) -> Path:
         return self.root / _SPOOL
 
+    def _spool_sync_every(self) -> int | None:
+        # The spool file becomes the snapshot; flushing as it grows spreads the fsync cost
+        # over the download instead of paying it all before the file can be published.
+        return 32 * 1024 * 1024 if self._fsync else None
+
     def _publish(self, spool: Path, key: str) -> bool:
         """Make a finished spool file visible under ``key``; False when the key exists."""
         final = self._path(key)

@@ -16,8 +16,11 @@ import abc
 import base64
 import hashlib
 import json
+import os
+import queue
 import re
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -213,20 +216,68 @@ class SnapshotManifest:
 
 
 class _HashingWriter:
-    """Copies chunks to a file while hashing and counting them, enforcing a size limit."""
+    """Copies chunks to a file while hashing and counting them, enforcing a size limit.
 
-    def __init__(self, fileobj: IO[bytes], max_bytes: int | None) -> None:
+    Args:
+        fileobj: The spool file.
+        max_bytes: Refuse streams longer than this.
+        sync_every: Flush written data to disk every this many bytes, so that the final
+            fsync before publishing finds little left to write.
+    """
+
+    def __init__(
+        self, fileobj: IO[bytes], max_bytes: int | None, sync_every: int | None = None
+    ) -> None:
         self._file = fileobj
         self._hash = hashlib.sha256()
         self._max = max_bytes
+        self._sync_every = sync_every
+        self._unsynced = 0
         self.size = 0
 
-    def write(self, chunk: bytes) -> None:
+    def write(self, chunk: bytes | memoryview) -> None:
         self.size += len(chunk)
         if self._max is not None and self.size > self._max:
             raise SizeLimitError(self._max)
         self._hash.update(chunk)
         self._file.write(chunk)
+        self._unsynced += len(chunk)
+        if self._sync_every is not None and self._unsynced >= self._sync_every:
+            self._file.flush()
+            os.fdatasync(self._file.fileno())
+            self._unsynced = 0
+
+    def consume(self, chunks: Iterable[bytes | memoryview]) -> None:
+        """Write every chunk, hashing and writing on a second thread.
+
+        Receiving (TLS decryption, for a download) and hashing plus writing each keep a core
+        busy; on their own threads they overlap instead of adding up. hashlib, file writes and
+        socket reads all release the GIL. Each chunk must be its own buffer: it is handed over,
+        not copied.
+        """
+        pending: queue.Queue[bytes | memoryview | None] = queue.Queue(maxsize=8)
+        failures: list[BaseException] = []
+
+        def drain() -> None:
+            while (chunk := pending.get()) is not None:
+                if not failures:
+                    try:
+                        self.write(chunk)
+                    except BaseException as exc:  # handed to the caller below
+                        failures.append(exc)
+
+        worker = threading.Thread(target=drain, name="snapshot-writer", daemon=True)
+        worker.start()
+        try:
+            for chunk in chunks:
+                if failures:
+                    break
+                pending.put(chunk)
+        finally:
+            pending.put(None)
+            worker.join()
+        if failures:
+            raise failures[0]
 
     @property
     def sha256(self) -> str:
@@ -287,6 +338,10 @@ class SnapshotStore(abc.ABC):
     @abc.abstractmethod
     def _spool_dir(self) -> Path | None:
         """Where streamed writes are spooled (None: the system temp dir)."""
+
+    def _spool_sync_every(self) -> int | None:
+        """Bytes between flushes of a spool file to disk (None: the spool is not kept)."""
+        return None
 
     # -- create-only objects -----------------------------------------------------------------
 
@@ -429,9 +484,8 @@ class SnapshotStore(abc.ABC):
         if spool_dir is not None:
             spool_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=spool_dir, prefix="spool-") as spool:
-            writer = _HashingWriter(spool, max_bytes)
-            for chunk in chunks:
-                writer.write(chunk)
+            writer = _HashingWriter(spool, max_bytes, self._spool_sync_every())
+            writer.consume(chunks)
             spool.flush()
             digest = writer.sha256
             key = snapshot_key(asset, digest, ext, partition)
