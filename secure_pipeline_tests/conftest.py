@@ -124,3 +124,23 @@ def pki(tmp_path_factory: pytest.TempPathFactory):
     from secure_pipeline_tests.tls_server import make_pki
 
     return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def replace_manifest(store: SnapshotStore, target: str, source: str) -> None:
+    """Give the snapshot at ``target`` the manifest of the one at ``source``, behind the store."""
+    if isinstance(store, LocalSnapshotStore):
+        overwrite_raw(
+            store, target + ".manifest.json", store.read_object(source + ".manifest.json")
+        )
+    elif isinstance(store, S3SnapshotStore):
+        raw = boto3.client("s3", endpoint_url=store.endpoint_url, region_name="us-east-1")
+        metadata = raw.head_object(Bucket=store.bucket, Key=source)["Metadata"]
+        raw.copy_object(
+            Bucket=store.bucket,
+            Key=target,
+            CopySource={"Bucket": store.bucket, "Key": target},
+            Metadata=metadata,
+            MetadataDirective="REPLACE",
+        )
+    else:  # pragma: no cover
+        raise TypeError(store)

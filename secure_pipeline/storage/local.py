@@ -7,7 +7,7 @@ can never both succeed and a reader never sees a half-written object at a final 
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from secure_pipeline.storage.snapshots import CHUNK_SIZE, SnapshotStore
@@ -64,7 +64,9 @@ class LocalSnapshotStore(SnapshotStore):
                 os.close(dir_fd)
         return True
 
-    def _create_from_bytes(self, key: str, data: bytes, sha256: str) -> tuple[bool, None]:
+    def _create_from_bytes(
+        self, key: str, data: bytes, sha256: str, metadata: Mapping[str, str] | None = None
+    ) -> tuple[bool, None]:
         if self.exists(key):
             return False, None
         spool_dir = self._spool_dir()
@@ -81,7 +83,14 @@ class LocalSnapshotStore(SnapshotStore):
         finally:
             spool.unlink(missing_ok=True)
 
-    def _create_from_file(self, key: str, path: Path, sha256: str, size: int) -> tuple[bool, None]:
+    def _create_from_file(
+        self,
+        key: str,
+        path: Path,
+        sha256: str,
+        size: int,
+        metadata: Mapping[str, str] | None = None,
+    ) -> tuple[bool, None]:
         if self.exists(key):
             return False, None
         spool_dir = self._spool_dir()

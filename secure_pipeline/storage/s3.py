@@ -10,15 +10,17 @@ boto3 is imported when a store is built, not when this module is imported: the c
 must load without it.
 """
 
+import base64
 import time
-from collections.abc import Callable, Iterator
+import zlib
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from secure_pipeline.environment import is_loopback_url
-from secure_pipeline.errors import ConfigurationError
+from secure_pipeline.errors import ConfigurationError, IntegrityError
 from secure_pipeline.storage.snapshots import (
     CHUNK_SIZE,
     MANIFEST_SUFFIX,
@@ -31,6 +33,9 @@ DEFAULT_MULTIPART_THRESHOLD = 64 * 1024 * 1024
 DEFAULT_PART_SIZE = 16 * 1024 * 1024
 _MIN_PART_SIZE = 5 * 1024 * 1024  # S3's minimum for every part but the last
 _CONFLICT_RETRIES = 6
+MANIFEST_METADATA = "secure-pipeline-manifest"
+# S3 allows 2 KB of user metadata per object, names included.
+_METADATA_LIMIT = 2048 - len(MANIFEST_METADATA) - 64
 # Manifest writes run beside data writes; one small pool serves every store in the process.
 _MANIFEST_WRITERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="s3-manifest")
 
@@ -69,6 +74,11 @@ def make_s3_client(
         },
     )
     return boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+
+
+def pack_manifest(manifest: bytes) -> str:
+    """A manifest as an S3 metadata value: zlib-compressed, base64 (metadata must be ASCII)."""
+    return base64.b64encode(zlib.compress(manifest, 9)).decode("ascii")
 
 
 def check_endpoint(endpoint_url: str | None, *, allow_loopback_http: bool) -> None:
@@ -159,11 +169,16 @@ class S3SnapshotStore(SnapshotStore):
 
     # -- writes ------------------------------------------------------------------------------
 
-    def _create_from_bytes(self, key: str, data: bytes, sha256: str) -> tuple[bool, str | None]:
+    def _create_from_bytes(
+        self, key: str, data: bytes, sha256: str, metadata: Mapping[str, str] | None = None
+    ) -> tuple[bool, str | None]:
         if len(data) >= self._threshold:
             view = memoryview(data)
             return self._create_multipart(
-                key, len(data), lambda offset, length: bytes(view[offset : offset + length])
+                key,
+                len(data),
+                lambda offset, length: bytes(view[offset : offset + length]),
+                metadata,
             )
         return self._conditional(
             lambda: self.client.put_object(
@@ -173,42 +188,73 @@ class S3SnapshotStore(SnapshotStore):
                 IfNoneMatch="*",
                 ChecksumAlgorithm="SHA256",
                 ChecksumSHA256=sha256_b64(sha256),
+                Metadata=dict(metadata or {}),
                 **self._sse,
             )
         )
 
     def _create_from_file(
-        self, key: str, path: Path, sha256: str, size: int
+        self,
+        key: str,
+        path: Path,
+        sha256: str,
+        size: int,
+        metadata: Mapping[str, str] | None = None,
     ) -> tuple[bool, str | None]:
         if size < self._threshold:
-            return self._create_from_bytes(key, path.read_bytes(), sha256)
+            return self._create_from_bytes(key, path.read_bytes(), sha256, metadata)
 
         def read_part(offset: int, length: int) -> bytes:
             with path.open("rb") as spooled:
                 spooled.seek(offset)
                 return spooled.read(length)
 
-        return self._create_multipart(key, size, read_part)
+        return self._create_multipart(key, size, read_part, metadata)
 
     def _write_with_manifest(
-        self, key: str, write: Callable[[], tuple[bool, str | None]], manifest: bytes
-    ) -> tuple[bool, str | None]:
-        """Send the snapshot and its manifest concurrently.
+        self, key: str, write: Callable[[Mapping[str, str] | None], tuple[bool, str | None]],
+        manifest: bytes,
+    ) -> tuple[bool, str | None]:  # fmt: skip
+        """Store the manifest in the snapshot object's own metadata when it fits.
 
-        Each request costs a full round trip, and for the small objects most snapshots are, a
-        second sequential PUT would add a third to the write time. Both writes are create-only,
-        so running them together changes nothing stored, with one exception: if the data write
-        fails, a manifest may remain without its object. It describes exactly the bytes that the
-        next successful write of that content stores, and the next write keeps it.
+        Metadata is written by the same create-only PUT and is immutable with the object
+        version: no second request (a full round trip, and for the small objects most
+        snapshots are, a third of the write time), and no window in which one exists without
+        the other. A manifest too large for S3's 2 KB metadata limit (a very wide table's
+        schema) goes beside the object instead, written concurrently; if the data write then
+        fails, that manifest may remain alone: it describes exactly the bytes the next
+        successful write of the same content stores, and that write keeps it.
         """
+        packed = pack_manifest(manifest)
+        if len(packed) <= _METADATA_LIMIT:
+            return write({MANIFEST_METADATA: packed})
         pending = _MANIFEST_WRITERS.submit(self.try_create_object, key + MANIFEST_SUFFIX, manifest)
         try:
-            result = write()
+            result = write(None)
         except BaseException:
             wait([pending])  # the data write's error is the one to report
             raise
         pending.result()
         return result
+
+    def _manifest_document(self, key: str) -> bytes:
+        from botocore.exceptions import ClientError
+
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _error_code(exc) in ("404", "NoSuchKey", "NotFound") or _http_status(exc) == 404:
+                raise FileNotFoundError(self.uri(key)) from None
+            raise
+        packed = head.get("Metadata", {}).get(MANIFEST_METADATA)
+        if packed is None:
+            return self.read_object(key + MANIFEST_SUFFIX)
+        try:
+            return zlib.decompress(base64.b64decode(packed, validate=True))
+        except (ValueError, zlib.error) as exc:
+            raise IntegrityError(
+                f"manifest metadata of {self.uri(key)} is corrupt ({exc}); it was altered"
+            ) from None
 
     def _conditional(self, call: Any) -> tuple[bool, str | None]:
         """Run a conditional write; False when the key exists, retrying S3's 409 conflicts."""
@@ -230,11 +276,17 @@ class S3SnapshotStore(SnapshotStore):
             return True, response.get("VersionId")
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _create_multipart(self, key: str, size: int, read_part: Any) -> tuple[bool, str | None]:
+    def _create_multipart(
+        self, key: str, size: int, read_part: Any, metadata: Mapping[str, str] | None
+    ) -> tuple[bool, str | None]:
         if self.exists(key):  # skip uploading gigabytes that the final condition would refuse
             return False, None
         upload = self.client.create_multipart_upload(
-            Bucket=self.bucket, Key=key, ChecksumAlgorithm="SHA256", **self._sse
+            Bucket=self.bucket,
+            Key=key,
+            ChecksumAlgorithm="SHA256",
+            Metadata=dict(metadata or {}),
+            **self._sse,
         )
         upload_id = upload["UploadId"]
         offsets = list(range(0, size, self._part_size))

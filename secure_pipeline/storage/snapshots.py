@@ -65,6 +65,9 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+_Write = Callable[[Mapping[str, str] | None], tuple[bool, str | None]]
+
+
 def _asset_name(asset: Sequence[str] | str) -> str:
     return asset if isinstance(asset, str) else "/".join(asset)
 
@@ -305,8 +308,16 @@ class SnapshotStore(abc.ABC):
     # -- primitives each backend implements -------------------------------------------------
 
     @abc.abstractmethod
-    def _create_from_bytes(self, key: str, data: bytes, sha256: str) -> tuple[bool, str | None]:
+    def _create_from_bytes(
+        self, key: str, data: bytes, sha256: str, metadata: Mapping[str, str] | None = None
+    ) -> tuple[bool, str | None]:
         """Store ``data`` under ``key`` unless the key exists.
+
+        Args:
+            key: The object key.
+            data: The bytes.
+            sha256: Their digest (backends that can send it for verification do).
+            metadata: Small text attributes stored with the object, if the backend keeps any.
 
         Returns:
             ``(created, version_id)``; created is False when the key already existed, in which
@@ -315,7 +326,12 @@ class SnapshotStore(abc.ABC):
 
     @abc.abstractmethod
     def _create_from_file(
-        self, key: str, path: Path, sha256: str, size: int
+        self,
+        key: str,
+        path: Path,
+        sha256: str,
+        size: int,
+        metadata: Mapping[str, str] | None = None,
     ) -> tuple[bool, str | None]:
         """Like `_create_from_bytes`, from a spooled file the store may consume."""
 
@@ -374,7 +390,7 @@ class SnapshotStore(abc.ABC):
             holds (the caller decides what a lost race means, e.g. the audit trail moves on to
             the next sequence number).
         """
-        return self._create_from_bytes(key, data, sha256_hex(data))[0]
+        return self._create_from_bytes(key, data, sha256_hex(data), None)[0]
 
     def read_object(self, key: str) -> bytes:
         """Read an object whose integrity the caller checks itself (manifests, audit records).
@@ -435,7 +451,7 @@ class SnapshotStore(abc.ABC):
             key,
             digest,
             len(data),
-            lambda: self._create_from_bytes(key, data, digest),
+            lambda metadata: self._create_from_bytes(key, data, digest, metadata),
             SnapshotManifest(
                 key=key,
                 sha256=digest,
@@ -493,7 +509,9 @@ class SnapshotStore(abc.ABC):
                 key,
                 digest,
                 writer.size,
-                lambda: self._create_from_file(key, Path(spool.name), digest, writer.size),
+                lambda metadata: self._create_from_file(
+                    key, Path(spool.name), digest, writer.size, metadata
+                ),
                 SnapshotManifest(
                     key=key,
                     sha256=digest,
@@ -510,7 +528,7 @@ class SnapshotStore(abc.ABC):
         key: str,
         digest: str,
         size: int,
-        write: Callable[[], tuple[bool, str | None]],
+        write: "_Write",
         manifest: SnapshotManifest,
     ) -> SnapshotRef:
         created, version = self._write_with_manifest(key, write, manifest.to_json())
@@ -519,17 +537,22 @@ class SnapshotStore(abc.ABC):
         return SnapshotRef(key, digest, size, self.uri(key), version, created)
 
     def _write_with_manifest(
-        self, key: str, write: Callable[[], tuple[bool, str | None]], manifest: bytes
+        self, key: str, write: "_Write", manifest: bytes
     ) -> tuple[bool, str | None]:
         """Write a snapshot and its manifest, both create-only.
 
-        The first manifest of a snapshot stands: a later writer of the same bytes leaves it,
-        and one missing after a crash between the two writes is completed by the next writer.
-        Backends with high request latency override this to send both writes at once.
+        Here the manifest is an object beside the snapshot. The first manifest of a snapshot
+        stands: a later writer of the same bytes leaves it, and one missing after a crash
+        between the two writes is completed by the next writer. Backends that can store the
+        manifest with the object itself (S3 metadata) override this and `_manifest_document`.
         """
-        result = write()
+        result = write(None)
         self.try_create_object(key + MANIFEST_SUFFIX, manifest)
         return result
+
+    def _manifest_document(self, key: str) -> bytes:
+        """The manifest document of the snapshot at ``key``; FileNotFoundError when none."""
+        return self.read_object(key + MANIFEST_SUFFIX)
 
     def read_bytes(self, ref: SnapshotRef | tuple[str, str]) -> bytes:
         """Read a snapshot and return its bytes only if they hash to the recorded digest.
@@ -597,7 +620,7 @@ class SnapshotStore(abc.ABC):
         """
         key, expected = (ref.key, ref.sha256) if isinstance(ref, SnapshotRef) else ref
         try:
-            data = self.read_object(key + MANIFEST_SUFFIX)
+            data = self._manifest_document(key)
         except FileNotFoundError:
             raise IntegrityError(f"manifest of {self.uri(key)} is missing") from None
         manifest = SnapshotManifest.from_json(data, key=key)

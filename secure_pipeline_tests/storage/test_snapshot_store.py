@@ -17,7 +17,7 @@ from secure_pipeline.storage.snapshots import (
     sha256_b64,
     snapshot_key,
 )
-from secure_pipeline_tests.conftest import delete_raw, overwrite_raw
+from secure_pipeline_tests.conftest import delete_raw, overwrite_raw, replace_manifest
 
 DATA = b"age,income\n39,<=50K\n50,>50K\n"
 DIGEST = hashlib.sha256(DATA).hexdigest()
@@ -128,7 +128,7 @@ def test_deleted_snapshot_is_reported(store: SnapshotStore) -> None:
 def test_manifest_for_another_snapshot_is_refused(store: SnapshotStore) -> None:
     a = store.put_bytes("t", b"a", ext="bin", format="bytes")
     b = store.put_bytes("t", b"b", ext="bin", format="bytes")
-    overwrite_raw(store, a.manifest_key, store.read_object(b.manifest_key))
+    replace_manifest(store, a.key, b.key)
     with pytest.raises(IntegrityError, match="describes"):
         store.read_manifest(a)
 
@@ -252,7 +252,9 @@ def test_s3_writes_carry_sha256_checksums_and_sse_kms(s3_bucket, moto_endpoint, 
     composite = base64.b64encode(hashlib.sha256(parts).digest()).decode()
     assert head["ChecksumSHA256"].split("-")[0] == composite
     assert head["ServerSideEncryption"] == "aws:kms"
-    manifest = s3_client.head_object(Bucket=s3_bucket, Key=big.manifest_key)
+    wide = {f"c{i:04d}_{os.urandom(6).hex()}": "int64" for i in range(300)}
+    sidecar = store.put_bytes("t", b"wide", ext="bin", format="bytes", schema=wide)
+    manifest = s3_client.head_object(Bucket=s3_bucket, Key=sidecar.manifest_key)
     assert manifest["ServerSideEncryption"] == "aws:kms"
 
 
@@ -292,3 +294,16 @@ def test_loopback_means_a_loopback_address_not_a_name_that_looks_like_one() -> N
         )
     S3SnapshotStore("b", endpoint_url="http://127.0.0.1:9000", allow_loopback_http=True)
     S3SnapshotStore("b", endpoint_url="http://[::1]:9000", allow_loopback_http=True)
+
+
+def test_s3_manifest_travels_with_the_object(s3_store, s3_client) -> None:
+    small = s3_store.put_bytes("t", DATA, ext="csv", format="csv", schema={"age": "int64"})
+    head = s3_client.head_object(Bucket=s3_store.bucket, Key=small.key)
+    assert "secure-pipeline-manifest" in head["Metadata"]
+    assert not s3_store.exists(small.manifest_key)  # one object, one request
+    assert s3_store.read_manifest(small).schema == {"age": "int64"}
+    # A schema too wide for S3's 2 KB of metadata goes beside the object instead.
+    wide = {f"column_{i:04d}_{os.urandom(4).hex()}": "int64" for i in range(300)}
+    big = s3_store.put_bytes("t", b"wide", ext="bin", format="bytes", schema=wide)
+    assert s3_store.exists(big.manifest_key)
+    assert s3_store.read_manifest(big).schema == wide

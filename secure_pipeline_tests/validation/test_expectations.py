@@ -1,0 +1,83 @@
+"""The Great Expectations suite generated from the spec, and what it refuses."""
+
+import decimal
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from secure_pipeline.reference.adult import ADULT_SCHEMA, DATA_DIR
+from secure_pipeline.validation.expectations import expectation_suite, run_expectations
+from secure_pipeline.validation.parsing import parse_fileset
+
+
+@pytest.fixture(scope="module")
+def adult():
+    files = {"train": (DATA_DIR / "adult.data").read_bytes(),
+             "test": (DATA_DIR / "adult.test").read_bytes()}  # fmt: skip
+    return parse_fileset(files, ADULT_SCHEMA).frame
+
+
+def test_suite_covers_the_batch_rules() -> None:
+    kinds = [
+        (type(e).__name__, getattr(e, "column", None)) for e in expectation_suite(ADULT_SCHEMA)
+    ]
+    assert kinds[0] == ("ExpectTableRowCountToBeBetween", None)
+    assert ("ExpectColumnValuesToNotBeNull", "workclass") in kinds
+    assert ("ExpectColumnMeanToBeBetween", "age") in kinds
+    assert ("ExpectColumnMaxToBeBetween", "hours_per_week") in kinds
+    assert ("ExpectColumnDistinctValuesToEqualSet", "income") in kinds
+
+
+def test_adult_meets_its_expectations_and_nothing_is_written(adult, tmp_path, monkeypatch):
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    report = run_expectations(adult, ADULT_SCHEMA)
+    assert report.success
+    assert list(workdir.iterdir()) == []
+    mean = next(o for o in report.outcomes if o.expectation.endswith("mean_to_be_between")
+                and o.column == "age")  # fmt: skip
+    assert float(mean.observed) == pytest.approx(38.64, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    ("change", "expectation"),
+    [
+        (lambda f: f.assign(age=f["age"] + 25).assign(age=lambda g: g["age"].clip(upper=90)),
+         "expect_column_mean_to_be_between"),
+        (lambda f: f[f["income"] == "<=50K"], "expect_column_distinct_values_to_equal_set"),
+        (lambda f: f.assign(occupation=f["occupation"].where(np.arange(len(f)) % 4 != 0)),
+         "expect_column_values_to_not_be_null"),
+        (lambda f: f.head(1000), "expect_table_row_count_to_be_between"),
+    ],
+)  # fmt: skip
+def test_batches_that_do_not_look_like_the_dataset_fail(adult, change, expectation) -> None:
+    report = run_expectations(change(adult.copy()), ADULT_SCHEMA)
+    assert not report.success
+    assert expectation in {o.expectation for o in report.failed}
+
+
+def test_speedups_target_what_gx_still_has_and_keep_its_answers() -> None:
+    """If GX renames what `_speed_up_gx` replaces, fail here rather than silently slow down."""
+    import great_expectations.execution_engine.pandas_execution_engine as engine
+    import great_expectations.util as gx_util
+
+    assert hasattr(engine, "HASH_THRESHOLD")
+    run_expectations(
+        parse_fileset({"t": (DATA_DIR / "adult.data").read_bytes()[:5000]}, ADULT_SCHEMA).frame,
+        ADULT_SCHEMA,
+    )
+    assert engine.HASH_THRESHOLD == 0
+    patched = gx_util.does_ndarray_contain_decimal_dtype
+    assert getattr(patched, "_secure_pipeline", False)
+    assert patched(data=np.array([decimal.Decimal("1.5"), 2], dtype=object)) is True
+    assert patched(data=np.array([1.5, 2.0])) is False
+
+
+def test_no_progress_bars_or_temp_sites(adult, capfd, tmp_path) -> None:
+    before = set(os.listdir(Path("/tmp")))
+    run_expectations(adult, ADULT_SCHEMA)
+    assert "Calculating Metrics" not in capfd.readouterr().err
+    assert not {n for n in set(os.listdir(Path("/tmp"))) - before if n.startswith("tmp")}
