@@ -1,0 +1,78 @@
+"""Feature derivation and the population stability index."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from secure_pipeline.features.drift import population_stability
+from secure_pipeline.features.engineering import build_features, feature_catalog
+from secure_pipeline.reference.adult import DATA_DIR, adult_pipeline
+from secure_pipeline.validation.parsing import parse_fileset
+
+
+@pytest.fixture(scope="module")
+def adult_features() -> pd.DataFrame:
+    pipeline = adult_pipeline()
+    files = {"train": (DATA_DIR / "adult.data").read_bytes(),
+             "test": (DATA_DIR / "adult.test").read_bytes()}  # fmt: skip
+    return build_features(parse_fileset(files, pipeline.schema).frame, pipeline)
+
+
+def test_catalog_follows_the_spec() -> None:
+    catalog = {f.name: f for f in feature_catalog(adult_pipeline())}
+    assert "fnlwgt" not in catalog  # excluded: a survey weight, not a person's attribute
+    assert "income" not in catalog  # the label is not a feature
+    assert catalog["age_band"].categories == ("<25", "25-35", "35-45", "45-55", "55-65", ">=65")
+    assert catalog["age_band"].sensitive
+    assert catalog["sex"].sensitive
+    assert catalog["race"].sensitive
+    assert not catalog["education"].sensitive
+    assert catalog["log1p_capital_gain"].kind == "numeric"
+
+
+def test_encodings_are_the_schema_order_and_stable(adult_features) -> None:
+    pipeline = adult_pipeline()
+    sex = next(c for c in pipeline.schema.columns if c.name == "sex")
+    assert sex.allowed == ("Female", "Male")
+    frame = adult_features
+    assert set(frame["sex"].unique()) == {0, 1}
+    assert (frame["workclass"] == -1).sum() == 2799  # missing stays visible as -1
+    assert frame["label"].mean() == pytest.approx(11687 / 48842)
+    bands = frame["age_band"].to_numpy()
+    ages = frame["age"].to_numpy()
+    assert ((ages < 25) == (bands == 0)).all()
+    assert ((ages >= 65) == (bands == 5)).all()
+    # the same rows in another order encode to the same codes
+    again = build_features(
+        parse_fileset({"train": (DATA_DIR / "adult.data").read_bytes()}, pipeline.schema).frame,
+        pipeline,
+    )
+    train = frame[frame["split"] == "train"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(again.drop(columns="split"), train.drop(columns="split"))
+
+
+def test_psi_is_zero_for_identical_and_large_for_shifted(adult_features) -> None:
+    catalog = feature_catalog(adult_pipeline())
+    same = population_stability(adult_features, adult_features, catalog, 10)
+    assert max(d.psi for d in same) == pytest.approx(0.0, abs=1e-9)
+    older = adult_features.assign(age=adult_features["age"] + 15)
+    drift = population_stability(adult_features, older, catalog, 10)
+    assert drift[0].feature == "age"
+    assert drift[0].psi > 0.25
+    split = population_stability(
+        adult_features[adult_features["split"] == "train"],
+        adult_features[adult_features["split"] == "test"],
+        catalog,
+        10,
+    )
+    assert max(d.psi for d in split) < 0.1  # the published split is one population
+
+
+def test_psi_counts_missing_values_as_their_own_bin(adult_features) -> None:
+    catalog = [f for f in feature_catalog(adult_pipeline()) if f.name == "hours_per_week"]
+    holes = adult_features.assign(
+        hours_per_week=adult_features["hours_per_week"].where(
+            np.arange(len(adult_features)) % 2 == 0
+        )
+    )
+    assert population_stability(adult_features, holes, catalog, 10)[0].psi > 0.25
