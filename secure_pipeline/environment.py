@@ -77,6 +77,12 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("SECURE_PIPELINE_S3_KMS_KEY_ID", "KMS key id for SSE-KMS on every object written."),
     Setting("AWS_REGION", "Region of the bucket.", required_in_production=True),
+    Setting(
+        "MLFLOW_TRACKING_URI",
+        "MLflow tracking server for training runs; default: a SQLite store under "
+        "SECURE_PIPELINE_HOME.",
+        required_in_production=True,
+    ),
     Setting("DAGSTER_HOME", "Dagster instance directory (holds `dagster.yaml`)."),
     Setting("DAGSTER_PG_HOST", "Postgres host of the Dagster instance.", True),
     Setting("DAGSTER_PG_USER", "Postgres user of the Dagster instance.", True),

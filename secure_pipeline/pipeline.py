@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from secure_pipeline.errors import ConfigurationError
 
@@ -155,21 +155,69 @@ class SourceSpec:
 class SecurityPolicy:
     """Thresholds every gate of the pipeline applies, shown in the Dagster UI.
 
+    Each threshold states what it means; none is a number fitted to a particular model.
+
     Attributes:
         max_reject_rate: Largest share of rows that may be quarantined before the batch fails.
         drift_warn_psi: Population stability index at which a feature's drift is a warning.
         drift_fail_psi: Population stability index at which drift fails the batch.
         drift_bins: Quantile bins per numeric feature for the stability index.
+        min_roc_auc: Smallest ROC AUC on the evaluation set (0.5 is a coin flip).
+        min_balanced_accuracy: Smallest balanced accuracy (0.5 is predicting one class).
+        robustness_epsilon: Perturbation budget of the evasion attack, in standard deviations
+            of each numeric model input, all perturbed at once (L-infinity). Categorical
+            inputs are not perturbed.
+        max_robustness_drop: Largest loss of accuracy under that attack (absolute).
+        robustness_sample_cap: Evaluation rows attacked.
+        max_membership_auc: Largest ROC AUC of the membership-inference attack (0.5: the
+            attacker cannot tell training rows from others).
+        max_membership_advantage: Largest attack advantage (max TPR - FPR).
+        privacy_sample_cap: Member and non-member rows each given to the attack.
+        max_equalized_odds_difference: Largest gap in true- or false-positive rate between
+            groups of a gated sensitive feature, beyond sampling error.
+        max_parity_amplification: How much the model's demographic-parity difference may
+            exceed the one already in the labels (the model must not widen the gap).
+        fairness_min_group_size: Positives and negatives a group needs to be gated (smaller
+            groups are reported, their rates being too noisy to judge).
+        fairness_confidence: Confidence of the interval a gap must clear to fail the gate.
+        fairness_report_only: Sensitive features that are audited and shown but do not gate.
     """
 
     max_reject_rate: float = 0.01
     drift_warn_psi: float = 0.1
     drift_fail_psi: float = 0.25
     drift_bins: int = 10
+    min_roc_auc: float = 0.80
+    min_balanced_accuracy: float = 0.70
+    robustness_epsilon: float = 0.1
+    max_robustness_drop: float = 0.05
+    robustness_sample_cap: int = 2000
+    max_membership_auc: float = 0.60
+    max_membership_advantage: float = 0.10
+    privacy_sample_cap: int = 2000
+    max_equalized_odds_difference: float = 0.10
+    max_parity_amplification: float = 0.02
+    fairness_min_group_size: int = 50
+    fairness_confidence: float = 0.95
+    fairness_report_only: tuple[str, ...] = ()
 
     def problems(self) -> list[str]:
         """Contradictions in the policy, one line each."""
         found = []
+        for name in ("min_roc_auc", "min_balanced_accuracy", "max_membership_auc"):
+            if not 0.5 <= getattr(self, name) <= 1:
+                found.append(f"{name} must be in [0.5, 1], found {getattr(self, name)}")
+        for name in ("max_robustness_drop", "max_membership_advantage",
+                     "max_equalized_odds_difference", "max_parity_amplification"):  # fmt: skip
+            if not 0 <= getattr(self, name) <= 1:
+                found.append(f"{name} must be in [0, 1], found {getattr(self, name)}")
+        if self.robustness_epsilon <= 0:
+            found.append("robustness_epsilon must be positive")
+        for name in ("robustness_sample_cap", "privacy_sample_cap", "fairness_min_group_size"):
+            if getattr(self, name) < 1:
+                found.append(f"{name} must be at least 1")
+        if not 0.5 < self.fairness_confidence < 1:
+            found.append("fairness_confidence must be between 0.5 and 1")
         if not 0 <= self.max_reject_rate < 1:
             found.append(f"max_reject_rate must be in [0, 1), found {self.max_reject_rate}")
         if not 0 < self.drift_warn_psi <= self.drift_fail_psi:
@@ -203,6 +251,86 @@ class FeatureSpec:
 
 
 @dataclass(frozen=True)
+class IsolationSpec:
+    """Where and as whom a stage runs on Kubernetes (applied by the production executor).
+
+    Attributes:
+        namespace: Kubernetes namespace of the stage's pods.
+        service_account: Dedicated least-privilege service account.
+        cpu_request: CPU requested.
+        memory_request: Memory requested.
+        cpu_limit: CPU limit.
+        memory_limit: Memory limit.
+    """
+
+    namespace: str = "sp-train"
+    service_account: str = "sp-train"
+    cpu_request: str = "1"
+    memory_request: str = "2Gi"
+    cpu_limit: str = "2"
+    memory_limit: str = "4Gi"
+
+    def dagster_tags(self) -> dict[str, object]:
+        """Op tags the dagster-k8s executor reads (``dagster-k8s/config``) plus the namespace."""
+        return {
+            "secure_pipeline/k8s_namespace": self.namespace,
+            "dagster-k8s/config": {
+                "pod_spec_config": {
+                    "service_account_name": self.service_account,
+                    "automount_service_account_token": False,
+                    "security_context": {
+                        "run_as_non_root": True,
+                        "seccomp_profile": {"type": "RuntimeDefault"},
+                    },
+                },
+                "container_config": {
+                    "resources": {
+                        "requests": {"cpu": self.cpu_request, "memory": self.memory_request},
+                        "limits": {"cpu": self.cpu_limit, "memory": self.memory_limit},
+                    },
+                    "security_context": {
+                        "allow_privilege_escalation": False,
+                        "read_only_root_filesystem": True,
+                        "run_as_non_root": True,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                },
+            },
+        }
+
+
+Estimator = Literal["logistic_regression", "hist_gradient_boosting", "random_forest",
+                    "decision_tree"]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How ``trained_model`` is trained.
+
+    Attributes:
+        estimator: The scikit-learn estimator after the shared preprocessing (scaling of
+            numeric features, one-hot encoding of categorical codes).
+        params: Its hyperparameters.
+        exclude_features: Features the model must not see (protected attributes, redundant
+            views). They stay available to the fairness audit.
+        train_member: Source file whose rows train the model (the rest of it is held out).
+        test_member: Source file used as the external test set, if any.
+        holdout_fraction: Share of the training file held out for evaluation.
+        seed: Seed of every random choice (split, estimator, attacks).
+        isolation: Kubernetes isolation of the training step.
+    """
+
+    estimator: Estimator = "logistic_regression"
+    params: Mapping[str, Any] = field(default_factory=dict)
+    exclude_features: tuple[str, ...] = ()
+    train_member: str = "train"
+    test_member: str | None = "test"
+    holdout_fraction: float = 0.2
+    seed: int = 0
+    isolation: IsolationSpec = field(default_factory=IsolationSpec)
+
+
+@dataclass(frozen=True)
 class SecurePipeline:
     """A secure ML pipeline, declared once and turned into Dagster definitions.
 
@@ -218,6 +346,7 @@ class SecurePipeline:
             shown stale in the UI when it changes.
         policy: Thresholds of every gate.
         features: How features are derived from the validated table.
+        model: How the model is trained, and where the training step runs.
     """
 
     name: str
@@ -229,6 +358,7 @@ class SecurePipeline:
     code_version: str = "1"
     policy: SecurityPolicy = field(default_factory=SecurityPolicy)
     features: FeatureSpec = field(default_factory=FeatureSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
 
     def __post_init__(self) -> None:
         problems = self._problems()
@@ -320,6 +450,35 @@ class SecurePipeline:
             if list(cuts) != sorted(set(cuts)) or not cuts:
                 found.append(f"band cut points of {name!r} must be strictly ascending")
         found.extend(self.policy.problems())
+        found.extend(self._model_problems())
+        return found
+
+    def _model_problems(self) -> list[str]:
+        from secure_pipeline.features.engineering import feature_catalog
+
+        found: list[str] = []
+        if self.schema.label is None or self.schema.positive_label is None:
+            found.append(
+                "the pipeline trains a classifier: the schema needs a category label column "
+                "and a positive_label"
+            )
+            return found
+        names = {f.name for f in feature_catalog(self)}
+        for name in self.model.exclude_features:
+            if name not in names:
+                found.append(f"model exclude_features names {name!r}, which is not a feature")
+        if not names - set(self.model.exclude_features):
+            found.append("the model has no input features left")
+        members = {f.member for f in self.source.files}
+        for label, member in (("train_member", self.model.train_member),
+                              ("test_member", self.model.test_member)):  # fmt: skip
+            if member is not None and member not in members:
+                found.append(f"model {label} {member!r} is not a source file member")
+        if not 0 < self.model.holdout_fraction < 1:
+            found.append("model holdout_fraction must be between 0 and 1")
+        for name in self.policy.fairness_report_only:
+            if name not in self.sensitive_features:
+                found.append(f"fairness_report_only names {name!r}, not a sensitive feature")
         return found
 
     @property
@@ -354,14 +513,16 @@ class SecurePipeline:
         from secure_pipeline import environment as env
         from secure_pipeline.features.assets import build_features_stage
         from secure_pipeline.ingestion.assets import build_raw_asset
+        from secure_pipeline.mlsec.checks import build_ml_checks
         from secure_pipeline.storage.resources import build_resources
+        from secure_pipeline.training.assets import build_training_stage
         from secure_pipeline.validation.assets import build_validation_stage
 
         checked = env.validate(environment, source_variables=self.source_variables())
         validated, validation_checks = build_validation_stage(self)
         features, feature_checks = build_features_stage(self)
         return dg.Definitions(
-            assets=[build_raw_asset(self), *validated, *features],
-            asset_checks=[*validation_checks, *feature_checks],
+            assets=[build_raw_asset(self), *validated, *features, *build_training_stage(self)],
+            asset_checks=[*validation_checks, *feature_checks, *build_ml_checks(self)],
             resources=build_resources(checked),
         )

@@ -42,6 +42,7 @@ def test_defs_is_lazy_and_loads_the_reference_graph() -> None:
         "raw_adult": "ingestion",
         "validated_adult": "ingestion",
         "features": "features",
+        "trained_model": "training",
     }
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
     assert checks == {
@@ -50,5 +51,9 @@ def test_defs_is_lazy_and_loads_the_reference_graph() -> None:
         ("validated_adult", "reject_rate_within_limit"),
         ("validated_adult", "expectations_met"),
         ("features", "feature_drift"),
+        ("trained_model", "performance_meets_policy"),
+        ("trained_model", "adversarial_robustness"),
+        ("trained_model", "membership_inference_risk"),
+        ("trained_model", "fairness_audit"),
     }
     assert set(loaded.resources) == {"snapshot_store", "io_manager"}

@@ -16,6 +16,7 @@ PRODUCTION = {
     "DAGSTER_PG_USER": "dagster",
     "DAGSTER_PG_PASSWORD": "x",
     "DAGSTER_PG_DB": "dagster",
+    "MLFLOW_TRACKING_URI": "https://mlflow.internal",
 }
 
 

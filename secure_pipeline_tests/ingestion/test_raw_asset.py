@@ -11,7 +11,14 @@ import pytest
 from secure_pipeline.environment import Environment
 from secure_pipeline.errors import ConfigurationError, UntrustedSourceError
 from secure_pipeline.ingestion.connectors import connector_for
-from secure_pipeline.pipeline import Column, DatasetSchema, SecurePipeline, SourceFile, SourceSpec
+from secure_pipeline.pipeline import (
+    Column,
+    DatasetSchema,
+    ModelSpec,
+    SecurePipeline,
+    SourceFile,
+    SourceSpec,
+)
 from secure_pipeline.reference.adult import DATA_DIR, adult_pipeline
 from secure_pipeline.storage.audit import AuditLog
 from secure_pipeline.storage.local import LocalSnapshotStore
@@ -109,29 +116,35 @@ def _tiny_pipeline(location: Path, max_bytes: int = 1024) -> SecurePipeline:
         ),
         schema=DatasetSchema(
             name="loans",
-            columns=(Column("amount", "float", minimum=0), Column("approved", "bool")),
+            columns=(
+                Column("amount", "float", minimum=0),
+                Column("approved", "category", allowed=("yes", "no")),
+            ),
             label="approved",
+            positive_label="yes",
         ),
+        model=ModelSpec(train_member="main", test_member=None),
     )
 
 
 def test_second_pipeline_from_the_same_spec(instance, isolated_env: Path, tmp_path: Path):
     data = tmp_path / "loans"
     data.mkdir()
-    (data / "loans.csv").write_bytes(b"amount,approved\n100.0,true\n")
+    (data / "loans.csv").write_bytes(b"100.0,yes\n250.5,no\n")
     pipeline = _tiny_pipeline(data)
     defs = pipeline.build_definitions(Environment.LOCAL)
     assert {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()} == {
         "raw_loans",
         "validated_loans",
         "features",
+        "trained_model",
     }
     assert _materialize(pipeline, instance).success
     meta = instance.get_latest_materialization_event(
         dg.AssetKey("raw_loans")
     ).asset_materialization.metadata
     files = _store(isolated_env).read_fileset((meta["snapshot_key"].value, meta["sha256"].value))
-    assert files == {"main": b"amount,approved\n100.0,true\n"}
+    assert files == {"main": b"100.0,yes\n250.5,no\n"}
 
 
 def test_oversize_file_is_refused_and_nothing_stored(instance, isolated_env, tmp_path):
@@ -146,7 +159,7 @@ def test_oversize_file_is_refused_and_nothing_stored(instance, isolated_env, tmp
 
 def test_symlink_out_of_the_source_directory_is_refused(instance, isolated_env, tmp_path):
     secret = tmp_path / "secret.csv"
-    secret.write_bytes(b"amount,approved\n1,true\n")
+    secret.write_bytes(b"1,yes\n")
     data = tmp_path / "loans"
     data.mkdir()
     os.symlink(secret, data / "loans.csv")

@@ -14,6 +14,7 @@ from secure_pipeline.pipeline import (
     Column,
     DatasetSchema,
     FeatureSpec,
+    ModelSpec,
     SecurePipeline,
     SecurityPolicy,
     SourceFile,
@@ -22,7 +23,7 @@ from secure_pipeline.pipeline import (
 from secure_pipeline.reference.adult import adult_pipeline
 from secure_pipeline.storage.audit import AuditLog
 from secure_pipeline.storage.local import LocalSnapshotStore
-from secure_pipeline_tests.helpers import materialize_all
+from secure_pipeline_tests.helpers import materialize, materialize_all
 from secure_pipeline_tests.tls_server import serve
 
 HEADER = b"applicant,amount,term,region,approved\n"
@@ -72,6 +73,17 @@ def loans_pipeline(location: str, **source: object) -> SecurePipeline:
         sensitive_features=("region",),
         features=FeatureSpec(bands={"amount": (1000, 5000)}),
         policy=SecurityPolicy(max_reject_rate=0.05, drift_warn_psi=0.1, drift_fail_psi=0.25),
+        model=ModelSpec(train_member="main", test_member=None),
+    )
+
+
+def materialize_data(pipeline: SecurePipeline, instance) -> dg.ExecuteInProcessResult:
+    """The data stages (ingestion to features) with their checks; training is tested apart."""
+    return materialize(
+        pipeline,
+        instance,
+        assets=[pipeline.raw_asset_name, f"validated_{pipeline.source.name}", "features"],
+        raise_on_error=False,
     )
 
 
@@ -109,6 +121,10 @@ def test_reference_pipeline_passes_every_gate(instance, isolated_env) -> None:
         ("validated_adult", "reject_rate_within_limit"),
         ("validated_adult", "expectations_met"),
         ("features", "feature_drift"),
+        ("trained_model", "performance_meets_policy"),
+        ("trained_model", "adversarial_robustness"),
+        ("trained_model", "membership_inference_risk"),
+        ("trained_model", "fairness_audit"),
     ]:
         evaluation = _check(result, asset, check)
         assert evaluation is not None, (asset, check)
@@ -135,7 +151,7 @@ def test_reference_pipeline_passes_every_gate(instance, isolated_env) -> None:
 
 
 def test_second_pipeline_gets_the_same_controls(instance, tmp_path) -> None:
-    result = materialize_all(loans_pipeline(_source(tmp_path, GOOD)), instance)
+    result = materialize_data(loans_pipeline(_source(tmp_path, GOOD)), instance)
     assert result.success
     assert _materialized(instance, "features")
     evaluations = {(e.asset_check_key.name, e.passed) for e in result.get_asset_check_evaluations()}
@@ -184,7 +200,7 @@ BAD_INPUTS = {
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input_is_stopped_by_a_blocking_check(instance, tmp_path, case) -> None:
     data, check, message = BAD_INPUTS[case]
-    result = materialize_all(loans_pipeline(_source(tmp_path, data)), instance)
+    result = materialize_data(loans_pipeline(_source(tmp_path, data)), instance)
     assert not result.success
     evaluation = _check(result, "validated_loans" if check != "schema_conforms" else "raw_loans",
                         check)  # fmt: skip
@@ -199,7 +215,7 @@ def test_bad_input_is_stopped_by_a_blocking_check(instance, tmp_path, case) -> N
 
 def test_oversize_payload_is_refused_by_the_connector(instance, tmp_path) -> None:
     big = GOOD + b"\n".join(GOOD_ROWS * 40)
-    result = materialize_all(loans_pipeline(_source(tmp_path, big)), instance)
+    result = materialize_data(loans_pipeline(_source(tmp_path, big)), instance)
     assert not result.success
     failure = result.get_step_failure_events()[0].step_failure_data.error
     assert failure.cause.cls_name == "UntrustedSourceError"
@@ -209,7 +225,7 @@ def test_oversize_payload_is_refused_by_the_connector(instance, tmp_path) -> Non
 
 def test_quarantine_keeps_each_rejected_row_with_its_reason(instance, tmp_path, isolated_env):
     data = GOOD.replace(b"a3,9000,36", b"a3,9000,thirty-six") + b"a11,50,12,W,no\n"
-    materialize_all(loans_pipeline(_source(tmp_path, data)), instance)
+    materialize_data(loans_pipeline(_source(tmp_path, data)), instance)
     meta = instance.get_latest_materialization_event(
         dg.AssetKey("validated_loans")
     ).asset_materialization.metadata
@@ -225,13 +241,13 @@ def test_quarantine_keeps_each_rejected_row_with_its_reason(instance, tmp_path, 
 
 
 def test_drift_against_the_first_snapshot_blocks(instance, tmp_path) -> None:
-    assert materialize_all(loans_pipeline(_source(tmp_path, GOOD)), instance).success
+    assert materialize_data(loans_pipeline(_source(tmp_path, GOOD)), instance).success
     shifted = (
         HEADER
         + b"\n".join(r.replace(b",N,", b",S,").replace(b",,", b",S,") for r in GOOD_ROWS)
         + b"\n"
     )
-    result = materialize_all(loans_pipeline(_source(tmp_path, shifted)), instance)
+    result = materialize_data(loans_pipeline(_source(tmp_path, shifted)), instance)
     drift = _check(result, "features", "feature_drift")
     assert not drift.passed
     assert drift.severity == dg.AssetCheckSeverity.ERROR
@@ -240,10 +256,10 @@ def test_drift_against_the_first_snapshot_blocks(instance, tmp_path) -> None:
 
 
 def test_failed_runs_leave_earlier_snapshots_intact(instance, tmp_path, isolated_env) -> None:
-    assert materialize_all(loans_pipeline(_source(tmp_path, GOOD)), instance).success
+    assert materialize_data(loans_pipeline(_source(tmp_path, GOOD)), instance).success
     store = LocalSnapshotStore(isolated_env / "store")
     before = {k: store.read_object(k) for k in store.list_keys("snapshots/")}
-    materialize_all(loans_pipeline(_source(tmp_path, b"\x00garbage")), instance)
+    materialize_data(loans_pipeline(_source(tmp_path, b"\x00garbage")), instance)
     after = {k: store.read_object(k) for k in store.list_keys("snapshots/")}
     assert {k: after[k] for k in before} == before
     assert AuditLog(store).verify().count > 0
@@ -255,7 +271,7 @@ def test_https_source_with_header_goes_through_the_same_gates(instance, tmp_path
     (folder / "loans.csv").write_bytes(GOOD.replace(b"region", b"area", 1))
     monkeypatch.setenv("SECURE_PIPELINE_CA_BUNDLE", str(pki.ca))
     with serve(folder, pki) as server:
-        result = materialize_all(loans_pipeline(f"{server.url}/data/"), instance)
+        result = materialize_data(loans_pipeline(f"{server.url}/data/"), instance)
     assert _check(result, "raw_loans", "provenance_complete").passed
     schema = _check(result, "raw_loans", "schema_conforms")
     assert not schema.passed
@@ -278,7 +294,7 @@ def _landing(s3_client, versioned: bool) -> str:
 
 def test_s3_landing_zone_records_etag_and_version(instance, s3_client, moto_endpoint, monkeypatch):
     monkeypatch.setenv("SECURE_PIPELINE_S3_ENDPOINT", moto_endpoint)
-    result = materialize_all(loans_pipeline(_landing(s3_client, versioned=True)), instance)
+    result = materialize_data(loans_pipeline(_landing(s3_client, versioned=True)), instance)
     assert result.success
     meta = instance.get_latest_materialization_event(
         dg.AssetKey("raw_loans")
@@ -291,7 +307,7 @@ def test_s3_landing_zone_records_etag_and_version(instance, s3_client, moto_endp
 
 def test_unversioned_landing_zone_fails_provenance(instance, s3_client, moto_endpoint, monkeypatch):
     monkeypatch.setenv("SECURE_PIPELINE_S3_ENDPOINT", moto_endpoint)
-    result = materialize_all(loans_pipeline(_landing(s3_client, versioned=False)), instance)
+    result = materialize_data(loans_pipeline(_landing(s3_client, versioned=False)), instance)
     provenance = _check(result, "raw_loans", "provenance_complete")
     assert not provenance.passed
     assert "version_id" in provenance.description

@@ -1,0 +1,1 @@
+"""ML security checks: adversarial robustness and membership inference (ART), fairness."""

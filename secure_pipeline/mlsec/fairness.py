@@ -1,0 +1,223 @@
+"""Fairness audit with fairlearn: per-group rates and the gaps between groups.
+
+For every sensitive feature, fairlearn's ``MetricFrame`` gives each group's selection rate,
+true- and false-positive rate and accuracy on the evaluation set; ``demographic_parity_
+difference`` and ``equalized_odds_difference`` summarise the gaps. The gate then asks two
+questions of each gated feature:
+
+* **Equalized odds**: is a gap in true- or false-positive rate between two groups larger than
+  the policy's limit *beyond sampling error*? A gap counts by the lower bound of its one-sided
+  confidence interval, so a small group's noisy rate neither hides a real gap nor invents one.
+  Groups with too few positives or negatives to estimate those rates are reported, not gated.
+* **Demographic parity**: does the model widen the gap in positive rates already present in the
+  labels by more than the policy allows? (A perfect classifier reproduces the labels' gap; the
+  gate forbids amplifying it.)
+"""
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import combinations
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+@dataclass(frozen=True)
+class GroupRates:
+    """One group's rates.
+
+    Attributes:
+        group: Group name.
+        rows: Records in the group.
+        positives: Of which labelled positive.
+        selection_rate: Share predicted positive.
+        true_positive_rate: Share of positives predicted positive.
+        false_positive_rate: Share of negatives predicted positive.
+        accuracy: Share predicted correctly.
+        gated: Whether the group is large enough to gate on.
+    """
+
+    group: str
+    rows: int
+    positives: int
+    selection_rate: float
+    true_positive_rate: float
+    false_positive_rate: float
+    accuracy: float
+    gated: bool
+
+
+@dataclass
+class FeatureAudit:
+    """The audit of one sensitive feature.
+
+    Attributes:
+        feature: The sensitive feature.
+        column: The feature-table column audited (a band for numeric attributes).
+        gating: Whether this feature can fail the gate (else it is reported only).
+        groups: Per-group rates.
+        demographic_parity_difference: Largest gap in selection rate (gated groups).
+        label_parity_difference: The same gap in the labels themselves.
+        equalized_odds_difference: fairlearn's equalized-odds difference (gated groups).
+        gap_beyond_noise: Largest lower confidence bound of a TPR/FPR gap (gated groups).
+        problems: Why the feature fails, if it does.
+    """
+
+    feature: str
+    column: str
+    gating: bool
+    groups: list[GroupRates] = field(default_factory=list)
+    demographic_parity_difference: float = 0.0
+    label_parity_difference: float = 0.0
+    equalized_odds_difference: float = 0.0
+    gap_beyond_noise: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FairnessResult:
+    """The audit of every sensitive feature.
+
+    Attributes:
+        audits: One per sensitive feature.
+    """
+
+    audits: list[FeatureAudit]
+
+    @property
+    def passed(self) -> bool:
+        """True when no gating feature has a problem."""
+        return not any(a.problems for a in self.audits if a.gating)
+
+
+def audit_fairness(
+    y_true: "np.ndarray",
+    y_pred: "np.ndarray",
+    sensitive: Mapping[str, tuple[str, "np.ndarray", Sequence[str]]],
+    *,
+    max_equalized_odds_difference: float,
+    max_parity_amplification: float,
+    min_group_size: int,
+    confidence: float,
+    report_only: Sequence[str] = (),
+) -> FairnessResult:
+    """Audit predictions for each sensitive feature.
+
+    Args:
+        y_true: Labels (0/1) of the evaluation records.
+        y_pred: Predictions (0/1).
+        sensitive: Feature name to ``(column, codes, category names)``; code -1 is missing.
+        max_equalized_odds_difference: Limit on a TPR/FPR gap beyond noise.
+        max_parity_amplification: Limit on model parity gap minus label parity gap.
+        min_group_size: Positives and negatives a group needs to be gated.
+        confidence: Confidence of the lower bound a gap must clear.
+        report_only: Features audited but not gating.
+
+    Returns:
+        The audit.
+    """
+    import numpy as np
+    from fairlearn.metrics import (
+        MetricFrame,
+        demographic_parity_difference,
+        equalized_odds_difference,
+        false_positive_rate,
+        selection_rate,
+        true_positive_rate,
+    )
+    from scipy.stats import norm
+    from sklearn.metrics import accuracy_score
+
+    z = float(norm.ppf(confidence))
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    audits = []
+    for feature, (column, codes, names) in sensitive.items():
+        # code -1 (missing) indexes the last name
+        labels = np.asarray([*names, "missing"], dtype=object)[np.asarray(codes, dtype=int)]
+        frame = MetricFrame(
+            metrics={
+                "selection_rate": selection_rate,
+                "true_positive_rate": true_positive_rate,
+                "false_positive_rate": false_positive_rate,
+                "accuracy": accuracy_score,
+            },
+            y_true=y_true,
+            y_pred=y_pred,
+            sensitive_features=labels,
+        )
+        audit = FeatureAudit(feature, column, feature not in report_only)
+        for group, row in frame.by_group.iterrows():
+            members = labels == group
+            positives = int(y_true[members].sum())
+            negatives = int(members.sum()) - positives
+            audit.groups.append(
+                GroupRates(
+                    group=str(group),
+                    rows=int(members.sum()),
+                    positives=positives,
+                    selection_rate=float(row["selection_rate"]),
+                    true_positive_rate=float(row["true_positive_rate"]),
+                    false_positive_rate=float(row["false_positive_rate"]),
+                    accuracy=float(row["accuracy"]),
+                    gated=min(positives, negatives) >= min_group_size,
+                )
+            )
+        gated = [g for g in audit.groups if g.gated]
+        if len(gated) >= 2:
+            keep = np.isin(labels, [g.group for g in gated])
+            audit.demographic_parity_difference = float(
+                demographic_parity_difference(
+                    y_true[keep], y_pred[keep], sensitive_features=labels[keep]
+                )
+            )
+            audit.label_parity_difference = float(
+                demographic_parity_difference(
+                    y_true[keep], y_true[keep], sensitive_features=labels[keep]
+                )
+            )
+            audit.equalized_odds_difference = float(
+                equalized_odds_difference(
+                    y_true[keep], y_pred[keep], sensitive_features=labels[keep]
+                )
+            )
+            audit.gap_beyond_noise, worst = _gap_beyond_noise(gated, z)
+            if audit.gap_beyond_noise > max_equalized_odds_difference:
+                audit.problems.append(
+                    f"{feature}: {worst} differs by more than {max_equalized_odds_difference} "
+                    f"beyond sampling error (lower bound {audit.gap_beyond_noise:.3f} at "
+                    f"{confidence:.0%} confidence)"
+                )
+            amplification = audit.demographic_parity_difference - audit.label_parity_difference
+            if amplification > max_parity_amplification:
+                audit.problems.append(
+                    f"{feature}: selection-rate gap {audit.demographic_parity_difference:.3f} "
+                    f"exceeds the labels' own gap {audit.label_parity_difference:.3f} by "
+                    f"{amplification:.3f} (limit {max_parity_amplification})"
+                )
+        audits.append(audit)
+    return FairnessResult(audits)
+
+
+def _gap_beyond_noise(groups: list[GroupRates], z: float) -> tuple[float, str]:
+    """Largest lower confidence bound of a TPR or FPR gap between two groups."""
+    import math
+
+    worst, where = 0.0, "no rate"
+    for a, b in combinations(groups, 2):
+        for rate, size_a, size_b, name in (
+            (lambda g: g.true_positive_rate, a.positives, b.positives, "true-positive rate"),
+            (
+                lambda g: g.false_positive_rate,
+                a.rows - a.positives,
+                b.rows - b.positives,
+                "false-positive rate",
+            ),
+        ):
+            ra, rb = rate(a), rate(b)
+            error = math.sqrt(ra * (1 - ra) / size_a + rb * (1 - rb) / size_b)
+            bound = abs(ra - rb) - z * error
+            if bound > worst:
+                worst = bound
+                where = f"{name} of {a.group!r} ({ra:.3f}) and {b.group!r} ({rb:.3f})"
+    return worst, where

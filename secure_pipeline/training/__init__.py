@@ -1,0 +1,1 @@
+"""Training: the model pipeline, safe serialization (skops), experiment tracking (MLflow)."""
