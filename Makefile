@@ -58,6 +58,7 @@ bench: sync
 	$(RUN) python benchmarks/bench_s3_store.py
 	$(RUN) python benchmarks/bench_validation.py
 	$(RUN) python benchmarks/bench_https_ingest.py
+	$(RUN) python benchmarks/bench_ml_checks.py
 
 clean:
 	rm -rf .venv $(TOOLS) .pytest_cache .ruff_cache
