@@ -14,16 +14,30 @@ from secure_pipeline.errors import (
     SecurePipelineError,
     UntrustedSourceError,
 )
-from secure_pipeline.pipeline import Column, DatasetSchema, SecurePipeline, SourceFile, SourceSpec
+from secure_pipeline.pipeline import (
+    Column,
+    DatasetSchema,
+    FeatureSpec,
+    IsolationSpec,
+    ModelSpec,
+    SecurePipeline,
+    SecurityPolicy,
+    SourceFile,
+    SourceSpec,
+)
 
 __all__ = [
     "AuditChainError",
     "Column",
     "ConfigurationError",
     "DatasetSchema",
+    "FeatureSpec",
     "IntegrityError",
+    "IsolationSpec",
+    "ModelSpec",
     "SecurePipeline",
     "SecurePipelineError",
+    "SecurityPolicy",
     "SourceFile",
     "SourceSpec",
     "UntrustedSourceError",

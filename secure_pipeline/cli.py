@@ -179,7 +179,16 @@ def status() -> None:
             record = result.records[0]
             metadata = record.asset_materialization.metadata
             click.echo(f"\n{key.to_user_string()}  (run {record.run_id})")
-            for name in (SHA256, URI, "bytes", "dagster/row_count", "provenance_uri"):
+            for name in (
+                SHA256,
+                URI,
+                "bytes",
+                "dagster/row_count",
+                "provenance_uri",
+                "quarantine_uri",
+                "test_roc_auc",
+                "mlflow_run",
+            ):
                 if name in metadata:
                     click.echo(f"  {name}: {metadata[name].value}")
     try:
