@@ -75,3 +75,44 @@ def test_an_overfit_model_is_stopped_with_its_digest_recorded(instance, isolated
     assert "fairness_audit.sex.equalized_odds_difference" in run.data.metrics
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "plots")}
     assert artifacts == {"plots/adversarial_robustness.png", "plots/fairness_audit.png"}
+
+
+def test_the_second_pipeline_gets_the_same_gates(instance, tmp_path) -> None:
+    """The loans pipeline (another schema, another source) is gated with no new code."""
+    import numpy as np
+
+    from secure_pipeline_tests.validation.test_validation_stage import loans_pipeline
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    amount = np.concatenate([rng.uniform(995, 1005, n // 2), rng.uniform(0, 4000, n - n // 2)])
+    lines = [b"applicant,amount,term,region,approved"] + [
+        f"a{i},{a:.3f},{rng.integers(6, 360)},{rng.choice(['N', 'S'])},"
+        f"{'yes' if a > 1000 else 'no'}".encode()
+        for i, a in enumerate(amount)
+    ]
+    folder = tmp_path / "landing"
+    folder.mkdir()
+    (folder / "loans.csv").write_bytes(b"\n".join(lines) + b"\n")
+    pipeline = loans_pipeline(folder.as_uri() + "/")
+    pipeline = dataclasses.replace(
+        pipeline,
+        source=dataclasses.replace(pipeline.source, max_bytes=1 << 20),
+        schema=dataclasses.replace(pipeline.schema, max_rows=10_000, min_rows=1_000),
+        model=dataclasses.replace(
+            pipeline.model, params={"C": 1e6, "max_iter": 5000}, exclude_features=("amount_band",)
+        ),
+    )
+    defs = dg.Definitions.merge(
+        pipeline.build_definitions(Environment.LOCAL), dg.Definitions(assets=[deployed_model])
+    )
+    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=instance, raise_on_error=False
+    )
+    evaluations = {e.asset_check_key.name: e for e in result.get_asset_check_evaluations()
+                   if e.asset_key == dg.AssetKey("trained_model")}  # fmt: skip
+    assert evaluations["performance_meets_policy"].passed  # accurate on clean input...
+    assert not evaluations["adversarial_robustness"].passed  # ...but fragile
+    assert "accuracy drops" in evaluations["adversarial_robustness"].description
+    assert set(evaluations) >= {"membership_inference_risk", "fairness_audit"}
+    assert instance.get_latest_materialization_event(dg.AssetKey("deployed_model")) is None
