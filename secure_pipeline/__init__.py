@@ -11,7 +11,9 @@ from secure_pipeline.errors import (
     AuditChainError,
     ConfigurationError,
     IntegrityError,
+    PolicyViolation,
     SecurePipelineError,
+    SignatureError,
     UntrustedSourceError,
 )
 from secure_pipeline.pipeline import (
@@ -35,9 +37,11 @@ __all__ = [
     "IntegrityError",
     "IsolationSpec",
     "ModelSpec",
+    "PolicyViolation",
     "SecurePipeline",
     "SecurePipelineError",
     "SecurityPolicy",
+    "SignatureError",
     "SourceFile",
     "SourceSpec",
     "UntrustedSourceError",

@@ -196,3 +196,171 @@ def status() -> None:
     except SecurePipelineError as exc:
         _fail(f"audit trail broken: {exc}", 1)
     click.echo(f"\naudit trail: {chain.count} records, intact, head {chain.head_hash}")
+
+
+def _pipeline(spec: str) -> Any:
+    """Import ``module:attribute`` (a SecurePipeline, or a function returning one)."""
+    import importlib
+
+    module, _, attribute = spec.partition(":")
+    try:
+        value = getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError) as exc:
+        _fail(f"cannot load pipeline {spec!r}: {exc}", 2)
+    return value() if callable(value) else value
+
+
+_PIPELINE_OPTION = click.option(
+    "--pipeline",
+    "pipeline_spec",
+    default="secure_pipeline.reference.adult:adult_pipeline",
+    show_default=True,
+    help="The pipeline spec (module:attribute) whose policy applies.",
+)
+
+
+@main.command()
+@click.argument("model_ref")
+@_PIPELINE_OPTION
+@click.option(
+    "--offline",
+    is_flag=True,
+    help="Verify the bundle alone: signature, files, recorded verdicts, policy. Skip re-hashing "
+    "lineage snapshots and looking verdicts up in the audit trail.",
+)
+def verify(model_ref: str, pipeline_spec: str, offline: bool) -> None:
+    """Verify a model: models:/name@alias, models:/name/version, or a bundle directory.
+
+    Checks the signature against the trust policy, every file's digest, that no file is a
+    pickle, the lineage (every snapshot exists and re-hashes, every required check passed for
+    this model digest, as the audit trail records) and today's policy. Exit 1 on any failure.
+    """
+    from secure_pipeline.registry.mlflow_registry import version_tags
+    from secure_pipeline.registry.signing import trust_policy_from_environment
+    from secure_pipeline.registry.verification import resolve, verify_bundle_dir
+    from secure_pipeline.storage.audit import AuditLog
+
+    pipeline = _pipeline(pipeline_spec)
+    store = None if offline else _store()
+    try:
+        trust = trust_policy_from_environment()
+        with resolve(model_ref) as resolved:
+            tags = (
+                version_tags(resolved.name, resolved.version)
+                if resolved.name and resolved.version
+                else None
+            )
+            result = verify_bundle_dir(
+                resolved.directory,
+                trust=trust,
+                pipeline=pipeline,
+                store=store,
+                audit=AuditLog(store) if store is not None else None,
+                registry_tags=tags,
+            )
+            where = (
+                f"{resolved.name} version {resolved.version}"
+                + (f" (@{resolved.alias})" if resolved.alias else "")
+                if resolved.name
+                else str(resolved.directory)
+            )
+    except ConfigurationError as exc:
+        _fail(str(exc), 2)
+    click.echo(f"{model_ref} -> {where}")
+    click.echo(result.report())
+    if not result.ok:
+        _fail(f"{model_ref} failed verification", 1)
+    click.echo(f"verified: model {result.model_sha256}, signed by {result.signer}")
+
+
+@main.command()
+@click.argument("model_ref")
+@click.option("--key", "key_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The approver's PEM EC private key.")  # fmt: skip
+@click.option("--approver", required=True, help="The approver's name in the trust policy.")
+@click.option("--reason", default="", help="Why the model is approved.")
+@_PIPELINE_OPTION
+def approve(model_ref: str, key_path: str, approver: str, reason: str, pipeline_spec: str) -> None:
+    """Sign an approval of MODEL_REF, bound to its model digest, after verifying it."""
+    from secure_pipeline.promotion.approvals import sign_approval, store_approval
+    from secure_pipeline.registry.signing import trust_policy_from_environment
+    from secure_pipeline.registry.verification import resolve, verify_bundle_dir
+    from secure_pipeline.storage.audit import AuditLog
+
+    pipeline = _pipeline(pipeline_spec)
+    store = _store()
+    audit = AuditLog(store)
+    try:
+        with resolve(model_ref) as resolved:
+            result = verify_bundle_dir(
+                resolved.directory,
+                trust=trust_policy_from_environment(),
+                pipeline=pipeline,
+                store=store,
+                audit=audit,
+            )
+    except ConfigurationError as exc:
+        _fail(str(exc), 2)
+    if not result.ok:
+        click.echo(result.report(), err=True)
+        _fail(f"refusing to approve {model_ref}: it does not verify", 1)
+    document = sign_approval(
+        Path(key_path),
+        model_sha256=str(result.model_sha256),
+        bundle_digest=str(result.bundle_digest),
+        approver=approver,
+        reason=reason,
+    )
+    key = store_approval(store, str(result.model_sha256), document)
+    record = audit.append(
+        "approval.recorded",
+        actor=f"approver:{approver}",
+        subject=result.model_sha256,
+        details={"approval": key, "reason": reason[:200]},
+    )
+    click.echo(f"approved model {result.model_sha256} as {approver}: {store.uri(key)}")
+    click.echo(f"audit record {record.seq}")
+
+
+@main.command()
+@_PIPELINE_OPTION
+def rollback(pipeline_spec: str) -> None:
+    """Point the champion alias back at the previous champion, after verifying it again."""
+    from secure_pipeline.promotion.gate import rollback as roll_back
+    from secure_pipeline.storage.audit import AuditLog
+
+    pipeline = _pipeline(pipeline_spec)
+    store = _store()
+    try:
+        outcome = roll_back(pipeline, pipeline.name, store=store, audit=AuditLog(store),
+                            actor=f"cli:{_user()}")  # fmt: skip
+    except SecurePipelineError as exc:
+        _fail(str(exc), 1)
+    click.echo(f"{outcome['name']}: champion {outcome['from']} -> {outcome['to']}")
+
+
+def _user() -> str:
+    import getpass
+
+    return getpass.getuser()
+
+
+@main.group()
+def keys() -> None:
+    """Signing and approval keys."""
+
+
+@keys.command("generate")
+@click.argument("private_key", type=click.Path(dir_okay=False))
+@click.option("--dev", is_flag=True, help="Label it a development key (refused in production).")
+def keys_generate(private_key: str, dev: bool) -> None:
+    """Generate an EC P-256 key pair: PRIVATE_KEY (mode 0600) and its .pub beside it."""
+    from secure_pipeline.registry.signing import generate_key, key_fingerprint
+
+    try:
+        public = generate_key(Path(private_key), dev=dev)
+    except ConfigurationError as exc:
+        _fail(str(exc), 2)
+    click.echo(f"private key: {private_key} (keep it secret)")
+    click.echo(f"public key:  {public}")
+    click.echo(f"fingerprint: {key_fingerprint(public.read_bytes())}")

@@ -83,6 +83,22 @@ SETTINGS: tuple[Setting, ...] = (
         "SECURE_PIPELINE_HOME.",
         required_in_production=True,
     ),
+    Setting(
+        "SECURE_PIPELINE_SIGNING_MODE",
+        "`key`, `certificate` or `sigstore`; locally unset means a generated dev key.",
+        required_in_production=True,
+    ),
+    Setting("SECURE_PIPELINE_SIGNING_KEY", "PEM EC private key (key and certificate modes)."),
+    Setting("SECURE_PIPELINE_SIGNING_KEY_PASSWORD", "Password of the signing key, if any."),
+    Setting("SECURE_PIPELINE_SIGNING_CERT", "Signing certificate (certificate mode)."),
+    Setting("SECURE_PIPELINE_SIGNING_CHAIN", "Comma-separated chain certificates (certificate)."),
+    Setting("SECURE_PIPELINE_SIGSTORE_IDENTITY", "OIDC identity used for keyless signing."),
+    Setting(
+        "SECURE_PIPELINE_TRUST_POLICY",
+        "JSON file naming trusted signer keys, CA roots, Sigstore identities and approvers; "
+        "locally unset means the dev key.",
+        required_in_production=True,
+    ),
     Setting("DAGSTER_HOME", "Dagster instance directory (holds `dagster.yaml`)."),
     Setting("DAGSTER_PG_HOST", "Postgres host of the Dagster instance.", True),
     Setting("DAGSTER_PG_USER", "Postgres user of the Dagster instance.", True),

@@ -24,3 +24,11 @@ class AuditChainError(IntegrityError):
 
 class UntrustedSourceError(SecurePipelineError):
     """A data source was refused: wrong scheme, outside the allowed root, or over the limits."""
+
+
+class SignatureError(SecurePipelineError):
+    """A signature is missing or invalid, from an untrusted signer, or its files changed."""
+
+
+class PolicyViolation(SecurePipelineError):  # noqa: N818 - the name DESIGN.md gives it
+    """A model may not be promoted, rolled back or served: a gate or verification failed."""

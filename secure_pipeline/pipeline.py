@@ -181,6 +181,8 @@ class SecurityPolicy:
             groups are reported, their rates being too noisy to judge).
         fairness_confidence: Confidence of the interval a gap must clear to fail the gate.
         fairness_report_only: Sensitive features that are audited and shown but do not gate.
+        approvals_required: Signed approvals (by distinct approver keys of the trust policy)
+            a model needs before promotion.
     """
 
     max_reject_rate: float = 0.01
@@ -200,6 +202,7 @@ class SecurityPolicy:
     fairness_min_group_size: int = 50
     fairness_confidence: float = 0.95
     fairness_report_only: tuple[str, ...] = ()
+    approvals_required: int = 0
 
     def problems(self) -> list[str]:
         """Contradictions in the policy, one line each."""
@@ -216,6 +219,8 @@ class SecurityPolicy:
         for name in ("robustness_sample_cap", "privacy_sample_cap", "fairness_min_group_size"):
             if getattr(self, name) < 1:
                 found.append(f"{name} must be at least 1")
+        if self.approvals_required < 0:
+            found.append("approvals_required must not be negative")
         if not 0.5 < self.fairness_confidence < 1:
             found.append("fairness_confidence must be between 0.5 and 1")
         if not 0 <= self.max_reject_rate < 1:
@@ -514,6 +519,7 @@ class SecurePipeline:
         from secure_pipeline.features.assets import build_features_stage
         from secure_pipeline.ingestion.assets import build_raw_asset
         from secure_pipeline.mlsec.checks import build_ml_checks
+        from secure_pipeline.registry.assets import build_registry_stage
         from secure_pipeline.storage.resources import build_resources
         from secure_pipeline.training.assets import build_training_stage
         from secure_pipeline.validation.assets import build_validation_stage
@@ -521,8 +527,20 @@ class SecurePipeline:
         checked = env.validate(environment, source_variables=self.source_variables())
         validated, validation_checks = build_validation_stage(self)
         features, feature_checks = build_features_stage(self)
+        registry, registry_checks = build_registry_stage(self)
         return dg.Definitions(
-            assets=[build_raw_asset(self), *validated, *features, *build_training_stage(self)],
-            asset_checks=[*validation_checks, *feature_checks, *build_ml_checks(self)],
+            assets=[
+                build_raw_asset(self),
+                *validated,
+                *features,
+                *build_training_stage(self),
+                *registry,
+            ],
+            asset_checks=[
+                *validation_checks,
+                *feature_checks,
+                *build_ml_checks(self),
+                *registry_checks,
+            ],
             resources=build_resources(checked),
         )

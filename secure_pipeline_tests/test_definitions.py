@@ -43,6 +43,8 @@ def test_defs_is_lazy_and_loads_the_reference_graph() -> None:
         "validated_adult": "ingestion",
         "features": "features",
         "trained_model": "training",
+        "registered_model": "registry",
+        "promoted_model": "promotion",
     }
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
     assert checks == {
@@ -55,5 +57,6 @@ def test_defs_is_lazy_and_loads_the_reference_graph() -> None:
         ("trained_model", "adversarial_robustness"),
         ("trained_model", "membership_inference_risk"),
         ("trained_model", "fairness_audit"),
+        ("registered_model", "signature_verifies"),
     }
     assert set(loaded.resources) == {"snapshot_store", "io_manager"}

@@ -17,6 +17,8 @@ PRODUCTION = {
     "DAGSTER_PG_PASSWORD": "x",
     "DAGSTER_PG_DB": "dagster",
     "MLFLOW_TRACKING_URI": "https://mlflow.internal",
+    "SECURE_PIPELINE_SIGNING_MODE": "key",
+    "SECURE_PIPELINE_TRUST_POLICY": "/etc/secure-pipeline/trust.json",
 }
 
 

@@ -62,4 +62,11 @@ def test_the_readme_example_builds() -> None:
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own README
     defs = namespace["defs"]()
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert keys == {"raw_loans", "validated_loans", "features", "trained_model"}
+    assert keys == {
+        "raw_loans",
+        "validated_loans",
+        "features",
+        "trained_model",
+        "registered_model",
+        "promoted_model",
+    }

@@ -265,6 +265,15 @@ class AuditLog:
         last = deque(self._walk(anchors), maxlen=1)
         return last[0][1] if last else ChainStatus(0, GENESIS_HASH)
 
+    def verified_records(self) -> Iterator[AuditRecord]:
+        """Every record in order, each checked against the chain as it is read.
+
+        Raises:
+            AuditChainError: At the first broken record (the records before it were yielded).
+        """
+        for record, _status in self._walk(None):
+            yield record
+
     def _walk(self, anchors: Mapping[int, str] | None) -> Iterator[tuple[AuditRecord, ChainStatus]]:
         """Yield each record with the chain status up to it, checking every link on the way."""
         expected_seq = 1

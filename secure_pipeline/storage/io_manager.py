@@ -63,6 +63,58 @@ def snapshot_metadata(
     return metadata
 
 
+def store_snapshot(
+    store: SnapshotStoreResource,
+    asset_key: dg.AssetKey,
+    data: bytes,
+    *,
+    ext: str,
+    fmt: str,
+    partition: str | None = None,
+    rows: int | None = None,
+    schema: Mapping[str, str] | None = None,
+    upstream: Mapping[str, str] | None = None,
+    run_id: str | None = None,
+    code_version: str | None = None,
+) -> tuple[SnapshotRef, dict[str, Any]]:
+    """Store an asset's serialized value, audit it, and build its materialization metadata.
+
+    What the IO manager does with every output; an asset that must know its own digest before
+    it returns (to bind a check verdict to it) calls this itself and returns the metadata with
+    ``data_version=DataVersion(ref.sha256)``.
+
+    Returns:
+        The stored snapshot and its metadata.
+    """
+    ref = store.get_store().put_bytes(
+        asset_key.path,
+        data,
+        ext=ext,
+        format=fmt,
+        partition=partition,
+        schema=dict(schema) if schema is not None else None,
+        upstream=dict(upstream or {}),
+        run_id=run_id,
+        code_version=code_version,
+        extra={"rows": rows} if rows is not None else {},
+    )
+    record = store.get_audit_log().append(
+        "snapshot.stored",
+        actor=f"asset:{asset_key.to_user_string()}",
+        run_id=run_id,
+        subject=ref.sha256,
+        details={"key": ref.key, "format": fmt, "bytes": ref.size, "new": ref.created},
+    )
+    metadata = snapshot_metadata(ref, fmt, (record.seq, record.hash))
+    if rows is not None:
+        metadata["dagster/row_count"] = rows
+    if schema is not None:
+        metadata["dagster/column_schema"] = dg.TableSchema(
+            columns=[dg.TableColumn(name, dtype) for name, dtype in schema.items()]
+        )
+    return ref, metadata
+
+
 def _value(metadata: Mapping[str, Any], name: str) -> Any:
     entry = metadata.get(name)
     return getattr(entry, "value", entry)
@@ -187,35 +239,19 @@ class SnapshotIOManager(dg.ConfigurableIOManager):
                 "SnapshotIOManager stores asset outputs only; give op outputs an asset key"
             )
         fmt, ext, data, rows, schema = self._serialize(context, obj)
-        store = self.store.get_store()
-        asset_path = context.asset_key.path
-        partition = context.asset_partition_key if context.has_asset_partitions else None
-        ref = store.put_bytes(
-            asset_path,
+        ref, metadata = store_snapshot(
+            self.store,
+            context.asset_key,
             data,
             ext=ext,
-            format=fmt,
-            partition=partition,
+            fmt=fmt,
+            partition=context.asset_partition_key if context.has_asset_partitions else None,
+            rows=rows,
             schema=schema,
             upstream=_upstream_digests(context),
             run_id=context.run_id,
             code_version=context.version,
-            extra={"rows": rows} if rows is not None else {},
         )
-        record = self.store.get_audit_log().append(
-            "snapshot.stored",
-            actor=f"asset:{context.asset_key.to_user_string()}",
-            run_id=context.run_id,
-            subject=ref.sha256,
-            details={"key": ref.key, "format": fmt, "bytes": ref.size, "new": ref.created},
-        )
-        metadata = snapshot_metadata(ref, fmt, (record.seq, record.hash))
-        if rows is not None:
-            metadata["dagster/row_count"] = rows
-        if schema is not None:
-            metadata["dagster/column_schema"] = dg.TableSchema(
-                columns=[dg.TableColumn(name, dtype) for name, dtype in schema.items()]
-            )
         context.add_output_metadata(metadata)
         # Our digest *is* the data version: unchanged content shows as up to date in the UI.
         context.step_context.set_data_version(context.asset_key, dg.DataVersion(ref.sha256))

@@ -23,7 +23,7 @@ from typing import Any
 import dagster as dg
 
 from secure_pipeline.pipeline import RESERVED_SPLIT_COLUMN, SecurePipeline
-from secure_pipeline.storage.io_manager import load_recorded, recorded_snapshot
+from secure_pipeline.storage.io_manager import load_recorded, recorded_snapshot, store_snapshot
 from secure_pipeline.storage.resources import SnapshotStoreResource
 from secure_pipeline.storage.snapshots import canonical_json
 from secure_pipeline.verdicts import verdict
@@ -225,10 +225,26 @@ def build_validation_stage(
         assert report.rejected is not None
         kept = batch.frame[~report.rejected].reset_index(drop=True)
         store = snapshot_store.get_store()
-        raw_sha = context.instance.get_latest_materialization_event(raw_key)
-        raw_digest = recorded_snapshot(raw_sha, raw_key)[1] if raw_sha else None
+        raw_record = context.instance.get_latest_materialization_event(raw_key)
+        raw_digest = recorded_snapshot(raw_record, raw_key)[1] if raw_record else None
         quarantine = quarantine_table(batch, report)
-        from secure_pipeline.storage.tables import table_to_parquet
+        from secure_pipeline.storage.tables import schema_summary, table_to_parquet, to_arrow
+
+        # Stored here, not by the IO manager: the reject-rate verdict must name the digest of
+        # the snapshot it lets through.
+        table = to_arrow(kept)
+        validated_ref, validated_metadata = store_snapshot(
+            snapshot_store,
+            validated_key,
+            table_to_parquet(table),
+            ext="parquet",
+            fmt="parquet",
+            rows=table.num_rows,
+            schema=schema_summary(table),
+            upstream={raw_key.to_user_string(): raw_digest} if raw_digest else {},
+            run_id=context.run.run_id,
+            code_version=pipeline.code_version,
+        )
 
         quarantined = store.put_bytes(
             [validated_name, "_quarantine"],
@@ -248,7 +264,7 @@ def build_validation_stage(
             asset_key=validated_key,
             check_name=REJECT_RATE,
             passed=passed,
-            subject=raw_digest,
+            subject=validated_ref.sha256,
             summary={"rows": report.rows, "rejected_rows": report.rejected_rows},
             metadata={
                 "reject_rate": round(rate, 6),
@@ -265,8 +281,9 @@ def build_validation_stage(
         )
         splits = kept[RESERVED_SPLIT_COLUMN].value_counts().to_dict()
         return dg.MaterializeResult(
-            value=kept,
+            data_version=dg.DataVersion(validated_ref.sha256),
             metadata={
+                **validated_metadata,
                 "rows_in": report.rows,
                 "rows_valid": len(kept),
                 "rows_quarantined": report.rejected_rows,

@@ -138,6 +138,8 @@ def test_second_pipeline_from_the_same_spec(instance, isolated_env: Path, tmp_pa
         "validated_loans",
         "features",
         "trained_model",
+        "registered_model",
+        "promoted_model",
     }
     assert _materialize(pipeline, instance).success
     meta = instance.get_latest_materialization_event(

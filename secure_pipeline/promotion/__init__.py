@@ -1,0 +1,1 @@
+"""Promotion: the policy gate, signed approvals, aliases and rollback."""

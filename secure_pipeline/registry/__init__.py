@@ -1,0 +1,1 @@
+"""The signed model registry: bundles, signing and trust, lineage, MLflow model versions."""

@@ -1,0 +1,272 @@
+"""The registry and promotion stages as Dagster definitions.
+
+``registered_model``: the latest model, if every required verdict passed for its digest,
+becomes a signed bundle and a new MLflow model version; ``signature_verifies`` re-downloads and
+verifies it. ``promoted_model``: the promotion gate (see `secure_pipeline.promotion.gate`).
+"""
+
+import json
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+import dagster as dg
+
+from secure_pipeline.pipeline import SecurePipeline
+from secure_pipeline.storage.io_manager import load_recorded, recorded_snapshot
+from secure_pipeline.storage.resources import SnapshotStoreResource
+from secure_pipeline.storage.snapshots import sha256_hex
+from secure_pipeline.training.assets import TRAINED_MODEL, experiment_name
+from secure_pipeline.verdicts import verdict
+
+REGISTERED_MODEL = "registered_model"
+PROMOTED_MODEL = "promoted_model"
+SIGNATURE_VERIFIES = "signature_verifies"
+
+
+def _check_results(run_id: str | None) -> dict[str, Any]:
+    """The check result documents logged to the model's MLflow run (for the model card)."""
+    if not run_id:
+        return {}
+    import mlflow
+
+    from secure_pipeline.training.tracking import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    results = {}
+    for name in ("adversarial_robustness", "membership_inference_risk", "fairness_audit"):
+        try:
+            results[name] = mlflow.artifacts.load_dict(f"runs:/{run_id}/checks/{name}.json")
+        except Exception:  # noqa: BLE001, S112 - a card section is optional; verdicts are not
+            continue
+    return results
+
+
+def _registered(instance: dg.DagsterInstance, store: SnapshotStoreResource) -> dict[str, Any]:
+    key = dg.AssetKey(REGISTERED_MODEL)
+    record = instance.get_latest_materialization_event(key)
+    if record is None:
+        raise dg.Failure("registered_model has not been materialized yet")
+    return load_recorded(store.get_store(), record, key)
+
+
+def build_registry_stage(
+    pipeline: SecurePipeline,
+) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
+    """Build ``registered_model`` (+ ``signature_verifies``) and ``promoted_model``."""
+    model_key = dg.AssetKey(TRAINED_MODEL)
+    registered_key = dg.AssetKey(REGISTERED_MODEL)
+    owners = list(pipeline.owners) or None
+
+    @dg.asset(
+        name=REGISTERED_MODEL,
+        deps=[model_key],
+        group_name="registry",
+        kinds={"mlflow", "sigstore"},
+        owners=owners,
+        code_version=pipeline.code_version,
+        description=(
+            "The latest model, only if every required check passed for its digest, as a signed "
+            "bundle: the skops model in an MLflow model directory, a lineage manifest (raw, "
+            "validated and feature snapshot digests, parameters, metrics, every verdict with "
+            "the digest it judged, the policy) and a model card, signed with OpenSSF "
+            "model_signing into a Sigstore bundle. Registered as a new MLflow model version "
+            "tagged with the model digest, bundle digest and signer."
+        ),
+        tags={"secure_pipeline/stage": "registry"},
+    )
+    def registered_model(
+        context: dg.AssetExecutionContext, snapshot_store: SnapshotStoreResource
+    ) -> dg.MaterializeResult[Any]:
+        from secure_pipeline.errors import PolicyViolation
+        from secure_pipeline.registry.bundle import (
+            LINEAGE_FILE,
+            build_lineage,
+            model_card,
+            verdict_problems,
+            write_bundle,
+        )
+        from secure_pipeline.registry.mlflow_registry import register_bundle
+        from secure_pipeline.registry.signing import (
+            SIGNATURE_FILE,
+            sign_bundle,
+            signer_from_environment,
+            trust_policy_from_environment,
+        )
+        from secure_pipeline.registry.verification import verify_bundle_dir
+
+        store, audit = snapshot_store.get_store(), snapshot_store.get_audit_log()
+        record = context.instance.get_latest_materialization_event(model_key)
+        if record is None:
+            raise dg.Failure("trained_model has not been materialized yet")
+        key, model_sha, _ = recorded_snapshot(record, model_key)
+        model_bytes = store.read_bytes((key, model_sha))
+        meta = {k: v.value for k, v in record.asset_materialization.metadata.items()}
+        actor = f"asset:{REGISTERED_MODEL}"
+        lineage = build_lineage(
+            pipeline, store, audit, model_sha256=model_sha, model_metadata=meta,
+            run_id=context.run.run_id,
+        )  # fmt: skip
+        problems = verdict_problems(lineage["checks"])
+        if problems:
+            audit.append("registration.refused", actor=actor, run_id=context.run.run_id,
+                         subject=model_sha, details={"problems": problems})  # fmt: skip
+            raise PolicyViolation(
+                f"model {model_sha[:12]} is not registered: " + "; ".join(problems)
+            )
+        signer = signer_from_environment()
+        trust = trust_policy_from_environment()
+        run_id = meta.get("mlflow_run_id")
+        with TemporaryDirectory(prefix="bundle-") as temporary:
+            bundle = Path(temporary) / "bundle"
+            bundle.mkdir()
+            card = model_card(pipeline, lineage, _check_results(run_id))
+            write_bundle(bundle, model_bytes, lineage, card)
+            sign_bundle(bundle, signer)
+            verification = verify_bundle_dir(
+                bundle, trust=trust, pipeline=pipeline, store=store, audit=audit
+            )
+            if not verification.ok:
+                raise PolicyViolation(
+                    "the freshly signed bundle does not verify (is the signer in the trust "
+                    "policy?): " + "; ".join(verification.problems)
+                )
+            lineage_bytes = (bundle / LINEAGE_FILE).read_bytes()
+            signature = (bundle / SIGNATURE_FILE).read_bytes()
+            tags = {
+                "model_sha256": model_sha,
+                "bundle_digest": str(verification.bundle_digest),
+                "lineage_sha256": sha256_hex(lineage_bytes),
+                "signer": signer.name,
+                "dagster_run_id": context.run.run_id,
+            }
+            version = register_bundle(
+                experiment_name(pipeline), str(run_id), pipeline.name, bundle, tags
+            )
+        # Independent, immutable copies of what was signed, beside the other snapshots.
+        run = context.run.run_id
+        kept_lineage = store.put_bytes(
+            [REGISTERED_MODEL, "_lineage"], lineage_bytes, ext="json", format="json", run_id=run
+        )
+        kept_signature = store.put_bytes(
+            [REGISTERED_MODEL, "_signature"], signature, ext="sig", format="sigstore", run_id=run
+        )
+        audit_record = audit.append(
+            "model.registered",
+            actor=actor,
+            run_id=context.run.run_id,
+            subject=model_sha,
+            details={"name": pipeline.name, "version": version, **tags},
+        )
+        value = {
+            "name": pipeline.name,
+            "version": version,
+            **tags,
+            "lineage_key": kept_lineage.key,
+            "signature_key": kept_signature.key,
+        }
+        context.log.info(f"registered {pipeline.name} version {version}, signed by {signer.name}")
+        return dg.MaterializeResult(
+            value=value,
+            metadata={
+                "model_name": pipeline.name,
+                "model_version": version,
+                "model_uri": f"models:/{pipeline.name}/{version}",
+                "model_sha256": model_sha,
+                "bundle_digest": tags["bundle_digest"],
+                "signer": signer.name,
+                "dev_signer": signer.dev,
+                "lineage": dg.MetadataValue.json(
+                    {k: lineage[k] for k in ("data", "metrics", "policy_sha256")}
+                ),
+                "verdicts": len(lineage["checks"]),
+                "registration_audit_record": f"{audit_record.seq}:{audit_record.hash}",
+            },
+        )
+
+    @dg.asset_check(
+        asset=registered_key,
+        name=SIGNATURE_VERIFIES,
+        blocking=True,
+        description=(
+            "The registered version, downloaded back from the registry, verifies: signed by a "
+            "trusted signer, every file matching its signed digest, no pickle, the lineage's "
+            "snapshots and verdicts intact, today's policy, and the registry tags agreeing "
+            "with the bundle. A failure means the registry holds something other than what "
+            "was signed."
+        ),
+    )
+    def signature_verifies(
+        context: dg.AssetCheckExecutionContext, snapshot_store: SnapshotStoreResource
+    ) -> dg.AssetCheckResult:
+        from secure_pipeline.promotion.gate import verify_version
+
+        value = _registered(context.instance, snapshot_store)
+        verification = verify_version(
+            pipeline,
+            value["name"],
+            value["version"],
+            snapshot_store.get_store(),
+            snapshot_store.get_audit_log(),
+        )
+        return verdict(
+            snapshot_store,
+            run_id=context.run.run_id,
+            asset_key=registered_key,
+            check_name=SIGNATURE_VERIFIES,
+            passed=verification.ok,
+            subject=verification.model_sha256 or value.get("model_sha256"),
+            summary={"version": value["version"], "signer": verification.signer},
+            metadata={
+                "model_uri": f"models:/{value['name']}/{value['version']}",
+                "model_sha256": value.get("model_sha256"),
+                "signer": verification.signer or "none",
+                "report": dg.MetadataValue.md(f"```\n{verification.report()}\n```"),
+            },
+            description="; ".join(verification.problems) or None,
+        )
+
+    @dg.asset(
+        name=PROMOTED_MODEL,
+        deps=[registered_key],
+        group_name="promotion",
+        kinds={"mlflow"},
+        owners=owners,
+        code_version=pipeline.code_version,
+        description=(
+            "The promotion gate. Downloads the registered version back from the registry and "
+            "re-verifies signature, digests, lineage and today's policy from those bytes "
+            "(never trusting earlier steps), requires the policy's signed approvals "
+            f"({pipeline.policy.approvals_required} for this pipeline), then sets the alias "
+            "`challenger` and `champion`, recording the previous champion for "
+            "`secure-pipeline rollback`. Every step is an audit event."
+        ),
+        tags={"secure_pipeline/stage": "promotion"},
+    )
+    def promoted_model(
+        context: dg.AssetExecutionContext, snapshot_store: SnapshotStoreResource
+    ) -> dg.MaterializeResult[Any]:
+        from secure_pipeline.promotion.gate import promote
+
+        value = _registered(context.instance, snapshot_store)
+        outcome = promote(
+            pipeline,
+            value["name"],
+            value["version"],
+            store=snapshot_store.get_store(),
+            audit=snapshot_store.get_audit_log(),
+            actor=f"asset:{PROMOTED_MODEL}",
+            run_id=context.run.run_id,
+        )
+        return dg.MaterializeResult(
+            value=outcome,
+            metadata={
+                "champion": f"models:/{value['name']}/{outcome['champion']}",
+                "model_sha256": outcome["model_sha256"],
+                "previous_champion": str(outcome["previous_champion"]),
+                "approvals": dg.MetadataValue.json(outcome["approvals"]),
+                "outcome": dg.MetadataValue.json(json.loads(json.dumps(outcome, default=str))),
+            },
+        )
+
+    return [registered_model, promoted_model], [signature_verifies]

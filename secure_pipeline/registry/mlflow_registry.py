@@ -1,0 +1,96 @@
+"""The MLflow model registry: register signed bundles, read them back, move aliases.
+
+Registry writes to a local SQLite store are serialised with the same file lock as tracking.
+"""
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from secure_pipeline.training.tracking import _writer_lock, tracked_run, tracking_uri
+
+TAG_PREFIX = "secure_pipeline."
+_MISSING = "RESOURCE_DOES_NOT_EXIST"
+
+
+@contextmanager
+def _client() -> Iterator[Any]:
+    from mlflow import MlflowClient
+
+    uri = tracking_uri()
+    with _writer_lock(uri):
+        yield MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def register_bundle(
+    experiment: str, run_id: str, name: str, bundle: Path, tags: Mapping[str, str]
+) -> str:
+    """Upload a bundle into the model's MLflow run and register it as a new model version.
+
+    Returns:
+        The new version number.
+    """
+    with tracked_run(experiment, run_id=run_id) as mlflow:
+        mlflow.log_artifacts(str(bundle), artifact_path="bundle")
+    from mlflow.exceptions import MlflowException
+
+    with _client() as client:
+        try:
+            client.get_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code != _MISSING:
+                raise
+            client.create_registered_model(name)
+        version = client.create_model_version(
+            name, source=f"runs:/{run_id}/bundle", run_id=run_id,
+            tags={f"{TAG_PREFIX}{k}": v for k, v in tags.items()},
+        )  # fmt: skip
+        return str(version.version)
+
+
+def download_version(name: str, version: str, destination: Path) -> Path:
+    """Download a model version's files; the returned directory holds exactly the bundle.
+
+    The version's artifact source is downloaded directly: through a ``models:/`` URI MLflow
+    would add a metadata file of its own, which is not part of what was signed.
+    """
+    import mlflow
+
+    with _client() as client:
+        source = client.get_model_version(name, version).source
+    mlflow.set_tracking_uri(tracking_uri())
+    path = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(destination))
+    return Path(path)
+
+
+def version_tags(name: str, version: str) -> dict[str, str]:
+    """The project's tags on a version, without the prefix."""
+    with _client() as client:
+        tags = client.get_model_version(name, version).tags
+    return {k[len(TAG_PREFIX) :]: v for k, v in tags.items() if k.startswith(TAG_PREFIX)}
+
+
+def tag_version(name: str, version: str, key: str, value: str) -> None:
+    """Set one project tag on a version."""
+    with _client() as client:
+        client.set_model_version_tag(name, version, f"{TAG_PREFIX}{key}", value)
+
+
+def alias_version(name: str, alias: str) -> str | None:
+    """The version an alias points to, or None."""
+    from mlflow.exceptions import MlflowException
+
+    with _client() as client:
+        try:
+            return str(client.get_model_version_by_alias(name, alias).version)
+        except MlflowException as exc:
+            if exc.error_code in (_MISSING, "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    """Point an alias at a version."""
+    with _client() as client:
+        client.set_registered_model_alias(name, alias, version)

@@ -1,0 +1,223 @@
+"""Verify a model bundle before any use: signature, files, lineage, policy, no pickle.
+
+Registration, promotion, rollback, ``secure-pipeline verify`` and serving all call
+`verify_bundle_dir`; none of them trusts an earlier verification or another step's word.
+"""
+
+import hashlib
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+from secure_pipeline.errors import ConfigurationError, SignatureError
+from secure_pipeline.pipeline import SecurePipeline
+from secure_pipeline.registry.bundle import (
+    CARD_FILE,
+    LINEAGE_FILE,
+    MODEL_FILE,
+    LineageError,
+    bundle_digest,
+    read_lineage,
+    verify_lineage,
+)
+from secure_pipeline.registry.signing import SIGNATURE_FILE, TrustPolicy, verify_bundle
+from secure_pipeline.storage.audit import AuditLog
+from secure_pipeline.storage.snapshots import SnapshotStore
+
+_TEXT_FILES = {"MLmodel", "conda.yaml", "python_env.yaml", "requirements.txt", LINEAGE_FILE,
+               CARD_FILE, SIGNATURE_FILE}  # fmt: skip
+_PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".pt", ".pth", ".dill", ".cloudpickle")
+
+
+@dataclass
+class Verification:
+    """What verifying a bundle established.
+
+    Attributes:
+        directory: The bundle.
+        steps: ``(step, ok, detail)`` in order, for a readable report.
+        signer: The trusted signer, when the signature verified.
+        lineage: The lineage document, when the signature verified.
+        model_sha256: The model digest the lineage records.
+        bundle_digest: Digest of the bundle's files.
+    """
+
+    directory: Path
+    steps: list[tuple[str, bool, str]] = field(default_factory=list)
+    signer: str | None = None
+    lineage: dict[str, Any] | None = None
+    model_sha256: str | None = None
+    bundle_digest: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether every step passed."""
+        return bool(self.steps) and all(ok for _, ok, _ in self.steps)
+
+    @property
+    def problems(self) -> list[str]:
+        """Each failed step's detail."""
+        return [f"{step}: {detail}" for step, ok, detail in self.steps if not ok]
+
+    def report(self) -> str:
+        """A readable report, one line per step."""
+        lines = [f"bundle {self.directory}"]
+        lines += [
+            f"  [{'ok' if ok else 'FAIL'}] {step}: {detail}" for step, ok, detail in self.steps
+        ]
+        return "\n".join(lines)
+
+
+def pickle_files(directory: Path) -> list[str]:
+    """Files of a bundle that are (or claim to be) pickles."""
+    found = []
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        name = path.relative_to(directory).as_posix()
+        if name in _TEXT_FILES or name == MODEL_FILE:
+            continue
+        head = path.open("rb").read(2)
+        if path.suffix.lower() in _PICKLE_SUFFIXES or head[:1] == b"\x80":
+            found.append(name)
+    return found
+
+
+def verify_bundle_dir(
+    directory: Path,
+    *,
+    trust: TrustPolicy,
+    pipeline: SecurePipeline | None,
+    store: SnapshotStore | None,
+    audit: AuditLog | None,
+    registry_tags: Mapping[str, str] | None = None,
+) -> Verification:
+    """Verify a bundle directory; never raises for a failed check, reports it.
+
+    Args:
+        directory: The bundle.
+        trust: The trust policy.
+        pipeline: Today's spec (requires today's policy), if known.
+        store: The snapshot store (re-hash lineage snapshots), if reachable.
+        audit: The audit trail (find every recorded verdict), if reachable.
+        registry_tags: The registry's tags for this version (must agree with the bundle).
+    """
+    result = Verification(directory)
+    try:
+        result.signer = verify_bundle(directory, trust)
+        result.steps.append(("signature", True, f"signed by {result.signer}; every file matches"))
+    except SignatureError as exc:
+        result.steps.append(("signature", False, str(exc)))
+        return result  # nothing in an unverified bundle is worth reading
+    pickles = pickle_files(directory)
+    result.steps.append(
+        (
+            "no pickle",
+            not pickles,
+            "no pickle files"
+            if not pickles
+            else f"pickle files {pickles}: refused even though signed (a signature proves who "
+            "published bytes, not that loading them is safe)",
+        )
+    )
+    try:
+        result.lineage = read_lineage(directory)
+    except LineageError as exc:
+        result.steps.append(("lineage", False, str(exc)))
+        return result
+    result.model_sha256 = result.lineage.get("model", {}).get("sha256")
+    result.bundle_digest = bundle_digest(directory)
+    problems = verify_lineage(
+        directory, result.lineage, store=store, audit=audit, pipeline=pipeline
+    )
+    scope = []
+    if store is not None:
+        scope.append("snapshots re-hashed")
+    if audit is not None:
+        scope.append("verdicts found in the audit trail")
+    if pipeline is not None:
+        scope.append("today's policy")
+    result.steps.append(
+        (
+            "lineage",
+            not problems,
+            "; ".join(problems)
+            or f"model {str(result.model_sha256)[:12]}, every required check passed for it"
+            + (f" ({', '.join(scope)})" if scope else ""),
+        )
+    )
+    if registry_tags is not None:
+        mismatched = [
+            f"{key}: registry says {registry_tags.get(key)}, bundle has {value}"
+            for key, value in (
+                ("model_sha256", result.model_sha256),
+                ("bundle_digest", result.bundle_digest),
+            )
+            if registry_tags.get(key) != value
+        ]
+        result.steps.append(
+            ("registry tags", not mismatched, "; ".join(mismatched) or "match the bundle")
+        )
+    return result
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass
+class Resolved:
+    """A model reference turned into a local bundle directory.
+
+    Attributes:
+        directory: The bundle.
+        name: Registered model name (None for a directory reference).
+        version: Version number.
+        alias: The alias it was reached through, if any.
+    """
+
+    directory: Path
+    name: str | None = None
+    version: str | None = None
+    alias: str | None = None
+
+
+@contextmanager
+def resolve(reference: str) -> Iterator[Resolved]:
+    """Resolve ``models:/name@alias``, ``models:/name/version`` or a directory.
+
+    Registry references are downloaded into a temporary directory removed afterwards.
+
+    Raises:
+        ConfigurationError: For a malformed reference or an unknown alias or version.
+    """
+    from secure_pipeline.registry.mlflow_registry import alias_version, download_version
+
+    if not reference.startswith("models:/"):
+        path = Path(reference)
+        if not path.is_dir():
+            raise ConfigurationError(
+                f"{reference!r} is neither models:/name@alias, models:/name/version nor a "
+                "bundle directory"
+            )
+        yield Resolved(path)
+        return
+    rest = reference[len("models:/") :]
+    alias = None
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        version = alias_version(name, alias)
+        if version is None:
+            raise ConfigurationError(f"model {name!r} has no alias {alias!r}")
+    elif "/" in rest:
+        name, version = rest.split("/", 1)
+    else:
+        raise ConfigurationError(f"{reference!r}: expected models:/name@alias or models:/name/N")
+    with TemporaryDirectory(prefix="bundle-") as temporary:
+        try:
+            directory = download_version(name, version, Path(temporary))
+        except Exception as exc:  # noqa: BLE001 - MLflow raises several unrelated types
+            raise ConfigurationError(f"cannot download {reference}: {exc}") from None
+        yield Resolved(directory, name, version, alias)

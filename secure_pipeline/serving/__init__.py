@@ -1,0 +1,1 @@
+"""Serving: the only way the project loads a model for inference — verify, then load."""
