@@ -59,6 +59,7 @@ bench: sync
 	$(RUN) python benchmarks/bench_validation.py
 	$(RUN) python benchmarks/bench_https_ingest.py
 	$(RUN) python benchmarks/bench_ml_checks.py
+	$(RUN) python benchmarks/bench_signing.py
 
 clean:
 	rm -rf .venv $(TOOLS) .pytest_cache .ruff_cache

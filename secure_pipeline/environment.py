@@ -176,6 +176,16 @@ def _read_any(name: str) -> str | None:
     return value or None
 
 
+def configure_mlflow() -> None:
+    """Settings MLflow reads from the process environment, set before it is used.
+
+    Pickle deserialization is switched off (the project never loads pickles, and MLflow must not
+    either), and download progress bars, which only clutter run logs, unless already set.
+    """
+    os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 def problems(
     environment: Environment, source_variables: Mapping[str, str] | None = None
 ) -> list[str]:

@@ -55,9 +55,15 @@ class LineageError(SecurePipelineError):
     """A bundle's lineage does not hold: a missing or changed snapshot, or a missing verdict."""
 
 
+# Settings applied when a model is promoted, not when it is judged: changing them does not make
+# earlier verdicts stale (approvals are counted at promotion time, under today's setting).
+_PROMOTION_SETTINGS = ("approvals_required",)
+
+
 def policy_fingerprint(pipeline: SecurePipeline) -> str:
-    """SHA-256 of the policy's canonical JSON: two policies match only if every value does."""
-    return hashlib.sha256(canonical_json(asdict(pipeline.policy))).hexdigest()
+    """SHA-256 of the judging thresholds: two policies match only if every one of them does."""
+    thresholds = {k: v for k, v in asdict(pipeline.policy).items() if k not in _PROMOTION_SETTINGS}
+    return hashlib.sha256(canonical_json(thresholds)).hexdigest()
 
 
 def stage_assets(pipeline: SecurePipeline) -> dict[str, str]:

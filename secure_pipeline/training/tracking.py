@@ -22,6 +22,7 @@ def _local_dir() -> Path:
 
 def tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI``, else the local SQLite store."""
+    env.configure_mlflow()
     configured = env.read("MLFLOW_TRACKING_URI")
     if configured:
         return configured

@@ -1,0 +1,340 @@
+"""The signed registry and the promotion gate, on a real run of the reference pipeline.
+
+One module-scoped run trains, gates, signs, registers and promotes the reference model into a
+real MLflow store (SQLite, local artifacts); each test then attacks a copy of what was stored
+and shows the refusal.
+"""
+
+import dataclasses
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from secure_pipeline.errors import PolicyViolation
+from secure_pipeline.promotion.approvals import sign_approval, store_approval
+from secure_pipeline.promotion.gate import CHAMPION, promote, rollback
+from secure_pipeline.reference.adult import adult_pipeline
+from secure_pipeline.registry.bundle import LINEAGE_FILE, MODEL_FILE
+from secure_pipeline.registry.mlflow_registry import alias_version, set_alias, version_tags
+from secure_pipeline.registry.signing import (
+    Signer,
+    generate_key,
+    sign_bundle,
+    trust_policy_from_environment,
+)
+from secure_pipeline.registry.verification import resolve, verify_bundle_dir
+from secure_pipeline.serving.loader import load_verified
+from secure_pipeline.storage.audit import AuditLog
+from secure_pipeline.storage.local import LocalSnapshotStore
+from secure_pipeline.training.serialization import UntrustedModelError
+from secure_pipeline_tests.helpers import materialize_all
+
+CLI = str(Path(sys.executable).parent / "secure-pipeline")
+
+
+@dataclasses.dataclass
+class Registered:
+    home: Path
+    name: str
+    version: str
+    model_sha: str
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory) -> Registered:
+    home = tmp_path_factory.mktemp("registry-home")
+    with pytest.MonkeyPatch.context() as patch:
+        for name in list(os.environ):
+            if name.startswith(("SECURE_PIPELINE_", "MLFLOW_", "AWS_")):
+                patch.delenv(name)
+        patch.setenv("SECURE_PIPELINE_HOME", str(home))
+        patch.setenv("DAGSTER_HOME", str(home))
+        (home / "dagster.yaml").write_text(f"storage:\n  sqlite:\n    base_dir: {home}\n")
+        with dg.DagsterInstance.get() as instance:
+            result = materialize_all(adult_pipeline(), instance)
+            assert result.success, [e.message for e in result.all_events if e.is_failure]
+            value = instance.get_latest_materialization_event(
+                dg.AssetKey("registered_model")
+            ).asset_materialization.metadata
+    return Registered(
+        home, "adult", str(value["model_version"].value), str(value["model_sha256"].value)
+    )
+
+
+@pytest.fixture
+def state(registered, monkeypatch) -> Registered:
+    """Point this test's environment at the module's run."""
+    monkeypatch.setenv("SECURE_PIPELINE_HOME", str(registered.home))
+    monkeypatch.setenv("DAGSTER_HOME", str(registered.home))
+    return registered
+
+
+@pytest.fixture
+def store(state) -> LocalSnapshotStore:
+    return LocalSnapshotStore(state.home / "store")
+
+
+@pytest.fixture
+def bundle(state, tmp_path) -> Path:
+    """A private copy of the registered bundle."""
+    with resolve(f"models:/{state.name}/{state.version}") as resolved:
+        return Path(shutil.copytree(resolved.directory, tmp_path / "bundle"))
+
+
+def verify(directory: Path, store: LocalSnapshotStore, pipeline=None):
+    return verify_bundle_dir(
+        directory,
+        trust=trust_policy_from_environment(),
+        pipeline=pipeline or adult_pipeline(),
+        store=store,
+        audit=AuditLog(store),
+    )
+
+
+def resign(directory: Path) -> None:
+    """Sign a modified bundle again with the trusted (dev) key: a valid signature."""
+    from secure_pipeline.registry.signing import signer_from_environment
+
+    (directory / "model.sig").unlink()
+    sign_bundle(directory, signer_from_environment())
+
+
+def test_the_reference_run_registers_and_promotes_a_verified_model(state, store) -> None:
+    assert alias_version(state.name, CHAMPION) == state.version
+    assert alias_version(state.name, "challenger") == state.version
+    tags = version_tags(state.name, state.version)
+    assert tags["model_sha256"] == state.model_sha
+    assert tags["signer"].startswith("dev:")
+    result = subprocess.run([CLI, "verify", f"models:/{state.name}@champion"],
+                            capture_output=True, text=True, env=dict(os.environ))  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[ok] lineage" in result.stdout
+    assert "[ok] registry tags" in result.stdout
+    out = io.StringIO()
+    AuditLog(store).export(out)
+    events = [json.loads(line)["event"] for line in out.getvalue().splitlines()]
+    for event in ("model.trained", "model.registered", "promotion.verified",
+                  "promotion.challenger", "promotion.champion"):  # fmt: skip
+        assert event in events
+
+
+def test_lineage_names_every_snapshot_and_verdict(bundle, state) -> None:
+    lineage = json.loads((bundle / LINEAGE_FILE).read_text())
+    assert lineage["model"]["sha256"] == state.model_sha
+    assert set(lineage["data"]) == {"raw", "validated", "features"}
+    assert {c["check"] for c in lineage["checks"]} == {
+        "provenance_complete", "schema_conforms", "reject_rate_within_limit",
+        "expectations_met", "feature_drift", "performance_meets_policy",
+        "adversarial_robustness", "membership_inference_risk", "fairness_audit",
+    }  # fmt: skip
+    model_checks = [c for c in lineage["checks"] if c["stage"] == "model"]
+    assert {c["subject"] for c in model_checks} == {state.model_sha}
+    card = (bundle / "MODEL_CARD.md").read_text()
+    for section in ("## Intended use", "## Fairness", "## Robustness", "## Privacy risk",
+                    "## Limitations"):  # fmt: skip
+        assert section in card
+
+
+def test_one_byte_changed_in_the_model_fails(bundle, store) -> None:
+    data = bytearray((bundle / MODEL_FILE).read_bytes())
+    data[len(data) // 3] ^= 0x20
+    (bundle / MODEL_FILE).write_bytes(bytes(data))
+    result = verify(bundle, store)
+    assert not result.ok
+    assert "model.skops" in result.problems[0]
+
+
+def test_a_bundle_signed_by_an_untrusted_key_fails(bundle, store, tmp_path) -> None:
+    intruder = generate_key(tmp_path / "intruder.pem").with_suffix(".pem")
+    (bundle / "model.sig").unlink()
+    sign_bundle(bundle, Signer("key", private_key=intruder))
+    result = verify(bundle, store)
+    assert not result.ok
+    assert "not signed by a trusted signer" in result.problems[0]
+
+
+def test_a_lineage_snapshot_whose_bytes_changed_fails(bundle, state, tmp_path) -> None:
+    copied = LocalSnapshotStore(Path(shutil.copytree(state.home / "store", tmp_path / "store")))
+    lineage = json.loads((bundle / LINEAGE_FILE).read_text())
+    path = copied.root / lineage["data"]["features"]["key"]
+    path.chmod(0o644)
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0x01
+    path.write_bytes(bytes(data))
+    result = verify(bundle, copied)  # the signature is intact; the data behind it is not
+    assert result.steps[0][1]
+    assert not result.ok
+    assert any("failed verification" in p and "features" in p for p in result.problems)
+
+
+def test_a_check_result_bound_to_another_digest_fails(bundle, store) -> None:
+    lineage = json.loads((bundle / LINEAGE_FILE).read_text())
+    for check in lineage["checks"]:
+        if check["check"] == "fairness_audit":
+            check["subject"] = "f" * 64  # the verdict was about some other model
+    (bundle / LINEAGE_FILE).write_text(json.dumps(lineage))
+    resign(bundle)
+    result = verify(bundle, store)
+    assert result.steps[0][1]  # validly signed
+    assert any("fairness_audit judged ffffffffffff" in p for p in result.problems)
+
+
+def test_a_pickle_file_in_the_bundle_is_refused_even_when_signed(bundle, store) -> None:
+    import pickle
+
+    (bundle / "preprocess.pkl").write_bytes(pickle.dumps({"x": 1}))
+    resign(bundle)
+    result = verify(bundle, store)
+    assert result.steps[0][1]
+    assert any("pickle files ['preprocess.pkl']" in p for p in result.problems)
+    with pytest.raises(PolicyViolation, match="pickle"):
+        load_verified(bundle, trust=trust_policy_from_environment(), pipeline=adult_pipeline())
+
+
+def test_a_pickled_model_file_is_refused_at_load_even_when_signed(bundle, store) -> None:
+    import pickle
+
+    from secure_pipeline.training.serialization import load_model
+
+    model = load_model((bundle / MODEL_FILE).read_bytes())
+    pickled = pickle.dumps(model)
+    (bundle / MODEL_FILE).write_bytes(pickled)
+    lineage = json.loads((bundle / LINEAGE_FILE).read_text())
+    lineage["model"]["sha256"] = __import__("hashlib").sha256(pickled).hexdigest()
+    (bundle / LINEAGE_FILE).write_text(json.dumps(lineage))
+    resign(bundle)
+    with pytest.raises((PolicyViolation, UntrustedModelError)):
+        load_verified(bundle, trust=trust_policy_from_environment(), pipeline=None)
+
+
+def test_serving_loads_the_verified_champion(state, store) -> None:
+    with resolve(f"models:/{state.name}@champion") as resolved:
+        verified = load_verified(
+            resolved.directory,
+            trust=trust_policy_from_environment(),
+            pipeline=adult_pipeline(),
+            store=store,
+            audit=AuditLog(store),
+        )
+    assert verified.model_sha256 == state.model_sha
+    assert verified.inputs[0] == "age"
+    assert hasattr(verified.model, "predict_proba")
+
+
+def test_an_older_model_under_champion_fails_todays_policy(state, store) -> None:
+    """Someone points `champion` at a version judged under yesterday's (laxer) policy."""
+    pipeline = adult_pipeline()
+    stricter = dataclasses.replace(
+        pipeline, policy=dataclasses.replace(pipeline.policy, max_robustness_drop=0.01)
+    )
+    set_alias(state.name, CHAMPION, state.version)  # pushed directly through the registry API
+    with resolve(f"models:/{state.name}@champion") as resolved:
+        result = verify(resolved.directory, store, pipeline=stricter)
+        assert not result.ok
+        assert any("different policy than today's" in p for p in result.problems)
+        with pytest.raises(PolicyViolation, match="different policy"):
+            load_verified(resolved.directory, trust=trust_policy_from_environment(),
+                          pipeline=stricter)  # fmt: skip
+
+
+def test_approvals_are_required_signed_bound_and_from_allowed_keys(
+    state, store, tmp_path, monkeypatch
+):
+    officer = generate_key(tmp_path / "officer.pem").with_suffix(".pem")
+    outsider = generate_key(tmp_path / "outsider.pem").with_suffix(".pem")
+    dev_public = state.home / "keys" / "dev-signing-key.pub"
+    policy_file = tmp_path / "trust.json"
+    policy_file.write_text(json.dumps({
+        "keys": [{"name": "dev", "public_key": str(dev_public)}],
+        "approvers": [{"name": "risk-officer", "public_key": str(officer.with_suffix(".pub"))}],
+    }))  # fmt: skip
+    monkeypatch.setenv("SECURE_PIPELINE_TRUST_POLICY", str(policy_file))
+    pipeline = adult_pipeline()
+    needs_two = dataclasses.replace(
+        pipeline, policy=dataclasses.replace(pipeline.policy, approvals_required=1)
+    )
+    audit = AuditLog(store)
+
+    def attempt():
+        return promote(needs_two, state.name, state.version, store=store, audit=audit,
+                       actor="test")  # fmt: skip
+
+    with pytest.raises(PolicyViolation, match=r"needs 1 signed approval\(s\).*has 0"):
+        attempt()
+    # an approval signed by a key the policy does not list
+    stranger = sign_approval(outsider, model_sha256=state.model_sha, bundle_digest="x",
+                             approver="risk-officer", reason="looks fine")  # fmt: skip
+    store_approval(store, state.model_sha, stranger)
+    with pytest.raises(PolicyViolation, match="does not list as an approver"):
+        attempt()
+    # an approval by the right key, but for another model
+    other = sign_approval(officer, model_sha256="0" * 64, bundle_digest="x",
+                          approver="risk-officer", reason="other model")  # fmt: skip
+    store_approval(store, state.model_sha, other)
+    with pytest.raises(PolicyViolation, match="approves model 0000"):
+        attempt()
+    # through the command line, bound to this model's digest after verifying it
+    result = subprocess.run(
+        [CLI, "approve", f"models:/{state.name}/{state.version}", "--key", str(officer),
+         "--approver", "risk-officer", "--reason", "reviewed the card"],
+        capture_output=True, text=True, env=dict(os.environ),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    outcome = attempt()
+    assert outcome["approvals"] == ["risk-officer"]
+    # the same approver twice still counts once
+    needs_two = dataclasses.replace(
+        pipeline, policy=dataclasses.replace(pipeline.policy, approvals_required=2)
+    )
+    store_approval(store, state.model_sha, sign_approval(
+        officer, model_sha256=state.model_sha, bundle_digest="x", approver="risk-officer",
+        reason="again"))  # fmt: skip
+    with pytest.raises(PolicyViolation, match="has 1"):
+        attempt()
+
+
+def test_the_mlflow_artifact_store_edited_directly_is_caught(state, store) -> None:
+    from mlflow import MlflowClient
+
+    from secure_pipeline.training.tracking import tracking_uri
+
+    client = MlflowClient(tracking_uri())
+    source = client.get_model_version(state.name, state.version).source
+    run_id = source.split("/")[1]
+    artifacts = Path(client.get_run(run_id).info.artifact_uri.removeprefix("file://")) / "bundle"
+    card = artifacts / "MODEL_CARD.md"
+    original = card.read_bytes()
+    try:
+        card.write_bytes(original.replace(b"fairness", b"fair-ish"))
+        with pytest.raises(PolicyViolation, match="failed verification"):
+            promote(adult_pipeline(), state.name, state.version, store=store,
+                    audit=AuditLog(store), actor="test")  # fmt: skip
+        result = subprocess.run([CLI, "verify", f"models:/{state.name}/{state.version}"],
+                                capture_output=True, text=True, env=dict(os.environ))  # fmt: skip
+        assert result.returncode == 1
+        assert "MODEL_CARD.md" in result.stdout
+    finally:
+        card.write_bytes(original)
+
+
+def test_rollback_verifies_the_previous_champion_and_is_audited(state, store) -> None:
+    audit = AuditLog(store)
+    from secure_pipeline.registry.mlflow_registry import tag_version
+
+    set_alias(state.name, CHAMPION, state.version)
+    with pytest.raises(PolicyViolation, match="no previous champion"):
+        rollback(adult_pipeline(), state.name, store=store, audit=audit, actor="test")
+    # a second registration of the same model becomes the champion, recording the first
+    tag_version(state.name, state.version, "previous_champion", state.version)
+    outcome = rollback(adult_pipeline(), state.name, store=store, audit=audit, actor="test")
+    assert outcome["to"] == state.version
+    out = io.StringIO()
+    audit.export(out)
+    assert '"promotion.rollback"' in out.getvalue()

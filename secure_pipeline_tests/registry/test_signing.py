@@ -1,0 +1,200 @@
+"""Bundle signatures: what verifies, what is refused, and a property test of the verifier."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from secure_pipeline import environment as env
+from secure_pipeline.errors import ConfigurationError, SignatureError
+from secure_pipeline.registry.signing import (
+    SIGNATURE_FILE,
+    TrustedKey,
+    TrustPolicy,
+    generate_key,
+    sign_bundle,
+    signer_from_environment,
+    trust_policy_from_environment,
+    verify_bundle,
+)
+from secure_pipeline.registry.verification import pickle_files
+
+FILES = {"model.skops": os.urandom(4096), "lineage.json": b'{"model": 1}', "MODEL_CARD.md": b"# c"}
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("keys")
+    return {name: generate_key(folder / f"{name}.pem") for name in ("release", "intruder")}
+
+
+@pytest.fixture(scope="module")
+def signed(tmp_path_factory, keys) -> Path:
+    from secure_pipeline.registry.signing import Signer
+
+    bundle = tmp_path_factory.mktemp("signed") / "bundle"
+    bundle.mkdir()
+    for name, data in FILES.items():
+        (bundle / name).write_bytes(data)
+    sign_bundle(bundle, Signer("key", private_key=keys["release"].with_suffix(".pem")))
+    return bundle
+
+
+def trust(keys, *names: str) -> TrustPolicy:
+    return TrustPolicy(keys=tuple(TrustedKey(n, keys[n]) for n in names))
+
+
+def copy(bundle: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "copy"
+    shutil.copytree(bundle, target)
+    return target
+
+
+def test_a_signed_bundle_verifies_with_the_trusted_key(signed, keys) -> None:
+    assert verify_bundle(signed, trust(keys, "intruder", "release")) == "release"
+
+
+def test_an_untrusted_signer_is_refused(signed, keys) -> None:
+    with pytest.raises(SignatureError, match="not signed by a trusted signer"):
+        verify_bundle(signed, trust(keys, "intruder"))
+
+
+def test_one_byte_changed_in_the_model_is_refused(signed, keys, tmp_path) -> None:
+    bundle = copy(signed, tmp_path)
+    data = bytearray((bundle / "model.skops").read_bytes())
+    data[100] ^= 0x01
+    (bundle / "model.skops").write_bytes(bytes(data))
+    with pytest.raises(SignatureError, match=r"does not match its signature.*model\.skops"):
+        verify_bundle(bundle, trust(keys, "release"))
+
+
+@pytest.mark.parametrize("change", ["added", "removed", "renamed"])
+def test_files_added_removed_or_renamed_are_refused(signed, keys, tmp_path, change) -> None:
+    bundle = copy(signed, tmp_path)
+    if change == "added":
+        (bundle / "extra.py").write_text("import os")
+    elif change == "removed":
+        (bundle / "MODEL_CARD.md").unlink()
+    else:
+        (bundle / "lineage.json").rename(bundle / "lineage.JSON")
+    with pytest.raises(SignatureError, match="does not match its signature"):
+        verify_bundle(bundle, trust(keys, "release"))
+
+
+def test_an_unsigned_bundle_is_refused(signed, keys, tmp_path) -> None:
+    bundle = copy(signed, tmp_path)
+    (bundle / SIGNATURE_FILE).unlink()
+    with pytest.raises(SignatureError, match="not signed"):
+        verify_bundle(bundle, trust(keys, "release"))
+
+
+def test_the_upstream_command_line_verifies_the_bundle(signed, keys, tmp_path) -> None:
+    command = [sys.executable, "-m", "model_signing", "verify", "key", "--signature",
+               str(signed / SIGNATURE_FILE), "--public_key", str(keys["release"])]  # fmt: skip
+    ok = subprocess.run([*command, str(signed)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    bundle = copy(signed, tmp_path)
+    (bundle / "lineage.json").write_bytes(b'{"model": 2}')
+    command[command.index(str(signed / SIGNATURE_FILE))] = str(bundle / SIGNATURE_FILE)
+    tampered = subprocess.run([*command, str(bundle)], capture_output=True, text=True)
+    assert tampered.returncode != 0
+
+
+def test_pickle_files_are_detected_by_name_and_content(tmp_path) -> None:
+    (tmp_path / "model.skops").write_bytes(b"PK...")
+    (tmp_path / "helper.pkl").write_bytes(b"anything")
+    (tmp_path / "weights.bin").write_bytes(b"\x80\x04\x95")
+    (tmp_path / "MLmodel").write_text("flavors: {}")
+    assert pickle_files(tmp_path) == ["helper.pkl", "weights.bin"]
+
+
+MUTATIONS = st.sampled_from(["flip", "truncate", "append", "delete", "rename", "add"])
+
+
+@settings(
+    max_examples=1000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    derandomize=True,
+)
+@given(
+    mutation=MUTATIONS,
+    target=st.sampled_from(sorted(FILES)),
+    position=st.integers(min_value=0, max_value=1 << 30),
+    bit=st.integers(min_value=0, max_value=7),
+)
+def test_property_any_mutation_of_a_signed_bundle_fails_verification(
+    signed, keys, mutation, target, position, bit
+) -> None:
+    policy = trust(keys, "release")
+    with tempfile.TemporaryDirectory() as temporary:
+        bundle = Path(temporary) / "b"
+        shutil.copytree(signed, bundle)
+        path = bundle / target
+        data = bytearray(path.read_bytes())
+        if mutation == "flip":
+            data[position % len(data)] ^= 1 << bit
+            path.write_bytes(bytes(data))
+        elif mutation == "truncate":
+            path.write_bytes(bytes(data[: position % len(data)]))
+        elif mutation == "append":
+            path.write_bytes(bytes(data) + bytes([bit]))
+        elif mutation == "delete":
+            path.unlink()
+        elif mutation == "rename":
+            path.rename(bundle / f"{target}.{bit}")
+        else:
+            (bundle / f"new-{bit}.txt").write_bytes(bytes([bit]))
+        with pytest.raises(SignatureError):
+            verify_bundle(bundle, policy)
+
+
+def test_local_default_is_a_labelled_dev_key(isolated_env) -> None:
+    signer = signer_from_environment(env.Environment.LOCAL)
+    assert signer.dev
+    assert signer.name.startswith("dev:")
+    assert (isolated_env / "keys" / "dev-signing-key.dev").exists()
+    policy = trust_policy_from_environment(env.Environment.LOCAL)
+    assert policy.keys[0].dev
+
+
+def test_production_refuses_a_dev_key_and_a_missing_signer(isolated_env, monkeypatch) -> None:
+    with pytest.raises(ConfigurationError, match="needs a configured signer"):
+        signer_from_environment(env.Environment.PRODUCTION)
+    dev = generate_key(isolated_env / "k" / "old.pem", dev=True).with_suffix(".pem")
+    monkeypatch.setenv("SECURE_PIPELINE_SIGNING_MODE", "key")
+    monkeypatch.setenv("SECURE_PIPELINE_SIGNING_KEY", str(dev))
+    with pytest.raises(ConfigurationError, match="development key; production refuses"):
+        signer_from_environment(env.Environment.PRODUCTION)
+    with pytest.raises(ConfigurationError, match="SECURE_PIPELINE_TRUST_POLICY"):
+        trust_policy_from_environment(env.Environment.PRODUCTION)
+    policy_file = isolated_env / "trust.json"
+    policy_file.write_text('{"keys": [{"name": "old", "public_key": "k/old.pub"}]}')
+    monkeypatch.setenv("SECURE_PIPELINE_TRUST_POLICY", str(policy_file))
+    with pytest.raises(ConfigurationError, match="trusts a development key in production"):
+        trust_policy_from_environment(env.Environment.PRODUCTION)
+
+
+def test_a_production_key_signs_and_its_policy_verifies(isolated_env, monkeypatch, tmp_path):
+    key = generate_key(isolated_env / "k" / "release.pem").with_suffix(".pem")
+    monkeypatch.setenv("SECURE_PIPELINE_SIGNING_MODE", "key")
+    monkeypatch.setenv("SECURE_PIPELINE_SIGNING_KEY", str(key))
+    (isolated_env / "trust.json").write_text(
+        '{"keys": [{"name": "release", "public_key": "k/release.pub"}]}'
+    )
+    monkeypatch.setenv("SECURE_PIPELINE_TRUST_POLICY", str(isolated_env / "trust.json"))
+    signer = signer_from_environment(env.Environment.PRODUCTION)
+    assert not signer.dev
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    (bundle / "model.skops").write_bytes(b"m")
+    sign_bundle(bundle, signer)
+    assert verify_bundle(bundle, trust_policy_from_environment(env.Environment.PRODUCTION)) == (
+        "release"
+    )
