@@ -198,3 +198,69 @@ def test_a_production_key_signs_and_its_policy_verifies(isolated_env, monkeypatc
     assert verify_bundle(bundle, trust_policy_from_environment(env.Environment.PRODUCTION)) == (
         "release"
     )
+
+
+def _certificate_authority(tmp_path: Path, name: str):
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    def subject(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder().subject_name(subject(name)).issuer_name(subject(name))
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=9))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+                       critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    leaf = (
+        x509.CertificateBuilder().subject_name(subject("model-signer")).issuer_name(ca.subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=9))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False),
+                       critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                       critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    pem = serialization.Encoding.PEM
+    paths = {part: tmp_path / f"{name}-{part}.pem" for part in ("ca", "leaf", "key")}
+    paths["ca"].write_bytes(ca.public_bytes(pem))
+    paths["leaf"].write_bytes(leaf.public_bytes(pem))
+    paths["key"].write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return paths
+
+
+def test_certificate_mode_verifies_against_the_ca_root_only(tmp_path) -> None:
+    from secure_pipeline.registry.signing import Signer
+
+    corp = _certificate_authority(tmp_path, "corp")
+    other = _certificate_authority(tmp_path, "other")
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "model.skops").write_bytes(b"model")
+    sign_bundle(
+        bundle,
+        Signer("certificate", private_key=corp["key"], certificate=corp["leaf"],
+               chain=(corp["ca"],)),
+    )  # fmt: skip
+    assert verify_bundle(bundle, TrustPolicy(ca_roots=(corp["ca"],))) == "enterprise CA"
+    with pytest.raises(SignatureError, match="not signed by a trusted signer"):
+        verify_bundle(bundle, TrustPolicy(ca_roots=(other["ca"],)))
