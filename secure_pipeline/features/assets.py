@@ -8,25 +8,41 @@ from secure_pipeline.features.engineering import LABEL_COLUMN, feature_catalog
 from secure_pipeline.pipeline import RESERVED_SPLIT_COLUMN, SecurePipeline
 from secure_pipeline.storage.io_manager import load_recorded, recorded_snapshot
 from secure_pipeline.storage.resources import SnapshotStoreResource
+from secure_pipeline.storage.snapshots import SnapshotStore, snapshot_key
 from secure_pipeline.verdicts import verdict
 
 FEATURES = "features"
 FEATURE_DRIFT = "feature_drift"
 
 
-def drift_reference(instance: dg.DagsterInstance, key: dg.AssetKey) -> object:
-    """The materialization drift is measured against.
+def drift_reference(
+    instance: dg.DagsterInstance, store: SnapshotStore, pipeline: SecurePipeline
+) -> tuple[str, str, str]:
+    """The features snapshot drift is measured against: ``(key, sha256, description)``.
 
-    The features snapshot the current champion model was trained on is the reference once a
-    model has been promoted; until then, the first features snapshot ever materialized.
+    The snapshot the current champion model was trained on, read from the champion's signed
+    lineage (kept, verified, in the snapshot store); until a model has been promoted, the
+    first features snapshot ever materialized.
 
-    Returns:
-        The reference materialization's event record, or None when there is none.
+    Raises:
+        dg.Failure: When no features snapshot exists yet.
     """
+    from secure_pipeline.registry.bundle import champion_lineage
+
+    lineage = champion_lineage(pipeline, store)
+    if lineage is not None:
+        features = lineage["data"]["features"]
+        key, sha = str(features["key"]), str(features["sha256"])
+        if key == snapshot_key(FEATURES, sha, "parquet"):
+            version = lineage.get("_version")
+            return key, sha, f"the snapshot champion version {version} was trained on"
     result = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=key), limit=1, ascending=True
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(FEATURES)), limit=1, ascending=True
     )
-    return result.records[0] if result.records else None
+    if not result.records:
+        raise dg.Failure("features has not been materialized yet")
+    key, sha, _ = recorded_snapshot(result.records[0], dg.AssetKey(FEATURES))
+    return key, sha, "the first features snapshot (no champion yet)"
 
 
 def build_features_stage(
@@ -106,8 +122,9 @@ def build_features_stage(
         blocking=True,
         description=(
             "Population stability index of every feature against the reference snapshot (the "
-            "one the current champion was trained on; the first snapshot until a model is "
-            f"promoted). Warns at PSI >= {policy.drift_warn_psi}, fails at "
+            "one the current champion was trained on, from its signed lineage; the first "
+            "snapshot until a model is promoted). Warns at PSI >= "
+            f"{policy.drift_warn_psi}, fails at "
             f">= {policy.drift_fail_psi}: the population changed, and a model trained on it "
             "must not replace one trained on the reference without review."
         ),
@@ -121,16 +138,21 @@ def build_features_stage(
         current_record = context.instance.get_latest_materialization_event(features_key)
         if current_record is None:
             raise dg.Failure("features has not been materialized yet")
-        reference_record = drift_reference(context.instance, features_key)
+        from secure_pipeline.storage.tables import parquet_to_table
+
+        reference_key, reference_digest, reference_what = drift_reference(
+            context.instance, store, pipeline
+        )
         current = load_recorded(store, current_record, features_key)
-        reference = load_recorded(store, reference_record, features_key)
+        reference = parquet_to_table(
+            store.read_bytes((reference_key, reference_digest))
+        ).to_pandas()
         drift = population_stability(reference, current, catalog, policy.drift_bins)
         worst = drift[0] if drift else None
         psi = worst.psi if worst else 0.0
         failed = psi >= policy.drift_fail_psi
         warned = psi >= policy.drift_warn_psi
         subject = recorded_snapshot(current_record, features_key)[1]
-        reference_digest = recorded_snapshot(reference_record, features_key)[1]
         table = dg.MetadataValue.table(
             records=[
                 dg.TableRecord({"feature": d.feature, "psi": round(d.psi, 6), "bins": d.bins})
@@ -162,9 +184,9 @@ def build_features_stage(
                 "most_drifted": worst.feature if worst else "none",
                 "psi_by_feature": table,
                 "reference_sha256": reference_digest,
-                "reference": "first features snapshot"
+                "reference": reference_what
                 if reference_digest != subject
-                else "this snapshot is the first (no drift possible yet)",
+                else f"{reference_what}, which is this snapshot (no drift)",
                 "warn_at": policy.drift_warn_psi,
                 "fail_at": policy.drift_fail_psi,
             },

@@ -460,3 +460,23 @@ def verify_lineage(
                     f"{check.get('check')}"
                 )
     return problems
+
+
+def champion_lineage(pipeline: SecurePipeline, store: SnapshotStore) -> dict[str, Any] | None:
+    """The lineage of the current champion, read by digest from the snapshot store.
+
+    The registry's tag names the lineage digest; the document itself comes from the immutable
+    store and is verified against that digest. None when there is no champion yet.
+    """
+    from secure_pipeline.registry.mlflow_registry import alias_version, version_tags
+
+    version = alias_version(pipeline.name, "champion")
+    if version is None:
+        return None
+    digest = version_tags(pipeline.name, version).get("lineage_sha256")
+    if not digest:
+        return None
+    key = snapshot_key(["registered_model", "_lineage"], digest, "json")
+    lineage = json.loads(store.read_bytes((key, digest)))
+    lineage["_version"] = version
+    return lineage

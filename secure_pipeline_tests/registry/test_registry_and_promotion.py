@@ -338,3 +338,14 @@ def test_rollback_verifies_the_previous_champion_and_is_audited(state, store) ->
     out = io.StringIO()
     audit.export(out)
     assert '"promotion.rollback"' in out.getvalue()
+
+
+def test_drift_is_measured_against_the_champions_training_data(state, store, bundle) -> None:
+    from secure_pipeline.features.assets import drift_reference
+
+    lineage = json.loads((bundle / LINEAGE_FILE).read_text())
+    with dg.DagsterInstance.get() as instance:
+        key, sha, what = drift_reference(instance, store, adult_pipeline())
+    assert sha == lineage["data"]["features"]["sha256"]
+    assert key == lineage["data"]["features"]["key"]
+    assert "champion version" in what
