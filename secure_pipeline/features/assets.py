@@ -5,6 +5,7 @@ from typing import Any
 import dagster as dg
 
 from secure_pipeline.features.engineering import LABEL_COLUMN, feature_catalog
+from secure_pipeline.metadata import table
 from secure_pipeline.pipeline import RESERVED_SPLIT_COLUMN, SecurePipeline
 from secure_pipeline.storage.io_manager import load_recorded, recorded_snapshot
 from secure_pipeline.storage.resources import SnapshotStoreResource
@@ -60,29 +61,20 @@ def build_features_stage(
     features_key = dg.AssetKey(FEATURES)
     catalog = feature_catalog(pipeline)
     policy = pipeline.policy
-    catalog_table = dg.MetadataValue.table(
-        records=[
-            dg.TableRecord(
-                {
-                    "feature": f.name,
-                    "kind": f.kind,
-                    "from": f.source,
-                    "codes": ", ".join(f"{i}={c}" for i, c in enumerate(f.categories))[:300],
-                    "sensitive": f.sensitive,
-                }
-            )
+    catalog_table = table(
+        (
+            {
+                "feature": f.name,
+                "kind": f.kind,
+                "from": f.source,
+                "codes": ", ".join(f"{i}={c}" for i, c in enumerate(f.categories))[:300],
+                "sensitive": f.sensitive,
+            }
             for f in catalog
-        ],
-        schema=dg.TableSchema(
-            columns=[
-                dg.TableColumn("feature", "string"),
-                dg.TableColumn("kind", "string"),
-                dg.TableColumn("from", "string"),
-                dg.TableColumn("codes", "string"),
-                dg.TableColumn("sensitive", "bool"),
-            ]
         ),
-    )
+        {"feature": "string", "kind": "string", "from": "string", "codes": "string",
+         "sensitive": "bool"},
+    )  # fmt: skip
 
     @dg.asset(
         name=FEATURES,
@@ -153,18 +145,9 @@ def build_features_stage(
         failed = psi >= policy.drift_fail_psi
         warned = psi >= policy.drift_warn_psi
         subject = recorded_snapshot(current_record, features_key)[1]
-        table = dg.MetadataValue.table(
-            records=[
-                dg.TableRecord({"feature": d.feature, "psi": round(d.psi, 6), "bins": d.bins})
-                for d in drift
-            ],
-            schema=dg.TableSchema(
-                columns=[
-                    dg.TableColumn("feature", "string"),
-                    dg.TableColumn("psi", "float"),
-                    dg.TableColumn("bins", "int"),
-                ]
-            ),
+        psi_table = table(
+            ({"feature": d.feature, "psi": round(d.psi, 6), "bins": d.bins} for d in drift),
+            {"feature": "string", "psi": "float", "bins": "int"},
         )
         return verdict(
             snapshot_store,
@@ -182,7 +165,7 @@ def build_features_stage(
             metadata={
                 "max_psi": round(psi, 6),
                 "most_drifted": worst.feature if worst else "none",
-                "psi_by_feature": table,
+                "psi_by_feature": psi_table,
                 "reference_sha256": reference_digest,
                 "reference": reference_what
                 if reference_digest != subject

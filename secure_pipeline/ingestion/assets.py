@@ -14,6 +14,7 @@ import dagster as dg
 from secure_pipeline import environment as env
 from secure_pipeline.ingestion.connectors import connector_for, join_location
 from secure_pipeline.ingestion.provenance import ProvenanceRecord, provenance_document
+from secure_pipeline.metadata import table
 from secure_pipeline.pipeline import SecurePipeline
 from secure_pipeline.redaction import redact_uri
 from secure_pipeline.storage.io_manager import snapshot_metadata
@@ -163,27 +164,11 @@ def build_raw_asset(pipeline: SecurePipeline) -> dg.AssetsDefinition:
             index, FILESET_FORMAT, (record.seq, record.hash)
         )
         metadata["bytes"] = sum(r.size for r in members.values())
-        metadata["files"] = dg.MetadataValue.table(
-            records=[
-                dg.TableRecord(
-                    {
-                        "member": m,
-                        "sha256": r.sha256,
-                        "bytes": r.size,
-                        "uri": r.uri,
-                    }
-                )
-                for m, r in members.items()
-            ],
-            schema=dg.TableSchema(
-                columns=[
-                    dg.TableColumn("member", "string"),
-                    dg.TableColumn("sha256", "string"),
-                    dg.TableColumn("bytes", "int"),
-                    dg.TableColumn("uri", "string"),
-                ]
-            ),
-        )
+        metadata["files"] = table(
+            ({"member": m, "sha256": r.sha256, "bytes": r.size, "uri": r.uri}
+             for m, r in members.items()),
+            {"member": "string", "sha256": "string", "bytes": "int", "uri": "string"},
+        )  # fmt: skip
         metadata["source"] = redact_uri(location)
         metadata["provenance_uri"] = provenance.uri
         metadata["provenance_key"] = provenance.key

@@ -13,6 +13,7 @@ from typing import Any
 import dagster as dg
 
 from secure_pipeline.features.assets import FEATURES
+from secure_pipeline.metadata import table
 from secure_pipeline.pipeline import SecurePipeline
 from secure_pipeline.storage.io_manager import recorded_snapshot
 from secure_pipeline.storage.resources import SnapshotStoreResource
@@ -111,13 +112,6 @@ def _track(
         log_check(mlflow, check, metrics, result)
         if figure is not None:
             mlflow.log_figure(figure, f"plots/{check}.png")
-
-
-def _table(rows: list[dict[str, Any]], types: dict[str, str]) -> dg.TableMetadataValue:
-    return dg.MetadataValue.table(
-        records=[dg.TableRecord(r) for r in rows],
-        schema=dg.TableSchema(columns=[dg.TableColumn(n, t) for n, t in types.items()]),
-    )
 
 
 def build_ml_checks(pipeline: SecurePipeline) -> list[dg.AssetChecksDefinition]:
@@ -413,7 +407,7 @@ def build_ml_checks(pipeline: SecurePipeline) -> list[dg.AssetChecksDefinition]:
             {"features": {k: {"problems": len(v["problems"])} for k, v in summary.items()}},
             {
                 "by_feature": dg.MetadataValue.json(summary),
-                "by_group": _table(
+                "by_group": table(
                     groups,
                     {
                         "feature": "string",

@@ -22,6 +22,7 @@ from typing import Any
 
 import dagster as dg
 
+from secure_pipeline.metadata import bullets, table
 from secure_pipeline.pipeline import RESERVED_SPLIT_COLUMN, SecurePipeline
 from secure_pipeline.storage.io_manager import load_recorded, recorded_snapshot, store_snapshot
 from secure_pipeline.storage.resources import SnapshotStoreResource
@@ -42,25 +43,14 @@ def _latest(instance: dg.DagsterInstance, key: dg.AssetKey) -> Any:
 
 
 def _failure_table(failures: dict[str, dict[str, int]]) -> dg.TableMetadataValue:
-    rows = [
-        dg.TableRecord({"column": column, "check": check, "failures": count})
-        for column, checks in sorted(failures.items())
-        for check, count in sorted(checks.items())
-    ]
-    return dg.MetadataValue.table(
-        records=rows,
-        schema=dg.TableSchema(
-            columns=[
-                dg.TableColumn("column", "string"),
-                dg.TableColumn("check", "string"),
-                dg.TableColumn("failures", "int"),
-            ]
+    return table(
+        (
+            {"column": column, "check": check, "failures": count}
+            for column, checks in sorted(failures.items())
+            for check, count in sorted(checks.items())
         ),
+        {"column": "string", "check": "string", "failures": "int"},
     )
-
-
-def _problems_md(problems: list[str]) -> dg.MarkdownMetadataValue:
-    return dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none")
 
 
 def build_validation_stage(
@@ -121,7 +111,7 @@ def build_validation_stage(
             passed=not problems,
             subject=index_sha,
             summary={"problems": len(problems)},
-            metadata={"problems": _problems_md(problems), "files": len(index["files"])},
+            metadata={"problems": bullets(problems), "files": len(index["files"])},
             description=problems[0] if problems else None,
         )
 
@@ -170,7 +160,7 @@ def build_validation_stage(
                 "rows": report.rows,
                 "rejected_rows": report.rejected_rows,
                 "reject_rate": round(report.reject_rate, 6),
-                "structural_problems": _problems_md(report.structural),
+                "structural_problems": bullets(report.structural),
                 "failures_by_column": _failure_table(report.failures),
                 "failing_examples": dg.MetadataValue.json(report.examples),
                 "unparseable_lines": len(report.rejected_lines),
@@ -220,7 +210,7 @@ def build_validation_stage(
                     f"{raw_key.to_user_string()} does not conform to the schema; nothing was "
                     "validated: " + "; ".join(report.structural)
                 ),
-                metadata={"structural_problems": _problems_md(report.structural)},
+                metadata={"structural_problems": bullets(report.structural)},
             )
         assert report.rejected is not None
         kept = batch.frame[~report.rejected].reset_index(drop=True)
@@ -327,26 +317,17 @@ def build_validation_stage(
             run_id=context.run.run_id,
             code_version=pipeline.code_version,
         )
-        outcomes = dg.MetadataValue.table(
-            records=[
-                dg.TableRecord(
-                    {
-                        "expectation": o.expectation,
-                        "column": o.column or "(table)",
-                        "success": o.success,
-                        "observed": o.observed,
-                    }
-                )
+        outcomes = table(
+            (
+                {
+                    "expectation": o.expectation,
+                    "column": o.column or "(table)",
+                    "success": o.success,
+                    "observed": o.observed,
+                }
                 for o in report.outcomes
-            ],
-            schema=dg.TableSchema(
-                columns=[
-                    dg.TableColumn("expectation", "string"),
-                    dg.TableColumn("column", "string"),
-                    dg.TableColumn("success", "bool"),
-                    dg.TableColumn("observed", "string"),
-                ]
             ),
+            {"expectation": "string", "column": "string", "success": "bool", "observed": "string"},
         )
         failed = [f"{o.expectation}({o.column}): observed {o.observed}" for o in report.failed]
         return verdict(
@@ -361,7 +342,7 @@ def build_validation_stage(
                 "expectations": len(report.outcomes),
                 "failed": len(report.failed),
                 "outcomes": outcomes,
-                "failed_expectations": _problems_md(failed),
+                "failed_expectations": bullets(failed),
                 "result_uri": document.uri,
                 "result_sha256": document.sha256,
             },
