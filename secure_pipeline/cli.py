@@ -188,6 +188,9 @@ def status() -> None:
                 "quarantine_uri",
                 "test_roc_auc",
                 "mlflow_run",
+                "model_uri",
+                "signer",
+                "champion",
             ):
                 if name in metadata:
                     click.echo(f"  {name}: {metadata[name].value}")
