@@ -17,7 +17,7 @@ FEATURE_DRIFT = "feature_drift"
 
 
 def drift_reference(
-    instance: dg.DagsterInstance, store: SnapshotStore, pipeline: SecurePipeline
+    instance: dg.DagsterInstance, store: SnapshotStore, audit: Any, pipeline: SecurePipeline
 ) -> tuple[str, str, str]:
     """The features snapshot drift is measured against: ``(key, sha256, description)``.
 
@@ -27,16 +27,20 @@ def drift_reference(
 
     Raises:
         dg.Failure: When no features snapshot exists yet.
+        PolicyViolation: When the champion's bundle does not verify.
+        IntegrityError: When its lineage names something other than a features snapshot.
     """
-    from secure_pipeline.registry.bundle import champion_lineage
+    from secure_pipeline.errors import IntegrityError
+    from secure_pipeline.promotion.gate import champion_lineage
 
-    lineage = champion_lineage(pipeline, store)
-    if lineage is not None:
+    champion = champion_lineage(pipeline, store, audit)
+    if champion is not None:
+        version, lineage = champion
         features = lineage["data"]["features"]
         key, sha = str(features["key"]), str(features["sha256"])
-        if key == snapshot_key(FEATURES, sha, "parquet"):
-            version = lineage.get("_version")
-            return key, sha, f"the snapshot champion version {version} was trained on"
+        if key != snapshot_key(FEATURES, sha, "parquet"):
+            raise IntegrityError(f"the champion's lineage names {key} as its training features")
+        return key, sha, f"the snapshot champion version {version} was trained on"
     result = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=dg.AssetKey(FEATURES)), limit=1, ascending=True
     )
@@ -133,7 +137,7 @@ def build_features_stage(
         from secure_pipeline.storage.tables import parquet_to_table
 
         reference_key, reference_digest, reference_what = drift_reference(
-            context.instance, store, pipeline
+            context.instance, store, snapshot_store.get_audit_log(), pipeline
         )
         current = load_recorded(store, current_record, features_key)
         reference = parquet_to_table(

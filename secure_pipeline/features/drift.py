@@ -50,6 +50,24 @@ def _psi(reference: "np.ndarray", current: "np.ndarray") -> float:
     return float(np.sum((cur - ref) * np.log(cur / ref)))
 
 
+def _edges(present: "np.ndarray", bins: int) -> "np.ndarray":
+    """Bin edges from the reference's quantiles, its most common value and its range.
+
+    The extra edges keep the most common value in a bin of its own and put anything beyond the
+    reference's range in bins of their own. Without them a constant or mostly-zero column
+    (capital gains) collapses into one bin, and a shift of its values upwards goes unseen.
+    """
+    import numpy as np
+
+    if not present.size:
+        return np.array([])
+    quantiles = np.quantile(present, np.linspace(0, 1, bins + 1))[1:-1]
+    values, counts = np.unique(present, return_counts=True)
+    mode = values[np.argmax(counts)]
+    extra = [present.min(), mode, np.nextafter(mode, np.inf), np.nextafter(present.max(), np.inf)]
+    return np.unique(np.concatenate([quantiles, extra]))
+
+
 def _binned(values: "np.ndarray", edges: "np.ndarray") -> "np.ndarray":
     """Counts per bin: bin 0 holds missing values, bins 1..len(edges)+1 the quantile bins."""
     import numpy as np
@@ -81,12 +99,7 @@ def population_stability(
             ref_counts = np.bincount(ref.astype("int64") + 1, minlength=size)
             cur_counts = np.bincount(cur.astype("int64") + 1, minlength=size)
         else:
-            present = ref[~np.isnan(ref)]
-            edges = (
-                np.unique(np.quantile(present, np.linspace(0, 1, bins + 1))[1:-1])
-                if present.size
-                else np.array([])
-            )
+            edges = _edges(ref[~np.isnan(ref)], bins)
 
             ref_counts, cur_counts = _binned(ref, edges), _binned(cur, edges)
         results.append(FeatureDrift(feature.name, _psi(ref_counts, cur_counts), len(ref_counts)))

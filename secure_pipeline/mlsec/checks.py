@@ -83,6 +83,17 @@ def judge(
         )
     features = parquet_to_table(snapshots.read_bytes((features_key, features_sha))).to_pandas()
     inputs, _ = model_inputs(pipeline)
+    splits = split_rows(features, pipeline)
+    recorded = meta.get("split")
+    recorded = recorded.value if recorded is not None else {}
+    if recorded.get("rows_sha256") != splits.fingerprint():
+        # Judging on another split (another seed or holdout share than training used) could put
+        # training rows among the "unseen" ones and flatter every check.
+        raise IntegrityError(
+            f"trained_model {model_sha[:12]} was trained with split {recorded or 'unknown'}; "
+            f"today's spec gives a different split of its data (seed {pipeline.model.seed}, "
+            f"holdout {pipeline.model.holdout_fraction}). Retrain before judging."
+        )
     run = meta.get("mlflow_run_id")
     return Judged(
         model_sha256=model_sha,
@@ -90,7 +101,7 @@ def judge(
         x=features[inputs.columns],
         y=features[LABEL_COLUMN].to_numpy(),
         features=features,
-        splits=split_rows(features, pipeline),
+        splits=splits,
         numeric_inputs=len(inputs.numeric),
         mlflow_run_id=str(run.value) if run is not None else None,
     )

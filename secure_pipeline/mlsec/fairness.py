@@ -164,8 +164,10 @@ def audit_fairness(
                 )
             )
         gated = [g for g in audit.groups if g.gated]
-        if len(gated) >= 2:
-            keep = np.isin(labels, [g.group for g in gated])
+        # Selection rates need only enough people; error rates need enough of each label.
+        sizable = [g.group for g in audit.groups if g.rows >= min_group_size]
+        if len(sizable) >= 2:
+            keep = np.isin(labels, sizable)
             audit.demographic_parity_difference = float(
                 demographic_parity_difference(
                     y_true[keep], y_pred[keep], sensitive_features=labels[keep]
@@ -176,6 +178,22 @@ def audit_fairness(
                     y_true[keep], y_true[keep], sensitive_features=labels[keep]
                 )
             )
+            amplification = audit.demographic_parity_difference - audit.label_parity_difference
+            if amplification > max_parity_amplification:
+                audit.problems.append(
+                    f"{feature}: selection-rate gap {audit.demographic_parity_difference:.3f} "
+                    f"exceeds the labels' own gap {audit.label_parity_difference:.3f} by "
+                    f"{amplification:.3f} (limit {max_parity_amplification})"
+                )
+        if len(gated) < 2:
+            # A gate that cannot judge must not pass: too few people with each label per group.
+            audit.problems.append(
+                f"{feature}: fewer than two groups have {min_group_size} positives and "
+                f"{min_group_size} negatives in the evaluation set; equalized odds cannot be "
+                "judged. Evaluate on more data, or report this feature only."
+            )
+        else:
+            keep = np.isin(labels, [g.group for g in gated])
             audit.equalized_odds_difference = float(
                 equalized_odds_difference(
                     y_true[keep], y_pred[keep], sensitive_features=labels[keep]
@@ -187,13 +205,6 @@ def audit_fairness(
                     f"{feature}: {worst} differs by more than {max_equalized_odds_difference} "
                     f"beyond sampling error (lower bound {audit.gap_beyond_noise:.3f} at "
                     f"{confidence:.0%} confidence)"
-                )
-            amplification = audit.demographic_parity_difference - audit.label_parity_difference
-            if amplification > max_parity_amplification:
-                audit.problems.append(
-                    f"{feature}: selection-rate gap {audit.demographic_parity_difference:.3f} "
-                    f"exceeds the labels' own gap {audit.label_parity_difference:.3f} by "
-                    f"{amplification:.3f} (limit {max_parity_amplification})"
                 )
         audits.append(audit)
     return FairnessResult(audits)

@@ -90,9 +90,12 @@ def store_approval(store: SnapshotStore, model_sha256: str, document: bytes) -> 
 
 
 def verified_approvals(
-    store: SnapshotStore, model_sha256: str, trust: TrustPolicy
+    store: SnapshotStore, model_sha256: str, trust: TrustPolicy, bundle_digest: str
 ) -> tuple[list[Approval], list[str]]:
-    """The approvals of a model that verify with an approver key of the trust policy.
+    """The approvals of a bundle that verify with an approver key of the trust policy.
+
+    An approval counts for the model digest *and* the bundle digest it names: approving a model
+    is approving it with its lineage and card, not any other bundle holding the same bytes.
 
     Returns:
         ``(approvals, problems)``: one approval per approver key, and why any stored approval
@@ -135,6 +138,12 @@ def verified_approvals(
             continue
         if statement.get("model_sha256") != model_sha256:
             problems.append(f"{key}: approves model {statement.get('model_sha256')}, not this one")
+            continue
+        if statement.get("bundle_digest") != bundle_digest:
+            problems.append(
+                f"{key}: approves bundle {str(statement.get('bundle_digest'))[:12]}, not this "
+                f"bundle {bundle_digest[:12]}"
+            )
             continue
         counted.setdefault(
             fingerprint,

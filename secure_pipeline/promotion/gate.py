@@ -7,6 +7,7 @@ policy, then requires the policy's number of signed approvals. Only then does th
 the ``challenger`` alias, and ``champion`` with the previous champion recorded for rollback.
 """
 
+import hashlib
 from typing import Any
 
 from secure_pipeline.errors import PolicyViolation
@@ -25,12 +26,26 @@ from secure_pipeline.storage.snapshots import SnapshotStore
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+# Characters of a refusal reason kept in its audit record (the record limit is 1024).
+_REASON_CHARS = 900
 
 
 def verify_version(
-    pipeline: SecurePipeline, name: str, version: str, store: SnapshotStore, audit: AuditLog
+    pipeline: SecurePipeline | None,
+    name: str,
+    version: str,
+    store: SnapshotStore,
+    audit: AuditLog,
 ) -> Verification:
-    """Download a registered version and verify everything about it, from those bytes."""
+    """Download a registered version and verify everything about it, from those bytes.
+
+    Args:
+        pipeline: Today's spec; None skips only the today's-policy step.
+        name: Registered model name.
+        version: Version.
+        store: The snapshot store.
+        audit: The audit trail.
+    """
     trust = trust_policy_from_environment()
     tags = version_tags(name, version)
     with resolve(f"models:/{name}/{version}") as resolved:
@@ -44,9 +59,66 @@ def verify_version(
         )
 
 
+def champion_lineage(
+    pipeline: SecurePipeline, store: SnapshotStore, audit: AuditLog
+) -> tuple[str, dict[str, Any]] | None:
+    """The current champion's version and verified lineage, or None when there is none.
+
+    The lineage comes from the champion's bundle, downloaded and verified (signature, files,
+    lineage snapshots and verdicts); today's policy is not required, since the lineage is only
+    read, not acted on.
+
+    Raises:
+        PolicyViolation: When the champion does not verify.
+    """
+    version = alias_version(pipeline.name, CHAMPION)
+    if version is None:
+        return None
+    verification = verify_version(None, pipeline.name, version, store, audit)
+    if not verification.ok or verification.lineage is None:
+        raise PolicyViolation(
+            f"champion version {version} of {pipeline.name} does not verify: "
+            + "; ".join(verification.problems)
+        )
+    return version, verification.lineage
+
+
+def _approvals(
+    pipeline: SecurePipeline,
+    verification: Verification,
+    store: SnapshotStore,
+    audit: AuditLog,
+    actor: str,
+    run_id: str | None,
+    name: str,
+    version: str,
+) -> list[Any]:
+    """The verified approvals of a bundle; refuses (audited) when fewer than the policy needs."""
+    subject = str(verification.model_sha256)
+    approvals, problems = verified_approvals(
+        store, subject, trust_policy_from_environment(), str(verification.bundle_digest)
+    )
+    needed = pipeline.policy.approvals_required
+    if len(approvals) < needed:
+        _refuse(audit, actor, run_id, subject,
+                f"version {version} of {name} needs {needed} signed approval(s) from approvers "
+                f"of the trust policy, has {len(approvals)}"
+                + (f" ({'; '.join(problems)})" if problems else "")
+                + f". Approve with: secure-pipeline approve models:/{name}/{version} "
+                "--key <approver key> --approver <name>")  # fmt: skip
+    return approvals
+
+
 def _refuse(audit: AuditLog, actor: str, run_id: str | None, subject: Any, why: str) -> None:
+    # A reason listing many problems can exceed the audit record's string limit; the record
+    # keeps its start and the digest of the whole text, the exception carries all of it.
+    recorded = why if len(why) <= _REASON_CHARS else why[: _REASON_CHARS - 1] + "…"
     audit.append(
-        "promotion.refused", actor=actor, run_id=run_id, subject=subject, details={"reason": why}
+        "promotion.refused",
+        actor=actor,
+        run_id=run_id,
+        subject=subject,
+        details={"reason": recorded, "reason_sha256": hashlib.sha256(why.encode()).hexdigest()},
     )
     raise PolicyViolation(why)
 
@@ -82,16 +154,7 @@ def promote(
         subject=subject,
         details={"name": name, "version": version, "signer": verification.signer},
     )
-    trust = trust_policy_from_environment()
-    approvals, problems = verified_approvals(store, str(subject), trust)
-    needed = pipeline.policy.approvals_required
-    if len(approvals) < needed:
-        _refuse(audit, actor, run_id, subject,
-                f"version {version} of {name} needs {needed} signed approval(s) from approvers "
-                f"of the trust policy, has {len(approvals)}"
-                + (f" ({'; '.join(problems)})" if problems else "")
-                + ". Approve with: secure-pipeline approve models:/"
-                + f"{name}/{version} --key <approver key> --approver <name>")  # fmt: skip
+    approvals = _approvals(pipeline, verification, store, audit, actor, run_id, name, version)
     previous = alias_version(name, CHAMPION)
     set_alias(name, CHALLENGER, version)
     audit.append(
@@ -143,6 +206,21 @@ def rollback(
     if not verification.ok:
         why = f"cannot roll back to version {previous}: " + "; ".join(verification.problems)
         _refuse(audit, actor, None, verification.model_sha256, why)
+    # The registry's tag only suggests the target: it must have been champion through this gate
+    # (the audit trail says so, for this digest), and it needs today's approvals.
+    was_champion = any(
+        record.event == "promotion.champion"
+        and record.subject == verification.model_sha256
+        and str(record.details.get("version")) == str(previous)
+        and record.details.get("name") == name
+        for record in audit.verified_records()
+    )
+    if not was_champion:
+        _refuse(audit, actor, None, verification.model_sha256,
+                f"version {previous} of {name} was never promoted to champion through the gate "
+                "(no promotion.champion audit record for its digest); refusing to roll back "
+                "to it")  # fmt: skip
+    _approvals(pipeline, verification, store, audit, actor, None, name, str(previous))
     set_alias(name, CHAMPION, str(previous))
     tag_version(name, str(previous), "rolled_back_from", str(current))
     audit.append(

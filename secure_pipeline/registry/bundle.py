@@ -18,6 +18,7 @@ is today's.
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -26,10 +27,11 @@ from typing import Any
 from secure_pipeline.errors import IntegrityError, SecurePipelineError
 from secure_pipeline.pipeline import SecurePipeline
 from secure_pipeline.registry.signing import SIGNATURE_FILE
-from secure_pipeline.storage.audit import AuditLog, AuditRecord, record_key
+from secure_pipeline.storage.audit import AuditLog, AuditRecord
 from secure_pipeline.storage.snapshots import SnapshotStore, canonical_json, snapshot_key, utc_now
 
 LINEAGE_FILE = "lineage.json"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 CARD_FILE = "MODEL_CARD.md"
 MODEL_FILE = "model.skops"
 LINEAGE_VERSION = 1
@@ -199,6 +201,7 @@ def build_lineage(
             "estimator": pipeline.model.estimator,
             "params": dict(pipeline.model.params),
             "seed": pipeline.model.seed,
+            "split": model_metadata.get("split"),
             "inputs": list(model_metadata.get("inputs", [])),
             "excluded_inputs": list(pipeline.model.exclude_features),
             "trusted_types": list(TRUSTED_TYPES),
@@ -398,31 +401,43 @@ def verify_lineage(
     """
     problems: list[str] = []
     model = lineage.get("model", {})
-    model_file = directory / model.get("file", MODEL_FILE)
+    # The model is always model.skops: the file a loader reads must be the file verified here.
+    if model.get("file") != MODEL_FILE:
+        problems.append(f"the lineage names model file {model.get('file')!r}, not {MODEL_FILE}")
+    model_file = directory / MODEL_FILE
     if not model_file.is_file():
-        problems.append(f"the bundle has no model file {model.get('file')}")
+        problems.append(f"the bundle has no {MODEL_FILE}")
     elif hashlib.sha256(model_file.read_bytes()).hexdigest() != model.get("sha256"):
         problems.append(
-            f"{model_file.name} does not hash to the lineage's model digest {model.get('sha256')}"
+            f"{MODEL_FILE} does not hash to the lineage's model digest {model.get('sha256')}"
         )
-    subjects = {
-        "model": model.get("sha256"),
-        **{stage: snap.get("sha256") for stage, snap in lineage.get("data", {}).items()},
-    }
+    data = lineage.get("data", {})
+    if set(data) != {"raw", "validated", "features"}:
+        problems.append(
+            f"the lineage must name the raw, validated and features snapshots, found {sorted(data)}"
+        )
+    subjects = {"model": model.get("sha256"), **{s: v.get("sha256") for s, v in data.items()}}
+    for stage, digest in subjects.items():
+        if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
+            problems.append(f"the lineage gives no valid digest for the {stage} snapshot")
     checks = lineage.get("checks", [])
-    recorded = {(c.get("stage"), c.get("check")) for c in checks}
+    recorded = [(c.get("stage"), c.get("check")) for c in checks]
     for stage, names in REQUIRED_CHECKS.items():
         for name in names:
             if (stage, name) not in recorded:
                 problems.append(f"the lineage records no verdict of {name} ({stage})")
     for check in checks:
+        if (check.get("stage"), check.get("check")) not in {
+            (stage, name) for stage, names in REQUIRED_CHECKS.items() for name in names
+        }:
+            problems.append(f"the lineage records an unknown verdict {check.get('check')!r}")
         expected = subjects.get(check.get("stage"))
-        if check.get("subject") != expected:
+        if expected is None or check.get("subject") != expected:
             problems.append(
                 f"{check.get('check')} judged {str(check.get('subject'))[:12]}, not the "
                 f"{check.get('stage')} snapshot {str(expected)[:12]} of this model"
             )
-    problems.extend(verdict_problems([c for c in checks if c.get("subject") in subjects.values()]))
+    problems.extend(verdict_problems(checks))
     if pipeline is not None and lineage.get("policy_sha256") != policy_fingerprint(pipeline):
         problems.append(
             "the model was judged under a different policy than today's "
@@ -430,53 +445,63 @@ def verify_lineage(
             "re-run its checks under today's policy before it may be promoted or served"
         )
     if store is not None:
-        snapshots = [model, *lineage.get("data", {}).values()]
-        for snap in snapshots:
+        for snap in [model, *data.values()]:
             try:
-                if snap.get("asset", "").startswith("raw_"):
+                if str(snap.get("asset", "")).startswith("raw_"):
                     store.read_fileset((snap["key"], snap["sha256"]))
                 else:
                     store.read_bytes((snap["key"], snap["sha256"]))
             except (IntegrityError, KeyError, ValueError) as exc:
                 problems.append(f"lineage snapshot {snap.get('key')}: {exc}")
     if audit is not None:
-        for check in checks:
-            seq, _, digest = str(check.get("audit_record", "")).partition(":")
-            try:
-                record = AuditRecord(**json.loads(audit.store.read_object(record_key(int(seq)))))
-            except (FileNotFoundError, ValueError, TypeError):
-                problems.append(
-                    f"audit record {check.get('audit_record')} of {check.get('check')} is missing"
-                )
-                continue
-            if (
-                record.hash != digest
-                or record.computed_hash() != record.hash
-                or record.subject != check.get("subject")
-                or bool(record.details.get("passed")) != bool(check.get("passed"))
-            ):
-                problems.append(
-                    f"audit record {seq} does not hold the verdict the lineage records for "
-                    f"{check.get('check')}"
-                )
+        problems.extend(_audit_problems(checks, audit))
     return problems
 
 
-def champion_lineage(pipeline: SecurePipeline, store: SnapshotStore) -> dict[str, Any] | None:
-    """The lineage of the current champion, read by digest from the snapshot store.
+def _audit_problems(checks: list[Mapping[str, Any]], audit: AuditLog) -> list[str]:
+    """Each recorded verdict must be the audit record it cites, not overturned since.
 
-    The registry's tag names the lineage digest; the document itself comes from the immutable
-    store and is verified against that digest. None when there is no champion yet.
+    The cited record must be a verdict of the same check on the same asset and digest, with the
+    same outcome. A later verdict of that check on that digest may pass again (the pipeline was
+    re-run on the same data); a later one that does not let the model through overturns it.
     """
-    from secure_pipeline.registry.mlflow_registry import alias_version, version_tags
-
-    version = alias_version(pipeline.name, "champion")
-    if version is None:
-        return None
-    digest = version_tags(pipeline.name, version).get("lineage_sha256")
-    if not digest:
-        return None
-    key = snapshot_key(["registered_model", "_lineage"], digest, "json")
-    lineage = json.loads(store.read_bytes((key, digest)))
-    lineage["_version"] = version
-    return lineage
+    history: dict[tuple[Any, Any, Any], list[AuditRecord]] = {}
+    for record in audit.verified_records():
+        if record.event == "check.evaluated":
+            key = (record.details.get("asset"), record.details.get("check"), record.subject)
+            history.setdefault(key, []).append(record)
+    problems = []
+    for check in checks:
+        name = check.get("check")
+        seq, _, digest = str(check.get("audit_record", "")).partition(":")
+        records = history.get((check.get("asset"), name, check.get("subject")), [])
+        cited = next((r for r in records if f"{r.seq}" == seq and r.hash == digest), None)
+        if (
+            cited is None
+            or bool(cited.details.get("passed")) != bool(check.get("passed"))
+            or cited.details.get("severity") != check.get("severity")
+        ):
+            problems.append(
+                f"the lineage's verdict of {name} on {check.get('asset')} for "
+                f"{str(check.get('subject'))[:12]} (audit record {seq}) is not a verdict the "
+                "audit trail holds for that check and digest"
+            )
+            continue
+        for later in records:
+            if later.seq <= cited.seq:
+                continue
+            outcome = {
+                "stage": check.get("stage"),
+                "asset": check.get("asset"),
+                "check": name,
+                "subject": later.subject,
+                "passed": bool(later.details.get("passed")),
+                "severity": later.details.get("severity"),
+            }
+            if verdict_problems([outcome]):
+                problems.append(
+                    f"a later verdict of {name} on {str(later.subject)[:12]} (audit record "
+                    f"{later.seq}) failed, overturning the one in the lineage"
+                )
+                break
+    return problems

@@ -300,7 +300,8 @@ def _hashing_config() -> object:
     return (
         hashing.Config()
         .use_file_serialization(hashing_algorithm="sha256", max_workers=os.cpu_count())
-        .set_ignored_paths(paths=[SIGNATURE_FILE])
+        # Every other file is signed, .git* included: nothing in a bundle goes unverified.
+        .set_ignored_paths(paths=[SIGNATURE_FILE], ignore_git_paths=False)
     )
 
 

@@ -6,6 +6,7 @@ loads the model from its skops file with the explicit trusted-type list. There i
 loads without verifying.
 """
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,12 @@ def load_verified(
     )
     if not verification.ok or verification.lineage is None or verification.signer is None:
         raise PolicyViolation("refusing to load the model: " + "; ".join(verification.problems))
-    model = load_model((directory / MODEL_FILE).read_bytes(), source=str(directory / MODEL_FILE))
+    # Read once, check these exact bytes against the verified digest, load these bytes: a file
+    # swapped between verification and loading is not loaded.
+    data = (directory / MODEL_FILE).read_bytes()
+    if hashlib.sha256(data).hexdigest() != verification.model_sha256:
+        raise PolicyViolation(f"{MODEL_FILE} changed after it was verified; not loaded")
+    model = load_model(data, source=str(directory / MODEL_FILE))
     return VerifiedModel(
         model=model,
         model_sha256=str(verification.model_sha256),

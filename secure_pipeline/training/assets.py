@@ -142,6 +142,16 @@ def build_training_stage(pipeline: SecurePipeline) -> list[dg.AssetsDefinition]:
                         "test": len(trained.splits.test),
                     }
                 ),
+                # The checks must judge on exactly these roles; they refuse another split.
+                "split": dg.MetadataValue.json(
+                    {
+                        "seed": spec.seed,
+                        "holdout_fraction": spec.holdout_fraction,
+                        "train_member": spec.train_member,
+                        "test_member": spec.test_member,
+                        "rows_sha256": trained.splits.fingerprint(),
+                    }
+                ),
                 **{k: round(v, 6) for k, v in trained.metrics.items()},
                 "mlflow_run_id": run_id,
                 "mlflow_run": run_link(run_id, experiment_id),

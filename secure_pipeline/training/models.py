@@ -110,6 +110,17 @@ class Splits:
     holdout: "np.ndarray"
     test: "np.ndarray"
 
+    def fingerprint(self) -> str:
+        """SHA-256 of the fit, holdout and test row positions: which rows played which role."""
+        import hashlib
+
+        import numpy as np
+
+        digest = hashlib.sha256()
+        for rows in (self.fit, self.holdout, self.test):
+            digest.update(np.asarray(rows, dtype="<i8").tobytes() + b"|")
+        return digest.hexdigest()
+
     @property
     def evaluation(self) -> "np.ndarray":
         """The rows models are judged on: the external test set, else the holdout."""

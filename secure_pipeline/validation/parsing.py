@@ -260,6 +260,11 @@ def _convert(values: Any, spec: Column) -> tuple["pd.Series", Any]:
             series = converted.to_pandas(types_mapper={target: pd.Int64Dtype()}.get)
         else:
             series = converted.to_pandas().astype("float64")
+            # "1e999" matches the number pattern but is infinite: not a usable value
+            infinite = np.isinf(series.to_numpy())
+            if infinite.any():
+                bad = pc.or_(bad, pa.array(infinite))
+                series = series.where(~infinite)
     elif spec.dtype == "bool":
         lowered = pc.utf8_lower(values)
         true = pc.is_in(lowered, pa.array(_TRUE))

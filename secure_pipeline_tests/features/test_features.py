@@ -76,3 +76,21 @@ def test_psi_counts_missing_values_as_their_own_bin(adult_features) -> None:
         )
     )
     assert population_stability(adult_features, holes, catalog, 10)[0].psi > 0.25
+
+
+def test_psi_sees_shifts_in_constant_and_mostly_zero_columns(adult_features) -> None:
+    catalog = [f for f in feature_catalog(adult_pipeline()) if f.name == "log1p_capital_gain"]
+    gains = adult_features["log1p_capital_gain"]
+    assert (gains == 0).mean() > 0.9  # quantile bins alone put nearly everything in one bin
+    # a tenth of the people who had no gains now report small ones
+    moved = adult_features.assign(
+        log1p_capital_gain=gains.where((gains != 0) | (np.arange(len(gains)) % 5 != 0), 0.5)
+    )
+    assert population_stability(adult_features, moved, catalog, 10)[0].psi > 0.1
+    # a column that was constant, then is not
+    constant = adult_features.assign(log1p_capital_gain=0.0)
+    grown = constant.assign(log1p_capital_gain=np.where(np.arange(len(gains)) % 2 == 0, 0.0, 9.0))
+    assert population_stability(constant, grown, catalog, 10)[0].psi > 0.25
+    # values beyond the reference's range are their own bin
+    beyond = adult_features.assign(log1p_capital_gain=gains.where(gains != gains.max(), 20.0))
+    assert population_stability(adult_features, beyond, catalog, 10)[0].psi > 0.0

@@ -168,3 +168,42 @@ def test_a_model_trained_on_biased_labels_fails_fairness(features) -> None:
     female = next(g for g in sex.groups if g.group == "Female")
     male = next(g for g in sex.groups if g.group == "Male")
     assert male.true_positive_rate - female.true_positive_rate > 0.3
+
+
+def _audit_groups(y_true, y_pred, codes, names=("A", "B", "C")):
+    return audit_fairness(
+        np.asarray(y_true), np.asarray(y_pred), {"group": ("group", np.asarray(codes), names)},
+        max_equalized_odds_difference=0.1, max_parity_amplification=0.1, min_group_size=30,
+        confidence=0.95,
+    )  # fmt: skip
+
+
+def test_fairness_that_cannot_be_judged_does_not_pass() -> None:
+    # group B has 500 people, none of them with the positive label: no true-positive rate
+    y_true = [1, 0] * 250 + [0] * 500
+    result = _audit_groups(y_true, y_true, [0] * 500 + [1] * 500)
+    assert not result.passed
+    assert (
+        "fewer than two groups have 30 positives and 30 negatives" in result.audits[0].problems[0]
+    )
+
+
+def test_selection_rate_gaps_ignore_groups_too_small_to_measure() -> None:
+    # A and B are selected at the same rate; C has 3 people, all selected
+    y_true = [1, 0] * 500 + [1, 1, 1]
+    y_pred = [1, 0] * 500 + [1, 1, 1]
+    result = _audit_groups(y_true, y_pred, [0] * 500 + [1] * 500 + [2] * 3)
+    audit = result.audits[0]
+    assert audit.demographic_parity_difference == pytest.approx(0.0)
+    assert result.passed, audit.problems
+
+
+def test_parity_covers_groups_with_too_few_positives_for_error_rates() -> None:
+    # C: 35 people, 10 of them positive (too few to gate equalized odds), none ever selected
+    y_true = [1, 0] * 500 + [1] * 10 + [0] * 25
+    y_pred = [1, 0] * 500 + [0] * 35
+    result = _audit_groups(y_true, y_pred, [0] * 500 + [1] * 500 + [2] * 35)
+    audit = result.audits[0]
+    assert [g.gated for g in audit.groups] == [True, True, False]
+    assert not result.passed
+    assert "selection-rate gap 0.500 exceeds the labels' own gap 0.214" in audit.problems[0]

@@ -206,11 +206,17 @@ def test_a_pickled_model_file_is_refused_at_load_even_when_signed(bundle, store)
     model = load_model((bundle / MODEL_FILE).read_bytes())
     pickled = pickle.dumps(model)
     (bundle / MODEL_FILE).write_bytes(pickled)
+    digest = __import__("hashlib").sha256(pickled).hexdigest()
     lineage = json.loads((bundle / LINEAGE_FILE).read_text())
-    lineage["model"]["sha256"] = __import__("hashlib").sha256(pickled).hexdigest()
+    lineage["model"]["sha256"] = digest
+    for check in lineage["checks"]:
+        if check["stage"] == "model":
+            check["subject"] = digest  # a consistent lie: only the file format is left to refuse
     (bundle / LINEAGE_FILE).write_text(json.dumps(lineage))
     resign(bundle)
-    with pytest.raises((PolicyViolation, UntrustedModelError)):
+    trust = trust_policy_from_environment()
+    assert verify_bundle_dir(bundle, trust=trust, pipeline=None, store=None, audit=None).ok
+    with pytest.raises(UntrustedModelError):
         load_verified(bundle, trust=trust_policy_from_environment(), pipeline=None)
 
 
@@ -280,6 +286,12 @@ def test_approvals_are_required_signed_bound_and_from_allowed_keys(
     store_approval(store, state.model_sha, other)
     with pytest.raises(PolicyViolation, match="approves model 0000"):
         attempt()
+    # the right key and model, seen in another bundle (another lineage, another card)
+    elsewhere = sign_approval(officer, model_sha256=state.model_sha, bundle_digest="b" * 64,
+                              approver="risk-officer", reason="other bundle")  # fmt: skip
+    store_approval(store, state.model_sha, elsewhere)
+    with pytest.raises(PolicyViolation, match="approves bundle bbbbbbbbbbbb, not this bundle"):
+        attempt()
     # through the command line, bound to this model's digest after verifying it
     result = subprocess.run(
         [CLI, "approve", f"models:/{state.name}/{state.version}", "--key", str(officer),
@@ -294,8 +306,9 @@ def test_approvals_are_required_signed_bound_and_from_allowed_keys(
         pipeline, policy=dataclasses.replace(pipeline.policy, approvals_required=2)
     )
     store_approval(store, state.model_sha, sign_approval(
-        officer, model_sha256=state.model_sha, bundle_digest="x", approver="risk-officer",
-        reason="again"))  # fmt: skip
+        officer, model_sha256=state.model_sha,
+        bundle_digest=version_tags(state.name, state.version)["bundle_digest"],
+        approver="risk-officer", reason="again"))  # fmt: skip
     with pytest.raises(PolicyViolation, match="has 1"):
         attempt()
 
@@ -340,12 +353,127 @@ def test_rollback_verifies_the_previous_champion_and_is_audited(state, store) ->
     assert '"promotion.rollback"' in out.getvalue()
 
 
+def test_rollback_refuses_a_version_that_never_was_champion(state, store) -> None:
+    """The previous_champion tag is registry data anyone with write access can set."""
+    from mlflow import MlflowClient
+
+    from secure_pipeline.registry.mlflow_registry import tag_version
+    from secure_pipeline.training.tracking import tracking_uri
+
+    client = MlflowClient(tracking_uri())
+    original = client.get_model_version(state.name, state.version)
+    # the same, validly signed and verified bundle, registered again but never promoted
+    copy = client.create_model_version(
+        state.name, source=original.source, run_id=original.run_id, tags=original.tags
+    )
+    audit = AuditLog(store)
+    try:
+        set_alias(state.name, CHAMPION, state.version)
+        tag_version(state.name, state.version, "previous_champion", str(copy.version))
+        with pytest.raises(PolicyViolation, match="never promoted to champion through the gate"):
+            rollback(adult_pipeline(), state.name, store=store, audit=audit, actor="test")
+        assert alias_version(state.name, CHAMPION) == state.version
+    finally:
+        client.delete_model_version(state.name, copy.version)
+        tag_version(state.name, state.version, "previous_champion", state.version)
+
+
+def test_rollback_needs_todays_approvals(state, store) -> None:
+    pipeline = adult_pipeline()
+    needs_one = dataclasses.replace(
+        pipeline, policy=dataclasses.replace(pipeline.policy, approvals_required=1)
+    )
+    from secure_pipeline.registry.mlflow_registry import tag_version
+
+    set_alias(state.name, CHAMPION, state.version)
+    tag_version(state.name, state.version, "previous_champion", state.version)
+    with pytest.raises(PolicyViolation, match=r"needs 1 signed approval\(s\)"):
+        rollback(needs_one, state.name, store=store, audit=AuditLog(store), actor="test")
+
+
+def test_files_added_under_git_names_are_not_ignored(bundle, store) -> None:
+    (bundle / ".gitattributes").write_text("model.skops filter=lfs\n")
+    result = verify(bundle, store)
+    assert not result.ok
+    assert any(".gitattributes" in p for p in result.problems)
+
+
+def test_a_lineage_naming_another_model_file_fails(bundle, store) -> None:
+    lineage = json.loads((bundle / LINEAGE_FILE).read_text())
+    lineage["model"]["file"] = "other.skops"
+    (bundle / LINEAGE_FILE).write_text(json.dumps(lineage))
+    resign(bundle)
+    result = verify(bundle, store)
+    assert result.steps[0][1]
+    assert any("names model file 'other.skops', not model.skops" in p for p in result.problems)
+
+
+def test_a_lineage_without_its_data_stages_fails(bundle, store) -> None:
+    lineage = json.loads((bundle / LINEAGE_FILE).read_text())
+    del lineage["data"]["raw"]
+    lineage["checks"] = [c for c in lineage["checks"] if c["stage"] != "raw"]
+    (bundle / LINEAGE_FILE).write_text(json.dumps(lineage))
+    resign(bundle)
+    result = verify(bundle, store)
+    assert result.steps[0][1]
+    assert any("must name the raw, validated and features" in p for p in result.problems)
+    assert any("no verdict of provenance_complete (raw)" in p for p in result.problems)
+
+
+def test_a_verdict_citing_another_audit_record_fails(bundle, store) -> None:
+    """A signer who copies a passing record's anchor onto a verdict that never passed."""
+    lineage = json.loads((bundle / LINEAGE_FILE).read_text())
+    by_name = {c["check"]: c for c in lineage["checks"]}
+    by_name["fairness_audit"]["audit_record"] = by_name["adversarial_robustness"]["audit_record"]
+    (bundle / LINEAGE_FILE).write_text(json.dumps(lineage))
+    resign(bundle)
+    result = verify(bundle, store)
+    assert result.steps[0][1]
+    assert any(
+        "verdict of fairness_audit" in p and "is not a verdict the audit trail holds" in p
+        for p in result.problems
+    )
+
+
+def test_a_later_failed_verdict_overturns_the_lineage(bundle, state, tmp_path) -> None:
+    copied = LocalSnapshotStore(Path(shutil.copytree(state.home / "store", tmp_path / "store")))
+    audit = AuditLog(copied)
+
+    def evaluated(passed: bool) -> None:
+        audit.append("check.evaluated", actor="test", subject=state.model_sha,
+                     details={"asset": "trained_model", "check": "fairness_audit",
+                              "passed": passed, "severity": "ERROR"})  # fmt: skip
+
+    evaluated(True)  # the same check passing again on the same model: a re-run
+    assert verify(bundle, copied).ok, verify(bundle, copied).problems
+    evaluated(False)
+    result = verify(bundle, copied)
+    assert not result.ok
+    assert any("later verdict of fairness_audit" in p for p in result.problems)
+
+
+def test_checks_refuse_a_model_trained_on_another_split(state, store) -> None:
+    from secure_pipeline.errors import IntegrityError
+    from secure_pipeline.mlsec.checks import judge
+    from secure_pipeline.storage.resources import LocalSnapshotStoreResource
+
+    pipeline = adult_pipeline()
+    resource = LocalSnapshotStoreResource(root=str(store.root))
+    with dg.DagsterInstance.get() as instance:
+        assert judge(instance, resource, pipeline).model_sha256 == state.model_sha
+        other = dataclasses.replace(
+            pipeline, model=dataclasses.replace(pipeline.model, holdout_fraction=0.3)
+        )
+        with pytest.raises(IntegrityError, match="different split"):
+            judge(instance, resource, other)
+
+
 def test_drift_is_measured_against_the_champions_training_data(state, store, bundle) -> None:
     from secure_pipeline.features.assets import drift_reference
 
     lineage = json.loads((bundle / LINEAGE_FILE).read_text())
     with dg.DagsterInstance.get() as instance:
-        key, sha, what = drift_reference(instance, store, adult_pipeline())
+        key, sha, what = drift_reference(instance, store, AuditLog(store), adult_pipeline())
     assert sha == lineage["data"]["features"]["sha256"]
     assert key == lineage["data"]["features"]["key"]
     assert "champion version" in what

@@ -139,3 +139,13 @@ def test_the_generated_model_is_a_strict_dataframe_model() -> None:
     assert set(schema.columns) == {*ADULT_SCHEMA.column_names, "split"}
     assert schema.columns["workclass"].nullable is True
     assert schema.columns["sex"].nullable is False
+
+
+def test_infinite_floats_are_type_failures() -> None:
+    data = b"amount,term,region,approved\n1e999,12,N,yes\n-1e999,12,N,yes\n12.5,12,N,yes\n"
+    batch = parse_fileset({"f": data}, LOANS)
+    assert np.flatnonzero(batch.type_failures["amount"]).tolist() == [0, 1]
+    assert batch.type_examples["amount"] == ["1e999", "-1e999"]
+    assert np.isfinite(batch.frame["amount"].dropna()).all()
+    report = validate_batch(batch, LOANS)
+    assert report.rejected.tolist() == [True, True, False]
