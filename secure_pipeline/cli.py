@@ -156,11 +156,34 @@ def audit_export(fmt: str, output: str) -> None:
     click.echo(f"exported {status.count} verified records", err=True)
 
 
+def _pipeline(spec: str) -> Any:
+    """Import ``module:attribute`` (a SecurePipeline, or a function returning one)."""
+    import importlib
+
+    module, _, attribute = spec.partition(":")
+    try:
+        value = getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError) as exc:
+        _fail(f"cannot load pipeline {spec!r}: {exc}", 2)
+    return value() if callable(value) else value
+
+
+_PIPELINE_OPTION = click.option(
+    "--pipeline",
+    "pipeline_spec",
+    default="secure_pipeline.reference.adult:adult_pipeline",
+    show_default=True,
+    help="The pipeline spec (module:attribute) whose policy applies.",
+)
+
+
 @main.command()
-def status() -> None:
-    """Show what the reference pipeline produced and where (latest materializations)."""
+@_PIPELINE_OPTION
+def status(pipeline_spec: str) -> None:
+    """Show what the pipeline produced and where, and which versions the registry serves."""
     import dagster as dg
 
+    from secure_pipeline.registry.assets import REGISTERED_MODEL
     from secure_pipeline.storage.audit import AuditLog
     from secure_pipeline.storage.io_manager import SHA256, URI
 
@@ -194,6 +217,8 @@ def status() -> None:
             ):
                 if name in metadata:
                     click.echo(f"  {name}: {metadata[name].value}")
+    if dg.AssetKey(REGISTERED_MODEL) in keys:  # no registry to ask before a model is registered
+        _registry_status(_pipeline(pipeline_spec).name)
     try:
         chain = AuditLog(store).verify()
     except SecurePipelineError as exc:
@@ -201,25 +226,15 @@ def status() -> None:
     click.echo(f"\naudit trail: {chain.count} records, intact, head {chain.head_hash}")
 
 
-def _pipeline(spec: str) -> Any:
-    """Import ``module:attribute`` (a SecurePipeline, or a function returning one)."""
-    import importlib
+def _registry_status(name: str) -> None:
+    """The registry's aliases as they are now (a rollback moves them after the last run)."""
+    from secure_pipeline.promotion.gate import CHALLENGER, CHAMPION
+    from secure_pipeline.registry.mlflow_registry import alias_version
 
-    module, _, attribute = spec.partition(":")
-    try:
-        value = getattr(importlib.import_module(module), attribute)
-    except (ImportError, AttributeError) as exc:
-        _fail(f"cannot load pipeline {spec!r}: {exc}", 2)
-    return value() if callable(value) else value
-
-
-_PIPELINE_OPTION = click.option(
-    "--pipeline",
-    "pipeline_spec",
-    default="secure_pipeline.reference.adult:adult_pipeline",
-    show_default=True,
-    help="The pipeline spec (module:attribute) whose policy applies.",
-)
+    aliases = {alias: alias_version(name, alias) for alias in (CHAMPION, CHALLENGER)}
+    click.echo(f"\nregistry ({name}, now):")
+    for alias, version in aliases.items():
+        click.echo(f"  {alias}: " + (f"models:/{name}/{version}" if version else "none"))
 
 
 @main.command()

@@ -353,6 +353,29 @@ def test_rollback_verifies_the_previous_champion_and_is_audited(state, store) ->
     assert '"promotion.rollback"' in out.getvalue()
 
 
+def test_status_shows_the_registry_as_it_is_now(state) -> None:
+    from mlflow import MlflowClient
+
+    from secure_pipeline.training.tracking import tracking_uri
+
+    client = MlflowClient(tracking_uri())
+    original = client.get_model_version(state.name, state.version)
+    copy = client.create_model_version(
+        state.name, source=original.source, run_id=original.run_id, tags=original.tags
+    )
+    try:
+        set_alias(state.name, CHAMPION, str(copy.version))  # moved since the last run
+        shown = subprocess.run([CLI, "status"], capture_output=True, text=True,
+                               env=dict(os.environ))  # fmt: skip
+        assert shown.returncode == 0, shown.stderr
+        registry = shown.stdout.split(f"registry ({state.name}, now):")[1]
+        assert f"champion: models:/{state.name}/{copy.version}" in registry
+        assert f"challenger: models:/{state.name}/{state.version}" in registry
+    finally:
+        set_alias(state.name, CHAMPION, state.version)
+        client.delete_model_version(state.name, copy.version)
+
+
 def test_rollback_refuses_a_version_that_never_was_champion(state, store) -> None:
     """The previous_champion tag is registry data anyone with write access can set."""
     from mlflow import MlflowClient
