@@ -32,3 +32,16 @@ class SignatureError(SecurePipelineError):
 
 class PolicyViolation(SecurePipelineError):  # noqa: N818 - the name DESIGN.md gives it
     """A model may not be promoted, rolled back or served: a gate or verification failed."""
+
+
+class TransientError(SecurePipelineError):
+    """A dependency was unavailable for a moment; the same step may succeed when retried.
+
+    Only errors of this kind (and the network errors `secure_pipeline.orchestration.retries`
+    recognises) are retried. Every other error of this module is a refusal, and a refusal is
+    never retried.
+    """
+
+
+class SourceUnavailableError(UntrustedSourceError, TransientError):
+    """A source could not be reached or broke off mid-transfer; nothing was stored."""

@@ -129,6 +129,14 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?")[0]
         scheme = "https" if server.tls else "http"
         base = f"{scheme}://127.0.0.1:{server.server_address[1]}"
+        if path.startswith("/data/") and server.drop_requests > 0:
+            # A flaky network or a restarting server: the connection closes with no answer.
+            server.drop_requests -= 1
+            self.close_connection = True
+            return None
+        if path.startswith("/data/") and server.busy_requests > 0:
+            server.busy_requests -= 1
+            return self._send(503, {"Content-Length": 0, "Retry-After": 1})
         if path.startswith("/data/"):
             file = server.root / os.path.basename(path)
             if server.require_auth and self.headers.get("Authorization") != server.require_auth:
@@ -169,6 +177,8 @@ class FileServer(ThreadingHTTPServer):
         self.root, self.context, self.tls = root, context, context is not None
         self.requests: list[tuple[str, str | None]] = []
         self.require_auth: str | None = None
+        self.drop_requests = 0  # close this many /data/ requests without answering
+        self.busy_requests = 0  # answer this many /data/ requests with 503
 
     def finish_request(self, request, client_address) -> None:
         if self.context is None:

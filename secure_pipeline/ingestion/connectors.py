@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlsplit
 
 from secure_pipeline import environment as env
 from secure_pipeline.environment import Environment
-from secure_pipeline.errors import UntrustedSourceError
+from secure_pipeline.errors import SourceUnavailableError, UntrustedSourceError
 from secure_pipeline.redaction import redact_uri
 
 CHUNK_SIZE = 1024 * 1024
@@ -141,25 +141,41 @@ class S3Connector:
         self.client = client
 
     @contextmanager
-    def open(self, uri: str, *, max_bytes: int) -> Iterator[Fetched]:
+    def open(
+        self, uri: str, *, max_bytes: int, version_id: str | None = None, etag: str | None = None
+    ) -> Iterator[Fetched]:
         """Open an ``s3://bucket/key`` object for reading.
+
+        Args:
+            uri: The object.
+            max_bytes: Largest accepted object.
+            version_id: Read exactly this version (the one a landing-zone sensor saw).
+            etag: Refuse the object unless its ETag is this one (S3 answers 412 otherwise).
 
         Raises:
             UntrustedSourceError: When the object is missing, unreadable or over the limit.
+            SourceUnavailableError: When S3 is busy or failing (the step is retried).
         """
         from botocore.exceptions import ClientError
+
+        from secure_pipeline.orchestration.retries import is_transient
 
         parts = urlsplit(uri)
         bucket, key = parts.netloc, unquote(parts.path.lstrip("/"))
         if not bucket or not key:
             raise UntrustedSourceError(f"expected s3://bucket/key, found {redact_uri(uri)!r}")
         try:
-            response = self.client.get_object(Bucket=bucket, Key=key)
+            pins = {"VersionId": version_id, "IfMatch": f'"{etag}"' if etag else None}
+            response = self.client.get_object(
+                Bucket=bucket, Key=key, **{k: v for k, v in pins.items() if v}
+            )
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
-            raise UntrustedSourceError(
-                f"cannot read s3://{bucket}/{key}: {code or exc}; check that the object exists "
-                "and the role may read it"
+            refusal = SourceUnavailableError if is_transient(exc) else UntrustedSourceError
+            version = f" version {version_id}" if version_id else ""
+            raise refusal(
+                f"cannot read s3://{bucket}/{key}{version}: {code or exc}; check that the object "
+                "exists and the role may read it"
             ) from None
         body = response["Body"]
         try:

@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
-from secure_pipeline.errors import UntrustedSourceError
+from secure_pipeline.errors import SourceUnavailableError, UntrustedSourceError
 from secure_pipeline.ingestion.connectors import CHUNK_SIZE, Fetched
 from secure_pipeline.redaction import redact_uri
 
 _REDIRECTS = {301, 302, 303, 307, 308}
 _MAX_REDIRECTS = 5
+# Answers that mean "busy or briefly failing, try again": the step is retried, not refused.
+_UNAVAILABLE = {429, 500, 502, 503, 504}
 
 
 def tls_context(ca_bundle: Path | None = None) -> ssl.SSLContext:
@@ -134,12 +136,12 @@ class HttpsConnector:
                 except ssl.SSLError as exc:
                     raise _tls_refusal(exc, url, self.trust) from None
                 except TimeoutError:
-                    raise UntrustedSourceError(
+                    raise SourceUnavailableError(
                         f"{redact_uri(url)} timed out (connect {self.connect_timeout}s, read "
                         f"{self.read_timeout}s); nothing was stored"
                     ) from None
                 except (OSError, http.client.HTTPException) as exc:
-                    raise UntrustedSourceError(
+                    raise SourceUnavailableError(
                         f"cannot download {redact_uri(url)}: {type(exc).__name__}: {exc}; "
                         "nothing was stored"
                     ) from None
@@ -147,7 +149,12 @@ class HttpsConnector:
                     url = self._follow(response, url, redirects)
                     continue
                 if response.status != 200:
-                    raise UntrustedSourceError(
+                    refusal = (
+                        SourceUnavailableError
+                        if response.status in _UNAVAILABLE
+                        else UntrustedSourceError
+                    )
+                    raise refusal(
                         f"{redact_uri(url)} answered HTTP {response.status} {response.reason}; "
                         "expected 200 with the file"
                     )
@@ -271,17 +278,22 @@ class HttpsConnector:
                         "stored"
                     )
                 yield memoryview(buffer)[:n]
-        except TimeoutError:
+        except ssl.SSLError as exc:
+            # A TLS record that fails to decrypt mid-stream is not a hiccup to retry.
             raise UntrustedSourceError(
+                f"TLS failure while downloading {redact_uri(url)}: {exc}; nothing was stored"
+            ) from None
+        except TimeoutError:
+            raise SourceUnavailableError(
                 f"{redact_uri(url)} stopped sending for {self.read_timeout}s; nothing was stored"
             ) from None
         except (OSError, http.client.HTTPException) as exc:
-            raise UntrustedSourceError(
+            raise SourceUnavailableError(
                 f"download from {redact_uri(url)} broke off: {type(exc).__name__}: {exc}"
             ) from None
         # http.client does not notice a body shorter than its Content-Length.
         if length is not None and total != length:
-            raise UntrustedSourceError(
+            raise SourceUnavailableError(
                 f"{redact_uri(url)} announced {length} bytes but sent {total}: the transfer was "
                 "cut short; nothing was stored"
             )
