@@ -61,6 +61,11 @@ SETTINGS: tuple[Setting, ...] = (
         "Location of the reference pipeline's source files (`file://`, `https://`, `s3://`); "
         "default: the bundled copy of the data. Required in production.",
     ),
+    Setting(
+        "SECURE_PIPELINE_LANDING_URI",
+        "S3 landing zone (`s3://bucket/prefix/`) of the reference pipeline: each complete batch "
+        "folder arriving there is ingested once.",
+    ),
     Setting("SECURE_PIPELINE_CA_BUNDLE", "PEM bundle of CAs trusted for https sources."),
     Setting(
         "SECURE_PIPELINE_SOURCE_TLS_PINS",
@@ -98,6 +103,11 @@ SETTINGS: tuple[Setting, ...] = (
         "JSON file naming trusted signer keys, CA roots, Sigstore identities and approvers; "
         "locally unset means the dev key.",
         required_in_production=True,
+    ),
+    Setting(
+        "SECURE_PIPELINE_EXECUTOR",
+        "`kubernetes` (the production default: each stage job's steps run as pods in the "
+        "stage's namespace) or `multiprocess` (the local default; a single-host deployment).",
     ),
     Setting("DAGSTER_HOME", "Dagster instance directory (holds `dagster.yaml`)."),
     Setting("DAGSTER_PG_HOST", "Postgres host of the Dagster instance.", True),
@@ -170,6 +180,21 @@ def is_loopback_url(url: str) -> bool:
         return False
 
 
+EXECUTORS = ("kubernetes", "multiprocess")
+
+
+def executor_mode(environment: Environment) -> str:
+    """Where steps run: ``SECURE_PIPELINE_EXECUTOR``, else by environment.
+
+    Production defaults to Kubernetes; a production deployment on one host (air-gapped, no
+    cluster) sets ``multiprocess`` explicitly, so it is never chosen by accident.
+    """
+    value = read("SECURE_PIPELINE_EXECUTOR")
+    if value is None:
+        return "kubernetes" if environment is Environment.PRODUCTION else "multiprocess"
+    return value.lower()
+
+
 def _read_any(name: str) -> str | None:
     """Read a variable a pipeline spec declared (its source location), registered or not."""
     value = os.environ.get(name, "").strip()
@@ -207,6 +232,9 @@ def problems(
         for name, description in (source_variables or {}).items():
             if _read_any(name) is None:
                 found.append(f"{name} is not set: {description}")
+    executor = read("SECURE_PIPELINE_EXECUTOR")
+    if executor is not None and executor.lower() not in EXECUTORS:
+        found.append(f"SECURE_PIPELINE_EXECUTOR must be one of {EXECUTORS}, found {executor!r}")
     endpoint = read("SECURE_PIPELINE_S3_ENDPOINT")
     if endpoint is not None:
         scheme = urlsplit(endpoint).scheme

@@ -26,6 +26,7 @@ RESERVED_SPLIT_COLUMN = "split"
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 _ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
+_K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 ColumnType = Literal["int", "float", "string", "category", "bool"]
 
@@ -257,15 +258,18 @@ class FeatureSpec:
 
 @dataclass(frozen=True)
 class IsolationSpec:
-    """Where and as whom a stage runs on Kubernetes (applied by the production executor).
+    """Where and as whom one stage's steps run on Kubernetes (the production executor).
 
     Attributes:
-        namespace: Kubernetes namespace of the stage's pods.
-        service_account: Dedicated least-privilege service account.
-        cpu_request: CPU requested.
-        memory_request: Memory requested.
-        cpu_limit: CPU limit.
-        memory_limit: Memory limit.
+        namespace: Kubernetes namespace of the stage's step pods.
+        service_account: Its dedicated least-privilege service account (in that namespace).
+        cpu_request: CPU requested per step pod.
+        memory_request: Memory requested per step pod.
+        cpu_limit: CPU limit per step pod.
+        memory_limit: Memory limit per step pod.
+        env_secrets: Secrets (in the namespace) whose keys become the step's environment:
+            the stage's own configuration and credentials, and nothing another stage needs.
+        tmp_size: Size of the writable ``/tmp`` volume (the root filesystem is read-only).
     """
 
     namespace: str = "sp-train"
@@ -274,6 +278,8 @@ class IsolationSpec:
     memory_request: str = "2Gi"
     cpu_limit: str = "2"
     memory_limit: str = "4Gi"
+    env_secrets: tuple[str, ...] = ("sp-train-env",)
+    tmp_size: str = "2Gi"
 
     def dagster_tags(self) -> dict[str, object]:
         """Op tags the dagster-k8s executor reads (``dagster-k8s/config``) plus the namespace."""
@@ -283,25 +289,116 @@ class IsolationSpec:
                 "pod_spec_config": {
                     "service_account_name": self.service_account,
                     "automount_service_account_token": False,
-                    "security_context": {
-                        "run_as_non_root": True,
-                        "seccomp_profile": {"type": "RuntimeDefault"},
-                    },
+                    "security_context": POD_SECURITY_CONTEXT,
                 },
                 "container_config": {
                     "resources": {
                         "requests": {"cpu": self.cpu_request, "memory": self.memory_request},
                         "limits": {"cpu": self.cpu_limit, "memory": self.memory_limit},
                     },
-                    "security_context": {
-                        "allow_privilege_escalation": False,
-                        "read_only_root_filesystem": True,
-                        "run_as_non_root": True,
-                        "capabilities": {"drop": ["ALL"]},
-                    },
+                    "security_context": CONTAINER_SECURITY_CONTEXT,
                 },
             },
         }
+
+
+# The "restricted" Pod Security Standard, plus a fixed unprivileged user and a read-only root.
+POD_SECURITY_CONTEXT: Mapping[str, Any] = {
+    "run_as_non_root": True,
+    "run_as_user": 10001,
+    "run_as_group": 10001,
+    "fs_group": 10001,
+    "seccomp_profile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY_CONTEXT: Mapping[str, Any] = {
+    "allow_privilege_escalation": False,
+    "read_only_root_filesystem": True,
+    "run_as_non_root": True,
+    "privileged": False,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+@dataclass(frozen=True)
+class OrchestrationSpec:
+    """How the pipeline runs by itself: stage jobs, where they run, schedules and sensors.
+
+    Attributes:
+        ingest: Isolation of the ingest job (raw, validated, features and their checks).
+        train: Isolation of the train job (the model and its ML security checks).
+        registry: Isolation of the release job (signing, registration, promotion): the only
+            stage given the signing key and registry write access.
+        control_namespace: Namespace of Dagster itself and of run pods, which only launch
+            step pods; an ad-hoc run outside the stage jobs has its steps placed here, where
+            no stage's credentials exist, so it fails closed instead of borrowing them.
+        run_service_account: Service account of run pods (may create step jobs, nothing else).
+        image: Container image of step pods; unset means the code location's own image.
+        ingest_cron: Cron schedule of the ingest job (None: no schedule).
+        timezone: Time zone of the schedule.
+        landing_env_var: Variable naming an ``s3://bucket/prefix/`` landing zone; a sensor
+            launches the ingest job once for each complete batch that arrives under it.
+        landing_interval_seconds: Seconds between landing-zone sensor ticks.
+        landing_max_runs_per_tick: Most batches one tick launches (the rest wait their turn).
+        landing_tick_seconds: Time one tick may spend listing before it saves its place.
+        landing_stale_hours: How long an incomplete batch is waited for.
+        chain_interval_seconds: Seconds between ticks of the sensors chaining the stages.
+        transient_retries: Retries of a step after a transient I/O failure (never after a
+            refusal).
+        retry_delay_seconds: Wait before the first such retry (doubling after each).
+    """
+
+    ingest: IsolationSpec = IsolationSpec(
+        namespace="sp-ingest", service_account="sp-ingest", cpu_request="500m",
+        memory_request="1Gi", cpu_limit="1", memory_limit="3Gi", env_secrets=("sp-ingest-env",),
+    )  # fmt: skip
+    train: IsolationSpec = IsolationSpec()
+    registry: IsolationSpec = IsolationSpec(
+        namespace="sp-registry", service_account="sp-registry", cpu_request="500m",
+        memory_request="1Gi", cpu_limit="1", memory_limit="2Gi",
+        env_secrets=("sp-registry-env", "sp-registry-signing"),
+    )  # fmt: skip
+    control_namespace: str = "sp-dagster"
+    run_service_account: str = "sp-run"
+    image: str | None = None
+    ingest_cron: str | None = "0 2 * * *"
+    timezone: str = "UTC"
+    landing_env_var: str | None = None
+    landing_interval_seconds: int = 60
+    landing_max_runs_per_tick: int = 25
+    landing_tick_seconds: float = 1.5
+    landing_stale_hours: float = 24.0
+    chain_interval_seconds: int = 60
+    transient_retries: int = 3
+    retry_delay_seconds: float = 2.0
+
+    def problems(self) -> list[str]:
+        """What is wrong with these settings, one line each."""
+        found = []
+        stages = {"ingest": self.ingest, "train": self.train, "registry": self.registry}
+        namespaces = [s.namespace for s in stages.values()]
+        if len(set(namespaces)) != len(namespaces) or self.control_namespace in namespaces:
+            found.append(
+                "each stage needs its own Kubernetes namespace, separate from the control "
+                f"namespace; found {namespaces} and {self.control_namespace!r}"
+            )
+        for name, stage in stages.items():
+            for label, value in (("namespace", stage.namespace),
+                                 ("service account", stage.service_account)):  # fmt: skip
+                if not _K8S_NAME.match(value):
+                    found.append(f"{name} {label} {value!r} is not a valid Kubernetes name")
+        if self.landing_env_var is not None and not _ENV_NAME.match(self.landing_env_var):
+            found.append(f"landing_env_var {self.landing_env_var!r} is not a valid name")
+        if self.ingest_cron is not None and len(self.ingest_cron.split()) != 5:
+            found.append(f"ingest_cron {self.ingest_cron!r} must have five fields")
+        for label, number in (("landing_max_runs_per_tick", self.landing_max_runs_per_tick),
+                              ("landing_tick_seconds", self.landing_tick_seconds),
+                              ("landing_interval_seconds", self.landing_interval_seconds),
+                              ("chain_interval_seconds", self.chain_interval_seconds)):  # fmt: skip
+            if number <= 0:
+                found.append(f"{label} must be positive")
+        if self.transient_retries < 0 or self.retry_delay_seconds < 0:
+            found.append("transient_retries and retry_delay_seconds must not be negative")
+        return found
 
 
 Estimator = Literal["logistic_regression", "hist_gradient_boosting", "random_forest",
@@ -322,7 +419,6 @@ class ModelSpec:
         test_member: Source file used as the external test set, if any.
         holdout_fraction: Share of the training file held out for evaluation.
         seed: Seed of every random choice (split, estimator, attacks).
-        isolation: Kubernetes isolation of the training step.
     """
 
     estimator: Estimator = "logistic_regression"
@@ -332,7 +428,6 @@ class ModelSpec:
     test_member: str | None = "test"
     holdout_fraction: float = 0.2
     seed: int = 0
-    isolation: IsolationSpec = field(default_factory=IsolationSpec)
 
 
 @dataclass(frozen=True)
@@ -351,7 +446,8 @@ class SecurePipeline:
             shown stale in the UI when it changes.
         policy: Thresholds of every gate.
         features: How features are derived from the validated table.
-        model: How the model is trained, and where the training step runs.
+        model: How the model is trained.
+        orchestration: Stage jobs, their isolation, schedules and sensors.
     """
 
     name: str
@@ -364,6 +460,7 @@ class SecurePipeline:
     policy: SecurityPolicy = field(default_factory=SecurityPolicy)
     features: FeatureSpec = field(default_factory=FeatureSpec)
     model: ModelSpec = field(default_factory=ModelSpec)
+    orchestration: OrchestrationSpec = field(default_factory=OrchestrationSpec)
 
     def __post_init__(self) -> None:
         problems = self._problems()
@@ -455,6 +552,7 @@ class SecurePipeline:
             if list(cuts) != sorted(set(cuts)) or not cuts:
                 found.append(f"band cut points of {name!r} must be strictly ascending")
         found.extend(self.policy.problems())
+        found.extend(self.orchestration.problems())
         found.extend(self._model_problems())
         return found
 
@@ -491,6 +589,11 @@ class SecurePipeline:
         """Name of the raw ingestion asset."""
         return f"raw_{self.source.name}"
 
+    @property
+    def validated_asset_name(self) -> str:
+        """Name of the validated table asset."""
+        return f"validated_{self.source.name}"
+
     def source_variables(self) -> dict[str, str]:
         """Variables naming source locations (required in production), with their meaning."""
         if self.source.location_env_var:
@@ -508,7 +611,8 @@ class SecurePipeline:
                 when None.
 
         Returns:
-            Assets, resources and checks, ready for a code location.
+            Assets, checks, stage jobs, schedule, sensors and resources, ready for a code
+            location.
 
         Raises:
             ConfigurationError: When the environment is missing variables (all are listed).
@@ -519,6 +623,7 @@ class SecurePipeline:
         from secure_pipeline.features.assets import build_features_stage
         from secure_pipeline.ingestion.assets import build_raw_asset
         from secure_pipeline.mlsec.checks import build_ml_checks
+        from secure_pipeline.orchestration.build import build_orchestration
         from secure_pipeline.registry.assets import build_registry_stage
         from secure_pipeline.storage.resources import build_resources
         from secure_pipeline.training.assets import build_training_stage
@@ -528,19 +633,23 @@ class SecurePipeline:
         validated, validation_checks = build_validation_stage(self)
         features, feature_checks = build_features_stage(self)
         registry, registry_checks = build_registry_stage(self)
+        assets = [
+            build_raw_asset(self),
+            *validated,
+            *features,
+            *build_training_stage(self),
+            *registry,
+        ]
+        checks = [*validation_checks, *feature_checks, *build_ml_checks(self), *registry_checks]
+        orchestration = build_orchestration(
+            self, [*assets, *checks], checked, env.executor_mode(checked)
+        )
         return dg.Definitions(
-            assets=[
-                build_raw_asset(self),
-                *validated,
-                *features,
-                *build_training_stage(self),
-                *registry,
-            ],
-            asset_checks=[
-                *validation_checks,
-                *feature_checks,
-                *build_ml_checks(self),
-                *registry_checks,
-            ],
+            assets=assets,
+            asset_checks=checks,
+            jobs=orchestration.jobs,
+            schedules=orchestration.schedules,
+            sensors=orchestration.sensors,
+            executor=orchestration.executor,
             resources=build_resources(checked),
         )

@@ -6,6 +6,7 @@ import dagster as dg
 
 from secure_pipeline.features.engineering import LABEL_COLUMN, feature_catalog
 from secure_pipeline.metadata import table
+from secure_pipeline.orchestration.retries import retry_transient_io
 from secure_pipeline.pipeline import RESERVED_SPLIT_COLUMN, SecurePipeline
 from secure_pipeline.storage.io_manager import load_recorded, recorded_snapshot
 from secure_pipeline.storage.resources import SnapshotStoreResource
@@ -95,7 +96,9 @@ def build_features_stage(
         ),
         metadata={"feature_catalog": catalog_table},
         tags={"secure_pipeline/stage": "features"},
+        op_tags=pipeline.orchestration.ingest.dagster_tags(),
     )
+    @retry_transient_io(pipeline.orchestration)
     def features(context: dg.AssetExecutionContext, validated: Any) -> dg.MaterializeResult[Any]:
         from secure_pipeline.features.engineering import build_features
 
@@ -124,7 +127,9 @@ def build_features_stage(
             f">= {policy.drift_fail_psi}: the population changed, and a model trained on it "
             "must not replace one trained on the reference without review."
         ),
+        op_tags=pipeline.orchestration.ingest.dagster_tags(),
     )
+    @retry_transient_io(pipeline.orchestration)
     def feature_drift(
         context: dg.AssetCheckExecutionContext, snapshot_store: SnapshotStoreResource
     ) -> dg.AssetCheckResult:

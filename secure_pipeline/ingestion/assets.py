@@ -15,6 +15,7 @@ from secure_pipeline import environment as env
 from secure_pipeline.ingestion.connectors import connector_for, join_location
 from secure_pipeline.ingestion.provenance import ProvenanceRecord, provenance_document
 from secure_pipeline.metadata import table
+from secure_pipeline.orchestration.retries import retry_transient_io
 from secure_pipeline.pipeline import SecurePipeline
 from secure_pipeline.redaction import redact_uri
 from secure_pipeline.storage.io_manager import snapshot_metadata
@@ -56,6 +57,77 @@ def source_location(pipeline: SecurePipeline) -> str:
     return pipeline.source.location
 
 
+def landing_location(pipeline: SecurePipeline) -> str | None:
+    """The landing zone (``s3://bucket/prefix/``) named by the spec's variable, if set."""
+    variable = pipeline.orchestration.landing_env_var
+    value = dg.EnvVar(variable).get_value() if variable else None
+    return value.strip() if value and value.strip() else None
+
+
+class SourceBatch(dg.Config):
+    """Which delivery a run ingests; the landing-zone sensor sets it, and it is empty otherwise.
+
+    Attributes:
+        location: A batch folder inside the pipeline's landing zone (``s3://…/batch/``).
+        objects: Per source file member, the ``version_id`` and ``etag`` the sensor pinned.
+    """
+
+    location: str = ""
+    objects: dict[str, dict[str, str]] = {}
+
+
+def batch_location(
+    pipeline: SecurePipeline, batch: SourceBatch
+) -> tuple[str, dict[str, dict[str, str]]]:
+    """The location and object pins a run ingests, refusing anything outside the landing zone.
+
+    Run configuration can be typed by anyone who may launch a run; it may choose a batch of
+    the landing zone, never another place to ingest from.
+
+    Raises:
+        UntrustedSourceError: When the location is outside the landing zone, or pins name
+            files the source does not have.
+    """
+    from secure_pipeline.errors import ConfigurationError, UntrustedSourceError
+    from secure_pipeline.orchestration.landing import parse_landing_uri
+
+    if not batch.location:
+        if batch.objects:
+            raise UntrustedSourceError("run config pins objects but names no batch location")
+        return source_location(pipeline), {}
+    zone = landing_location(pipeline)
+    if zone is None:
+        raise UntrustedSourceError(
+            f"run config asks to ingest {redact_uri(batch.location)!r}, but no landing zone is "
+            f"configured ({pipeline.orchestration.landing_env_var or 'the spec names none'}); "
+            "only a batch of the landing zone may be chosen per run"
+        )
+    try:
+        zone_bucket, zone_prefix = parse_landing_uri(zone)
+        bucket, prefix = parse_landing_uri(batch.location)
+    except ConfigurationError as exc:
+        raise UntrustedSourceError(str(exc)) from None
+    if bucket != zone_bucket or not prefix.startswith(zone_prefix) or prefix == zone_prefix:
+        raise UntrustedSourceError(
+            f"run config location {redact_uri(batch.location)!r} is not a batch folder of the "
+            f"landing zone {redact_uri(zone)!r}; nothing was ingested"
+        )
+    members = {f.member for f in pipeline.source.files}
+    unknown = sorted(set(batch.objects) - members)
+    if unknown:
+        raise UntrustedSourceError(
+            f"run config pins {unknown}, which are not files of source {pipeline.source.name!r} "
+            f"(its files: {sorted(members)})"
+        )
+    for member, pin in batch.objects.items():
+        if not set(pin) <= {"version_id", "etag"} or not all(pin.values()):
+            raise UntrustedSourceError(
+                f"run config pin of {member!r} must hold a non-empty version_id and/or etag, "
+                f"found {sorted(pin)}"
+            )
+    return f"s3://{bucket}/{prefix}", {m: dict(p) for m, p in batch.objects.items()}
+
+
 def build_raw_asset(pipeline: SecurePipeline) -> dg.AssetsDefinition:
     """Build the ``raw_<source>`` asset of a pipeline.
 
@@ -90,13 +162,17 @@ def build_raw_asset(pipeline: SecurePipeline) -> dg.AssetsDefinition:
             "max_bytes_per_file": source.max_bytes,
         },
         tags={"secure_pipeline/stage": "ingestion"},
+        op_tags=pipeline.orchestration.ingest.dagster_tags(),
     )
+    @retry_transient_io(pipeline.orchestration)
     def raw_asset(
-        context: dg.AssetExecutionContext, snapshot_store: SnapshotStoreResource
+        context: dg.AssetExecutionContext,
+        config: SourceBatch,
+        snapshot_store: SnapshotStoreResource,
     ) -> dg.MaterializeResult:
         store = snapshot_store.get_store()
         environment = env.current_environment()
-        location = source_location(pipeline)
+        location, pins = batch_location(pipeline, config)
         members: dict[str, SnapshotRef] = {}
         records: list[ProvenanceRecord] = []
         for source_file in source.files:
@@ -109,7 +185,8 @@ def build_raw_asset(pipeline: SecurePipeline) -> dg.AssetsDefinition:
                 read_timeout=source.read_timeout_seconds,
             )
             retrieved_at = utc_now()
-            with connector.open(uri, max_bytes=source.max_bytes) as fetched:
+            pin = pins.get(source_file.member, {})
+            with connector.open(uri, max_bytes=source.max_bytes, **pin) as fetched:
                 ref = store.put_stream(
                     name,
                     fetched.chunks,

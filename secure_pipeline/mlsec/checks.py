@@ -14,6 +14,7 @@ import dagster as dg
 
 from secure_pipeline.features.assets import FEATURES
 from secure_pipeline.metadata import table
+from secure_pipeline.orchestration.retries import retry_transient_io
 from secure_pipeline.pipeline import SecurePipeline
 from secure_pipeline.storage.io_manager import recorded_snapshot
 from secure_pipeline.storage.resources import SnapshotStoreResource
@@ -169,7 +170,9 @@ def build_ml_checks(pipeline: SecurePipeline) -> list[dg.AssetChecksDefinition]:
             f"balanced accuracy >= {policy.min_balanced_accuracy} (0.5 is chance for both). "
             "A weaker model is not worth the risk of deploying it."
         ),
+        op_tags=pipeline.orchestration.train.dagster_tags(),
     )
+    @retry_transient_io(pipeline.orchestration)
     def performance_meets_policy(
         context: dg.AssetCheckExecutionContext, snapshot_store: SnapshotStoreResource
     ) -> dg.AssetCheckResult:
@@ -212,7 +215,9 @@ def build_ml_checks(pipeline: SecurePipeline) -> list[dg.AssetChecksDefinition]:
             f"{policy.robustness_sample_cap} evaluation records. More means small "
             "misreported numbers flip too many decisions."
         ),
+        op_tags=pipeline.orchestration.train.dagster_tags(),
     )
+    @retry_transient_io(pipeline.orchestration)
     def adversarial_robustness(
         context: dg.AssetCheckExecutionContext, snapshot_store: SnapshotStoreResource
     ) -> dg.AssetCheckResult:
@@ -272,7 +277,9 @@ def build_ml_checks(pipeline: SecurePipeline) -> list[dg.AssetChecksDefinition]:
             f"{policy.max_membership_advantage} on up to {policy.privacy_sample_cap} records of "
             "each. More means the model leaks who was in its training data."
         ),
+        op_tags=pipeline.orchestration.train.dagster_tags(),
     )
+    @retry_transient_io(pipeline.orchestration)
     def membership_inference_risk(
         context: dg.AssetCheckExecutionContext, snapshot_store: SnapshotStoreResource
     ) -> dg.AssetCheckResult:
@@ -339,7 +346,9 @@ def build_ml_checks(pipeline: SecurePipeline) -> list[dg.AssetChecksDefinition]:
                 else ""
             )  # fmt: skip
         ),
+        op_tags=pipeline.orchestration.train.dagster_tags(),
     )
+    @retry_transient_io(pipeline.orchestration)
     def fairness_audit(
         context: dg.AssetCheckExecutionContext, snapshot_store: SnapshotStoreResource
     ) -> dg.AssetCheckResult:

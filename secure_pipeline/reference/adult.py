@@ -11,6 +11,7 @@ from secure_pipeline.pipeline import (
     DatasetSchema,
     FeatureSpec,
     ModelSpec,
+    OrchestrationSpec,
     SecurePipeline,
     SecurityPolicy,
     SourceFile,
@@ -138,6 +139,8 @@ def adult_pipeline() -> SecurePipeline:
             train_member="train",
             test_member="test",
         ),
+        # New deliveries land as batch folders (adult.data + adult.test) under this S3 prefix.
+        orchestration=OrchestrationSpec(landing_env_var="SECURE_PIPELINE_LANDING_URI"),
         owners=("team:ml-platform",),
         description="Predict whether income exceeds 50K/yr from census attributes.",
         code_version="0.1.0",

@@ -12,6 +12,7 @@ from typing import Any
 
 import dagster as dg
 
+from secure_pipeline.orchestration.retries import retry_transient_io
 from secure_pipeline.pipeline import SecurePipeline
 from secure_pipeline.storage.io_manager import load_recorded, recorded_snapshot
 from secure_pipeline.storage.resources import SnapshotStoreResource
@@ -74,7 +75,9 @@ def build_registry_stage(
             "tagged with the model digest, bundle digest and signer."
         ),
         tags={"secure_pipeline/stage": "registry"},
+        op_tags=pipeline.orchestration.registry.dagster_tags(),
     )
+    @retry_transient_io(pipeline.orchestration)
     def registered_model(
         context: dg.AssetExecutionContext, snapshot_store: SnapshotStoreResource
     ) -> dg.MaterializeResult[Any]:
@@ -195,7 +198,9 @@ def build_registry_stage(
             "with the bundle. A failure means the registry holds something other than what "
             "was signed."
         ),
+        op_tags=pipeline.orchestration.registry.dagster_tags(),
     )
+    @retry_transient_io(pipeline.orchestration)
     def signature_verifies(
         context: dg.AssetCheckExecutionContext, snapshot_store: SnapshotStoreResource
     ) -> dg.AssetCheckResult:
@@ -242,7 +247,9 @@ def build_registry_stage(
             "`secure-pipeline rollback`. Every step is an audit event."
         ),
         tags={"secure_pipeline/stage": "promotion"},
+        op_tags=pipeline.orchestration.registry.dagster_tags(),
     )
+    @retry_transient_io(pipeline.orchestration)
     def promoted_model(
         context: dg.AssetExecutionContext, snapshot_store: SnapshotStoreResource
     ) -> dg.MaterializeResult[Any]:

@@ -5,6 +5,7 @@ from typing import Any
 import dagster as dg
 
 from secure_pipeline.features.assets import FEATURES
+from secure_pipeline.orchestration.retries import retry_transient_io
 from secure_pipeline.pipeline import SecurePipeline
 from secure_pipeline.storage.io_manager import (
     EXTENSION_METADATA,
@@ -63,12 +64,13 @@ def build_training_stage(pipeline: SecurePipeline) -> list[dg.AssetsDefinition]:
             "policy": dg.MetadataValue.json(
                 {k: v for k, v in vars(policy).items() if not k.startswith("_")}
             ),
-            "k8s_namespace": spec.isolation.namespace,
-            "k8s_service_account": spec.isolation.service_account,
+            "k8s_namespace": pipeline.orchestration.train.namespace,
+            "k8s_service_account": pipeline.orchestration.train.service_account,
         },
-        op_tags=spec.isolation.dagster_tags(),
         tags={"secure_pipeline/stage": "training"},
+        op_tags=pipeline.orchestration.train.dagster_tags(),
     )
+    @retry_transient_io(pipeline.orchestration)
     def trained_model(
         context: dg.AssetExecutionContext, snapshot_store: SnapshotStoreResource
     ) -> dg.MaterializeResult[Any]:

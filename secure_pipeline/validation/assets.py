@@ -23,6 +23,7 @@ from typing import Any
 import dagster as dg
 
 from secure_pipeline.metadata import bullets, table
+from secure_pipeline.orchestration.retries import retry_transient_io
 from secure_pipeline.pipeline import RESERVED_SPLIT_COLUMN, SecurePipeline
 from secure_pipeline.storage.io_manager import load_recorded, recorded_snapshot, store_snapshot
 from secure_pipeline.storage.resources import SnapshotStoreResource
@@ -66,7 +67,7 @@ def build_validation_stage(
     """
     schema, policy = pipeline.schema, pipeline.policy
     raw_key = dg.AssetKey(pipeline.raw_asset_name)
-    validated_name = f"validated_{pipeline.source.name}"
+    validated_name = pipeline.validated_asset_name
     validated_key = dg.AssetKey(validated_name)
     owners = list(pipeline.owners) or None
 
@@ -80,7 +81,9 @@ def build_validation_stage(
             "matches the stored files and the current schema. A failure means the origin of the "
             "data cannot be shown: nothing downstream is built from it."
         ),
+        op_tags=pipeline.orchestration.ingest.dagster_tags(),
     )
+    @retry_transient_io(pipeline.orchestration)
     def provenance_complete(
         context: dg.AssetCheckExecutionContext, snapshot_store: SnapshotStoreResource
     ) -> dg.AssetCheckResult:
@@ -126,7 +129,9 @@ def build_validation_stage(
             "block everything downstream. Row-level failures are reported as a warning with "
             "per-column counts and examples; those rows are quarantined."
         ),
+        op_tags=pipeline.orchestration.ingest.dagster_tags(),
     )
+    @retry_transient_io(pipeline.orchestration)
     def schema_conforms(
         context: dg.AssetCheckExecutionContext, snapshot_store: SnapshotStoreResource
     ) -> dg.AssetCheckResult:
@@ -194,7 +199,9 @@ def build_validation_stage(
             )
         ],
         tags={"secure_pipeline/stage": "validation"},
+        op_tags=pipeline.orchestration.ingest.dagster_tags(),
     )
+    @retry_transient_io(pipeline.orchestration)
     def validated(
         context: dg.AssetExecutionContext, raw: dict, snapshot_store: SnapshotStoreResource
     ):  # no return annotation: with a check spec, dagster reads one as per-output types
@@ -297,7 +304,9 @@ def build_validation_stage(
             "present. The full result is stored as a snapshot. A failure means the batch does "
             "not look like this dataset: nothing downstream is built from it."
         ),
+        op_tags=pipeline.orchestration.ingest.dagster_tags(),
     )
+    @retry_transient_io(pipeline.orchestration)
     def expectations_met(
         context: dg.AssetCheckExecutionContext, snapshot_store: SnapshotStoreResource
     ) -> dg.AssetCheckResult:

@@ -1,0 +1,127 @@
+"""Turn a pipeline spec's orchestration settings into jobs, a schedule and sensors."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+
+from secure_pipeline.environment import Environment
+from secure_pipeline.orchestration.jobs import KUBERNETES, adhoc_executor_config, build_jobs
+from secure_pipeline.pipeline import SecurePipeline
+
+
+@dataclass
+class Orchestration:
+    """What `build_orchestration` adds to a code location.
+
+    Attributes:
+        jobs: The stage jobs.
+        schedules: The ingest schedule, if the spec has one.
+        sensors: Landing zone, stage chaining, approval and run-failure sensors.
+        executor: Executor of runs outside the stage jobs (None: Dagster's default).
+    """
+
+    jobs: list[Any]
+    schedules: list[dg.ScheduleDefinition]
+    sensors: list[dg.SensorDefinition]
+    executor: dg.ExecutorDefinition | None
+
+
+def blocking_checks(definitions: Sequence[Any], asset: str) -> list[str]:
+    """Names of the blocking checks defined for ``asset`` among the given definitions."""
+    key = dg.AssetKey(asset)
+    names = []
+    for definition in definitions:
+        for spec in getattr(definition, "check_specs", ()):
+            if spec.asset_key == key and spec.blocking:
+                names.append(spec.name)
+    return sorted(names)
+
+
+def build_orchestration(
+    pipeline: SecurePipeline,
+    definitions: Sequence[Any],
+    environment: Environment,
+    executor: str,
+) -> Orchestration:
+    """Jobs, schedule and sensors of a pipeline.
+
+    Args:
+        pipeline: The spec.
+        definitions: Its assets and asset checks (the sensors wait on their blocking checks).
+        environment: The environment being built for (sensors run by default in production).
+        executor: ``kubernetes`` or ``multiprocess``.
+
+    Raises:
+        ConfigurationError: When the landing zone variable is set to something other than an
+            S3 folder.
+    """
+    from secure_pipeline.features.assets import FEATURES
+    from secure_pipeline.ingestion.assets import landing_location
+    from secure_pipeline.orchestration.landing import parse_landing_uri
+    from secure_pipeline.orchestration.sensors import (
+        approval_sensor,
+        chain_sensor,
+        failure_sensor,
+        landing_sensor,
+    )
+    from secure_pipeline.registry.assets import REGISTERED_MODEL
+    from secure_pipeline.training.assets import TRAINED_MODEL
+
+    spec = pipeline.orchestration
+    production = environment is Environment.PRODUCTION
+    jobs = build_jobs(pipeline, executor)
+    zone = landing_location(pipeline)
+    if zone is not None:
+        parse_landing_uri(zone)  # refuse a malformed zone when the code location loads
+    schedules = []
+    if spec.ingest_cron:
+        schedules.append(
+            dg.ScheduleDefinition(
+                name=f"{pipeline.name}_daily_ingest",
+                job=jobs["ingest"],
+                cron_schedule=spec.ingest_cron,
+                execution_timezone=spec.timezone,
+                default_status=(
+                    dg.DefaultScheduleStatus.RUNNING
+                    if production
+                    else dg.DefaultScheduleStatus.STOPPED
+                ),
+                description=f"Ingests {pipeline.source.name} from its configured location.",
+            )
+        )
+    register_only = [REGISTERED_MODEL] if pipeline.policy.approvals_required > 0 else None
+    sensors = [
+        chain_sensor(
+            name=f"{pipeline.name}_train_on_new_features",
+            upstream=FEATURES,
+            blocking_checks=blocking_checks(definitions, FEATURES),
+            job=jobs["train"],
+            run_key_prefix="train",
+            interval=spec.chain_interval_seconds,
+            production=production,
+        ),
+        chain_sensor(
+            name=f"{pipeline.name}_release_on_passed_model",
+            upstream=TRAINED_MODEL,
+            blocking_checks=blocking_checks(definitions, TRAINED_MODEL),
+            job=jobs["release"],
+            run_key_prefix="release",
+            interval=spec.chain_interval_seconds,
+            production=production,
+            asset_selection=register_only,
+        ),
+        approval_sensor(pipeline, jobs["release"], production),
+        failure_sensor(pipeline, production),
+    ]
+    if spec.landing_env_var:
+        sensors.insert(0, landing_sensor(pipeline, jobs["ingest"], production))
+    executor_def = None
+    if executor == KUBERNETES:
+        from dagster_k8s import k8s_job_executor
+
+        executor_def = k8s_job_executor.configured(
+            adhoc_executor_config(spec), name=f"{pipeline.name}_adhoc_k8s"
+        )
+    return Orchestration(list(jobs.values()), schedules, sensors, executor_def)

@@ -1,0 +1,176 @@
+"""One job per stage, and the executor each runs on.
+
+Locally every job runs on Dagster's default multiprocess executor. On Kubernetes each job gets
+its own `k8s_job_executor`, fixed with ``.configured`` so that run configuration from the UI or
+an API call cannot move a stage's steps to another namespace or service account: the ingest
+job's steps run in the ingest namespace as its service account, with only its secrets, and so
+on. Every step pod runs under the "restricted" Pod Security Standard with a read-only root
+filesystem and a small writable ``/tmp``.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+
+from secure_pipeline.pipeline import (
+    CONTAINER_SECURITY_CONTEXT,
+    POD_SECURITY_CONTEXT,
+    IsolationSpec,
+    OrchestrationSpec,
+    SecurePipeline,
+)
+
+STAGE_TAG = "secure_pipeline/stage"
+PIPELINE_TAG = "secure_pipeline/pipeline"
+KUBERNETES = "kubernetes"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stage job: its name suffix, the assets it materializes and where it runs.
+
+    Attributes:
+        name: ``ingest``, ``train`` or ``release``.
+        stage_tag: Value of the ``secure_pipeline/stage`` run tag (the run queue limits on it).
+        assets: Asset keys the job materializes (their checks come with them).
+        isolation: Where its steps run on Kubernetes.
+    """
+
+    name: str
+    stage_tag: str
+    assets: tuple[str, ...]
+    isolation: IsolationSpec
+
+
+def stages(pipeline: SecurePipeline) -> tuple[Stage, ...]:
+    """The three stage jobs of a pipeline, upstream first."""
+    from secure_pipeline.features.assets import FEATURES
+    from secure_pipeline.registry.assets import PROMOTED_MODEL, REGISTERED_MODEL
+    from secure_pipeline.training.assets import TRAINED_MODEL
+
+    spec = pipeline.orchestration
+    return (
+        Stage(
+            "ingest",
+            "ingestion",
+            (pipeline.raw_asset_name, pipeline.validated_asset_name, FEATURES),
+            spec.ingest,
+        ),
+        Stage("train", "training", (TRAINED_MODEL,), spec.train),
+        Stage("release", "registry", (REGISTERED_MODEL, PROMOTED_MODEL), spec.registry),
+    )
+
+
+def job_name(pipeline: SecurePipeline, stage: str) -> str:
+    """Name of a stage's job, e.g. ``adult_ingest``."""
+    return f"{pipeline.name}_{stage}"
+
+
+def _labels(stage: str) -> dict[str, str]:
+    return {"app.kubernetes.io/part-of": "secure-pipeline", "secure-pipeline/stage": stage}
+
+
+def step_executor_config(spec: OrchestrationSpec, stage: str, isolation: IsolationSpec) -> dict:
+    """The ``k8s_job_executor`` configuration of one stage's steps.
+
+    Args:
+        spec: The pipeline's orchestration settings.
+        stage: Stage name, used in pod labels (the network policies select on it).
+        isolation: Where and as whom the stage's steps run.
+    """
+    config: dict[str, Any] = {
+        "job_namespace": isolation.namespace,
+        "service_account_name": isolation.service_account,
+        "env_secrets": list(isolation.env_secrets),
+        # The root filesystem is read-only; libraries that write a cache or temp file get /tmp.
+        "env_vars": ["HOME=/tmp", "TMPDIR=/tmp"],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": isolation.tmp_size}}],
+        "volume_mounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "labels": _labels(stage),
+        "security_context": dict(CONTAINER_SECURITY_CONTEXT),
+        "resources": {
+            "requests": {"cpu": isolation.cpu_request, "memory": isolation.memory_request},
+            "limits": {"cpu": isolation.cpu_limit, "memory": isolation.memory_limit},
+        },
+        "step_k8s_config": {
+            "pod_spec_config": {
+                "security_context": dict(POD_SECURITY_CONTEXT),
+                # Step pods call no Kubernetes API; their cloud identity comes from workload
+                # identity, not from a mounted service-account token.
+                "automount_service_account_token": False,
+            }
+        },
+    }
+    if spec.image:
+        config["job_image"] = spec.image
+    return config
+
+
+def adhoc_executor_config(spec: OrchestrationSpec) -> dict:
+    """Executor of runs outside the stage jobs (an asset materialized ad hoc in the UI).
+
+    Their steps land in the control namespace as its ``default`` service account, which holds
+    no stage's secrets and no cloud identity: such a run fails closed instead of borrowing a
+    stage's privileges. Materialize through the stage jobs.
+    """
+    isolation = IsolationSpec(
+        namespace=spec.control_namespace, service_account="default", env_secrets=()
+    )
+    return step_executor_config(spec, "adhoc", isolation)
+
+
+def run_pod_tags(spec: OrchestrationSpec) -> dict[str, Any]:
+    """Job tags shaping the run pod, which launches the step pods and does nothing else."""
+    return {
+        "dagster-k8s/config": {
+            "pod_spec_config": {
+                "service_account_name": spec.run_service_account,
+                "security_context": dict(POD_SECURITY_CONTEXT),
+            },
+            "container_config": {"security_context": dict(CONTAINER_SECURITY_CONTEXT)},
+            "pod_template_spec_metadata": {"labels": _labels("run")},
+        }
+    }
+
+
+def build_jobs(pipeline: SecurePipeline, executor: str) -> dict[str, Any]:
+    """The stage jobs, keyed by stage name.
+
+    Args:
+        pipeline: The pipeline spec.
+        executor: ``kubernetes`` or ``multiprocess``.
+    """
+    spec = pipeline.orchestration
+    jobs = {}
+    for stage in stages(pipeline):
+        tags: dict[str, Any] = {STAGE_TAG: stage.stage_tag, PIPELINE_TAG: pipeline.name}
+        executor_def = None
+        if executor == KUBERNETES:
+            from dagster_k8s import k8s_job_executor
+
+            executor_def = k8s_job_executor.configured(
+                step_executor_config(spec, stage.name, stage.isolation),
+                name=f"{job_name(pipeline, stage.name)}_k8s",
+            )
+            tags.update(run_pod_tags(spec))
+        jobs[stage.name] = dg.define_asset_job(
+            name=job_name(pipeline, stage.name),
+            selection=dg.AssetSelection.assets(*stage.assets),
+            description=_DESCRIPTIONS[stage.name].format(
+                namespace=stage.isolation.namespace, account=stage.isolation.service_account
+            ),
+            tags=tags,
+            executor_def=executor_def,
+        )
+    return jobs
+
+
+_DESCRIPTIONS = {
+    "ingest": "Ingest the source, validate it and derive features, with every data check. "
+    "On Kubernetes: namespace {namespace}, service account {account}.",
+    "train": "Train the model and judge it (performance, robustness, membership inference, "
+    "fairness). On Kubernetes: namespace {namespace}, service account {account}.",
+    "release": "Sign and register the model, then promote it through the gate. On Kubernetes: "
+    "namespace {namespace}, service account {account}.",
+}

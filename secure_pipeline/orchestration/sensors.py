@@ -1,0 +1,314 @@
+"""Schedules and sensors: the pipeline runs by itself, and stops where a gate fails.
+
+* ``<name>_daily_ingest``: the ingest job on a cron schedule.
+* ``<name>_landing_zone``: the ingest job once per complete batch in the S3 landing zone.
+* ``<name>_train_on_new_features``: the train job when a features snapshot lands whose
+  blocking checks passed; its run key is the snapshot digest, so the same data never trains
+  twice.
+* ``<name>_release_on_passed_model``: the release job when a model passed every blocking ML
+  check. When the policy requires approvals it only registers; promotion waits for them.
+* ``<name>_promote_on_approval``: promotion of the newest registered version once enough valid
+  approvals (signed by approver keys of the trust policy, for this model and bundle) exist.
+* ``<name>_audit_run_failures``: every failed run of the code location, as an audit event.
+
+Sensors start stopped locally (nothing runs behind a developer's back) and running in
+production.
+"""
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+
+from secure_pipeline.errors import ConfigurationError
+from secure_pipeline.pipeline import SecurePipeline
+from secure_pipeline.storage.resources import SnapshotStoreResource
+
+
+@dataclass(frozen=True)
+class GateState:
+    """Whether the newest materialization of an asset passed its blocking checks.
+
+    Attributes:
+        storage_id: Event-log id of the materialization (the sensors' cursor).
+        data_version: Its data version (the snapshot digest).
+        state: ``passed``, ``failed`` (a blocking check failed or never judged it) or
+            ``waiting`` (its run is still going).
+        detail: What decided the state.
+    """
+
+    storage_id: int
+    data_version: str | None
+    state: str
+    detail: str
+
+
+def gate_state(
+    instance: dg.DagsterInstance, asset: str, blocking_checks: Sequence[str]
+) -> GateState | None:
+    """The newest materialization of ``asset`` and the verdict of its blocking checks.
+
+    A check counts only if its evaluation targeted this very materialization; one that failed
+    with ERROR severity blocks (WARN does not, as in Dagster's own blocking semantics).
+    """
+    key = dg.AssetKey(asset)
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key), limit=1)
+    if not records.records:
+        return None
+    record = records.records[0]
+    materialization = record.asset_materialization
+    version = materialization.tags.get("dagster/data_version") if materialization else None
+    run = instance.get_run_by_id(record.run_id)
+    finished = run is None or run.is_finished
+    for name in blocking_checks:
+        evaluation_record = instance.get_latest_asset_check_evaluation_record(
+            dg.AssetCheckKey(key, name)
+        )
+        evaluation = evaluation_record.evaluation if evaluation_record else None
+        # A planned check that never ran leaves a record without a verdict: not judged.
+        if not isinstance(evaluation, dg.AssetCheckEvaluation):
+            evaluation = None
+        target = evaluation.target_materialization_data if evaluation else None
+        if evaluation is None or target is None or target.storage_id != record.storage_id:
+            if finished:
+                return GateState(record.storage_id, version, "failed", f"{name} never judged it")
+            return GateState(record.storage_id, version, "waiting", f"{name} not judged yet")
+        if not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
+            return GateState(record.storage_id, version, "failed", f"{name} failed")
+    return GateState(record.storage_id, version, "passed", "every blocking check passed")
+
+
+def _default_status(production: bool) -> dg.DefaultSensorStatus:
+    return dg.DefaultSensorStatus.RUNNING if production else dg.DefaultSensorStatus.STOPPED
+
+
+def _event_cursor(cursor: str | None, sensor: str) -> int:
+    """The event id a chaining sensor's cursor holds (0 before its first judgement)."""
+    if not cursor:
+        return 0
+    if not cursor.isdigit():
+        raise ConfigurationError(
+            f"the cursor of sensor {sensor} is {cursor[:80]!r}, which is not an event id: this "
+            "sensor writes the event-log id of the last snapshot it judged; clear the cursor "
+            "(UI: sensor page, 'Reset cursor') or set it to such an id"
+        )
+    return int(cursor)
+
+
+def chain_sensor(
+    *,
+    name: str,
+    upstream: str,
+    blocking_checks: Sequence[str],
+    job: Any,
+    run_key_prefix: str,
+    interval: int,
+    production: bool,
+    asset_selection: Sequence[str] | None = None,
+) -> dg.SensorDefinition:
+    """A sensor starting ``job`` when ``upstream`` materializes and its blocking checks pass.
+
+    Args:
+        name: Sensor name.
+        upstream: The asset watched.
+        blocking_checks: Its checks that must have passed for this materialization.
+        job: The job to start.
+        run_key_prefix: Run keys are this prefix and the upstream data version.
+        interval: Seconds between ticks.
+        production: Whether the sensor starts running.
+        asset_selection: Assets of ``job`` to materialize (all when None).
+    """
+
+    @dg.sensor(
+        name=name,
+        job=job,
+        minimum_interval_seconds=interval,
+        default_status=_default_status(production),
+        description=f"Starts {job.name} when {upstream} materializes and "
+        f"{', '.join(blocking_checks)} passed for it.",
+    )
+    def sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+        state = gate_state(context.instance, upstream, blocking_checks)
+        if state is None:
+            return dg.SkipReason(f"{upstream} has not been materialized yet")
+        handled = _event_cursor(context.cursor, name)
+        if state.storage_id <= handled:
+            return dg.SkipReason(f"no new {upstream} since event {handled}")
+        if state.state == "waiting":
+            return dg.SkipReason(f"{upstream} event {state.storage_id}: {state.detail}")
+        if state.state == "failed":
+            context.log.warning(
+                f"not starting {job.name}: {upstream} {state.data_version}: {state.detail}"
+            )
+            return dg.SensorResult(skip_reason=state.detail, cursor=str(state.storage_id))
+        request = dg.RunRequest(
+            run_key=f"{run_key_prefix}:{state.data_version or state.storage_id}",
+            asset_selection=[dg.AssetKey(a) for a in asset_selection] if asset_selection else None,
+            tags={"secure_pipeline/trigger": f"{upstream}:{state.data_version}"},
+        )
+        return dg.SensorResult(run_requests=[request], cursor=str(state.storage_id))
+
+    return sensor
+
+
+def landing_sensor(pipeline: SecurePipeline, job: Any, production: bool) -> dg.SensorDefinition:
+    """The ingest job once per complete batch arriving in the S3 landing zone."""
+    from secure_pipeline.ingestion.assets import landing_location
+
+    spec = pipeline.orchestration
+    raw = pipeline.raw_asset_name
+
+    @dg.sensor(
+        name=f"{pipeline.name}_landing_zone",
+        job=job,
+        minimum_interval_seconds=spec.landing_interval_seconds,
+        default_status=_default_status(production),
+        description=f"Starts {job.name} once for each complete batch of "
+        f"{', '.join(f.path for f in pipeline.source.files)} arriving under the landing zone "
+        f"({spec.landing_env_var}).",
+    )
+    def sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+        from secure_pipeline import environment as env
+        from secure_pipeline.orchestration.landing import LandingCursor, LandingZone
+        from secure_pipeline.storage.s3 import make_s3_client
+
+        zone_uri = landing_location(pipeline)
+        if zone_uri is None:
+            return dg.SkipReason(f"{spec.landing_env_var} is not set: no landing zone to watch")
+        client = make_s3_client(env.read("SECURE_PIPELINE_S3_ENDPOINT"), env.read("AWS_REGION"))
+        zone = LandingZone(client, zone_uri, pipeline.source.files)
+        result = zone.scan(
+            LandingCursor.from_json(context.cursor),
+            max_runs=spec.landing_max_runs_per_tick,
+            time_budget=spec.landing_tick_seconds,
+            stale_after=spec.landing_stale_hours * 3600,
+            now=time.time(),
+        )
+        for folder in result.stale:
+            context.log.warning(
+                f"gave up waiting for batch {folder!r}: it never held every source file"
+            )
+        requests = [
+            dg.RunRequest(
+                run_key=batch.run_key,
+                run_config={
+                    "ops": {
+                        raw: {
+                            "config": {
+                                "location": batch.location,
+                                "objects": batch.run_config_objects(),
+                            }
+                        }
+                    }
+                },
+                tags={"secure_pipeline/landing_batch": batch.folder},
+            )
+            for batch in result.batches
+        ]
+        skip = None
+        if not requests:
+            skip = (
+                f"listed {result.listed} keys, no complete new batch"
+                f" ({len(result.cursor.pending)} waiting)"
+            )
+        return dg.SensorResult(
+            run_requests=requests, cursor=result.cursor.to_json(), skip_reason=skip
+        )
+
+    return sensor
+
+
+def approval_sensor(pipeline: SecurePipeline, job: Any, production: bool) -> dg.SensorDefinition:
+    """Promotion of the newest registered version once its approvals are enough."""
+    from secure_pipeline.registry.assets import PROMOTED_MODEL, REGISTERED_MODEL
+
+    needed = pipeline.policy.approvals_required
+
+    @dg.sensor(
+        name=f"{pipeline.name}_promote_on_approval",
+        job=job,
+        minimum_interval_seconds=pipeline.orchestration.chain_interval_seconds,
+        default_status=_default_status(production),
+        description=f"Promotes the newest registered version of {pipeline.name} once it has "
+        f"{needed} valid signed approval(s).",
+    )
+    def sensor(
+        context: dg.SensorEvaluationContext, snapshot_store: SnapshotStoreResource
+    ) -> dg.SensorResult | dg.SkipReason:
+        from secure_pipeline.promotion.approvals import verified_approvals
+        from secure_pipeline.promotion.gate import CHAMPION
+        from secure_pipeline.registry.mlflow_registry import alias_version
+        from secure_pipeline.registry.signing import trust_policy_from_environment
+
+        if needed == 0:
+            return dg.SkipReason("the policy requires no approvals: releases promote directly")
+        record = context.instance.get_latest_materialization_event(dg.AssetKey(REGISTERED_MODEL))
+        if record is None or record.asset_materialization is None:
+            return dg.SkipReason("no model has been registered yet")
+        meta = record.asset_materialization.metadata
+        version = str(meta["model_version"].value)
+        model_sha = str(meta["model_sha256"].value)
+        bundle = str(meta["bundle_digest"].value)
+        if alias_version(pipeline.name, CHAMPION) == version:
+            return dg.SkipReason(f"version {version} is already the champion")
+        approvals, problems = verified_approvals(
+            snapshot_store.get_store(), model_sha, trust_policy_from_environment(), bundle
+        )
+        for problem in problems:
+            context.log.warning(f"approval of version {version} not counted: {problem}")
+        if len(approvals) < needed:
+            return dg.SkipReason(
+                f"version {version} has {len(approvals)} of {needed} valid approval(s)"
+            )
+        approvers = ",".join(sorted(a.fingerprint for a in approvals))
+        digest = hashlib.sha256(approvers.encode()).hexdigest()[:16]
+        return dg.SensorResult(
+            run_requests=[
+                dg.RunRequest(
+                    run_key=f"promote:{version}:{digest}",
+                    asset_selection=[dg.AssetKey(PROMOTED_MODEL)],
+                    tags={"secure_pipeline/approved_version": version},
+                )
+            ]
+        )
+
+    return sensor
+
+
+def failure_sensor(pipeline: SecurePipeline, production: bool) -> dg.SensorDefinition:
+    """An audit event for every failed run of this code location.
+
+    Only the job, run, failed step keys and error class names are recorded: error messages
+    can quote data values, and the audit trail holds no personal data.
+    """
+
+    @dg.run_failure_sensor(
+        name=f"{pipeline.name}_audit_run_failures",
+        default_status=_default_status(production),
+        description="Appends a run.failed event to the audit trail for every failed run.",
+    )
+    def sensor(context: dg.RunFailureSensorContext, snapshot_store: SnapshotStoreResource) -> None:
+        failures = context.get_step_failure_events()
+        errors = set()
+        for event in failures:
+            error = event.step_failure_data.error if event.step_failure_data else None
+            while error is not None:  # the user code's exceptions, under Dagster's wrapper
+                if error.cls_name and not error.cls_name.startswith("Dagster"):
+                    errors.add(error.cls_name)
+                error = error.cause
+        snapshot_store.get_audit_log().append(
+            "run.failed",
+            actor=f"sensor:{pipeline.name}_audit_run_failures",
+            run_id=context.dagster_run.run_id,
+            details={
+                "job": context.dagster_run.job_name,
+                "failed_steps": sorted({e.step_key for e in failures if e.step_key}),
+                "errors": sorted(errors),
+                "trigger": context.dagster_run.tags.get("secure_pipeline/trigger"),
+            },
+        )
+
+    return sensor
