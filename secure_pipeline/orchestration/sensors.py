@@ -263,7 +263,7 @@ def approval_sensor(pipeline: SecurePipeline, job: Any, production: bool) -> dg.
             return dg.SkipReason(
                 f"version {version} has {len(approvals)} of {needed} valid approval(s)"
             )
-        approvers = ",".join(sorted(a.fingerprint for a in approvals))
+        approvers = ",".join(sorted(a.key_fingerprint for a in approvals))
         digest = hashlib.sha256(approvers.encode()).hexdigest()[:16]
         return dg.SensorResult(
             run_requests=[

@@ -500,3 +500,75 @@ def test_drift_is_measured_against_the_champions_training_data(state, store, bun
     assert sha == lineage["data"]["features"]["sha256"]
     assert key == lineage["data"]["features"]["key"]
     assert "champion version" in what
+
+
+def test_the_chain_sensors_start_the_next_stages_after_passed_gates(state) -> None:
+    defs = adult_pipeline().build_definitions()
+    with dg.DagsterInstance.get() as instance:
+        for sensor_name, upstream, prefix, job in (
+            ("adult_train_on_new_features", "features", "train", "adult_train"),
+            ("adult_release_on_passed_model", "trained_model", "release", "adult_release"),
+        ):
+            event = instance.get_latest_materialization_event(dg.AssetKey(upstream))
+            digest = event.asset_materialization.tags["dagster/data_version"]
+            sensor = defs.resolve_sensor_def(sensor_name)
+            tick = sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
+            [request] = tick.run_requests
+            assert request.run_key == f"{prefix}:{digest}"
+            assert sensor.job_name == job
+            # the saved cursor: the same snapshot never starts a second run
+            again = sensor.evaluate_tick(
+                dg.build_sensor_context(instance=instance, cursor=tick.cursor)
+            )
+            assert not again.run_requests
+
+
+def test_the_approval_sensor_promotes_once_a_valid_approval_arrives(
+    state, store, tmp_path, monkeypatch
+) -> None:
+    from mlflow import MlflowClient
+
+    from secure_pipeline.training.tracking import tracking_uri
+
+    officer = generate_key(tmp_path / "officer.pem").with_suffix(".pem")
+    outsider = generate_key(tmp_path / "outsider.pem").with_suffix(".pem")
+    policy_file = tmp_path / "trust.json"
+    policy_file.write_text(json.dumps({
+        "keys": [{"name": "dev", "public_key": str(state.home / "keys" / "dev-signing-key.pub")}],
+        "approvers": [{"name": "officer", "public_key": str(officer.with_suffix(".pub"))}],
+    }))  # fmt: skip
+    monkeypatch.setenv("SECURE_PIPELINE_TRUST_POLICY", str(policy_file))
+    pipeline = adult_pipeline()
+    needs_one = dataclasses.replace(
+        pipeline, policy=dataclasses.replace(pipeline.policy, approvals_required=1)
+    )
+    defs = needs_one.build_definitions()
+    sensor = defs.resolve_sensor_def("adult_promote_on_approval")
+    resources = {"snapshot_store": defs.resources["snapshot_store"]}
+    bundle_digest = version_tags(state.name, state.version)["bundle_digest"]
+
+    def tick():
+        with dg.DagsterInstance.get() as instance:
+            return sensor.evaluate_tick(dg.build_sensor_context(instance, resources=resources))
+
+    set_alias(state.name, CHAMPION, state.version)
+    assert "already the champion" in tick().skip_message
+    MlflowClient(tracking_uri()).delete_registered_model_alias(state.name, CHAMPION)
+    try:
+        assert f"version {state.version} has 0 of 1" in tick().skip_message
+        # signed by a key the trust policy does not list as an approver
+        store_approval(store, state.model_sha, sign_approval(
+            outsider, model_sha256=state.model_sha, bundle_digest=bundle_digest,
+            approver="officer", reason="not mine to give"))  # fmt: skip
+        assert "has 0 of 1" in tick().skip_message
+        store_approval(store, state.model_sha, sign_approval(
+            officer, model_sha256=state.model_sha, bundle_digest=bundle_digest,
+            approver="officer", reason="reviewed the card"))  # fmt: skip
+        [request] = tick().run_requests
+        assert request.run_key.startswith(f"promote:{state.version}:")
+        assert request.asset_selection == [dg.AssetKey("promoted_model")]
+        assert sensor.job_name == "adult_release"
+        # seen again, the same approvals: the same run key, which Dagster launches once
+        assert tick().run_requests[0].run_key == request.run_key
+    finally:
+        set_alias(state.name, CHAMPION, state.version)
