@@ -111,6 +111,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("DAGSTER_HOME", "Dagster instance directory (holds `dagster.yaml`)."),
     Setting("DAGSTER_PG_HOST", "Postgres host of the Dagster instance.", True),
+    Setting("DAGSTER_PG_PORT", "Postgres port of the Dagster instance (usually 5432).", True),
     Setting("DAGSTER_PG_USER", "Postgres user of the Dagster instance.", True),
     Setting("DAGSTER_PG_PASSWORD", "Postgres password of the Dagster instance.", True),
     Setting("DAGSTER_PG_DB", "Postgres database of the Dagster instance.", True),
@@ -235,6 +236,13 @@ def problems(
     executor = read("SECURE_PIPELINE_EXECUTOR")
     if executor is not None and executor.lower() not in EXECUTORS:
         found.append(f"SECURE_PIPELINE_EXECUTOR must be one of {EXECUTORS}, found {executor!r}")
+    tracking = read("MLFLOW_TRACKING_URI")
+    if environment is Environment.PRODUCTION and tracking and urlsplit(tracking).scheme != "https":
+        found.append(
+            f"MLFLOW_TRACKING_URI must be an https:// tracking server in production, found "
+            f"{urlsplit(tracking).scheme or '(no scheme)'}://...: models, lineage and metrics "
+            "travel to it (trust an internal CA with MLFLOW_TRACKING_SERVER_CERT_PATH)"
+        )
     endpoint = read("SECURE_PIPELINE_S3_ENDPOINT")
     if endpoint is not None:
         scheme = urlsplit(endpoint).scheme

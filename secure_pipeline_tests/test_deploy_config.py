@@ -28,6 +28,7 @@ def test_local_instance_starts_with_retries_and_monitoring(tmp_path: Path, monke
 def test_production_instance_config(tmp_path: Path, monkeypatch) -> None:
     for name, value in {
         "DAGSTER_PG_HOST": "db.internal",
+        "DAGSTER_PG_PORT": "6432",
         "DAGSTER_PG_USER": "dagster",
         "DAGSTER_PG_PASSWORD": "pw-4f9c1e",
         "DAGSTER_PG_DB": "dagster",
@@ -38,6 +39,8 @@ def test_production_instance_config(tmp_path: Path, monkeypatch) -> None:
     postgres = process_config(DagsterPostgresStorage.config_type(), config["storage"]["postgres"])
     assert postgres.success, postgres.errors
     assert postgres.value["postgres_db"]["hostname"] == "db.internal"
+    assert postgres.value["postgres_db"]["port"] == 6432
+    assert postgres.value["postgres_db"]["scheme"] == "postgresql+psycopg2"
     assert postgres.value["postgres_db"]["params"] == {"sslmode": "require"}
     coordinator = config["run_coordinator"]
     assert coordinator["class"] == "QueuedRunCoordinator"
@@ -46,7 +49,7 @@ def test_production_instance_config(tmp_path: Path, monkeypatch) -> None:
     assert config["run_retries"]["retry_on_asset_or_op_failure"] is False
     raw = yaml.safe_load((ROOT / "deploy" / "dagster.yaml").read_text())
     database = raw["storage"]["postgres"]["postgres_db"]
-    for field in ("hostname", "username", "password", "db_name"):
+    for field in ("hostname", "port", "username", "password", "db_name"):
         assert set(database[field]) == {"env"}, f"{field} must come from the environment"
 
 

@@ -13,6 +13,7 @@ PRODUCTION = {
     "SECURE_PIPELINE_S3_BUCKET": "sp-prod",
     "AWS_REGION": "eu-west-1",
     "DAGSTER_PG_HOST": "db",
+    "DAGSTER_PG_PORT": "5432",
     "DAGSTER_PG_USER": "dagster",
     "DAGSTER_PG_PASSWORD": "x",
     "DAGSTER_PG_DB": "dagster",
@@ -62,10 +63,14 @@ def test_production_refuses_plain_http_s3_and_file_sources(monkeypatch) -> None:
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("SECURE_PIPELINE_S3_ENDPOINT", "http://127.0.0.1:9000")
     monkeypatch.setenv("SECURE_PIPELINE_SOURCE_URI", "file:///data/")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
     with pytest.raises(ConfigurationError) as err:
         adult_pipeline().build_definitions()
     assert "must use https in production" in str(err.value)
     assert "must be https:// or s3:// in production" in str(err.value)
+    assert "MLFLOW_TRACKING_URI must be an https:// tracking server in production" in str(
+        err.value
+    )
 
 
 def test_production_uses_s3_through_env_vars(monkeypatch) -> None:
