@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Render the deployment templates (helm/, k8s/, iam/, s3/) with this installation's values.
+#
+#   SP_ACCOUNT_ID=123456789012 SP_REGION=eu-west-1 ... deploy/render.sh OUT_DIR
+#
+# Every variable below must be set and non-empty, or nothing is written and all missing ones are
+# listed. Only these ${NAME} placeholders are replaced; any other ${...} in a template is an
+# error, so no placeholder can survive into a manifest. Values are checked for shape (account
+# id, ARNs, CIDRs, ports) and may not contain spaces, quotes, "$", "{", "}" or "#", which keeps
+# them from breaking out of a YAML or JSON string. deploy/README.md documents each variable.
+set -euo pipefail
+
+VARIABLES=(
+  SP_ACCOUNT_ID
+  SP_REGION
+  SP_OIDC_PROVIDER
+  SP_BUCKET
+  SP_KMS_KEY_ARN
+  SP_LANDING_BUCKET
+  SP_LANDING_PREFIX
+  SP_SOURCE_URI
+  SP_MLFLOW_URI
+  SP_MLFLOW_NAMESPACE
+  SP_MLFLOW_SERVICE_ACCOUNT
+  SP_MLFLOW_APP_LABEL
+  SP_MLFLOW_PORT
+  SP_MLFLOW_ARTIFACT_BUCKET
+  SP_S3_CIDR
+  SP_STS_CIDR
+  SP_SOURCE_CIDR
+  SP_PG_HOST
+  SP_PG_DB
+  SP_PG_USER
+  SP_PG_PORT
+  SP_PG_CIDR
+  SP_K8S_API_CIDR
+  SP_INGRESS_NAMESPACE
+  SP_IMAGE_REPOSITORY
+  SP_IMAGE_TAG
+)
+
+if [ "$#" -ne 1 ]; then
+  echo "usage: $0 OUT_DIR   (renders deploy/{helm,k8s,iam,s3} into OUT_DIR)" >&2
+  exit 2
+fi
+
+missing=()
+for name in "${VARIABLES[@]}"; do
+  if [ -z "${!name:-}" ]; then
+    missing+=("$name")
+  fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "refusing to render: not set: ${missing[*]} (see deploy/README.md)" >&2
+  exit 1
+fi
+
+# The values travel as environment variables into the renderer; only the listed names are
+# passed as arguments, so nothing else from the environment can be substituted.
+exec python3 - "$(cd "$(dirname "$0")" && pwd)" "$1" "${VARIABLES[@]}" <<'PY'
+import ipaddress
+import os
+import re
+import sys
+from pathlib import Path
+
+source, target, names = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
+if target.resolve() == source or source in target.resolve().parents:
+    # Rendered files name accounts, buckets and networks, and would overwrite the templates.
+    sys.exit(f"refusing to render into {target}: choose a directory outside deploy/")
+values = {name: os.environ[name] for name in names}
+problems = []
+safe = re.compile(r"^[A-Za-z0-9._:/@+=,%~-]+$")
+for name, value in values.items():
+    if not safe.match(value):
+        problems.append(f"{name} has characters outside [A-Za-z0-9._:/@+=,%~-]")
+    elif name.endswith("_CIDR"):
+        try:
+            network = ipaddress.ip_network(value, strict=True)
+        except ValueError as exc:
+            problems.append(f"{name} is not a CIDR: {exc}")
+        else:
+            if network.prefixlen == 0:
+                problems.append(f"{name} must not be a default route ({value})")
+checks = {
+    "SP_ACCOUNT_ID": (r"^[0-9]{12}$", "a 12-digit AWS account id"),
+    "SP_KMS_KEY_ARN": (r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[A-Za-z0-9-]+$",
+                       "a KMS key ARN (not an alias)"),
+    "SP_MLFLOW_PORT": (r"^[0-9]{1,5}$", "a port number"),
+    "SP_PG_PORT": (r"^[0-9]{1,5}$", "a port number"),
+    "SP_LANDING_PREFIX": (r"^[^/].*/$", "a key prefix ending in / (no leading /)"),
+    "SP_SOURCE_URI": (r"^(https|s3)://", "an https:// or s3:// URI"),
+    "SP_MLFLOW_URI": (r"^https://", "an https:// URL"),
+    "SP_OIDC_PROVIDER": (r"^[a-z0-9.-]+(/[A-Za-z0-9/._-]+)?$", "the issuer without https://"),
+}
+for name, (pattern, meaning) in checks.items():
+    if name in values and safe.match(values[name]) and not re.match(pattern, values[name]):
+        problems.append(f"{name} must be {meaning}, found {values[name]!r}")
+for name in ("SP_MLFLOW_PORT", "SP_PG_PORT"):
+    if values.get(name, "").isdigit() and not 0 < int(values[name]) < 65536:
+        problems.append(f"{name} must be between 1 and 65535")
+if problems:
+    sys.exit("refusing to render:\n  " + "\n  ".join(problems))
+
+placeholder = re.compile(r"\$\{([^}]*)\}")
+rendered = {}
+for folder in ("helm", "k8s", "iam", "s3"):
+    for path in sorted((source / folder).rglob("*")):
+        if not path.is_file():
+            continue
+        text = path.read_text()
+        unknown = sorted({m for m in placeholder.findall(text) if m not in values})
+        if unknown:
+            problems.append(f"{path.relative_to(source)}: unknown placeholder(s) {unknown}")
+        rendered[path.relative_to(source)] = placeholder.sub(
+            lambda m: values.get(m.group(1), m.group(0)), text
+        )
+if problems:
+    sys.exit("refusing to render:\n  " + "\n  ".join(problems))
+for relative, text in rendered.items():
+    out = target / relative
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+print(f"rendered {len(rendered)} files into {target}")
+PY

@@ -1,0 +1,306 @@
+"""Lints of the deployment material: IAM and bucket policies, Object Lock, the Dockerfile.
+
+Each lint returns a list of problems (empty: clean) rather than asserting, so a test can feed
+it a deliberately bad document and check that the problem is reported.
+"""
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+# Actions no role may be granted: deleting or hiding data, weakening retention, or changing
+# the bucket's protections.
+FORBIDDEN_ACTION_PREFIXES = ("s3:Delete", "s3:PutBucket")
+FORBIDDEN_ACTIONS = {
+    "s3:PutObjectRetention",
+    "s3:PutObjectLegalHold",
+    "s3:BypassGovernanceRetention",
+    "s3:PutLifecycleConfiguration",
+    "s3:PutEncryptionConfiguration",
+    "s3:PutReplicationConfiguration",
+    "s3:PutObjectAcl",
+    "s3:PutObjectVersionAcl",
+    "s3:PutAccessPointPolicy",
+}
+WRITE_ACTIONS = {"s3:PutObject", "s3:AbortMultipartUpload", "s3:PutObjectTagging"}
+KMS_ACTIONS = {"kms:Decrypt", "kms:GenerateDataKey", "kms:Encrypt"}
+DESTRUCTIVE_ACTIONS = {
+    "s3:DeleteObject",
+    "s3:DeleteObjectVersion",
+    "s3:PutObjectRetention",
+    "s3:BypassGovernanceRetention",
+    "s3:PutBucketObjectLockConfiguration",
+    "s3:PutLifecycleConfiguration",
+}
+
+
+def as_list(value: Any) -> list[Any]:
+    """A policy field that may be a single value or a list, as a list."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _statements(document: dict[str, Any]) -> list[dict[str, Any]]:
+    return [s for s in as_list(document.get("Statement")) if isinstance(s, dict)]
+
+
+def lint_document(document: dict[str, Any]) -> list[str]:
+    """Rules for every policy document: version, effects, no wildcard grants, no Not* elements.
+
+    A wildcard is accepted only as ``s3:*`` in a Deny statement, where it widens the denial.
+    """
+    problems = []
+    if document.get("Version") != "2012-10-17":
+        problems.append(f"Version must be 2012-10-17, found {document.get('Version')!r}")
+    statements = _statements(document)
+    if not statements:
+        problems.append("no statements")
+    for index, statement in enumerate(statements):
+        name = statement.get("Sid", f"#{index}")
+        if statement.get("Effect") not in ("Allow", "Deny"):
+            problems.append(f"{name}: Effect must be Allow or Deny")
+        for element in ("NotAction", "NotResource", "NotPrincipal"):
+            if element in statement:
+                problems.append(f"{name}: {element} is not allowed (it grants by exclusion)")
+        for action in as_list(statement.get("Action")):
+            if "*" in action and not (statement.get("Effect") == "Deny" and action == "s3:*"):
+                problems.append(f"{name}: wildcard action {action!r}")
+    return problems
+
+
+def _matches_prefix(resource: str, allowed: Iterable[str]) -> bool:
+    return resource in set(allowed)
+
+
+def lint_role_policy(
+    document: dict[str, Any], *, write_resources: Iterable[str], kms_key: str
+) -> list[str]:
+    """Rules for a role's identity policy.
+
+    Args:
+        document: The policy.
+        write_resources: The only object ARNs (patterns) the role may write to.
+        kms_key: The only KMS key it may use.
+    """
+    problems = lint_document(document)
+    allowed_writes = set(write_resources)
+    for index, statement in enumerate(_statements(document)):
+        name = statement.get("Sid", f"#{index}")
+        actions = as_list(statement.get("Action"))
+        resources = as_list(statement.get("Resource"))
+        if statement.get("Effect") != "Allow":
+            problems.append(f"{name}: a role policy only grants; put denials in the bucket policy")
+        if "*" in resources:
+            problems.append(f"{name}: Resource '*'")
+        for action in actions:
+            service = action.split(":", 1)[0]
+            if service not in ("s3", "kms"):
+                problems.append(f"{name}: unexpected service in {action!r}")
+            if action in FORBIDDEN_ACTIONS or action.startswith(FORBIDDEN_ACTION_PREFIXES):
+                problems.append(f"{name}: forbidden action {action!r}")
+            if action in WRITE_ACTIONS:
+                outside = [r for r in resources if not _matches_prefix(r, allowed_writes)]
+                if outside:
+                    problems.append(f"{name}: {action} outside the role's prefixes: {outside}")
+            if action == "s3:ListBucket":
+                conditions = statement.get("Condition", {})
+                prefixes = [
+                    conditions.get(op, {}).get("s3:prefix")
+                    for op in ("StringLike", "StringLikeIfExists", "StringEquals")
+                ]
+                if not any(prefixes):
+                    problems.append(f"{name}: s3:ListBucket without an s3:prefix condition")
+            if service == "kms":
+                if action not in KMS_ACTIONS:
+                    problems.append(f"{name}: KMS action {action!r} is not needed for SSE-KMS")
+                if resources != [kms_key]:
+                    problems.append(f"{name}: KMS must be scoped to {kms_key}, found {resources}")
+                via = statement.get("Condition", {}).get("StringEquals", {}).get("kms:ViaService")
+                if not (isinstance(via, str) and via.startswith("s3.")):
+                    problems.append(f"{name}: KMS use must be limited to S3 (kms:ViaService)")
+    return problems
+
+
+def lint_irsa_trust(document: dict[str, Any], *, namespace: str, service_account: str) -> list[str]:
+    """Rules for an IRSA trust policy: one federated OIDC principal, exact subject and audience."""
+    problems = lint_document(document)
+    statements = _statements(document)
+    if len(statements) != 1:
+        return [*problems, "an IRSA trust policy has exactly one statement"]
+    (statement,) = statements
+    federated = statement.get("Principal", {}).get("Federated", "")
+    if ":oidc-provider/" not in federated:
+        problems.append(f"principal must be an OIDC provider, found {federated!r}")
+    if statement.get("Action") != "sts:AssumeRoleWithWebIdentity":
+        problems.append("action must be sts:AssumeRoleWithWebIdentity")
+    equals = statement.get("Condition", {}).get("StringEquals", {})
+    subjects = {v for k, v in equals.items() if k.endswith(":sub")}
+    audiences = {v for k, v in equals.items() if k.endswith(":aud")}
+    expected = f"system:serviceaccount:{namespace}:{service_account}"
+    if subjects != {expected}:
+        problems.append(f"sub must be exactly {expected!r}, found {sorted(subjects)}")
+    if audiences != {"sts.amazonaws.com"}:
+        problems.append(f"aud must be sts.amazonaws.com, found {sorted(audiences)}")
+    if "StringLike" in statement.get("Condition", {}):
+        problems.append("StringLike in a trust condition lets other service accounts in")
+    return problems
+
+
+def _denies(document: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        s for s in _statements(document) if s.get("Effect") == "Deny" and s.get("Principal") == "*"
+    ]
+
+
+def lint_bucket_policy(
+    document: dict[str, Any], *, bucket: str, kms_key: str, create_only: Iterable[str]
+) -> list[str]:
+    """The bucket policy's required denials, and no grants.
+
+    Args:
+        document: The bucket policy.
+        bucket: The bucket name.
+        kms_key: The only KMS key ARN objects may be written with.
+        create_only: Key prefixes (``snapshots/``) where writes must carry If-None-Match.
+    """
+    problems = lint_document(document)
+    arn = f"arn:aws:s3:::{bucket}"
+    denies = _denies(document)
+    if any(s.get("Effect") == "Allow" for s in _statements(document)):
+        problems.append("the bucket policy grants nothing; access comes from the role policies")
+
+    def having(operator: str, key: str) -> list[dict[str, Any]]:
+        return [s for s in denies if key in s.get("Condition", {}).get(operator, {})]
+
+    transport = having("Bool", "aws:SecureTransport")
+    if not any(
+        str(s["Condition"]["Bool"]["aws:SecureTransport"]).lower() == "false"
+        and "s3:*" in as_list(s.get("Action"))
+        and {arn, f"{arn}/*"} <= set(as_list(s.get("Resource")))
+        for s in transport
+    ):
+        problems.append("missing: deny s3:* on the bucket and its objects without TLS")
+    if not any(
+        float(s["Condition"]["NumericLessThan"]["s3:TlsVersion"]) >= 1.2
+        and "s3:*" in as_list(s.get("Action"))
+        for s in having("NumericLessThan", "s3:TlsVersion")
+    ):
+        problems.append("missing: deny TLS versions below 1.2 (s3:TlsVersion)")
+    encryption = "s3:x-amz-server-side-encryption"
+    if not any(
+        s["Condition"]["StringNotEquals"][encryption] == "aws:kms"
+        and "s3:PutObject" in as_list(s.get("Action"))
+        for s in having("StringNotEquals", encryption)
+    ):
+        problems.append("missing: deny PutObject with an encryption other than aws:kms")
+    key_id = "s3:x-amz-server-side-encryption-aws-kms-key-id"
+    if not any(
+        s["Condition"]["StringNotEquals"][key_id] == kms_key
+        and "s3:PutObject" in as_list(s.get("Action"))
+        for s in having("StringNotEquals", key_id)
+    ):
+        problems.append(f"missing: deny PutObject with a KMS key other than {kms_key}")
+    guarded: set[str] = set()
+    for statement in having("Null", "s3:if-none-match"):
+        if str(statement["Condition"]["Null"]["s3:if-none-match"]).lower() == "true" and (
+            "s3:PutObject" in as_list(statement.get("Action"))
+        ):
+            guarded |= set(as_list(statement.get("Resource")))
+    for prefix in create_only:
+        if f"{arn}/{prefix}*" not in guarded:
+            problems.append(f"missing: deny PutObject without If-None-Match on {prefix}")
+    denied = {a for s in denies if not s.get("Condition") for a in as_list(s.get("Action"))}
+    for action in sorted(DESTRUCTIVE_ACTIONS - denied):
+        problems.append(f"missing: unconditional deny of {action} for every principal")
+    return problems
+
+
+def lint_object_lock(document: dict[str, Any]) -> list[str]:
+    """Object Lock must be enabled in COMPLIANCE mode with a default retention."""
+    problems = []
+    if document.get("ObjectLockEnabled") != "Enabled":
+        problems.append("ObjectLockEnabled must be Enabled")
+    retention = document.get("Rule", {}).get("DefaultRetention", {})
+    if retention.get("Mode") != "COMPLIANCE":
+        problems.append(f"retention mode must be COMPLIANCE, found {retention.get('Mode')!r}")
+    period = retention.get("Days") or retention.get("Years")
+    if not (isinstance(period, int) and period > 0):
+        problems.append("a positive default retention (Days or Years) is required")
+    return problems
+
+
+_SECRET_NAME = re.compile(r"KEY|PASSWORD|SECRET|TOKEN|CREDENTIAL", re.I)
+
+
+def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, comments dropped and continuation lines joined."""
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n", " ", "\n".join(lines))
+    pairs = []
+    for line in joined.splitlines():
+        if line.strip():
+            word, _, rest = line.strip().partition(" ")
+            pairs.append((word.upper(), rest.strip()))
+    return pairs
+
+
+def _assignments(arguments: str) -> list[tuple[str, str]]:
+    return re.findall(r"([A-Za-z_][A-Za-z0-9_]*)=(\"[^\"]*\"|\S*)", arguments)
+
+
+def lint_dockerfile(text: str) -> list[str]:
+    """Rules for the production Dockerfile.
+
+    Final stage runs as a numeric non-root user; dependencies come from the lock without dev
+    groups; nothing is fetched with ADD; no build argument or environment variable carries
+    something named like a secret; every base image has an explicit tag or digest.
+    """
+    problems = []
+    instructions = dockerfile_instructions(text)
+    args = {}
+    for word, arguments in instructions:
+        if word == "ARG":
+            name, _, default = arguments.partition("=")
+            args[name] = default
+    stages = [i for i, (word, _) in enumerate(instructions) if word == "FROM"]
+    if not stages:
+        return ["no FROM"]
+    aliases = set()
+    for index in stages:
+        words = instructions[index][1].split()
+        image = re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), words[0])
+        if len(words) == 3 and words[1].upper() == "AS":
+            aliases.add(words[2])
+        if image in aliases - {words[-1]}:
+            continue  # an earlier stage, not an image
+        if "@sha256:" not in image and ":" not in image.rsplit("/", 1)[-1]:
+            problems.append(f"base image {image!r} has no tag or digest")
+        elif image.endswith(":latest"):
+            problems.append(f"base image {image!r} uses the latest tag")
+    final = instructions[stages[-1] :]
+    users = [arguments for word, arguments in final if word == "USER"]
+    if not users:
+        problems.append("the final stage sets no USER (it would run as root)")
+    else:
+        user, _, group = users[-1].partition(":")
+        if not user.isdigit() or int(user) == 0:
+            problems.append(f"final USER must be a numeric non-root uid, found {users[-1]!r}")
+        if group and (not group.isdigit() or int(group) == 0):
+            problems.append(f"final USER group must be a numeric non-root gid, found {group!r}")
+    syncs = [a for w, a in instructions if w == "RUN" and "uv sync" in a]
+    if not syncs:
+        problems.append("no RUN uv sync")
+    for command in syncs:
+        for flag in ("--frozen", "--no-dev"):
+            if flag not in command.split():
+                problems.append(f"uv sync without {flag}: {command!r}")
+    for word, arguments in instructions:
+        if word == "ADD" and re.search(r"https?://", arguments):
+            problems.append(f"ADD from a URL: {arguments!r}")
+        if word in ("ENV", "ARG"):
+            pairs = _assignments(arguments) or [tuple(arguments.split(None, 1) + [""])[:2]]
+            for name, value in pairs:
+                if _SECRET_NAME.search(name) and value.strip('"'):
+                    problems.append(f"{word} {name} looks like a secret baked into the image")
+    return problems
