@@ -1,5 +1,6 @@
 """Shared fixtures: an isolated environment per test, real local and S3 (moto server) stores."""
 
+import dataclasses
 import os
 import uuid
 from collections.abc import Iterator
@@ -144,3 +145,43 @@ def replace_manifest(store: SnapshotStore, target: str, source: str) -> None:
         )
     else:  # pragma: no cover
         raise TypeError(store)
+
+
+@dataclasses.dataclass
+class Registered:
+    """Where the shared reference run lives and what it registered."""
+
+    home: Path
+    name: str
+    version: str
+    model_sha: str
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Registered:
+    """One real run of the whole reference pipeline (trained, signed, registered, promoted).
+
+    Shared by the registry and serving tests; they point their environment at its home.
+    """
+    import dagster as dg
+
+    from secure_pipeline.reference.adult import adult_pipeline
+    from secure_pipeline_tests.helpers import materialize_all
+
+    home = tmp_path_factory.mktemp("registry-home")
+    with pytest.MonkeyPatch.context() as patch:
+        for name in list(os.environ):
+            if name.startswith(("SECURE_PIPELINE_", "MLFLOW_", "AWS_")):
+                patch.delenv(name)
+        patch.setenv("SECURE_PIPELINE_HOME", str(home))
+        patch.setenv("DAGSTER_HOME", str(home))
+        (home / "dagster.yaml").write_text(f"storage:\n  sqlite:\n    base_dir: {home}\n")
+        with dg.DagsterInstance.get() as instance:
+            result = materialize_all(adult_pipeline(), instance)
+            assert result.success, [e.message for e in result.all_events if e.is_failure]
+            value = instance.get_latest_materialization_event(
+                dg.AssetKey("registered_model")
+            ).asset_materialization.metadata
+    return Registered(
+        home, "adult", str(value["model_version"].value), str(value["model_sha256"].value)
+    )

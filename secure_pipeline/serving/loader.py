@@ -7,6 +7,7 @@ loads without verifying.
 """
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ def load_verified(
     pipeline: SecurePipeline | None,
     store: Any = None,
     audit: Any = None,
+    registry_tags: Mapping[str, str] | None = None,
 ) -> VerifiedModel:
     """Verify a bundle directory, then load its model.
 
@@ -53,6 +55,8 @@ def load_verified(
         pipeline: Today's spec, whose policy the model must have been judged under.
         store: The snapshot store, when reachable (lineage snapshots are re-hashed).
         audit: The audit trail, when reachable (verdicts are looked up).
+        registry_tags: The registry's tags on the version, when it came from the registry
+            (they must agree with the bundle).
 
     Raises:
         PolicyViolation: With the verification report, when any step failed.
@@ -61,7 +65,12 @@ def load_verified(
     from secure_pipeline.training.serialization import load_model
 
     verification: Verification = verify_bundle_dir(
-        directory, trust=trust, pipeline=pipeline, store=store, audit=audit
+        directory,
+        trust=trust,
+        pipeline=pipeline,
+        store=store,
+        audit=audit,
+        registry_tags=registry_tags,
     )
     if not verification.ok or verification.lineage is None or verification.signer is None:
         raise PolicyViolation("refusing to load the model: " + "; ".join(verification.problems))

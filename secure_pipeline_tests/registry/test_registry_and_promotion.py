@@ -34,38 +34,14 @@ from secure_pipeline.serving.loader import load_verified
 from secure_pipeline.storage.audit import AuditLog
 from secure_pipeline.storage.local import LocalSnapshotStore
 from secure_pipeline.training.serialization import UntrustedModelError
-from secure_pipeline_tests.helpers import materialize_all
+from secure_pipeline_tests.conftest import Registered
 
 CLI = str(Path(sys.executable).parent / "secure-pipeline")
 
 
-@dataclasses.dataclass
-class Registered:
-    home: Path
-    name: str
-    version: str
-    model_sha: str
-
-
 @pytest.fixture(scope="module")
-def registered(tmp_path_factory) -> Registered:
-    home = tmp_path_factory.mktemp("registry-home")
-    with pytest.MonkeyPatch.context() as patch:
-        for name in list(os.environ):
-            if name.startswith(("SECURE_PIPELINE_", "MLFLOW_", "AWS_")):
-                patch.delenv(name)
-        patch.setenv("SECURE_PIPELINE_HOME", str(home))
-        patch.setenv("DAGSTER_HOME", str(home))
-        (home / "dagster.yaml").write_text(f"storage:\n  sqlite:\n    base_dir: {home}\n")
-        with dg.DagsterInstance.get() as instance:
-            result = materialize_all(adult_pipeline(), instance)
-            assert result.success, [e.message for e in result.all_events if e.is_failure]
-            value = instance.get_latest_materialization_event(
-                dg.AssetKey("registered_model")
-            ).asset_materialization.metadata
-    return Registered(
-        home, "adult", str(value["model_version"].value), str(value["model_sha256"].value)
-    )
+def registered(reference_run: Registered) -> Registered:
+    return reference_run
 
 
 @pytest.fixture
