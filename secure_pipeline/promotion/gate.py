@@ -132,8 +132,12 @@ def promote(
     audit: AuditLog,
     actor: str,
     run_id: str | None = None,
+    crown: bool = True,
 ) -> dict[str, Any]:
     """Promote a registered version to challenger, then champion, if the gate holds.
+
+    With ``crown=False`` the version becomes only the challenger: a blue-green release makes it
+    champion after its canary passed (`secure_pipeline.promotion.bluegreen`).
 
     Returns:
         What happened: version, model digest, approvals, previous champion.
@@ -164,17 +168,8 @@ def promote(
         subject=subject,
         details={"name": name, "version": version, "approvals": [a.approver for a in approvals]},
     )
-    if previous != version:
-        set_alias(name, CHAMPION, version)
-        if previous is not None:
-            tag_version(name, version, "previous_champion", previous)
-        audit.append(
-            "promotion.champion",
-            actor=actor,
-            run_id=run_id,
-            subject=subject,
-            details={"name": name, "version": version, "previous_champion": previous},
-        )
+    if crown:
+        make_champion(name, version, str(subject), audit=audit, actor=actor, run_id=run_id)
     return {
         "name": name,
         "version": version,
@@ -183,8 +178,32 @@ def promote(
         "signer": verification.signer,
         "approvals": [a.approver for a in approvals],
         "previous_champion": previous,
-        "champion": version,
+        "champion": version if crown else previous,
     }
+
+
+def make_champion(
+    name: str, version: str, subject: str, *, audit: AuditLog, actor: str, run_id: str | None
+) -> str | None:
+    """Point ``champion`` at a version that passed the gate, recording the previous one.
+
+    Returns:
+        The previous champion (None when there was none).
+    """
+    previous = alias_version(name, CHAMPION)
+    if previous == version:
+        return previous
+    set_alias(name, CHAMPION, version)
+    if previous is not None:
+        tag_version(name, version, "previous_champion", previous)
+    audit.append(
+        "promotion.champion",
+        actor=actor,
+        run_id=run_id,
+        subject=subject,
+        details={"name": name, "version": version, "previous_champion": previous},
+    )
+    return previous
 
 
 def rollback(
