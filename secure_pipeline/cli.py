@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 a check failed (broken audit trail, tampered data), 2 b
 configuration.
 """
 
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import click
 
 from secure_pipeline import environment as env
-from secure_pipeline.errors import ConfigurationError, SecurePipelineError
+from secure_pipeline.errors import ConfigurationError, PolicyViolation, SecurePipelineError
 
 
 def _fail(message: str, code: int) -> None:
@@ -382,3 +383,220 @@ def keys_generate(private_key: str, dev: bool) -> None:
     click.echo(f"private key: {private_key} (keep it secret)")
     click.echo(f"public key:  {public}")
     click.echo(f"fingerprint: {key_fingerprint(public.read_bytes())}")
+
+
+@main.group()
+def certs() -> None:
+    """Development certificates of the inference gateway (production takes them from the env)."""
+
+
+_FORCE_OPTION = click.option(
+    "--force", is_flag=True, help="Replace existing files (never done otherwise)."
+)
+
+
+@certs.command("init")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option(
+    "--server-name",
+    "server_names",
+    multiple=True,
+    default=("localhost",),
+    show_default=True,
+    help="DNS name of the gateway's certificate (repeatable).",
+)
+@click.option(
+    "--server-ip",
+    "server_ips",
+    multiple=True,
+    default=("127.0.0.1",),
+    show_default=True,
+    help="IP address of the gateway's certificate (repeatable).",
+)
+@_FORCE_OPTION  # fmt: skip
+def certs_init(
+    directory: str, server_names: tuple[str, ...], server_ips: tuple[str, ...], force: bool
+) -> None:
+    """Create a development CA and the gateway's server certificate in DIRECTORY.
+
+    Refused in production: there the gateway's certificate, key, client CA and identities come
+    from SECURE_PIPELINE_GATEWAY_CERT, _KEY, _CLIENT_CA and _IDENTITIES.
+    """
+    from secure_pipeline.serving.certs import init_dev_pki
+
+    try:
+        if env.current_environment() is env.Environment.PRODUCTION:
+            raise ConfigurationError(
+                "refusing to create a development CA in production: issue the gateway's "
+                "certificates from your PKI and set SECURE_PIPELINE_GATEWAY_CERT, _KEY, "
+                "_CLIENT_CA and _IDENTITIES"
+            )
+        pki = init_dev_pki(
+            Path(directory), server_names=server_names, server_ips=server_ips, overwrite=force
+        )
+    except ConfigurationError as exc:
+        _fail(str(exc), 2)
+    click.echo(f"development CA: {pki.ca_cert} (key {pki.ca_key}, keep it secret)")
+    click.echo(f"server certificate: {pki.server_cert} (key {pki.server_key})")
+    click.echo(f"next: secure-pipeline certs client {directory} NAME")
+
+
+@certs.command("client")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("name")
+@_FORCE_OPTION
+def certs_client(directory: str, name: str, force: bool) -> None:
+    """Issue a client certificate for identity NAME (spiffe://secure-pipeline/NAME)."""
+    from secure_pipeline.serving.certs import issue_client_cert, spiffe_id
+
+    try:
+        cert, key = issue_client_cert(Path(directory), name, overwrite=force)
+        identity = spiffe_id(name)
+    except ConfigurationError as exc:
+        _fail(str(exc), 2)
+    click.echo(f"client certificate: {cert} (key {key}, keep it secret)")
+    click.echo(f"identity: {identity}")
+
+
+@main.command()
+@click.argument("model_ref")
+@click.option("--slot", type=click.Choice(["blue", "green"]), required=True, help="The slot.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8001, show_default=True)
+@click.option("--max-rows", type=click.IntRange(1), default=1000, show_default=True)
+@click.option("--max-body-bytes", type=click.IntRange(1), default=256 * 1024, show_default=True)
+@_PIPELINE_OPTION
+def serve(
+    model_ref: str, slot: str, host: str, port: int, max_rows: int, max_body_bytes: int,
+    pipeline_spec: str,
+) -> None:  # fmt: skip
+    """Serve one model version as a blue or green slot (behind the gateway).
+
+    MODEL_REF is pinned: models:/name/N (or a bundle directory). The model is verified before it
+    is loaded; /readyz answers 200 only after that, and a model that fails never serves.
+    """
+    from secure_pipeline.serving.server import ServingLimits
+    from secure_pipeline.serving.server import serve as run
+
+    env.validate()
+    limits = ServingLimits(max_body_bytes=max_body_bytes, max_rows=max_rows)
+    run(model_ref, slot=slot, host=host, port=port, pipeline=_pipeline(pipeline_spec),
+        limits=limits)  # fmt: skip
+
+
+_SERVING_DIR = click.option(
+    "--dir",
+    "directory",
+    envvar="SECURE_PIPELINE_SERVING_DIR",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="The deployment directory (default: SECURE_PIPELINE_SERVING_DIR).",
+)
+
+
+@main.group()
+def serving() -> None:
+    """Blue-green model serving behind the mutual-TLS gateway (one host)."""
+
+
+@serving.command("up")
+@_SERVING_DIR
+@click.option("--model", "model_ref", default=None, help="Default: the champion, pinned.")
+@click.option("--listen", default="127.0.0.1:8443", show_default=True)
+@click.option("--blue-port", type=click.IntRange(1, 65535), default=8101, show_default=True)
+@click.option("--green-port", type=click.IntRange(1, 65535), default=8102, show_default=True)
+@click.option("--rate", type=float, default=50.0, show_default=True, help="Requests/s per caller.")
+@click.option("--burst", type=click.IntRange(0), default=100, show_default=True)
+@_PIPELINE_OPTION
+def serving_up(
+    directory: str, model_ref: str | None, listen: str, blue_port: int, green_port: int,
+    rate: float, burst: int, pipeline_spec: str,
+) -> None:  # fmt: skip
+    """Start the blue slot on the champion and the gateway in front of it.
+
+    Certificates and identities come from SECURE_PIPELINE_GATEWAY_CERT, _KEY, _CLIENT_CA and
+    _IDENTITIES (`secure-pipeline certs init` makes development ones).
+    """
+    from secure_pipeline.promotion.bluegreen import up
+    from secure_pipeline.promotion.gate import CHAMPION
+    from secure_pipeline.registry.mlflow_registry import alias_version
+    from secure_pipeline.serving.gateway import GatewayConfig, Slot
+
+    pipeline = _pipeline(pipeline_spec)
+    try:
+        env.validate()
+        if model_ref is None:
+            version = alias_version(pipeline.name, CHAMPION)
+            if version is None:
+                raise ConfigurationError(f"{pipeline.name} has no champion: promote one first")
+            model_ref = f"models:/{pipeline.name}/{version}"
+        slots = (Slot("blue", f"127.0.0.1:{blue_port}", 100),
+                 Slot("green", f"127.0.0.1:{green_port}", 0))  # fmt: skip
+        base = GatewayConfig.from_environment(listen=listen, slots=slots,
+                                              rate_per_second=rate, burst=burst)  # fmt: skip
+        state = up(
+            Path(directory), pipeline, model_ref=model_ref, listen=listen,
+            slot_ports={"blue": blue_port, "green": green_port},
+            server_cert=base.server_cert, server_key=base.server_key, client_ca=base.client_ca,
+            identities=base.identities, routes=base.routes, rate_per_second=rate, burst=burst,
+            pipeline_spec=pipeline_spec,
+        )  # fmt: skip
+    except (ConfigurationError, PolicyViolation) as exc:
+        _fail(str(exc), 2)
+    click.echo(f"serving {model_ref} on slot blue behind https://{state.gateway['listen']}")
+
+
+@serving.command("down")
+@_SERVING_DIR
+def serving_down(directory: str) -> None:
+    """Stop the gateway and both slots."""
+    from secure_pipeline.promotion.bluegreen import down
+
+    try:
+        down(Path(directory))
+    except ConfigurationError as exc:
+        _fail(str(exc), 2)
+    click.echo("stopped")
+
+
+@serving.command("status")
+@_SERVING_DIR
+def serving_status(directory: str) -> None:
+    """Show the live slot, weights and what each slot serves."""
+    from secure_pipeline.promotion.bluegreen import DeploymentState, slot_readiness
+
+    try:
+        state = DeploymentState.load(Path(directory))
+    except ConfigurationError as exc:
+        _fail(str(exc), 2)
+    click.echo(f"gateway: https://{state.gateway['listen']}  live slot: {state.live}")
+    for name, slot in sorted(state.slots.items()):
+        ready, why = slot_readiness(slot.address) if slot.model_ref else ("idle", "")
+        click.echo(f"  {name}: {state.weights.get(name, 0):3d} %  {slot.model_ref or '-'}  "
+                   f"{ready}{': ' + why if why else ''}")  # fmt: skip
+
+
+@serving.command("release")
+@_SERVING_DIR
+@click.argument("version")
+@_PIPELINE_OPTION
+def serving_release(directory: str, version: str, pipeline_spec: str) -> None:
+    """Release VERSION through a canary: champion on pass, rolled back on failure."""
+    from secure_pipeline.promotion.bluegreen import BlueGreen
+    from secure_pipeline.storage.audit import AuditLog
+
+    pipeline = _pipeline(pipeline_spec)
+    store = _store()
+    try:
+        outcome = BlueGreen(Path(directory), pipeline, pipeline.canary).release(
+            version, audit=AuditLog(store), actor=f"cli:{_user()}"
+        )
+    except (ConfigurationError, PolicyViolation) as exc:
+        _fail(str(exc), 1)
+    click.echo(f"version {version} passed its canary on slot {outcome.slot} and is champion")
+    if outcome.verdict:
+        click.echo(json.dumps(outcome.verdict.figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -109,6 +109,26 @@ SETTINGS: tuple[Setting, ...] = (
         "`kubernetes` (the production default: each stage job's steps run as pods in the "
         "stage's namespace) or `multiprocess` (the local default; a single-host deployment).",
     ),
+    # The inference gateway's own settings: only the gateway process needs them, so the code
+    # location does not require them in production; GatewayConfig.from_environment does.
+    Setting(
+        "SECURE_PIPELINE_GATEWAY_CERT", "PEM certificate (chain) the inference gateway serves."
+    ),
+    Setting("SECURE_PIPELINE_GATEWAY_KEY", "Private key of the gateway's certificate."),
+    Setting(
+        "SECURE_PIPELINE_GATEWAY_CLIENT_CA",
+        "PEM bundle of the CAs whose client certificates the gateway accepts (mutual TLS).",
+    ),
+    Setting(
+        "SECURE_PIPELINE_GATEWAY_IDENTITIES",
+        'JSON file {"identities": {"<name>": ["<role>", ...]}}: who may call the gateway, with '
+        "which roles (see deploy/gateway/README.md).",
+    ),
+    Setting(
+        "SECURE_PIPELINE_SERVING_DIR",
+        "A blue-green serving deployment (`secure-pipeline serving up`): promotion then stops at "
+        "`challenger` and the `canary_analysis` asset releases it through a canary.",
+    ),
     Setting("DAGSTER_HOME", "Dagster instance directory (holds `dagster.yaml`)."),
     Setting("DAGSTER_PG_HOST", "Postgres host of the Dagster instance.", True),
     Setting("DAGSTER_PG_PORT", "Postgres port of the Dagster instance (usually 5432).", True),
