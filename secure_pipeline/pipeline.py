@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from secure_pipeline.errors import ConfigurationError
+from secure_pipeline.promotion.canary import CanaryPolicy
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -448,6 +449,7 @@ class SecurePipeline:
         features: How features are derived from the validated table.
         model: How the model is trained.
         orchestration: Stage jobs, their isolation, schedules and sensors.
+        canary: When a blue-green release's canary may take all the traffic.
     """
 
     name: str
@@ -461,6 +463,7 @@ class SecurePipeline:
     features: FeatureSpec = field(default_factory=FeatureSpec)
     model: ModelSpec = field(default_factory=ModelSpec)
     orchestration: OrchestrationSpec = field(default_factory=OrchestrationSpec)
+    canary: CanaryPolicy = field(default_factory=CanaryPolicy)
 
     def __post_init__(self) -> None:
         problems = self._problems()
@@ -553,6 +556,7 @@ class SecurePipeline:
                 found.append(f"band cut points of {name!r} must be strictly ascending")
         found.extend(self.policy.problems())
         found.extend(self.orchestration.problems())
+        found.extend(f"canary: {p}" for p in self.canary.problems())
         found.extend(self._model_problems())
         return found
 
@@ -624,6 +628,7 @@ class SecurePipeline:
         from secure_pipeline.ingestion.assets import build_raw_asset
         from secure_pipeline.mlsec.checks import build_ml_checks
         from secure_pipeline.orchestration.build import build_orchestration
+        from secure_pipeline.promotion.assets import build_canary_asset, serving_directory
         from secure_pipeline.registry.assets import build_registry_stage
         from secure_pipeline.storage.resources import build_resources
         from secure_pipeline.training.assets import build_training_stage
@@ -640,6 +645,8 @@ class SecurePipeline:
             *build_training_stage(self),
             *registry,
         ]
+        if serving_directory() is not None:
+            assets.append(build_canary_asset(self))
         checks = [*validation_checks, *feature_checks, *build_ml_checks(self), *registry_checks]
         orchestration = build_orchestration(
             self, [*assets, *checks], checked, env.executor_mode(checked)

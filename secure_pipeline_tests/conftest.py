@@ -27,7 +27,22 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home.mkdir()
     monkeypatch.setenv("SECURE_PIPELINE_HOME", str(home))
     monkeypatch.setenv("DAGSTER_HOME", str(home))
+    _forget_closed_instances()
     return home
+
+
+def _forget_closed_instances() -> None:
+    """Clear the definitions-state storage Dagster remembers from the last instance entered.
+
+    Entering a DagsterInstance records its state storage in a context variable that Dagster
+    reads when any Definitions object is resolved; in one long test process an instance some
+    earlier test closed can stay recorded there, and resolving definitions afterwards fails on
+    its dead reference. Each test process in production uses one instance, so only tests need
+    this.
+    """
+    from dagster._core.storage.defs_state.base import _current_storage
+
+    _current_storage.set(None)
 
 
 @pytest.fixture(scope="session")

@@ -68,9 +68,7 @@ def test_production_refuses_plain_http_s3_and_file_sources(monkeypatch) -> None:
         adult_pipeline().build_definitions()
     assert "must use https in production" in str(err.value)
     assert "must be https:// or s3:// in production" in str(err.value)
-    assert "MLFLOW_TRACKING_URI must be an https:// tracking server in production" in str(
-        err.value
-    )
+    assert "MLFLOW_TRACKING_URI must be an https:// tracking server in production" in str(err.value)
 
 
 def test_production_uses_s3_through_env_vars(monkeypatch) -> None:

@@ -46,10 +46,14 @@ class Stage:
 def stages(pipeline: SecurePipeline) -> tuple[Stage, ...]:
     """The three stage jobs of a pipeline, upstream first."""
     from secure_pipeline.features.assets import FEATURES
+    from secure_pipeline.promotion.assets import CANARY_ANALYSIS, serving_directory
     from secure_pipeline.registry.assets import PROMOTED_MODEL, REGISTERED_MODEL
     from secure_pipeline.training.assets import TRAINED_MODEL
 
     spec = pipeline.orchestration
+    release: tuple[str, ...] = (REGISTERED_MODEL, PROMOTED_MODEL)
+    if serving_directory() is not None:
+        release = (*release, CANARY_ANALYSIS)
     return (
         Stage(
             "ingest",
@@ -58,7 +62,7 @@ def stages(pipeline: SecurePipeline) -> tuple[Stage, ...]:
             spec.ingest,
         ),
         Stage("train", "training", (TRAINED_MODEL,), spec.train),
-        Stage("release", "registry", (REGISTERED_MODEL, PROMOTED_MODEL), spec.registry),
+        Stage("release", "registry", release, spec.registry),
     )
 
 

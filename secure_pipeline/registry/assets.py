@@ -253,9 +253,11 @@ def build_registry_stage(
     def promoted_model(
         context: dg.AssetExecutionContext, snapshot_store: SnapshotStoreResource
     ) -> dg.MaterializeResult[Any]:
+        from secure_pipeline.promotion.assets import serving_directory
         from secure_pipeline.promotion.gate import promote
 
         value = _registered(context.instance, snapshot_store)
+        # With a serving deployment the champion is crowned by the canary, not here.
         outcome = promote(
             pipeline,
             value["name"],
@@ -264,6 +266,7 @@ def build_registry_stage(
             audit=snapshot_store.get_audit_log(),
             actor=f"asset:{PROMOTED_MODEL}",
             run_id=context.run.run_id,
+            crown=serving_directory() is None,
         )
         return dg.MaterializeResult(
             value=outcome,
