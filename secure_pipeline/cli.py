@@ -475,10 +475,13 @@ def serve(
     MODEL_REF is pinned: models:/name/N (or a bundle directory). The model is verified before it
     is loaded; /readyz answers 200 only after that, and a model that fails never serves.
     """
-    from secure_pipeline.serving.server import ServingLimits
+    from secure_pipeline.serving.server import SERVING_REQUIRED, ServingLimits
     from secure_pipeline.serving.server import serve as run
 
-    env.validate()
+    try:
+        env.validate(required=SERVING_REQUIRED)
+    except ConfigurationError as exc:
+        _fail(str(exc), 2)
     limits = ServingLimits(max_body_bytes=max_body_bytes, max_rows=max_rows)
     run(model_ref, slot=slot, host=host, port=port, pipeline=_pipeline(pipeline_spec),
         limits=limits)  # fmt: skip

@@ -17,7 +17,7 @@ shown in the Dagster UI; this module only decides *whether* a variable is presen
 import enum
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -233,7 +233,9 @@ def configure_mlflow() -> None:
 
 
 def problems(
-    environment: Environment, source_variables: Mapping[str, str] | None = None
+    environment: Environment,
+    source_variables: Mapping[str, str] | None = None,
+    required: Sequence[str] | None = None,
 ) -> list[str]:
     """List every missing or invalid variable for ``environment``, one line each.
 
@@ -241,6 +243,8 @@ def problems(
         environment: The environment to check.
         source_variables: Variables naming source locations, declared by the pipeline specs
             being loaded, with what each configures. Required in production.
+        required: The variables a process needs in production, when it needs fewer than the
+            code location (the model server needs no Dagster database or signer).
 
     Returns:
         Human-readable problems; empty when the environment is complete.
@@ -248,7 +252,10 @@ def problems(
     found: list[str] = []
     if environment is Environment.PRODUCTION:
         for setting in SETTINGS:
-            if setting.required_in_production and not is_set(setting.name):
+            needed = (
+                setting.required_in_production if required is None else setting.name in required
+            )
+            if needed and not is_set(setting.name):
                 found.append(f"{setting.name} is not set: {setting.description}")
         for name, description in (source_variables or {}).items():
             if _read_any(name) is None:
@@ -305,13 +312,16 @@ def problems(
 
 
 def validate(
-    environment: Environment | None = None, source_variables: Mapping[str, str] | None = None
+    environment: Environment | None = None,
+    source_variables: Mapping[str, str] | None = None,
+    required: Sequence[str] | None = None,
 ) -> Environment:
     """Check the environment and raise one error naming every problem.
 
     Args:
         environment: The environment to check; the current one when None.
         source_variables: Source-location variables of the pipelines being loaded.
+        required: The production variables this process needs (default: the code location's).
 
     Returns:
         The environment that was checked.
@@ -320,7 +330,7 @@ def validate(
         ConfigurationError: When any variable is missing or invalid.
     """
     environment = environment or current_environment()
-    found = problems(environment, source_variables)
+    found = problems(environment, source_variables, required)
     if found:
         lines = "\n".join(f"  - {p}" for p in found)
         raise ConfigurationError(

@@ -106,3 +106,19 @@ def test_home_defaults(monkeypatch, tmp_path) -> None:
 def test_only_registered_settings_are_read() -> None:
     with pytest.raises(KeyError):
         env.read("SECURE_PIPELINE_TYPO")
+
+
+def test_the_model_server_needs_only_what_it_uses_in_production(monkeypatch) -> None:
+    from secure_pipeline.serving.server import SERVING_REQUIRED
+
+    monkeypatch.setenv("SECURE_PIPELINE_ENV", "production")
+    with pytest.raises(ConfigurationError) as err:
+        env.validate(required=SERVING_REQUIRED)
+    message = str(err.value)
+    for name in SERVING_REQUIRED:
+        assert f"{name} is not set" in message
+    assert "DAGSTER_PG_HOST" not in message
+    assert "SECURE_PIPELINE_SIGNING_MODE" not in message
+    for name in SERVING_REQUIRED:
+        monkeypatch.setenv(name, PRODUCTION[name])
+    assert env.validate(required=SERVING_REQUIRED) is env.Environment.PRODUCTION

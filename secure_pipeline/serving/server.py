@@ -38,6 +38,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SLOTS = ("blue", "green")
+# What a slot needs in production: the store and registry it verifies against, and the trust
+# policy. Not the Dagster database, the signer or the sources (it has no business with them).
+SERVING_REQUIRED = (
+    "SECURE_PIPELINE_S3_BUCKET",
+    "AWS_REGION",
+    "MLFLOW_TRACKING_URI",
+    "SECURE_PIPELINE_TRUST_POLICY",
+)
 JSON_TYPE = "application/json"
 # Upper bounds of the latency histogram (seconds): fine below 50 ms, where p95 lives.
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -254,7 +262,7 @@ class ModelService:
         from secure_pipeline.storage.audit import AuditLog
         from secure_pipeline.storage.resources import store_resource
 
-        store = store_resource(env.validate(), resolve=True).get_store()
+        store = store_resource(env.validate(required=SERVING_REQUIRED), resolve=True).get_store()
         with resolve(self.model_ref) as resolved:
             tags = (
                 version_tags(resolved.name, resolved.version)
