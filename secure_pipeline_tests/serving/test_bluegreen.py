@@ -83,6 +83,7 @@ class Deployment:
     home: Path
     name: str
     version: str
+    model_sha: str
     versions: list[str]
 
 
@@ -134,7 +135,7 @@ def deployment(reference_run, tmp_path_factory) -> Iterator[Deployment]:
         thread = threading.Thread(target=traffic.run, daemon=True)
         thread.start()
         state = Deployment(directory, traffic, reference_run.home, reference_run.name,
-                           reference_run.version, [])  # fmt: skip
+                           reference_run.version, reference_run.model_sha, [])  # fmt: skip
         try:
             yield state
         finally:
@@ -166,6 +167,24 @@ def _audit(home: Path) -> list:
 
 def _served_by(traffic: Traffic, since: Counter) -> Counter:
     return traffic.snapshot() - since
+
+
+def test_through_the_gateway_the_prediction_is_the_models(env) -> None:
+    """The caller with the role gets the live slot's verified model's answer, unchanged."""
+    state = DeploymentState.load(env.directory)
+    body = json.dumps({"rows": [ROW]})
+    headers = {"Content-Type": "application/json"}
+    gateway = http.client.HTTPSConnection(*env.traffic.url, context=env.traffic.context)
+    gateway.request("POST", "/predict", body, headers)
+    through = gateway.getresponse()
+    assert through.status == 200
+    answer = json.loads(through.read())
+    host, _, port = state.slots[answer["slot"]].address.rpartition(":")
+    direct = http.client.HTTPConnection(host, int(port))
+    direct.request("POST", "/predict", body, headers)
+    assert json.loads(direct.getresponse().read()) == answer
+    assert answer["model_sha256"] == env.model_sha
+    assert answer["predictions"][0]["label"] in ("<=50K", ">50K")
 
 
 def test_a_healthy_challenger_passes_its_canary_through_the_asset(env) -> None:
