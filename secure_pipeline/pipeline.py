@@ -346,6 +346,7 @@ class OrchestrationSpec:
         transient_retries: Retries of a step after a transient I/O failure (never after a
             refusal).
         retry_delay_seconds: Wait before the first such retry (doubling after each).
+        max_runtime_seconds: Longest a stage run may take before run monitoring stops it.
     """
 
     ingest: IsolationSpec = IsolationSpec(
@@ -370,6 +371,7 @@ class OrchestrationSpec:
     landing_stale_hours: float = 24.0
     chain_interval_seconds: int = 60
     transient_retries: int = 3
+    max_runtime_seconds: int = 4 * 3600
     retry_delay_seconds: float = 2.0
 
     def problems(self) -> list[str]:
@@ -394,7 +396,8 @@ class OrchestrationSpec:
         for label, number in (("landing_max_runs_per_tick", self.landing_max_runs_per_tick),
                               ("landing_tick_seconds", self.landing_tick_seconds),
                               ("landing_interval_seconds", self.landing_interval_seconds),
-                              ("chain_interval_seconds", self.chain_interval_seconds)):  # fmt: skip
+                              ("chain_interval_seconds", self.chain_interval_seconds),
+                              ("max_runtime_seconds", self.max_runtime_seconds)):  # fmt: skip
             if number <= 0:
                 found.append(f"{label} must be positive")
         if self.transient_retries < 0 or self.retry_delay_seconds < 0:

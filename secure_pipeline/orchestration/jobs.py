@@ -114,9 +114,10 @@ def step_executor_config(spec: OrchestrationSpec, stage: str, isolation: Isolati
 def adhoc_executor_config(spec: OrchestrationSpec) -> dict:
     """Executor of runs outside the stage jobs (an asset materialized ad hoc in the UI).
 
-    Their steps land in the control namespace as its ``default`` service account, which holds
-    no stage's secrets and no cloud identity: such a run fails closed instead of borrowing a
-    stage's privileges. Materialize through the stage jobs.
+    Their steps are aimed at the control namespace as its ``default`` service account, which
+    holds no stage's secrets and no cloud identity: such a run fails closed instead of
+    borrowing a stage's privileges. With the roles of ``deploy/k8s/`` it fails at launch already
+    (run pods may create Jobs only in the stage namespaces). Materialize through the stage jobs.
     """
     isolation = IsolationSpec(
         namespace=spec.control_namespace, service_account="default", env_secrets=()
@@ -148,7 +149,13 @@ def build_jobs(pipeline: SecurePipeline, executor: str) -> dict[str, Any]:
     spec = pipeline.orchestration
     jobs = {}
     for stage in stages(pipeline):
-        tags: dict[str, Any] = {STAGE_TAG: stage.stage_tag, PIPELINE_TAG: pipeline.name}
+        tags: dict[str, Any] = {
+            STAGE_TAG: stage.stage_tag,
+            PIPELINE_TAG: pipeline.name,
+            # Per run, so it holds whatever instance config a deployment renders (the Helm
+            # chart does not render run_monitoring.max_runtime_seconds).
+            "dagster/max_runtime": str(spec.max_runtime_seconds),
+        }
         executor_def = None
         if executor == KUBERNETES:
             from dagster_k8s import k8s_job_executor

@@ -162,6 +162,7 @@ def test_run_pods_use_the_run_service_account(production) -> None:
         config = json.loads(config) if isinstance(config, str) else config
         assert config["pod_spec_config"]["service_account_name"] == "sp-run"
         assert tags["secure_pipeline/stage"] in {"ingestion", "training", "registry"}
+        assert tags["dagster/max_runtime"] == "14400"  # the chart drops the instance setting
 
 
 def test_local_jobs_use_the_default_executor() -> None:
