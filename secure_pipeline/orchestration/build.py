@@ -7,7 +7,12 @@ from typing import Any
 import dagster as dg
 
 from secure_pipeline.environment import Environment
-from secure_pipeline.orchestration.jobs import KUBERNETES, adhoc_executor_config, build_jobs
+from secure_pipeline.orchestration.jobs import (
+    KUBERNETES,
+    adhoc_executor_config,
+    build_jobs,
+    local_executor,
+)
 from secure_pipeline.pipeline import SecurePipeline
 
 
@@ -19,13 +24,13 @@ class Orchestration:
         jobs: The stage jobs.
         schedules: The ingest schedule, if the spec has one.
         sensors: Landing zone, stage chaining, approval and run-failure sensors.
-        executor: Executor of runs outside the stage jobs (None: Dagster's default).
+        executor: Executor of runs outside the stage jobs.
     """
 
     jobs: list[Any]
     schedules: list[dg.ScheduleDefinition]
     sensors: list[dg.SensorDefinition]
-    executor: dg.ExecutorDefinition | None
+    executor: dg.ExecutorDefinition
 
 
 def blocking_checks(definitions: Sequence[Any], asset: str) -> list[str]:
@@ -117,7 +122,7 @@ def build_orchestration(
     ]
     if spec.landing_env_var:
         sensors.insert(0, landing_sensor(pipeline, jobs["ingest"], production))
-    executor_def = None
+    executor_def = local_executor()
     if executor == KUBERNETES:
         from dagster_k8s import k8s_job_executor
 
