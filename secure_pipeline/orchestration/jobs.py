@@ -137,11 +137,26 @@ def adhoc_executor_config(spec: OrchestrationSpec) -> dict:
     return step_executor_config(spec, "adhoc", isolation)
 
 
+def _local_config(config: dict[str, Any]) -> dict[str, Any]:
+    if "in_process" in config:
+        return {"in_process": config["in_process"]}
+    multiprocess = dict(config.get("multiprocess") or {})
+    multiprocess.setdefault(
+        "start_method", {"forkserver": {"preload_modules": list(PRELOAD_MODULES)}}
+    )
+    return {"multiprocess": multiprocess}
+
+
 def local_executor() -> dg.ExecutorDefinition:
-    """The multiprocess executor, forking steps from a server that preloaded the libraries."""
-    return dg.multiprocess_executor.configured(
-        {"start_method": {"forkserver": {"preload_modules": list(PRELOAD_MODULES)}}},
+    """Dagster's default executor, whose multiprocess mode forks steps from a preloaded server.
+
+    Run configuration still chooses as with the default executor (``in_process``, or
+    ``multiprocess`` with its own ``start_method``); only the default changes.
+    """
+    return dg.multi_or_in_process_executor.configured(
+        _local_config,
         name="multiprocess_preloaded",
+        config_schema=dg.multi_or_in_process_executor.config_schema,
     )
 
 

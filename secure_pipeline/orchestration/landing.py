@@ -24,6 +24,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,6 +35,8 @@ from secure_pipeline.pipeline import SourceFile
 # Pending (incomplete) batches remembered at most: each costs HEAD requests every tick.
 MAX_PENDING = 50
 _PAGE = 1000
+# Concurrent HEADs when re-checking pending batches (the S3 client pools 16 connections).
+_PIN_THREADS = 16
 
 
 @dataclass(frozen=True)
@@ -234,6 +237,17 @@ class LandingZone:
             )
         return Batch(folder, f"s3://{self.bucket}/{self.prefix}{folder}", tuple(objects))
 
+    def _pin_all(self, folders: Sequence[str]) -> list[Batch | None]:
+        """`pin` many folders at once, in order.
+
+        Pending batches cost HEADs on every tick; one at a time, 50 of them would each wait a
+        round trip.
+        """
+        if len(folders) <= 1:
+            return [self.pin(folder) for folder in folders]
+        with ThreadPoolExecutor(max_workers=min(_PIN_THREADS, len(folders))) as pool:
+            return list(pool.map(self.pin, folders))
+
     def scan(
         self,
         cursor: LandingCursor,
@@ -267,10 +281,12 @@ class LandingZone:
             if all(b.run_key != batch.run_key for b in result.batches):
                 result.batches.append(batch)
 
-        for folder, first_seen in sorted(pending.items(), key=lambda item: item[1]):
+        waiting = sorted(pending.items(), key=lambda item: item[1])
+        for (folder, first_seen), batch in zip(
+            waiting, self._pin_all([f for f, _ in waiting]), strict=True
+        ):
             if len(result.batches) >= max_runs:
                 break
-            batch = self.pin(folder)
             if batch is not None:
                 add(batch)
                 del pending[folder]
