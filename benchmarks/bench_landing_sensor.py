@@ -40,6 +40,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -128,6 +129,30 @@ class S3Calls:
         self.keys = 0
         self.seconds = 0.0
         self._started: dict[int, float] = {}
+        self._lock = threading.Lock()
+        # (start, end, operation) of every call: pending batches are HEADed concurrently, so
+        # the time spent waiting on S3 is the union of the intervals, not their sum.
+        self.intervals: list[tuple[float, float, str]] = []
+
+    @property
+    def wall_seconds(self) -> float:
+        """Time during which at least one call was in flight."""
+        total, end = 0.0, float("-inf")
+        for start, stop, _ in sorted(self.intervals):
+            if stop > end:
+                total += stop - max(start, end)
+                end = stop
+        return total
+
+    def sequential(self, operation: str) -> float:
+        """How many back-to-back rounds ``operation``'s calls amount to (calls / overlap)."""
+        mine = [(a, b, o) for a, b, o in self.intervals if o == operation]
+        busy = sum(b - a for a, b, _ in mine)
+        if not busy:
+            return 0.0
+        union = S3Calls.__new__(S3Calls)
+        union.intervals = mine
+        return len(mine) * union.wall_seconds / busy
 
     def attach(self, client: Any) -> Any:
         """Count ``client``'s calls from now on; returns it."""
@@ -136,18 +161,24 @@ class S3Calls:
         return client
 
     def _before(self, model: Any, context: dict, **_: Any) -> None:
-        self.calls[model.name] += 1
-        self._started[id(context)] = time.perf_counter()
+        with self._lock:
+            self.calls[model.name] += 1
+            self._started[id(context)] = time.perf_counter()
 
     def _after(self, model: Any, parsed: dict, context: dict, **_: Any) -> None:
-        self.seconds += time.perf_counter() - self._started.pop(id(context))
-        if model.name == "ListObjectsV2":
-            self.keys += len(parsed.get("Contents", []))
+        now = time.perf_counter()
+        with self._lock:
+            started = self._started.pop(id(context))
+            self.seconds += now - started
+            self.intervals.append((started, now, model.name))
+            if model.name == "ListObjectsV2":
+                self.keys += len(parsed.get("Contents", []))
 
     def reset(self) -> None:
         """Start counting afresh."""
         self.calls.clear()
         self.keys, self.seconds = 0, 0.0
+        self.intervals = []
 
 
 CALLS = S3Calls()
@@ -187,9 +218,10 @@ class Tick:
         started = time.perf_counter()
         data = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor))
         self.seconds = time.perf_counter() - started
-        self.s3_seconds = CALLS.seconds
+        self.s3_seconds = CALLS.wall_seconds
         self.lists = CALLS.calls["ListObjectsV2"]
         self.heads = CALLS.calls["HeadObject"]
+        self.head_rounds = CALLS.sequential("HeadObject")
         self.keys_fetched = CALLS.keys
         self.scan = SCANS[-1]
         self.cursor: str = data.cursor
@@ -200,7 +232,7 @@ class Tick:
         """This tick's wall time with real S3 latencies instead of moto's (low, high)."""
         own = self.seconds - self.s3_seconds
         return tuple(  # type: ignore[return-value]
-            own + self.lists * lst + self.heads * head
+            own + self.lists * lst + self.head_rounds * head
             for lst, head in zip(S3_LIST_SECONDS, S3_HEAD_SECONDS, strict=True)
         )
 
@@ -210,7 +242,8 @@ class Tick:
         return (
             f"{self.seconds * 1000:7.0f} ms ({self.s3_seconds * 1000:5.0f} in S3 calls, "
             f"{(self.seconds - self.s3_seconds) * 1000:4.0f} own); {self.lists} LIST "
-            f"({self.keys_fetched} keys fetched, {self.scan.listed} read) + {self.heads} HEAD; "
+            f"({self.keys_fetched} keys fetched, {self.scan.listed} read) + {self.heads} HEAD "
+            f"(~{self.head_rounds:.0f} rounds); "
             f"{len(self.folders)} runs; stopped early: {self.scan.stopped_early}; "
             f"real S3 est. {low * 1000:.0f}-{high * 1000:.0f} ms"
         )
