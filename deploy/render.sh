@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Render the deployment templates (helm/, k8s/, iam/, s3/) with this installation's values.
+# Render the deployment templates (helm/, k8s/, iam/, s3/, istio/) with this installation's values.
 #
 #   SP_ACCOUNT_ID=123456789012 SP_REGION=eu-west-1 ... deploy/render.sh OUT_DIR
 #
@@ -40,7 +40,7 @@ VARIABLES=(
 )
 
 if [ "$#" -ne 1 ]; then
-  echo "usage: $0 OUT_DIR   (renders deploy/{helm,k8s,iam,s3} into OUT_DIR)" >&2
+  echo "usage: $0 OUT_DIR   (renders deploy/{helm,k8s,iam,s3,istio} into OUT_DIR)" >&2
   exit 2
 fi
 
@@ -104,7 +104,7 @@ if problems:
 
 placeholder = re.compile(r"\$\{([^}]*)\}")
 rendered = {}
-for folder in ("helm", "k8s", "iam", "s3"):
+for folder in ("helm", "k8s", "iam", "s3", "istio"):
     for path in sorted((source / folder).rglob("*")):
         if not path.is_file():
             continue

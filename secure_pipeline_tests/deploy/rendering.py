@@ -2,7 +2,6 @@
 
 import json
 import re
-import string
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-TEMPLATE_DIRS = ("helm", "k8s", "iam", "s3")
+TEMPLATE_DIRS = ("helm", "k8s", "iam", "s3", "istio")
 
 # Realistic values of the right shape; nothing here is a real account or secret.
 SAMPLE: dict[str, str] = {
@@ -53,18 +52,24 @@ def render_variables() -> tuple[str, ...]:
 
 
 def templates() -> list[Path]:
-    """Every template file under deploy/{helm,k8s,iam,s3}."""
+    """Every template file under deploy/{helm,k8s,iam,s3,istio}."""
     return sorted(p for d in TEMPLATE_DIRS for p in (DEPLOY / d).rglob("*") if p.is_file())
 
 
+_PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
+
+
 def render(text: str, values: dict[str, str] | None = None) -> str:
-    """Substitute the placeholders; a stray ``$`` or an unknown name raises.
+    """Substitute the ``${NAME}`` placeholders as deploy/render.sh does; an unknown name raises.
+
+    Other ``$`` uses are left alone: Kubernetes expands ``$(VAR)`` in container arguments.
 
     Args:
         text: A template.
         values: Values of the placeholders (default: `SAMPLE`).
     """
-    return string.Template(text).substitute(values or SAMPLE)
+    known = values or SAMPLE
+    return _PLACEHOLDER.sub(lambda match: known[match.group(1)], text)
 
 
 @cache

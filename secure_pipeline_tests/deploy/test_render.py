@@ -57,7 +57,7 @@ def test_renders_every_template_with_no_placeholder_left(tmp_path: Path) -> None
     for relative in outputs:
         text = (tmp_path / relative).read_text()
         assert "${" not in text, relative
-        # The shell renderer and the tests' string.Template agree byte for byte.
+        # The shell renderer and the tests' renderer agree byte for byte.
         assert text == render((DEPLOY / relative).read_text()), relative
         if relative.suffix == ".yaml":
             list(yaml.safe_load_all(text))
