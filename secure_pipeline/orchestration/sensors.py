@@ -223,9 +223,12 @@ def landing_sensor(pipeline: SecurePipeline, job: Any, production: bool) -> dg.S
 
 def approval_sensor(pipeline: SecurePipeline, job: Any, production: bool) -> dg.SensorDefinition:
     """Promotion of the newest registered version once its approvals are enough."""
+    from secure_pipeline.promotion.assets import CANARY_ANALYSIS, serving_directory
     from secure_pipeline.registry.assets import PROMOTED_MODEL, REGISTERED_MODEL
 
     needed = pipeline.policy.approvals_required
+    # With a serving deployment, promotion stops at challenger and the canary crowns it.
+    release = [PROMOTED_MODEL, *([CANARY_ANALYSIS] if serving_directory() is not None else [])]
 
     @dg.sensor(
         name=f"{pipeline.name}_promote_on_approval",
@@ -269,7 +272,7 @@ def approval_sensor(pipeline: SecurePipeline, job: Any, production: bool) -> dg.
             run_requests=[
                 dg.RunRequest(
                     run_key=f"promote:{version}:{digest}",
-                    asset_selection=[dg.AssetKey(PROMOTED_MODEL)],
+                    asset_selection=[dg.AssetKey(name) for name in release],
                     tags={"secure_pipeline/approved_version": version},
                 )
             ]

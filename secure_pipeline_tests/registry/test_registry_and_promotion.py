@@ -546,5 +546,15 @@ def test_the_approval_sensor_promotes_once_a_valid_approval_arrives(
         assert sensor.job_name == "adult_release"
         # seen again, the same approvals: the same run key, which Dagster launches once
         assert tick().run_requests[0].run_key == request.run_key
+        # with a serving deployment, the canary releases what promotion makes challenger
+        monkeypatch.setenv("SECURE_PIPELINE_SERVING_DIR", str(tmp_path / "serving"))
+        serving = needs_one.build_definitions().resolve_sensor_def("adult_promote_on_approval")
+        with dg.DagsterInstance.get() as instance:
+            context = dg.build_sensor_context(instance, resources=resources)
+            [request] = serving.evaluate_tick(context).run_requests
+        assert request.asset_selection == [
+            dg.AssetKey("promoted_model"),
+            dg.AssetKey("canary_analysis"),
+        ]
     finally:
         set_alias(state.name, CHAMPION, state.version)
