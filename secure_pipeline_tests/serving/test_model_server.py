@@ -81,6 +81,13 @@ def test_serves_the_verified_model_with_correct_predictions(served, state) -> No
     assert ready.status_code == 200, ready.json()
     assert ready.json()["model_sha256"] == state.model_sha
     frame = _rows()
+    # Edges of every encoding: band cut points and range ends, missing categories, zero amounts.
+    edges = frame.head(6).copy().reset_index(drop=True)
+    edges["age"] = [17, 25, 45, 65, 90, 34]
+    edges["capital_gain"] = [0, 99999, 0, 1, 0, 5]
+    for column in ("workclass", "occupation", "native_country"):
+        edges.loc[[1, 3], column] = None
+    frame = pd.concat([frame, edges], ignore_index=True)
     fields = [f.name for f in service.fields]
     assert "sex" not in fields  # not inputs: callers do not send them
     assert "race" not in fields
@@ -181,3 +188,22 @@ def test_a_tampered_model_never_becomes_ready(state, tmp_path: Path) -> None:
         assert "secure_pipeline_ready 0.0" in client.get("/metrics").text
     finally:
         client.__exit__(None, None, None)
+
+
+def test_request_rows_encode_exactly_as_training_does() -> None:
+    """Every feature kind (categories, bands, log amounts, numbers) on edge values."""
+    from secure_pipeline.features.engineering import feature_catalog
+    from secure_pipeline.serving.server import input_fields, rows_to_frame
+
+    names = [f.name for f in feature_catalog(PIPELINE)]
+    fields = input_fields(PIPELINE, names)
+    frame = _rows(8).reset_index(drop=True)
+    frame["age"] = [17, 24, 25, 35, 64, 65, 66, 90]
+    frame["capital_gain"] = [0, 1, 99999, 0, 7, 0, 0, 3]
+    for column in ("workclass", "occupation", "native_country"):
+        frame.loc[[2, 5], column] = None
+    served = rows_to_frame(_payload(frame, [f.name for f in fields]), fields, PIPELINE, names,
+                           ServingLimits())  # fmt: skip
+    trained = build_features(frame.assign(**{RESERVED_SPLIT_COLUMN: "test"}), PIPELINE)[names]
+    pd.testing.assert_frame_equal(served, trained, check_dtype=False)
+    assert (served["age_band"] == [0, 0, 1, 2, 4, 5, 5, 5]).all()
