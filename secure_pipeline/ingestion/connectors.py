@@ -6,6 +6,7 @@ connector from the URI's scheme.
 """
 
 import os
+import re
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,9 +18,14 @@ from urllib.parse import unquote, urlsplit
 from secure_pipeline import environment as env
 from secure_pipeline.environment import Environment
 from secure_pipeline.errors import SourceUnavailableError, UntrustedSourceError
-from secure_pipeline.redaction import redact_uri
+from secure_pipeline.redaction import redact_text, redact_uri
 
 CHUNK_SIZE = 1024 * 1024
+# What a bucket name may hold (S3's rules, with the legacy upper case and '_'): an '@' or ':'
+# means user info in the URI, which boto3 would quote back in its validation error.
+_BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,254}", re.ASCII)
+# An S3 error code is a short identifier; anything else from the server is not repeated.
+_ERROR_CODE = re.compile(r"[A-Za-z0-9._-]{1,64}", re.ASCII)
 
 
 @dataclass
@@ -162,20 +168,30 @@ class S3Connector:
 
         parts = urlsplit(uri)
         bucket, key = parts.netloc, unquote(parts.path.lstrip("/"))
-        if not bucket or not key:
-            raise UntrustedSourceError(f"expected s3://bucket/key, found {redact_uri(uri)!r}")
+        where = redact_uri(uri)
+        if not _BUCKET.fullmatch(bucket) or not key:
+            raise UntrustedSourceError(
+                f"expected s3://bucket/key with a valid bucket name and no credentials, found "
+                f"{where!r}; the landing zone is read with the environment's AWS credentials, "
+                "never with credentials in the URI"
+            )
         try:
             pins = {"VersionId": version_id, "IfMatch": f'"{etag}"' if etag else None}
             response = self.client.get_object(
                 Bucket=bucket, Key=key, **{k: v for k, v in pins.items() if v}
             )
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
+            # Named by code and status, not by the exception's text (which repeats the server's
+            # message); the retry decision is the same as before: is_transient on the original.
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            found = [code] if _ERROR_CODE.fullmatch(code) else []
+            found += [f"HTTP {status}"] if isinstance(status, int) else []
             refusal = SourceUnavailableError if is_transient(exc) else UntrustedSourceError
             version = f" version {version_id}" if version_id else ""
             raise refusal(
-                f"cannot read s3://{bucket}/{key}{version}: {code or exc}; check that the object "
-                "exists and the role may read it"
+                f"cannot read {where}{version}: {', '.join(found) or type(exc).__name__}; check "
+                "that the object exists and the role may read it"
             ) from None
         body = response["Body"]
         try:
@@ -242,7 +258,10 @@ def connector_for(
         try:
             check_endpoint(endpoint, allow_loopback_http=environment is Environment.LOCAL)
         except ConfigurationError as exc:
-            raise UntrustedSourceError(f"refusing the S3 landing zone: {exc}") from None
+            # The message quotes the endpoint as configured, which may hold credentials.
+            raise UntrustedSourceError(
+                f"refusing the S3 landing zone: {redact_text(str(exc))}"
+            ) from None
         return S3Connector(make_s3_client(endpoint, env.read("AWS_REGION")))
     if scheme == "http":
         raise UntrustedSourceError(

@@ -3,12 +3,20 @@
 Built on the standard library (``ssl`` + ``http.client``) because it exposes the TLS socket after
 the handshake and before the request: the pin is checked before any credential is sent. Every
 refusal happens before a byte reaches the store, and each says what was expected and found.
+
+Messages are built from what this module knows — the redacted URI, an exception's class and
+error number, a status code — never from a library exception's text: ``http.client`` quotes the
+request target (query included) in its errors, and a source URI may carry a password.
 """
 
 import base64
+import errno
 import hashlib
 import hmac
+import http
 import http.client
+import os
+import socket
 import ssl
 import time
 from collections.abc import Iterator
@@ -51,9 +59,41 @@ def _https(url: str) -> Any:
         )
     try:
         parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError as exc:
-        raise UntrustedSourceError(f"malformed URL {redact_uri(url)!r}: {exc}") from None
+    except ValueError:
+        # The "port" may be the start of a password holding an unencoded '/': not echoed.
+        raise UntrustedSourceError(
+            f"malformed URL {redact_uri(url)!r}: expected https://host[:port]/path with a port "
+            "from 0 to 65535; percent-encode any '/', '?', '#' or '@' in the credentials"
+        ) from None
     return parts
+
+
+def _failure(exc: BaseException) -> str:
+    """Describe a network failure by its class and error number, never by its text."""
+    if isinstance(exc, socket.gaierror):
+        return "socket.gaierror (the host name could not be resolved)"
+    if isinstance(exc, http.client.InvalidURL):
+        return "InvalidURL (the request target holds whitespace or control characters)"
+    number = getattr(exc, "errno", None)
+    if isinstance(exc, OSError) and isinstance(number, int) and number > 0:
+        code = errno.errorcode.get(number, str(number))
+        return f"{type(exc).__name__} {code} ({os.strerror(number)})"
+    return type(exc).__name__
+
+
+def _status(code: int) -> str:
+    """``HTTP 404 Not Found``: the phrase from the standard's table, not the server's."""
+    try:
+        return f"HTTP {code} {http.HTTPStatus(code).phrase}"
+    except ValueError:
+        return f"HTTP {code}"
+
+
+_STATUS_HINTS = {
+    401: "check the credentials in the source URI",
+    403: "check that these credentials may read the file",
+    404: "check the source location and the file's path in the spec",
+}
 
 
 def _origin(parts: Any) -> tuple[str, str, int]:
@@ -76,7 +116,10 @@ def _tls_refusal(exc: ssl.SSLError, url: str, trust: str) -> UntrustedSourceErro
             f"{where} does not speak TLS 1.3 ({exc.reason}); TLS 1.3 is required for sources. "
             "Upgrade the server's TLS configuration."
         )
-    return UntrustedSourceError(f"TLS handshake with {where} failed: {exc}")
+    return UntrustedSourceError(
+        f"TLS handshake with {where} failed ({exc.reason or type(exc).__name__}); expected a "
+        f"TLS 1.3 server with a certificate issued by {trust}"
+    )
 
 
 class HttpsConnector:
@@ -142,8 +185,8 @@ class HttpsConnector:
                     ) from None
                 except (OSError, http.client.HTTPException) as exc:
                     raise SourceUnavailableError(
-                        f"cannot download {redact_uri(url)}: {type(exc).__name__}: {exc}; "
-                        "nothing was stored"
+                        f"cannot download {redact_uri(url)}: {_failure(exc)}; nothing was "
+                        "stored. Check that the server is up and reachable from here."
                     ) from None
                 if response.status in _REDIRECTS:
                     url = self._follow(response, url, redirects)
@@ -154,9 +197,10 @@ class HttpsConnector:
                         if response.status in _UNAVAILABLE
                         else UntrustedSourceError
                     )
+                    hint = _STATUS_HINTS.get(response.status, "nothing was stored")
                     raise refusal(
-                        f"{redact_uri(url)} answered HTTP {response.status} {response.reason}; "
-                        "expected 200 with the file"
+                        f"{redact_uri(url)} answered {_status(response.status)}; expected "
+                        f"200 with the file; {hint}"
                     )
                 length = self._content_length(response, url, max_bytes)
                 facts.update(
@@ -281,7 +325,8 @@ class HttpsConnector:
         except ssl.SSLError as exc:
             # A TLS record that fails to decrypt mid-stream is not a hiccup to retry.
             raise UntrustedSourceError(
-                f"TLS failure while downloading {redact_uri(url)}: {exc}; nothing was stored"
+                f"TLS failure while downloading {redact_uri(url)} "
+                f"({exc.reason or type(exc).__name__}); nothing was stored"
             ) from None
         except TimeoutError:
             raise SourceUnavailableError(
@@ -289,7 +334,7 @@ class HttpsConnector:
             ) from None
         except (OSError, http.client.HTTPException) as exc:
             raise SourceUnavailableError(
-                f"download from {redact_uri(url)} broke off: {type(exc).__name__}: {exc}"
+                f"download from {redact_uri(url)} broke off: {_failure(exc)}; nothing was stored"
             ) from None
         # http.client does not notice a body shorter than its Content-Length.
         if length is not None and total != length:
