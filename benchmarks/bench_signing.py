@@ -13,14 +13,9 @@ from pathlib import Path
 
 from _common import interleaved, report
 
-from secure_pipeline.registry.signing import (
-    Signer,
-    TrustedKey,
-    TrustPolicy,
-    generate_key,
-    sign_bundle,
-    verify_bundle,
-)
+from secure_pipeline.registry.signing import Signer, sign_bundle, verify_bundle
+from secure_pipeline.trust.keys import generate_key
+from secure_pipeline.trust.policy import parse_document, policy_document
 
 SIZE = 1 << 30
 
@@ -37,7 +32,7 @@ def main() -> None:
         (bundle / "MODEL_CARD.md").write_text("# benchmark")
         public = generate_key(work / "key.pem")
         signer = Signer("key", private_key=work / "key.pem")
-        trust = TrustPolicy(keys=(TrustedKey("benchmark", public),))
+        trust = parse_document(policy_document({"release": [public.read_bytes()]}))
 
         def sha256sum() -> None:
             subprocess.run(["sha256sum", str(bundle / "model.skops")], check=True,

@@ -23,6 +23,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from secure_pipeline.errors import ConfigurationError
+from secure_pipeline.redaction import redact_text
 
 ENV_VAR = "SECURE_PIPELINE_ENV"
 
@@ -105,6 +106,30 @@ SETTINGS: tuple[Setting, ...] = (
         required_in_production=True,
     ),
     Setting(
+        "SECURE_PIPELINE_TRUST_ROOT",
+        "Comma-separated fingerprints of the root keys that sign the trust policy "
+        "(`secure-pipeline trust show` prints them). Production needs this or "
+        "SECURE_PIPELINE_TRUST_POLICY_SHA256.",
+    ),
+    Setting(
+        "SECURE_PIPELINE_TRUST_POLICY_SHA256",
+        "The digest the trust policy document must have (pins an unsigned policy).",
+    ),
+    Setting(
+        "SECURE_PIPELINE_DEV_KEYS",
+        "Directory of the local development keys and their ledger (outside "
+        "SECURE_PIPELINE_HOME); default `~/.local/share/secure-pipeline/dev-keys`.",
+    ),
+    *(
+        Setting(
+            f"SECURE_PIPELINE_SIGNER_{identity.upper()}",
+            f"Private key URI of the {identity} identity (`file2:/path/key.pem`, "
+            "`awskms:<key>`, ...); its public key must be the trust policy's. Locally unset "
+            "means its development key.",
+        )
+        for identity in ("ingest", "train", "release", "gate", "monitor")
+    ),
+    Setting(
         "SECURE_PIPELINE_EXECUTOR",
         "`kubernetes` (the production default: each stage job's steps run as pods in the "
         "stage's namespace) or `multiprocess` (the local default; a single-host deployment).",
@@ -123,6 +148,21 @@ SETTINGS: tuple[Setting, ...] = (
         "SECURE_PIPELINE_GATEWAY_IDENTITIES",
         'JSON file {"identities": {"<name>": ["<role>", ...]}}: who may call the gateway, with '
         "which roles (see deploy/gateway/README.md).",
+    ),
+    Setting(
+        "SECURE_PIPELINE_GATEWAY_UPSTREAM_CERT",
+        "The gateway's client certificate for the model-server slots (issued by the slot CA).",
+    ),
+    Setting(
+        "SECURE_PIPELINE_GATEWAY_UPSTREAM_KEY", "Private key of the gateway's slot certificate."
+    ),
+    Setting(
+        "SECURE_PIPELINE_GATEWAY_UPSTREAM_CA",
+        "The slot CA: the model-server slots' certificates must chain to it (mutual TLS).",
+    ),
+    Setting(
+        "SECURE_PIPELINE_GATEWAY_UPSTREAM_NAME",
+        "The name the slots' certificate must carry; default slot.secure-pipeline.internal.",
     ),
     Setting(
         "SECURE_PIPELINE_SERVING_DIR",
@@ -225,10 +265,26 @@ def _read_any(name: str) -> str | None:
 def configure_mlflow() -> None:
     """Settings MLflow reads from the process environment, set before it is used.
 
-    Pickle deserialization is switched off (the project never loads pickles, and MLflow must not
-    either), and download progress bars, which only clutter run logs, unless already set.
+    Pickle deserialization is always switched off: the project never loads pickles, and MLflow
+    must not either, whatever the process environment says. ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION``
+    set to anything else is overridden with a warning, not obeyed (MLflow's own default is to
+    allow pickles). Download progress bars, which only clutter run logs, are switched off unless
+    already set. MLflow reads both when it acts, so calling this before the first MLflow call of
+    a process is enough.
     """
-    os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    import logging
+
+    variable = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
+    value = os.environ.get(variable)
+    # MLflow reads "false" and "0" (any case) as off; everything else, or unset, means allowed.
+    if value is not None and value.strip().lower() not in ("false", "0"):
+        logging.getLogger(__name__).warning(
+            "%s is set to %r; secure_pipeline forces it to 'false' (models are never loaded "
+            "from pickles). Remove it from the environment.",
+            variable,
+            value,
+        )
+    os.environ[variable] = "false"
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
@@ -260,6 +316,19 @@ def problems(
         for name, description in (source_variables or {}).items():
             if _read_any(name) is None:
                 found.append(f"{name} is not set: {description}")
+    needs_policy = required is None or "SECURE_PIPELINE_TRUST_POLICY" in required
+    if (
+        environment is Environment.PRODUCTION
+        and needs_policy
+        and not (
+            is_set("SECURE_PIPELINE_TRUST_ROOT") or is_set("SECURE_PIPELINE_TRUST_POLICY_SHA256")
+        )
+    ):
+        found.append(
+            "SECURE_PIPELINE_TRUST_ROOT is not set (nor SECURE_PIPELINE_TRUST_POLICY_SHA256): "
+            "production accepts only a trust policy signed by a pinned root key or pinned by "
+            "digest, so whoever can write the policy file cannot trust their own key"
+        )
     executor = read("SECURE_PIPELINE_EXECUTOR")
     if executor is not None and executor.lower() not in EXECUTORS:
         found.append(f"SECURE_PIPELINE_EXECUTOR must be one of {EXECUTORS}, found {executor!r}")
@@ -274,15 +343,18 @@ def problems(
     if endpoint is not None:
         scheme = urlsplit(endpoint).scheme
         if scheme not in ("https", "http"):
-            found.append(f"SECURE_PIPELINE_S3_ENDPOINT must be an http(s) URL, found {endpoint!r}")
+            found.append(
+                "SECURE_PIPELINE_S3_ENDPOINT must be an http(s) URL, found "
+                f"{redact_text(endpoint)!r}"
+            )
         elif scheme == "http" and (
             environment is Environment.PRODUCTION or not is_loopback_url(endpoint)
         ):
             found.append(
                 "SECURE_PIPELINE_S3_ENDPOINT must use https"
                 + (" in production" if environment is Environment.PRODUCTION else "")
-                + f", found {endpoint!r}; plain http is accepted only for a loopback test "
-                "server in the local environment."
+                + f", found {redact_text(endpoint)!r}; plain http is accepted only for a "
+                "loopback test server in the local environment."
             )
     if (
         environment is Environment.LOCAL

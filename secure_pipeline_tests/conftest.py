@@ -1,5 +1,6 @@
 """Shared fixtures: an isolated environment per test, real local and S3 (moto server) stores."""
 
+import contextlib
 import dataclasses
 import os
 import uuid
@@ -17,8 +18,15 @@ from secure_pipeline.storage.snapshots import SnapshotStore
 _ISOLATED_PREFIXES = ("SECURE_PIPELINE_", "DAGSTER_PG_", "AWS_", "MLFLOW_")
 
 
+@pytest.fixture(scope="session")
+def dev_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The development keys of the whole session, outside every test's home (as on a laptop,
+    where they live in the user's data directory, not in the pipeline's state)."""
+    return tmp_path_factory.mktemp("dev-keys")
+
+
 @pytest.fixture(autouse=True)
-def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dev_keys: Path) -> Path:
     """Every test starts from an empty configuration with its own homes."""
     for name in list(os.environ):
         if name.startswith(_ISOLATED_PREFIXES) or name == "DAGSTER_HOME":
@@ -27,6 +35,7 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home.mkdir()
     monkeypatch.setenv("SECURE_PIPELINE_HOME", str(home))
     monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("SECURE_PIPELINE_DEV_KEYS", str(dev_keys))
     _forget_closed_instances()
     return home
 
@@ -162,6 +171,21 @@ def replace_manifest(store: SnapshotStore, target: str, source: str) -> None:
         raise TypeError(store)
 
 
+@contextlib.contextmanager
+def pointed_at(home: Path, dev_keys: Path) -> Iterator[pytest.MonkeyPatch]:
+    """For module- and session-scoped fixtures (no per-test isolation yet): a clean environment
+    pointing at ``home``. MLflow exports the tracking URI it last used into ``os.environ``, so a
+    fixture that did not clear it would talk to another test's registry."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in list(os.environ):
+            if name.startswith(_ISOLATED_PREFIXES):
+                patch.delenv(name)
+        patch.setenv("SECURE_PIPELINE_HOME", str(home))
+        patch.setenv("DAGSTER_HOME", str(home))
+        patch.setenv("SECURE_PIPELINE_DEV_KEYS", str(dev_keys))
+        yield patch
+
+
 @dataclasses.dataclass
 class Registered:
     """Where the shared reference run lives and what it registered."""
@@ -173,7 +197,7 @@ class Registered:
 
 
 @pytest.fixture(scope="session")
-def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Registered:
+def reference_run(tmp_path_factory: pytest.TempPathFactory, dev_keys: Path) -> Registered:
     """One real run of the whole reference pipeline (trained, signed, registered, promoted).
 
     Shared by the registry and serving tests; they point their environment at its home.
@@ -184,12 +208,7 @@ def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Registered:
     from secure_pipeline_tests.helpers import materialize_all
 
     home = tmp_path_factory.mktemp("registry-home")
-    with pytest.MonkeyPatch.context() as patch:
-        for name in list(os.environ):
-            if name.startswith(("SECURE_PIPELINE_", "MLFLOW_", "AWS_")):
-                patch.delenv(name)
-        patch.setenv("SECURE_PIPELINE_HOME", str(home))
-        patch.setenv("DAGSTER_HOME", str(home))
+    with pointed_at(home, dev_keys):
         (home / "dagster.yaml").write_text(f"storage:\n  sqlite:\n    base_dir: {home}\n")
         with dg.DagsterInstance.get() as instance:
             result = materialize_all(adult_pipeline(), instance)

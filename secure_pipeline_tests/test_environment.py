@@ -1,5 +1,7 @@
 """Environment selection: local by default, production refuses until fully configured."""
 
+import os
+
 import pytest
 
 from secure_pipeline import environment as env
@@ -20,6 +22,7 @@ PRODUCTION = {
     "MLFLOW_TRACKING_URI": "https://mlflow.internal",
     "SECURE_PIPELINE_SIGNING_MODE": "key",
     "SECURE_PIPELINE_TRUST_POLICY": "/etc/secure-pipeline/trust.json",
+    "SECURE_PIPELINE_TRUST_ROOT": "ab" * 32,
 }
 
 
@@ -27,6 +30,14 @@ def test_local_is_the_default() -> None:
     assert env.current_environment() is env.Environment.LOCAL
     defs = adult_pipeline().build_definitions()
     assert isinstance(defs.resources["snapshot_store"], LocalSnapshotStoreResource)
+
+
+def test_production_refuses_an_unpinned_trust_policy(monkeypatch) -> None:
+    for name, value in PRODUCTION.items():
+        if name != "SECURE_PIPELINE_TRUST_ROOT":
+            monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError, match="SECURE_PIPELINE_TRUST_ROOT is not set"):
+        env.validate(source_variables=adult_pipeline().source_variables())
 
 
 def test_unknown_environment_is_an_error(monkeypatch) -> None:
@@ -115,10 +126,41 @@ def test_the_model_server_needs_only_what_it_uses_in_production(monkeypatch) -> 
     with pytest.raises(ConfigurationError) as err:
         env.validate(required=SERVING_REQUIRED)
     message = str(err.value)
-    for name in SERVING_REQUIRED:
+    for name in (*SERVING_REQUIRED, "SECURE_PIPELINE_TRUST_ROOT"):
         assert f"{name} is not set" in message
     assert "DAGSTER_PG_HOST" not in message
     assert "SECURE_PIPELINE_SIGNING_MODE" not in message
-    for name in SERVING_REQUIRED:
+    for name in (*SERVING_REQUIRED, "SECURE_PIPELINE_TRUST_ROOT"):
         monkeypatch.setenv(name, PRODUCTION[name])
     assert env.validate(required=SERVING_REQUIRED) is env.Environment.PRODUCTION
+
+
+@pytest.mark.parametrize("value", ["true", "True", "1", "yes"])
+def test_pickle_deserialization_is_forced_off(monkeypatch, caplog, value) -> None:
+    from mlflow.environment_variables import MLFLOW_ALLOW_PICKLE_DESERIALIZATION
+
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", value)
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true")
+    with caplog.at_level("WARNING", logger="secure_pipeline.environment"):
+        env.configure_mlflow()
+    assert os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"
+    assert MLFLOW_ALLOW_PICKLE_DESERIALIZATION.get() is False
+    assert "MLFLOW_ALLOW_PICKLE_DESERIALIZATION" in caplog.text
+    assert "forces it to 'false'" in caplog.text
+    # A cosmetic choice of the user's stays theirs.
+    assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "true"
+
+
+@pytest.mark.parametrize("value", [None, "false", "0", "FALSE"])
+def test_pickle_deserialization_off_without_a_warning(monkeypatch, caplog, value) -> None:
+    from mlflow.environment_variables import MLFLOW_ALLOW_PICKLE_DESERIALIZATION
+
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "placeholder")
+    if value is None:
+        monkeypatch.delenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION")
+    else:
+        monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", value)
+    with caplog.at_level("WARNING", logger="secure_pipeline.environment"):
+        env.configure_mlflow()
+    assert MLFLOW_ALLOW_PICKLE_DESERIALIZATION.get() is False
+    assert caplog.text == ""

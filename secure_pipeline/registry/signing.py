@@ -1,35 +1,36 @@
-"""Signing model bundles with OpenSSF model_signing, and the trust policy that verifies them.
+"""Signing model bundles with OpenSSF model_signing, verified against the trust policy.
 
 A bundle is a directory; model_signing hashes every file in it (SHA-256, one digest per file)
 into a manifest, signs the manifest and writes a Sigstore bundle, ``model.sig``, beside the
 files. Verification re-hashes the directory: a changed byte, an added, removed or renamed file
 fails it. The same bundle verifies with the upstream ``model_signing`` command line.
 
-Signing modes:
+The bundle is signed by the ``release`` identity. Signing modes:
 
-* ``key`` — an EC private key (P-256). The air-gapped default. Locally a development key is
-  generated on first use under ``SECURE_PIPELINE_HOME/keys`` and labelled *dev*; production
-  refuses it.
+* ``key`` — an EC private key (P-256). The air-gapped default. Locally, with nothing
+  configured, the release identity's development key (kept outside ``SECURE_PIPELINE_HOME``;
+  see `secure_pipeline.trust.keys`); production refuses any development key.
 * ``certificate`` — a key plus its certificate and chain from an enterprise CA.
 * ``sigstore`` — keyless signing with an OIDC identity (Fulcio certificate, Rekor log). It
   needs the public Sigstore services, so it cannot run offline.
 
-The trust policy (``SECURE_PIPELINE_TRUST_POLICY``, a JSON file) pins what verifies: public
-keys, CA roots, or Sigstore identity + issuer. A signature from anything else is refused.
+What verifies is what the trust policy gives the release identity: its public keys, CA roots,
+or Sigstore identity + issuer. A signature from anything else is refused.
 """
 
-import hashlib
-import json
 import os
-from dataclasses import dataclass, field
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from secure_pipeline import environment as env
 from secure_pipeline.errors import ConfigurationError, SignatureError
+from secure_pipeline.trust import keys as keyfiles
+from secure_pipeline.trust.identities import RELEASE
+from secure_pipeline.trust.policy import TrustPolicy, ensure_dev_identities
 
 SIGNATURE_FILE = "model.sig"
-DEV_KEY_NAME = "dev-signing-key"
 DEV_LABEL = "dev"
 Mode = Literal["key", "certificate", "sigstore"]
 
@@ -44,7 +45,7 @@ class Signer:
         password: Its password, if encrypted.
         certificate: The signing certificate (certificate mode).
         chain: Intermediate and root certificates (certificate mode).
-        dev: Whether this is the local development key.
+        dev: Whether this is a development key.
         name: How the signer is named in tags and audit records (never a secret).
     """
 
@@ -57,117 +58,12 @@ class Signer:
     name: str = ""
 
 
-@dataclass(frozen=True)
-class TrustedKey:
-    """A public key the trust policy accepts.
-
-    Attributes:
-        name: Who holds the private key.
-        public_key: PEM file of the public key.
-        dev: Whether it is a development key (refused in production).
-    """
-
-    name: str
-    public_key: Path
-    dev: bool = False
-
-
-@dataclass(frozen=True)
-class TrustPolicy:
-    """Who may sign bundles.
-
-    Attributes:
-        keys: Trusted public keys.
-        ca_roots: Trusted CA certificates (certificate mode).
-        sigstore: Trusted ``(identity, issuer)`` pairs (keyless mode).
-        approvers: Public keys of the people whose signed approvals count for promotion.
-    """
-
-    keys: tuple[TrustedKey, ...] = ()
-    ca_roots: tuple[Path, ...] = ()
-    sigstore: tuple[tuple[str, str], ...] = field(default_factory=tuple)
-    approvers: tuple[TrustedKey, ...] = ()
-
-    def describe(self) -> str:
-        """A one-line summary for error messages."""
-        parts = [f"keys {', '.join(k.name for k in self.keys)}"] if self.keys else []
-        if self.ca_roots:
-            parts.append(f"CA roots {', '.join(p.name for p in self.ca_roots)}")
-        if self.sigstore:
-            parts.append(f"Sigstore identities {', '.join(i for i, _ in self.sigstore)}")
-        return "; ".join(parts) or "nothing"
-
-
-def key_fingerprint(public_key_pem: bytes) -> str:
-    """SHA-256 of a public key's DER encoding: how keys are named when nothing else is given."""
-    from cryptography.hazmat.primitives import serialization
-
-    key = serialization.load_pem_public_key(public_key_pem)
-    der = key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return hashlib.sha256(der).hexdigest()
-
-
-def generate_key(private_path: Path, *, dev: bool = False, overwrite: bool = False) -> Path:
-    """Generate an EC P-256 key pair: ``private_path`` (0600) and ``<stem>.pub``.
-
-    Args:
-        private_path: Where the private key goes.
-        dev: Label it a development key (a ``.dev`` marker beside it).
-        overwrite: Replace existing files (never done implicitly).
-
-    Returns:
-        The public key's path.
-
-    Raises:
-        ConfigurationError: When a key exists already and ``overwrite`` is not set.
-    """
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    public_path = private_path.with_suffix(".pub")
-    if private_path.exists() and not overwrite:
-        raise ConfigurationError(f"{private_path} exists; refusing to replace a signing key")
-    private_path.parent.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    descriptor = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as out:
-        out.write(pem)
-    public_path.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    if dev:
-        private_path.with_suffix(".dev").write_text(
-            "development signing key generated by secure-pipeline: never trusted in production\n"
-        )
-    return public_path
-
-
-def _is_dev(private_or_public: Path) -> bool:
-    return private_or_public.with_suffix(".dev").exists()
-
-
-def dev_key() -> Path:
-    """The local development key, generated on first use."""
-    path = env.secure_pipeline_home() / "keys" / f"{DEV_KEY_NAME}.pem"
-    if not path.exists():
-        generate_key(path, dev=True)
-    return path
-
-
 def signer_from_environment(environment: env.Environment | None = None) -> Signer:
-    """The signer the environment configures.
+    """The model bundle signer the environment configures.
 
-    Locally, with nothing configured, the development key. In production a signer must be
-    configured and must not be a development key.
+    Locally, with nothing configured, the release identity's development key. In production a
+    signer must be configured and must not be a development key (recognised by its fingerprint
+    in the development key ledger, or its label, whatever the file is called).
 
     Raises:
         ConfigurationError: For a missing or contradictory configuration.
@@ -180,8 +76,8 @@ def signer_from_environment(environment: env.Environment | None = None) -> Signe
                 "production needs a configured signer: set SECURE_PIPELINE_SIGNING_MODE "
                 "(key, certificate or sigstore) and its variables"
             )
-        key = dev_key()
-        name = f"{DEV_LABEL}:{key_fingerprint(key.with_suffix('.pub').read_bytes())[:16]}"
+        key = ensure_dev_identities() / f"{RELEASE}.pem"
+        name = f"{DEV_LABEL}:{keyfiles.fingerprint(key.with_suffix('.pub').read_bytes())[:16]}"
         return Signer("key", private_key=key, dev=True, name=name)
     if mode not in ("key", "certificate", "sigstore"):
         raise ConfigurationError(
@@ -196,27 +92,25 @@ def signer_from_environment(environment: env.Environment | None = None) -> Signe
     private_key = Path(key_path)
     if not private_key.is_file():
         raise ConfigurationError(f"SECURE_PIPELINE_SIGNING_KEY {private_key} is not a file")
-    dev = _is_dev(private_key)
+    password = env.read("SECURE_PIPELINE_SIGNING_KEY_PASSWORD")
+    data = private_key.read_bytes()
+    dev = keyfiles.is_dev_key(data)
     if dev and environment is env.Environment.PRODUCTION:
         raise ConfigurationError(
-            f"{private_key} is a development key; production refuses to sign with it. "
-            "Generate a production key (secure-pipeline keys generate) and keep it in a "
-            "secret store."
+            f"{private_key} is a development key (its fingerprint is in the development key "
+            "ledger); production refuses to sign with it, whatever the file is called. Generate "
+            "a production key (secure-pipeline keys generate) and keep it in a secret store."
         )
-    password = env.read("SECURE_PIPELINE_SIGNING_KEY_PASSWORD")
     if mode == "key":
-        from cryptography.hazmat.primitives import serialization
-
-        loaded = serialization.load_pem_private_key(
-            private_key.read_bytes(), password.encode() if password else None
-        )
-        public = loaded.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        try:
+            public = keyfiles.public_pem_of(data, password)
+        except (ValueError, TypeError) as exc:
+            raise ConfigurationError(f"{private_key} is not a PEM private key ({exc})") from None
         label = DEV_LABEL if dev else "key"
         return Signer(
-            "key", private_key, password, dev=dev, name=f"{label}:{key_fingerprint(public)[:16]}"
-        )
+            "key", private_key, password, dev=dev,
+            name=f"{label}:{keyfiles.fingerprint(public)[:16]}",
+        )  # fmt: skip
     certificate = env.read("SECURE_PIPELINE_SIGNING_CERT")
     if certificate is None:
         raise ConfigurationError("signing mode certificate needs SECURE_PIPELINE_SIGNING_CERT")
@@ -237,60 +131,6 @@ def _certificate_subject(path: Path) -> str:
     from cryptography import x509
 
     return x509.load_pem_x509_certificate(path.read_bytes()).subject.rfc4514_string()
-
-
-def trust_policy_from_environment(environment: env.Environment | None = None) -> TrustPolicy:
-    """The trust policy: ``SECURE_PIPELINE_TRUST_POLICY``, else (locally) the dev key.
-
-    The file is JSON::
-
-        {"keys": [{"name": "release", "public_key": "/etc/sp/release.pub"}],
-         "ca_roots": ["/etc/sp/corp-root.pem"],
-         "sigstore": [{"identity": "ci@example.com", "issuer": "https://accounts.example"}],
-         "approvers": [{"name": "risk-officer", "public_key": "/etc/sp/risk-officer.pub"}]}
-
-    Relative paths are relative to the policy file.
-
-    Raises:
-        ConfigurationError: When the policy is missing in production, malformed, trusts
-            nothing, or (in production) trusts a development key.
-    """
-    environment = environment or env.current_environment()
-    location = env.read("SECURE_PIPELINE_TRUST_POLICY")
-    if location is None:
-        if environment is env.Environment.PRODUCTION:
-            raise ConfigurationError(
-                "production needs SECURE_PIPELINE_TRUST_POLICY: the keys, CA roots or "
-                "Sigstore identities whose signatures are accepted"
-            )
-        public = dev_key().with_suffix(".pub")
-        return TrustPolicy(keys=(TrustedKey(f"{DEV_LABEL} key", public, dev=True),), approvers=())
-    path = Path(location)
-    try:
-        document = json.loads(path.read_text())
-        base = path.parent
-        keys = tuple(
-            TrustedKey(
-                str(k.get("name") or k["public_key"]),
-                (base / k["public_key"]).resolve(),
-                dev=bool(k.get("dev")) or _is_dev(base / k["public_key"]),
-            )
-            for k in document.get("keys", [])
-        )
-        roots = tuple((base / r).resolve() for r in document.get("ca_roots", []))
-        sigstore = tuple((s["identity"], s["issuer"]) for s in document.get("sigstore", []))
-        approvers = tuple(
-            TrustedKey(str(a["name"]), (base / a["public_key"]).resolve())
-            for a in document.get("approvers", [])
-        )
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigurationError(f"trust policy {path} is not valid: {exc}") from None
-    policy = TrustPolicy(keys, roots, sigstore, approvers)
-    if not (keys or roots or sigstore):
-        raise ConfigurationError(f"trust policy {path} trusts no signer")
-    if environment is env.Environment.PRODUCTION and any(k.dev for k in keys):
-        raise ConfigurationError(f"trust policy {path} trusts a development key in production")
-    return policy
 
 
 def _hashing_config() -> object:
@@ -335,13 +175,14 @@ def sign_bundle(directory: Path, signer: Signer) -> Path:
 
 
 def verify_bundle(directory: Path, policy: TrustPolicy) -> str:
-    """Verify the signature of a bundle directory against the trust policy.
+    """Verify the signature of a bundle directory against the release identity of the policy.
 
-    Every file is re-hashed; the signature must come from a signer the policy trusts.
+    Every file is re-hashed; the signature must come from a key, CA root or Sigstore identity
+    the trust policy gives to ``release``.
 
     Args:
         directory: The bundle.
-        policy: Who may sign.
+        policy: The trust policy.
 
     Returns:
         The name of the trusted signer that signed it.
@@ -355,45 +196,59 @@ def verify_bundle(directory: Path, policy: TrustPolicy) -> str:
     signature = directory / SIGNATURE_FILE
     if not signature.is_file():
         raise SignatureError(f"{directory} has no {SIGNATURE_FILE}: the bundle is not signed")
+    release = policy.identities.get(RELEASE)
+    if release is None or not (release.keys or release.ca_roots or release.sigstore):
+        raise SignatureError(f"the {policy.describe()} names no release signer")
     attempts: list[str] = []
-    candidates: list[tuple[str, object]] = [
-        (key.name, verifying.Config().use_elliptic_key_verifier(public_key=key.public_key))
-        for key in policy.keys
-    ]
-    if policy.ca_roots:
-        candidates.append(
-            (
-                "enterprise CA",
-                verifying.Config().use_certificate_verifier(
-                    certificate_chain=list(policy.ca_roots)
-                ),
+    with tempfile.TemporaryDirectory(prefix="trust-") as temporary:
+        # model_signing reads keys and roots from files: written from the verified policy, not
+        # taken from files an insider could swap.
+        candidates: list[tuple[str, object]] = []
+        for key in release.keys:
+            path = Path(temporary) / f"{key.keyid}.pub"
+            path.write_text(key.pem)
+            candidates.append(
+                (
+                    f"release key {key.keyid[:16]}",
+                    verifying.Config().use_elliptic_key_verifier(public_key=path),
+                )
             )
-        )
-    for identity, issuer in policy.sigstore:
-        candidates.append(
-            (
-                f"sigstore:{identity}",
-                verifying.Config().use_sigstore_verifier(identity=identity, oidc_issuer=issuer),
+        if release.ca_roots:
+            roots = []
+            for index, pem in enumerate(release.ca_roots):
+                roots.append(Path(temporary) / f"root-{index}.pem")
+                roots[-1].write_text(pem)
+            candidates.append(
+                (
+                    "release CA",
+                    verifying.Config().use_certificate_verifier(certificate_chain=roots),
+                )
             )
-        )
-    for name, config in candidates:
-        try:
-            config.set_hashing_config(_hashing_config()).verify(directory, signature)  # type: ignore[attr-defined]
-        except ValueError as exc:
-            text = str(exc)
-            if text.startswith("Signature mismatch"):
-                raise SignatureError(
-                    f"bundle {directory} does not match its signature (signer {name}): "
-                    f"{text.split(':', 1)[1].strip()}. A file was changed, added, removed or "
-                    "renamed after signing; do not use this bundle."
-                ) from None
-            attempts.append(f"{name}: {text.strip()}")
-            continue
-        except Exception as exc:  # noqa: BLE001 - each verifier has its own error types
-            attempts.append(f"{name}: {type(exc).__name__}: {exc}")
-            continue
-        return name
+        for identity, issuer in release.sigstore:
+            candidates.append(
+                (
+                    f"sigstore:{identity}",
+                    verifying.Config().use_sigstore_verifier(identity=identity, oidc_issuer=issuer),
+                )
+            )
+        for name, config in candidates:
+            try:
+                config.set_hashing_config(_hashing_config()).verify(directory, signature)  # type: ignore[attr-defined]
+            except ValueError as exc:
+                text = str(exc)
+                if text.startswith("Signature mismatch"):
+                    raise SignatureError(
+                        f"bundle {directory} does not match its signature (signer {name}): "
+                        f"{text.split(':', 1)[1].strip()}. A file was changed, added, removed "
+                        "or renamed after signing; do not use this bundle."
+                    ) from None
+                attempts.append(f"{name}: {text.strip()[:200]}")
+                continue
+            except Exception as exc:  # noqa: BLE001 - each verifier has its own error types
+                attempts.append(f"{name}: {type(exc).__name__}")
+                continue
+            return name
     raise SignatureError(
-        f"bundle {directory} is not signed by a trusted signer (trusted: {policy.describe()}). "
-        + ("Attempts: " + " | ".join(attempts) if attempts else "")
+        f"bundle {directory} is not signed by a trusted signer (the release identity of the "
+        f"{policy.describe()}). " + ("Attempts: " + " | ".join(attempts) if attempts else "")
     )

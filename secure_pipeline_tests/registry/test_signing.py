@@ -15,15 +15,19 @@ from secure_pipeline import environment as env
 from secure_pipeline.errors import ConfigurationError, SignatureError
 from secure_pipeline.registry.signing import (
     SIGNATURE_FILE,
-    TrustedKey,
-    TrustPolicy,
-    generate_key,
     sign_bundle,
     signer_from_environment,
-    trust_policy_from_environment,
     verify_bundle,
 )
 from secure_pipeline.registry.verification import pickle_files
+from secure_pipeline.trust.keys import dev_fingerprints, fingerprint, generate_key
+from secure_pipeline.trust.policy import (
+    TrustPolicy,
+    parse_document,
+    policy_document,
+    sign_policy,
+    trust_policy,
+)
 
 FILES = {"model.skops": os.urandom(4096), "lineage.json": b'{"model": 1}', "MODEL_CARD.md": b"# c"}
 
@@ -47,7 +51,8 @@ def signed(tmp_path_factory, keys) -> Path:
 
 
 def trust(keys, *names: str) -> TrustPolicy:
-    return TrustPolicy(keys=tuple(TrustedKey(n, keys[n]) for n in names))
+    """A policy whose release identity holds the keys ``names``."""
+    return parse_document(policy_document({"release": [keys[n].read_bytes() for n in names]}))
 
 
 def copy(bundle: Path, tmp_path: Path) -> Path:
@@ -57,7 +62,10 @@ def copy(bundle: Path, tmp_path: Path) -> Path:
 
 
 def test_a_signed_bundle_verifies_with_the_trusted_key(signed, keys) -> None:
-    assert verify_bundle(signed, trust(keys, "intruder", "release")) == "release"
+    release = fingerprint(keys["release"].read_bytes())
+    assert verify_bundle(signed, trust(keys, "intruder", "release")) == (
+        f"release key {release[:16]}"
+    )
 
 
 def test_an_untrusted_signer_is_refused(signed, keys) -> None:
@@ -155,49 +163,60 @@ def test_property_any_mutation_of_a_signed_bundle_fails_verification(
             verify_bundle(bundle, policy)
 
 
-def test_local_default_is_a_labelled_dev_key(isolated_env) -> None:
+def test_local_default_is_a_labelled_dev_key_outside_the_home(isolated_env, dev_keys) -> None:
     signer = signer_from_environment(env.Environment.LOCAL)
     assert signer.dev
     assert signer.name.startswith("dev:")
-    assert (isolated_env / "keys" / "dev-signing-key.dev").exists()
-    policy = trust_policy_from_environment(env.Environment.LOCAL)
-    assert policy.keys[0].dev
+    assert signer.private_key is not None
+    assert signer.private_key.parent == dev_keys
+    assert isolated_env not in signer.private_key.parents
+    assert signer.private_key.stat().st_mode & 0o777 == 0o600
+    public = signer.private_key.with_suffix(".pub").read_bytes()
+    assert fingerprint(public) in dev_fingerprints()
+    assert trust_policy(env.Environment.LOCAL).dev
 
 
-def test_production_refuses_a_dev_key_and_a_missing_signer(isolated_env, monkeypatch) -> None:
+def test_dev_keys_inside_the_home_are_refused(isolated_env, monkeypatch) -> None:
+    monkeypatch.setenv("SECURE_PIPELINE_DEV_KEYS", str(isolated_env / "keys"))
+    with pytest.raises(ConfigurationError, match="must live outside SECURE_PIPELINE_HOME"):
+        signer_from_environment(env.Environment.LOCAL)
+
+
+def test_production_refuses_a_renamed_dev_key(isolated_env, monkeypatch, tmp_path) -> None:
     with pytest.raises(ConfigurationError, match="needs a configured signer"):
         signer_from_environment(env.Environment.PRODUCTION)
-    dev = generate_key(isolated_env / "k" / "old.pem", dev=True).with_suffix(".pem")
+    dev = signer_from_environment(env.Environment.LOCAL).private_key
+    assert dev is not None
+    # The insider's copy: another name, no label, nothing beside it.
+    from secure_pipeline.trust.keys import DEV_LABEL
+
+    renamed = tmp_path / "release-2026.pem"
+    renamed.write_bytes(dev.read_bytes().replace(DEV_LABEL, b""))
     monkeypatch.setenv("SECURE_PIPELINE_SIGNING_MODE", "key")
-    monkeypatch.setenv("SECURE_PIPELINE_SIGNING_KEY", str(dev))
-    with pytest.raises(ConfigurationError, match="development key; production refuses"):
+    monkeypatch.setenv("SECURE_PIPELINE_SIGNING_KEY", str(renamed))
+    with pytest.raises(ConfigurationError, match="is a development key .* whatever the file"):
         signer_from_environment(env.Environment.PRODUCTION)
-    with pytest.raises(ConfigurationError, match="SECURE_PIPELINE_TRUST_POLICY"):
-        trust_policy_from_environment(env.Environment.PRODUCTION)
-    policy_file = isolated_env / "trust.json"
-    policy_file.write_text('{"keys": [{"name": "old", "public_key": "k/old.pub"}]}')
-    monkeypatch.setenv("SECURE_PIPELINE_TRUST_POLICY", str(policy_file))
-    with pytest.raises(ConfigurationError, match="trusts a development key in production"):
-        trust_policy_from_environment(env.Environment.PRODUCTION)
 
 
 def test_a_production_key_signs_and_its_policy_verifies(isolated_env, monkeypatch, tmp_path):
-    key = generate_key(isolated_env / "k" / "release.pem").with_suffix(".pem")
+    key = generate_key(tmp_path / "k" / "release.pem").with_suffix(".pem")
+    root = generate_key(tmp_path / "k" / "root.pem").with_suffix(".pem")
     monkeypatch.setenv("SECURE_PIPELINE_SIGNING_MODE", "key")
     monkeypatch.setenv("SECURE_PIPELINE_SIGNING_KEY", str(key))
-    (isolated_env / "trust.json").write_text(
-        '{"keys": [{"name": "release", "public_key": "k/release.pub"}]}'
+    document = policy_document({"release": [key.with_suffix(".pub").read_bytes()]})
+    (tmp_path / "trust.json").write_bytes(sign_policy(document, root))
+    monkeypatch.setenv("SECURE_PIPELINE_TRUST_POLICY", str(tmp_path / "trust.json"))
+    monkeypatch.setenv(
+        "SECURE_PIPELINE_TRUST_ROOT", fingerprint(root.with_suffix(".pub").read_bytes())
     )
-    monkeypatch.setenv("SECURE_PIPELINE_TRUST_POLICY", str(isolated_env / "trust.json"))
     signer = signer_from_environment(env.Environment.PRODUCTION)
     assert not signer.dev
     bundle = tmp_path / "b"
     bundle.mkdir()
     (bundle / "model.skops").write_bytes(b"m")
     sign_bundle(bundle, signer)
-    assert verify_bundle(bundle, trust_policy_from_environment(env.Environment.PRODUCTION)) == (
-        "release"
-    )
+    policy = trust_policy(env.Environment.PRODUCTION)
+    assert verify_bundle(bundle, policy).startswith("release key")
 
 
 def _certificate_authority(tmp_path: Path, name: str):
@@ -261,6 +280,12 @@ def test_certificate_mode_verifies_against_the_ca_root_only(tmp_path) -> None:
         Signer("certificate", private_key=corp["key"], certificate=corp["leaf"],
                chain=(corp["ca"],)),
     )  # fmt: skip
-    assert verify_bundle(bundle, TrustPolicy(ca_roots=(corp["ca"],))) == "enterprise CA"
+    corp_policy = parse_document(
+        policy_document({"release": []}, release_ca_roots=[corp["ca"].read_bytes()])
+    )
+    assert verify_bundle(bundle, corp_policy) == "release CA"
+    other_policy = parse_document(
+        policy_document({"release": []}, release_ca_roots=[other["ca"].read_bytes()])
+    )
     with pytest.raises(SignatureError, match="not signed by a trusted signer"):
-        verify_bundle(bundle, TrustPolicy(ca_roots=(other["ca"],)))
+        verify_bundle(bundle, other_policy)
