@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from secure_pipeline.errors import ConfigurationError
 from secure_pipeline.promotion.canary import CanaryPolicy
+from secure_pipeline.trust.identities import IDENTITY_TAG
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -206,6 +207,19 @@ class SecurityPolicy:
     fairness_report_only: tuple[str, ...] = ()
     approvals_required: int = 0
 
+    def fingerprint(self) -> str:
+        """SHA-256 of the judging thresholds: two policies match only if every one does.
+
+        ``approvals_required`` is left out: it applies when a model is promoted, not when it is
+        judged, so changing it does not make earlier verdicts stale.
+        """
+        thresholds = {k: v for k, v in asdict(self).items() if k != "approvals_required"}
+        return hashlib.sha256(
+            json.dumps(
+                thresholds, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+            ).encode()
+        ).hexdigest()
+
     def problems(self) -> list[str]:
         """Contradictions in the policy, one line each."""
         found = []
@@ -282,9 +296,15 @@ class IsolationSpec:
     env_secrets: tuple[str, ...] = ("sp-train-env",)
     tmp_size: str = "2Gi"
 
-    def dagster_tags(self) -> dict[str, object]:
-        """Op tags the dagster-k8s executor reads (``dagster-k8s/config``) plus the namespace."""
+    def dagster_tags(self, identity: str | None = None) -> dict[str, object]:
+        """Op tags the dagster-k8s executor reads (``dagster-k8s/config``) plus the namespace.
+
+        Args:
+            identity: The signing identity of the step (``ingest``, ``train``, ``release``,
+                ``gate``): the key it signs its records and attestations with.
+        """
         return {
+            **({IDENTITY_TAG: identity} if identity else {}),
             "secure_pipeline/k8s_namespace": self.namespace,
             "dagster-k8s/config": {
                 "pod_spec_config": {

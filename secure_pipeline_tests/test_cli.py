@@ -10,8 +10,10 @@ from pathlib import Path
 import dagster as dg
 
 from secure_pipeline.reference.adult import adult_pipeline
-from secure_pipeline.storage.audit import AuditLog, record_key
+from secure_pipeline.storage.audit import AuditLog, checkpoint_key, record_key
 from secure_pipeline.storage.local import LocalSnapshotStore
+from secure_pipeline.trust.identities import INGEST
+from secure_pipeline.trust.signers import signer_for
 from secure_pipeline_tests.helpers import materialize
 
 CLI = str(Path(sys.executable).parent / "secure-pipeline")
@@ -25,7 +27,8 @@ def _trail(home: Path, n: int = 3) -> LocalSnapshotStore:
     store = LocalSnapshotStore(home / "store")
     log = AuditLog(store)
     for i in range(n):
-        log.append("test.event", actor="cli-test", details={"i": i})
+        log.append("snapshot.stored", signer=signer_for(INGEST), actor="cli-test",
+                   details={"i": i})  # fmt: skip
     return store
 
 
@@ -61,6 +64,10 @@ def test_audit_verify_with_anchor_catches_truncation(isolated_env: Path) -> None
     store = _trail(isolated_env)
     head = json.loads((store.root / record_key(3)).read_bytes())["hash"]
     (store.root / record_key(3)).unlink()
+    truncated = run("audit", "verify")  # the signed checkpoint of record 3 names it
+    assert truncated.returncode == 1
+    assert "ends at record 2, but a signed checkpoint exists" in truncated.stderr
+    (store.root / checkpoint_key(3)).unlink()  # where deletes are possible, both can go
     assert run("audit", "verify").returncode == 0
     result = run("audit", "verify", "--anchor", f"3:{head}")
     assert result.returncode == 1
@@ -77,10 +84,11 @@ def test_audit_verify_against_dagster_anchors(isolated_env: Path) -> None:
     )
     assert run("audit", "verify", "--dagster-anchors").returncode == 0
     store = LocalSnapshotStore(isolated_env / "store")
-    for record in (store.root / "audit").iterdir():
+    for record in (store.root / "audit").rglob("*.json"):
         record.unlink()
     log = AuditLog(store)
-    log.append("forged", actor="attacker")  # a fresh chain in place of the deleted one
+    # a fresh chain in place of the deleted one, even by a holder of the ingest key
+    log.append("snapshot.stored", signer=signer_for(INGEST), actor="rewriter")
     assert run("audit", "verify").returncode == 0
     result = run("audit", "verify", "--dagster-anchors")
     assert result.returncode == 1

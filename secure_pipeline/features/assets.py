@@ -11,6 +11,7 @@ from secure_pipeline.pipeline import RESERVED_SPLIT_COLUMN, SecurePipeline
 from secure_pipeline.storage.io_manager import load_recorded, recorded_snapshot
 from secure_pipeline.storage.resources import SnapshotStoreResource
 from secure_pipeline.storage.snapshots import SnapshotStore, snapshot_key
+from secure_pipeline.trust.identities import INGEST
 from secure_pipeline.verdicts import verdict
 
 FEATURES = "features"
@@ -96,7 +97,7 @@ def build_features_stage(
         ),
         metadata={"feature_catalog": catalog_table},
         tags={"secure_pipeline/stage": "features"},
-        op_tags=pipeline.orchestration.ingest.dagster_tags(),
+        op_tags=pipeline.orchestration.ingest.dagster_tags(INGEST),
     )
     @retry_transient_io(pipeline.orchestration)
     def features(context: dg.AssetExecutionContext, validated: Any) -> dg.MaterializeResult[Any]:
@@ -127,7 +128,7 @@ def build_features_stage(
             f">= {policy.drift_fail_psi}: the population changed, and a model trained on it "
             "must not replace one trained on the reference without review."
         ),
-        op_tags=pipeline.orchestration.ingest.dagster_tags(),
+        op_tags=pipeline.orchestration.ingest.dagster_tags(INGEST),
     )
     @retry_transient_io(pipeline.orchestration)
     def feature_drift(
@@ -160,6 +161,8 @@ def build_features_stage(
         )
         return verdict(
             snapshot_store,
+            pipeline=pipeline,
+            identity=INGEST,
             run_id=context.run.run_id,
             asset_key=features_key,
             check_name=FEATURE_DRIFT,

@@ -17,10 +17,11 @@ from secure_pipeline.ingestion.provenance import ProvenanceRecord, provenance_do
 from secure_pipeline.metadata import table
 from secure_pipeline.orchestration.retries import retry_transient_io
 from secure_pipeline.pipeline import SecurePipeline
-from secure_pipeline.redaction import redact_uri
+from secure_pipeline.redaction import redact_text, redact_uri
 from secure_pipeline.storage.io_manager import snapshot_metadata
 from secure_pipeline.storage.resources import SnapshotStoreResource
 from secure_pipeline.storage.snapshots import FILESET_FORMAT, SnapshotRef, utc_now
+from secure_pipeline.trust.identities import INGEST
 
 
 def declared_table_schema(pipeline: SecurePipeline) -> dg.TableSchema:
@@ -106,7 +107,8 @@ def batch_location(
         zone_bucket, zone_prefix = parse_landing_uri(zone)
         bucket, prefix = parse_landing_uri(batch.location)
     except ConfigurationError as exc:
-        raise UntrustedSourceError(str(exc)) from None
+        # parse_landing_uri quotes the location as typed, which may hold a signed query.
+        raise UntrustedSourceError(redact_text(str(exc))) from None
     if bucket != zone_bucket or not prefix.startswith(zone_prefix) or prefix == zone_prefix:
         raise UntrustedSourceError(
             f"run config location {redact_uri(batch.location)!r} is not a batch folder of the "
@@ -162,7 +164,7 @@ def build_raw_asset(pipeline: SecurePipeline) -> dg.AssetsDefinition:
             "max_bytes_per_file": source.max_bytes,
         },
         tags={"secure_pipeline/stage": "ingestion"},
-        op_tags=pipeline.orchestration.ingest.dagster_tags(),
+        op_tags=pipeline.orchestration.ingest.dagster_tags(INGEST),
     )
     @retry_transient_io(pipeline.orchestration)
     def raw_asset(
@@ -224,8 +226,11 @@ def build_raw_asset(pipeline: SecurePipeline) -> dg.AssetsDefinition:
             run_id=context.run.run_id,
             code_version=pipeline.code_version,
         )
+        from secure_pipeline.trust.signers import signer_for
+
         record = snapshot_store.get_audit_log().append(
             "ingestion.stored",
+            signer=signer_for(INGEST),
             actor=f"asset:{name}",
             run_id=context.run.run_id,
             subject=index.sha256,

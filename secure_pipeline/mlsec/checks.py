@@ -20,6 +20,7 @@ from secure_pipeline.storage.io_manager import recorded_snapshot
 from secure_pipeline.storage.resources import SnapshotStoreResource
 from secure_pipeline.storage.snapshots import snapshot_key
 from secure_pipeline.training.assets import TRAINED_MODEL, experiment_name
+from secure_pipeline.trust.identities import TRAIN
 from secure_pipeline.verdicts import verdict
 
 PERFORMANCE = "performance_meets_policy"
@@ -151,6 +152,8 @@ def build_ml_checks(pipeline: SecurePipeline) -> list[dg.AssetChecksDefinition]:
     ) -> dg.AssetCheckResult:
         return verdict(
             store,
+            pipeline=pipeline,
+            identity=TRAIN,
             run_id=context.run.run_id,
             asset_key=model_key,
             check_name=name,
@@ -170,7 +173,7 @@ def build_ml_checks(pipeline: SecurePipeline) -> list[dg.AssetChecksDefinition]:
             f"balanced accuracy >= {policy.min_balanced_accuracy} (0.5 is chance for both). "
             "A weaker model is not worth the risk of deploying it."
         ),
-        op_tags=pipeline.orchestration.train.dagster_tags(),
+        op_tags=pipeline.orchestration.train.dagster_tags(TRAIN),
     )
     @retry_transient_io(pipeline.orchestration)
     def performance_meets_policy(
@@ -215,7 +218,7 @@ def build_ml_checks(pipeline: SecurePipeline) -> list[dg.AssetChecksDefinition]:
             f"{policy.robustness_sample_cap} evaluation records. More means small "
             "misreported numbers flip too many decisions."
         ),
-        op_tags=pipeline.orchestration.train.dagster_tags(),
+        op_tags=pipeline.orchestration.train.dagster_tags(TRAIN),
     )
     @retry_transient_io(pipeline.orchestration)
     def adversarial_robustness(
@@ -277,7 +280,7 @@ def build_ml_checks(pipeline: SecurePipeline) -> list[dg.AssetChecksDefinition]:
             f"{policy.max_membership_advantage} on up to {policy.privacy_sample_cap} records of "
             "each. More means the model leaks who was in its training data."
         ),
-        op_tags=pipeline.orchestration.train.dagster_tags(),
+        op_tags=pipeline.orchestration.train.dagster_tags(TRAIN),
     )
     @retry_transient_io(pipeline.orchestration)
     def membership_inference_risk(
@@ -346,7 +349,7 @@ def build_ml_checks(pipeline: SecurePipeline) -> list[dg.AssetChecksDefinition]:
                 else ""
             )  # fmt: skip
         ),
-        op_tags=pipeline.orchestration.train.dagster_tags(),
+        op_tags=pipeline.orchestration.train.dagster_tags(TRAIN),
     )
     @retry_transient_io(pipeline.orchestration)
     def fairness_audit(

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 from secure_pipeline.errors import ConfigurationError
 from secure_pipeline.pipeline import SourceFile
+from secure_pipeline.redaction import redact_text
 
 # Pending (incomplete) batches remembered at most: each costs HEAD requests every tick.
 MAX_PENDING = 50
@@ -158,10 +159,12 @@ def parse_landing_uri(uri: str) -> tuple[str, str]:
     prefix = parts.path.lstrip("/")
     if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
         raise ConfigurationError(
-            f"a landing zone must be an s3://bucket/prefix/ URI, found {uri!r}"
+            f"a landing zone must be an s3://bucket/prefix/ URI, found {redact_text(uri)!r}"
         )
     if ".." in prefix.split("/"):
-        raise ConfigurationError(f"a landing zone prefix must not contain '..', found {uri!r}")
+        raise ConfigurationError(
+            f"a landing zone prefix must not contain '..', found {redact_text(uri)!r}"
+        )
     return parts.netloc, (prefix.rstrip("/") + "/") if prefix else ""
 
 

@@ -242,9 +242,8 @@ def approval_sensor(pipeline: SecurePipeline, job: Any, production: bool) -> dg.
         context: dg.SensorEvaluationContext, snapshot_store: SnapshotStoreResource
     ) -> dg.SensorResult | dg.SkipReason:
         from secure_pipeline.promotion.approvals import verified_approvals
-        from secure_pipeline.promotion.gate import CHAMPION
-        from secure_pipeline.registry.mlflow_registry import alias_version
-        from secure_pipeline.registry.signing import trust_policy_from_environment
+        from secure_pipeline.promotion.decisions import champion, decisions
+        from secure_pipeline.trust.policy import trust_policy
 
         if needed == 0:
             return dg.SkipReason("the policy requires no approvals: releases promote directly")
@@ -255,11 +254,11 @@ def approval_sensor(pipeline: SecurePipeline, job: Any, production: bool) -> dg.
         version = str(meta["model_version"].value)
         model_sha = str(meta["model_sha256"].value)
         bundle = str(meta["bundle_digest"].value)
-        if alias_version(pipeline.name, CHAMPION) == version:
+        store, trust = snapshot_store.get_store(), trust_policy()
+        current = champion(decisions(store, trust, pipeline.name)[0])
+        if current is not None and current.version == version:
             return dg.SkipReason(f"version {version} is already the champion")
-        approvals, problems = verified_approvals(
-            snapshot_store.get_store(), model_sha, trust_policy_from_environment(), bundle
-        )
+        approvals, problems = verified_approvals(store, model_sha, trust, bundle)
         for problem in problems:
             context.log.warning(f"approval of version {version} not counted: {problem}")
         if len(approvals) < needed:
@@ -302,8 +301,12 @@ def failure_sensor(pipeline: SecurePipeline, production: bool) -> dg.SensorDefin
                 if error.cls_name and not error.cls_name.startswith("Dagster"):
                     errors.add(error.cls_name)
                 error = error.cause
+        from secure_pipeline.trust.identities import MONITOR
+        from secure_pipeline.trust.signers import signer_for
+
         snapshot_store.get_audit_log().append(
             "run.failed",
+            signer=signer_for(MONITOR),
             actor=f"sensor:{pipeline.name}_audit_run_failures",
             run_id=context.dagster_run.run_id,
             details={

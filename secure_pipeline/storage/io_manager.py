@@ -15,7 +15,7 @@ from typing import Any
 
 import dagster as dg
 
-from secure_pipeline.errors import IntegrityError
+from secure_pipeline.errors import ConfigurationError, IntegrityError
 from secure_pipeline.storage.resources import SnapshotStoreResource
 from secure_pipeline.storage.snapshots import (
     FILESET_FORMAT,
@@ -24,6 +24,7 @@ from secure_pipeline.storage.snapshots import (
     canonical_json,
     snapshot_key,
 )
+from secure_pipeline.trust.identities import IDENTITY_TAG
 
 SNAPSHOT_KEY = "snapshot_key"
 SHA256 = "sha256"
@@ -76,6 +77,7 @@ def store_snapshot(
     upstream: Mapping[str, str] | None = None,
     run_id: str | None = None,
     code_version: str | None = None,
+    identity: str,
 ) -> tuple[SnapshotRef, dict[str, Any]]:
     """Store an asset's serialized value, audit it, and build its materialization metadata.
 
@@ -83,9 +85,25 @@ def store_snapshot(
     it returns (to bind a check verdict to it) calls this itself and returns the metadata with
     ``data_version=DataVersion(ref.sha256)``.
 
+    Args:
+        store: The snapshot store resource.
+        asset_key: The asset stored.
+        data: Its serialized bytes.
+        ext: Key extension.
+        fmt: Format recorded in the manifest.
+        partition: The partition, if any.
+        rows: Row count of a table.
+        schema: Column types of a table.
+        upstream: Digests of the inputs it was computed from.
+        run_id: The run storing it.
+        code_version: The code version that computed it.
+        identity: The stage identity that signs the ``snapshot.stored`` record.
+
     Returns:
         The stored snapshot and its metadata.
     """
+    from secure_pipeline.trust.signers import signer_for
+
     ref = store.get_store().put_bytes(
         asset_key.path,
         data,
@@ -100,6 +118,7 @@ def store_snapshot(
     )
     record = store.get_audit_log().append(
         "snapshot.stored",
+        signer=signer_for(identity),
         actor=f"asset:{asset_key.to_user_string()}",
         run_id=run_id,
         subject=ref.sha256,
@@ -238,6 +257,13 @@ class SnapshotIOManager(dg.ConfigurableIOManager):
             raise TypeError(
                 "SnapshotIOManager stores asset outputs only; give op outputs an asset key"
             )
+        identity = (context.op_def.tags or {}).get(IDENTITY_TAG)
+        if not identity:
+            raise ConfigurationError(
+                f"asset {context.asset_key.to_user_string()} has no {IDENTITY_TAG!r} op tag: "
+                "every stored snapshot is recorded by a signing identity (ingest, train, "
+                "release); give the asset op_tags={...: 'ingest'} or the like"
+            )
         fmt, ext, data, rows, schema = self._serialize(context, obj)
         ref, metadata = store_snapshot(
             self.store,
@@ -251,6 +277,7 @@ class SnapshotIOManager(dg.ConfigurableIOManager):
             upstream=_upstream_digests(context),
             run_id=context.run_id,
             code_version=context.version,
+            identity=str(identity),
         )
         context.add_output_metadata(metadata)
         # Our digest *is* the data version: unchanged content shows as up to date in the UI.

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from secure_pipeline.environment import is_loopback_url
 from secure_pipeline.errors import ConfigurationError, IntegrityError
+from secure_pipeline.redaction import redact_text
 from secure_pipeline.storage.snapshots import (
     CHUNK_SIZE,
     MANIFEST_SUFFIX,
@@ -94,8 +95,8 @@ def check_endpoint(endpoint_url: str | None, *, allow_loopback_http: bool) -> No
         scheme == "http" and allow_loopback_http and is_loopback_url(endpoint_url)
     ):
         raise ConfigurationError(
-            f"S3 endpoint must use https, found {endpoint_url!r}. Plain http is accepted "
-            "only for a loopback test server in the local environment."
+            f"S3 endpoint must use https, found {redact_text(endpoint_url)!r}. Plain http is "
+            "accepted only for a loopback test server in the local environment."
         )
 
 

@@ -14,6 +14,7 @@ from secure_pipeline.storage.io_manager import (
 )
 from secure_pipeline.storage.resources import SnapshotStoreResource
 from secure_pipeline.storage.snapshots import sha256_hex
+from secure_pipeline.trust.identities import TRAIN
 
 TRAINED_MODEL = "trained_model"
 
@@ -68,7 +69,7 @@ def build_training_stage(pipeline: SecurePipeline) -> list[dg.AssetsDefinition]:
             "k8s_service_account": pipeline.orchestration.train.service_account,
         },
         tags={"secure_pipeline/stage": "training"},
-        op_tags=pipeline.orchestration.train.dagster_tags(),
+        op_tags=pipeline.orchestration.train.dagster_tags(TRAIN),
     )
     @retry_transient_io(pipeline.orchestration)
     def trained_model(
@@ -113,8 +114,11 @@ def build_training_stage(pipeline: SecurePipeline) -> list[dg.AssetsDefinition]:
                 "policy.json",
             )
             run_id, experiment_id = run.info.run_id, run.info.experiment_id
+        from secure_pipeline.trust.signers import signer_for
+
         record_ = snapshot_store.get_audit_log().append(
             "model.trained",
+            signer=signer_for(TRAIN),
             actor=f"asset:{TRAINED_MODEL}",
             run_id=context.run.run_id,
             subject=model_sha,

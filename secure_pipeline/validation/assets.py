@@ -28,6 +28,7 @@ from secure_pipeline.pipeline import RESERVED_SPLIT_COLUMN, SecurePipeline
 from secure_pipeline.storage.io_manager import load_recorded, recorded_snapshot, store_snapshot
 from secure_pipeline.storage.resources import SnapshotStoreResource
 from secure_pipeline.storage.snapshots import canonical_json
+from secure_pipeline.trust.identities import INGEST
 from secure_pipeline.verdicts import verdict
 
 PROVENANCE_COMPLETE = "provenance_complete"
@@ -81,7 +82,7 @@ def build_validation_stage(
             "matches the stored files and the current schema. A failure means the origin of the "
             "data cannot be shown: nothing downstream is built from it."
         ),
-        op_tags=pipeline.orchestration.ingest.dagster_tags(),
+        op_tags=pipeline.orchestration.ingest.dagster_tags(INGEST),
     )
     @retry_transient_io(pipeline.orchestration)
     def provenance_complete(
@@ -108,6 +109,8 @@ def build_validation_stage(
             )
         return verdict(
             snapshot_store,
+            pipeline=pipeline,
+            identity=INGEST,
             run_id=context.run.run_id,
             asset_key=raw_key,
             check_name=PROVENANCE_COMPLETE,
@@ -129,7 +132,7 @@ def build_validation_stage(
             "block everything downstream. Row-level failures are reported as a warning with "
             "per-column counts and examples; those rows are quarantined."
         ),
-        op_tags=pipeline.orchestration.ingest.dagster_tags(),
+        op_tags=pipeline.orchestration.ingest.dagster_tags(INGEST),
     )
     @retry_transient_io(pipeline.orchestration)
     def schema_conforms(
@@ -146,6 +149,8 @@ def build_validation_stage(
         passed = not structural and report.rejected_rows == 0
         return verdict(
             snapshot_store,
+            pipeline=pipeline,
+            identity=INGEST,
             run_id=context.run.run_id,
             asset_key=raw_key,
             check_name=SCHEMA_CONFORMS,
@@ -199,7 +204,7 @@ def build_validation_stage(
             )
         ],
         tags={"secure_pipeline/stage": "validation"},
-        op_tags=pipeline.orchestration.ingest.dagster_tags(),
+        op_tags=pipeline.orchestration.ingest.dagster_tags(INGEST),
     )
     @retry_transient_io(pipeline.orchestration)
     def validated(
@@ -241,6 +246,7 @@ def build_validation_stage(
             upstream={raw_key.to_user_string(): raw_digest} if raw_digest else {},
             run_id=context.run.run_id,
             code_version=pipeline.code_version,
+            identity=INGEST,
         )
 
         quarantined = store.put_bytes(
@@ -257,6 +263,8 @@ def build_validation_stage(
         passed = rate <= policy.max_reject_rate
         check = verdict(
             snapshot_store,
+            pipeline=pipeline,
+            identity=INGEST,
             run_id=context.run.run_id,
             asset_key=validated_key,
             check_name=REJECT_RATE,
@@ -304,7 +312,7 @@ def build_validation_stage(
             "present. The full result is stored as a snapshot. A failure means the batch does "
             "not look like this dataset: nothing downstream is built from it."
         ),
-        op_tags=pipeline.orchestration.ingest.dagster_tags(),
+        op_tags=pipeline.orchestration.ingest.dagster_tags(INGEST),
     )
     @retry_transient_io(pipeline.orchestration)
     def expectations_met(
@@ -341,6 +349,8 @@ def build_validation_stage(
         failed = [f"{o.expectation}({o.column}): observed {o.observed}" for o in report.failed]
         return verdict(
             snapshot_store,
+            pipeline=pipeline,
+            identity=INGEST,
             run_id=context.run.run_id,
             asset_key=validated_key,
             check_name=EXPECTATIONS_MET,

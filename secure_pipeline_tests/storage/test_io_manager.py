@@ -16,34 +16,37 @@ from secure_pipeline.storage.resources import (
     SnapshotStoreResource,
 )
 from secure_pipeline.storage.tables import table_to_parquet, to_arrow
+from secure_pipeline.trust.identities import IDENTITY_TAG, INGEST
 from secure_pipeline_tests.conftest import overwrite_raw
 
 VERSION = {"n": 0}
+# Every stored snapshot is recorded by a signing identity, named by this op tag.
+SIGNED = {IDENTITY_TAG: INGEST}
 
 
-@dg.asset
+@dg.asset(op_tags=SIGNED)
 def table() -> pd.DataFrame:
     """A small table whose content changes with VERSION."""
     n = VERSION["n"]
     return pd.DataFrame({"x": [n, n + 1, n + 2], "label": ["a", "b", "c"]})
 
 
-@dg.asset
+@dg.asset(op_tags=SIGNED)
 def doubled(table: pd.DataFrame) -> pd.DataFrame:
     return table.assign(x=table["x"] * 2)
 
 
-@dg.asset
+@dg.asset(op_tags=SIGNED)
 def as_arrow(table: pa.Table) -> dict:
     return {"type": type(table).__name__, "rows": table.num_rows}
 
 
-@dg.asset(metadata={"secure_pipeline/extension": "txt"})
+@dg.asset(op_tags=SIGNED, metadata={"secure_pipeline/extension": "txt"})
 def blob() -> bytes:
     return b"plain bytes"
 
 
-@dg.asset
+@dg.asset(op_tags=SIGNED)
 def blob_size(blob: bytes) -> dict:
     return {"size": len(blob)}
 
@@ -52,7 +55,7 @@ class Opaque:
     pass
 
 
-@dg.asset
+@dg.asset(op_tags=SIGNED)
 def opaque() -> Opaque:
     return Opaque()
 
@@ -222,12 +225,12 @@ def test_missing_upstream_materialization_is_a_clear_error(instance, tmp_path: P
 regions = dg.StaticPartitionsDefinition(["eu-west", "us-east"])
 
 
-@dg.asset(partitions_def=regions)
+@dg.asset(op_tags=SIGNED, partitions_def=regions)
 def regional(context: dg.AssetExecutionContext) -> pd.DataFrame:
     return pd.DataFrame({"region": [context.partition_key], "n": [len(context.partition_key)]})
 
 
-@dg.asset
+@dg.asset(op_tags=SIGNED)
 def all_regions(regional: dict) -> dict:
     return {name: frame["n"].tolist() for name, frame in regional.items()}
 
@@ -247,3 +250,14 @@ def test_partitions_get_their_own_keys_and_load_together(instance, tmp_path: Pat
         [regional, all_regions], selection=["all_regions"], instance=instance, resources=resources
     )
     assert result.output_for_node("all_regions") == {"eu-west": [7], "us-east": [7]}
+
+
+def test_an_asset_without_a_signing_identity_is_refused(instance, tmp_path: Path) -> None:
+    @dg.asset(name="unsigned")
+    def unsigned() -> bytes:
+        return b"data"
+
+    resource = LocalSnapshotStoreResource(root=str(tmp_path / "store"))
+    with pytest.raises(Exception, match="has no 'secure_pipeline/identity' op tag"):
+        dg.materialize([unsigned], instance=instance, resources=_resources(resource))
+    assert not (tmp_path / "store" / "snapshots").exists()
