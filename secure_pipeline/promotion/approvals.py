@@ -1,23 +1,24 @@
-"""Signed human approvals, bound to one model digest.
+"""Signed human approvals, bound to one model digest and one bundle.
 
-``secure-pipeline approve MODEL_REF --key approver.pem --approver NAME`` verifies the bundle,
-then writes an approval: a small JSON statement (model digest, bundle digest, approver, key
-fingerprint, reason, time) signed with the approver's EC key, stored create-only in the
-snapshot store under ``approvals/<model digest>/``. Promotion counts only approvals whose
-signature verifies with a key the trust policy lists as an approver, for exactly this model
-digest; several approvals by one key count once.
+``secure-pipeline approve MODEL_REF --key approver.pem`` first checks that the key is an
+approver's of the trust policy (a key that is not is refused before anything is written), then
+verifies the bundle, then signs an in-toto statement (subjects: the model digest and the bundle
+digest; predicate: approver, decision, reason, time) into a DSSE envelope with the approver's
+key, stored create-only under ``approvals/<model digest>/``. Promotion counts only approvals that
+verify with an approver key of today's trust policy, for exactly this model *and* bundle; several
+approvals by one approver count once.
 """
 
-import base64
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
-from secure_pipeline.registry.signing import TrustPolicy, key_fingerprint
-from secure_pipeline.storage.snapshots import SnapshotStore, canonical_json, sha256_hex, utc_now
+from secure_pipeline.errors import SignatureError
+from secure_pipeline.storage.snapshots import SnapshotStore, utc_now
+from secure_pipeline.trust import attestations
+from secure_pipeline.trust.identities import APPROVER_PREFIX, approver_identity
+from secure_pipeline.trust.policy import TrustPolicy
+from secure_pipeline.trust.signers import IdentitySigner
 
 APPROVALS_PREFIX = "approvals/"
-APPROVAL_TYPE = "secure-pipeline/approval/v1"
 
 
 @dataclass(frozen=True)
@@ -29,64 +30,81 @@ class Approval:
         key_fingerprint: The signing key's fingerprint.
         reason: Why they approved.
         created_at: When.
+        key: Where it is stored.
+        sha256: Digest of its envelope (how a promotion attestation cites it).
     """
 
     approver: str
     key_fingerprint: str
     reason: str
     created_at: str
+    key: str
+    sha256: str
 
 
 def sign_approval(
-    private_key: Path, *, model_sha256: str, bundle_digest: str, approver: str, reason: str
+    signer: IdentitySigner, *, model_sha256: str, bundle_digest: str, reason: str
 ) -> bytes:
-    """Create a signed approval document.
+    """Sign an approval of a model digest in a bundle.
 
     Args:
-        private_key: The approver's PEM EC private key.
+        signer: The approver's signer (`secure_pipeline.trust.signers.approver_signer`).
         model_sha256: The model digest approved.
         bundle_digest: The bundle digest it was seen in.
-        approver: The approver's name.
         reason: Why.
 
     Returns:
-        The approval document (JSON bytes).
+        The DSSE envelope.
     """
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    key = serialization.load_pem_private_key(private_key.read_bytes(), None)
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise ValueError(f"{private_key} is not an EC private key")
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    payload = canonical_json(
+    if not signer.identity.startswith(APPROVER_PREFIX):
+        raise ValueError(f"{signer.identity} is not an approver identity")
+    document = attestations.statement(
+        {"model.skops": model_sha256, "bundle": bundle_digest},
+        attestations.APPROVAL_TYPE,
         {
-            "type": APPROVAL_TYPE,
-            "model_sha256": model_sha256,
-            "bundle_digest": bundle_digest,
-            "approver": approver,
-            "key_fingerprint": key_fingerprint(public),
+            "approver": signer.identity[len(APPROVER_PREFIX) :],
             "decision": "approve",
             "reason": reason,
             "created_at": utc_now(),
-        }
+            "trust_policy_sha256": signer.policy_digest,
+        },
     )
-    signature = key.sign(payload, ec.ECDSA(hashes.SHA256()))
-    return canonical_json(
-        {
-            "payload": base64.b64encode(payload).decode(),
-            "signature": base64.b64encode(signature).decode(),
-        }
-    )
+    return attestations.sign(document, signer)
 
 
 def store_approval(store: SnapshotStore, model_sha256: str, document: bytes) -> str:
     """Store an approval create-only; returns its key."""
-    key = f"{APPROVALS_PREFIX}{model_sha256}/{sha256_hex(document)}.json"
+    key = f"{APPROVALS_PREFIX}{model_sha256}/{attestations.sha256_of(document)}.json"
     store.create_object(key, document)
     return key
+
+
+def open_approval(
+    data: bytes, trust: TrustPolicy, *, model_sha256: str, bundle_digest: str, where: str
+) -> attestations.Attestation:
+    """Verify one approval envelope for exactly this model and bundle.
+
+    Raises:
+        SignatureError: When it is not signed by an approver of the policy, or approves
+            something else.
+    """
+    identities = [approver_identity(name) for name in trust.approvers]
+    if not identities:
+        raise SignatureError(f"{where}: the trust policy lists no approvers")
+    attestation = attestations.open_envelope(
+        data, trust, identities=identities, predicate_type=attestations.APPROVAL_TYPE, what=where
+    )
+    if attestation.predicate.get("decision") != "approve":
+        raise SignatureError(f"{where}: not an approval")
+    subjects = attestation.subjects
+    if subjects.get("model.skops") != model_sha256:
+        raise SignatureError(f"{where}: approves model {subjects.get('model.skops')}, not this one")
+    if subjects.get("bundle") != bundle_digest:
+        raise SignatureError(
+            f"{where}: approves bundle {str(subjects.get('bundle'))[:12]}, not this bundle "
+            f"{bundle_digest[:12]}"
+        )
+    return attestation
 
 
 def verified_approvals(
@@ -98,56 +116,32 @@ def verified_approvals(
     is approving it with its lineage and card, not any other bundle holding the same bytes.
 
     Returns:
-        ``(approvals, problems)``: one approval per approver key, and why any stored approval
-        did not count.
+        ``(approvals, problems)``: one approval per approver, and why any stored approval did
+        not count.
     """
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    allowed = {}
-    for approver in trust.approvers:
-        pem = approver.public_key.read_bytes()
-        allowed[key_fingerprint(pem)] = (approver.name, serialization.load_pem_public_key(pem))
     counted: dict[str, Approval] = {}
     problems: list[str] = []
     for key in store.list_keys(f"{APPROVALS_PREFIX}{model_sha256}/"):
         try:
-            envelope = json.loads(store.read_object(key))
-            payload = base64.b64decode(envelope["payload"])
-            signature = base64.b64decode(envelope["signature"])
-            statement = json.loads(payload)
-        except (ValueError, KeyError, TypeError) as exc:
-            problems.append(f"{key}: not an approval document ({exc})")
+            attestation = open_approval(
+                store.read_object(key), trust, model_sha256=model_sha256,
+                bundle_digest=bundle_digest, where=key,
+            )  # fmt: skip
+        except SignatureError as exc:
+            problems.append(str(exc))
             continue
-        fingerprint = statement.get("key_fingerprint")
-        if fingerprint not in allowed:
-            problems.append(
-                f"{key}: signed by key {str(fingerprint)[:16]}, which the trust policy does not "
-                "list as an approver"
-            )
+        except FileNotFoundError:
             continue
-        name, public_key = allowed[fingerprint]
-        try:
-            public_key.verify(signature, payload, ec.ECDSA(hashes.SHA256()))
-        except InvalidSignature:
-            problems.append(f"{key}: the signature does not verify with {name}'s key")
-            continue
-        if statement.get("type") != APPROVAL_TYPE or statement.get("decision") != "approve":
-            problems.append(f"{key}: not an approval")
-            continue
-        if statement.get("model_sha256") != model_sha256:
-            problems.append(f"{key}: approves model {statement.get('model_sha256')}, not this one")
-            continue
-        if statement.get("bundle_digest") != bundle_digest:
-            problems.append(
-                f"{key}: approves bundle {str(statement.get('bundle_digest'))[:12]}, not this "
-                f"bundle {bundle_digest[:12]}"
-            )
-            continue
+        name = attestation.identity[len(APPROVER_PREFIX) :]
         counted.setdefault(
-            fingerprint,
-            Approval(name, fingerprint, str(statement.get("reason", "")),
-                     str(statement.get("created_at"))),
-        )  # fmt: skip
+            name,
+            Approval(
+                name,
+                attestation.keyid,
+                str(attestation.predicate.get("reason", "")),
+                str(attestation.predicate.get("created_at")),
+                key,
+                attestation.sha256,
+            ),
+        )
     return list(counted.values()), problems

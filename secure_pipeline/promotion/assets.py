@@ -13,6 +13,7 @@ import dagster as dg
 
 from secure_pipeline.pipeline import SecurePipeline
 from secure_pipeline.storage.resources import SnapshotStoreResource
+from secure_pipeline.trust.identities import GATE
 
 CANARY_ANALYSIS = "canary_analysis"
 
@@ -47,21 +48,26 @@ def build_canary_asset(pipeline: SecurePipeline) -> dg.AssetsDefinition:
             "back to the live slot, champion unchanged, audited."
         ),
         tags={"secure_pipeline/stage": "promotion"},
-        op_tags=pipeline.orchestration.registry.dagster_tags(),
+        op_tags=pipeline.orchestration.registry.dagster_tags(GATE),
     )
     def canary_analysis(
         context: dg.AssetExecutionContext, snapshot_store: SnapshotStoreResource
     ) -> dg.MaterializeResult[Any]:
         from secure_pipeline.promotion.bluegreen import BlueGreen
-        from secure_pipeline.promotion.gate import CHALLENGER
-        from secure_pipeline.registry.mlflow_registry import alias_version
+        from secure_pipeline.promotion.decisions import CHALLENGER, decisions
+        from secure_pipeline.trust.policy import trust_policy
 
         directory = serving_directory()
         if directory is None:
             raise dg.Failure("SECURE_PIPELINE_SERVING_DIR is not set: no deployment to release to")
-        version = alias_version(pipeline.name, CHALLENGER)
-        if version is None:
-            raise dg.Failure(f"{pipeline.name} has no challenger: materialize promoted_model first")
+        # The challenger is the gate's latest signed decision, not the alias (a mirror anyone
+        # with registry access could move to an older version).
+        history = decisions(snapshot_store.get_store(), trust_policy(), pipeline.name)[0]
+        if not history or history[-1].decision != CHALLENGER:
+            raise dg.Failure(
+                f"{pipeline.name} has no challenger waiting: materialize promoted_model first"
+            )
+        version = history[-1].version
         outcome = BlueGreen(directory, pipeline, policy).release(
             version,
             audit=snapshot_store.get_audit_log(),

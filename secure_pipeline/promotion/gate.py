@@ -1,10 +1,12 @@
-"""The promotion gate: verify again, count approvals, move aliases, audit every step.
+"""The promotion gate: verify again, count approvals, sign the decision, mirror the aliases.
 
 Promotion never relies on checks having run in the same Dagster run: it downloads the version
-back from the registry and re-verifies the signature, every file, the lineage (snapshots
-re-hashed, every required verdict for this model digest in the audit trail) and today's
-policy, then requires the policy's number of signed approvals. Only then does the version get
-the ``challenger`` alias, and ``champion`` with the previous champion recorded for rollback.
+back from the registry and re-verifies the release signature, every file, the signed verdicts
+of its lineage under today's policy, and the release identity's signed registration of exactly
+this bundle as this version; then it requires the policy's number of signed approvals. Only then
+does the gate sign its decision (`secure_pipeline.promotion.decisions`): ``challenger`` (passed
+the gate) or ``champion``. The MLflow aliases ``challenger`` and ``champion`` mirror those
+decisions for the UI; nothing reads them as evidence.
 """
 
 import hashlib
@@ -12,20 +14,27 @@ from typing import Any
 
 from secure_pipeline.errors import PolicyViolation
 from secure_pipeline.pipeline import SecurePipeline
-from secure_pipeline.promotion.approvals import verified_approvals
-from secure_pipeline.registry.mlflow_registry import (
-    alias_version,
-    set_alias,
-    tag_version,
-    version_tags,
+from secure_pipeline.promotion.approvals import Approval, verified_approvals
+from secure_pipeline.promotion.decisions import (
+    CHALLENGER,
+    CHAMPION,
+    Decision,
+    by_digest,
+    champion,
+    decisions,
+    for_version,
+    issue,
 )
-from secure_pipeline.registry.signing import trust_policy_from_environment
-from secure_pipeline.registry.verification import Verification, resolve, verify_bundle_dir
+from secure_pipeline.registry.mlflow_registry import alias_version, set_alias, tag_version
+from secure_pipeline.registry.verification import Verification, resolve, verify_registered
 from secure_pipeline.storage.audit import AuditLog
 from secure_pipeline.storage.snapshots import SnapshotStore
+from secure_pipeline.trust.identities import GATE
+from secure_pipeline.trust.policy import TrustPolicy, trust_policy
+from secure_pipeline.trust.signers import IdentitySigner, signer_for
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
+__all__ = ["CHALLENGER", "CHAMPION", "champion_lineage", "make_champion", "promote", "rollback"]
+
 # Characters of a refusal reason kept in its audit record (the record limit is 1024).
 _REASON_CHARS = 900
 
@@ -35,7 +44,7 @@ def verify_version(
     name: str,
     version: str,
     store: SnapshotStore,
-    audit: AuditLog,
+    trust: TrustPolicy | None = None,
 ) -> Verification:
     """Download a registered version and verify everything about it, from those bytes.
 
@@ -43,84 +52,111 @@ def verify_version(
         pipeline: Today's spec; None skips only the today's-policy step.
         name: Registered model name.
         version: Version.
-        store: The snapshot store.
-        audit: The audit trail.
+        store: The snapshot store (snapshots, signed verdicts and registrations).
+        trust: The trust policy (default: the environment's).
     """
-    trust = trust_policy_from_environment()
-    tags = version_tags(name, version)
+    trust = trust or trust_policy()
     with resolve(f"models:/{name}/{version}") as resolved:
-        return verify_bundle_dir(
-            resolved.directory,
-            trust=trust,
-            pipeline=pipeline,
-            store=store,
-            audit=audit,
-            registry_tags=tags,
-        )
+        return verify_registered(
+            resolved.directory, trust=trust, pipeline=pipeline, store=store, name=name,
+            version=str(version), source=str(resolved.source),
+        )  # fmt: skip
 
 
 def champion_lineage(
-    pipeline: SecurePipeline, store: SnapshotStore, audit: AuditLog
+    pipeline: SecurePipeline, store: SnapshotStore, audit: AuditLog | None = None
 ) -> tuple[str, dict[str, Any]] | None:
     """The current champion's version and verified lineage, or None when there is none.
 
-    The lineage comes from the champion's bundle, downloaded and verified (signature, files,
-    lineage snapshots and verdicts); today's policy is not required, since the lineage is only
-    read, not acted on.
+    The champion is the latest signed champion decision (not the alias); its bundle is
+    downloaded and verified. Today's policy is not required: the lineage is only read.
 
     Raises:
         PolicyViolation: When the champion does not verify.
     """
-    version = alias_version(pipeline.name, CHAMPION)
-    if version is None:
+    trust = trust_policy()
+    current = champion(decisions(store, trust, pipeline.name)[0])
+    if current is None:
         return None
-    verification = verify_version(None, pipeline.name, version, store, audit)
-    if not verification.ok or verification.lineage is None:
+    verification = verify_version(None, pipeline.name, current.version, store, trust)
+    if (
+        not verification.ok
+        or verification.lineage is None
+        or verification.bundle_digest != current.bundle_digest
+    ):
         raise PolicyViolation(
-            f"champion version {version} of {pipeline.name} does not verify: "
-            + "; ".join(verification.problems)
+            f"champion version {current.version} of {pipeline.name} does not verify: "
+            + ("; ".join(verification.problems) or "its bundle is not the one the gate admitted")
         )
-    return version, verification.lineage
+    return current.version, verification.lineage
 
 
 def _approvals(
     pipeline: SecurePipeline,
     verification: Verification,
     store: SnapshotStore,
-    audit: AuditLog,
-    actor: str,
-    run_id: str | None,
+    trust: TrustPolicy,
+    refuse: Any,
     name: str,
     version: str,
-) -> list[Any]:
+) -> list[Approval]:
     """The verified approvals of a bundle; refuses (audited) when fewer than the policy needs."""
     subject = str(verification.model_sha256)
-    approvals, problems = verified_approvals(
-        store, subject, trust_policy_from_environment(), str(verification.bundle_digest)
-    )
+    approvals, problems = verified_approvals(store, subject, trust, str(verification.bundle_digest))
     needed = pipeline.policy.approvals_required
     if len(approvals) < needed:
-        _refuse(audit, actor, run_id, subject,
-                f"version {version} of {name} needs {needed} signed approval(s) from approvers "
-                f"of the trust policy, has {len(approvals)}"
-                + (f" ({'; '.join(problems)})" if problems else "")
-                + f". Approve with: secure-pipeline approve models:/{name}/{version} "
-                "--key <approver key> --approver <name>")  # fmt: skip
+        refuse(
+            subject,
+            f"version {version} of {name} needs {needed} signed approval(s) from approvers of "
+            f"the trust policy, has {len(approvals)}"
+            + (f" ({'; '.join(problems)})" if problems else "")
+            + f". Approve with: secure-pipeline approve models:/{name}/{version} --key "
+            "<approver key>",
+        )
     return approvals
 
 
-def _refuse(audit: AuditLog, actor: str, run_id: str | None, subject: Any, why: str) -> None:
-    # A reason listing many problems can exceed the audit record's string limit; the record
-    # keeps its start and the digest of the whole text, the exception carries all of it.
-    recorded = why if len(why) <= _REASON_CHARS else why[: _REASON_CHARS - 1] + "…"
-    audit.append(
-        "promotion.refused",
-        actor=actor,
-        run_id=run_id,
-        subject=subject,
-        details={"reason": recorded, "reason_sha256": hashlib.sha256(why.encode()).hexdigest()},
-    )
-    raise PolicyViolation(why)
+def _refuser(audit: AuditLog, signer: IdentitySigner, actor: str, run_id: str | None) -> Any:
+    def refuse(subject: Any, why: str) -> None:
+        # A reason listing many problems can exceed the audit record's string limit; the record
+        # keeps its start and the digest of the whole text, the exception carries all of it.
+        recorded = why if len(why) <= _REASON_CHARS else why[: _REASON_CHARS - 1] + "…"
+        audit.append(
+            "promotion.refused",
+            signer=signer,
+            actor=actor,
+            run_id=run_id,
+            subject=subject,
+            details={"reason": recorded, "reason_sha256": hashlib.sha256(why.encode()).hexdigest()},
+        )
+        raise PolicyViolation(why)
+
+    return refuse
+
+
+def _inputs(verification: Verification, approvals: list[Approval]) -> list[tuple[str, str]]:
+    """Every attestation a decision relies on: the bundle's verdicts, registration, approvals."""
+    from secure_pipeline.registry.registration import REGISTRATIONS
+    from secure_pipeline.trust.attestations import key_for
+
+    assert verification.lineage is not None
+    inputs = [
+        (f"bundle:{c['attestation']}", str(c["attestation_sha256"]))
+        for c in verification.lineage.get("checks", [])
+    ]
+    if verification.registration is not None:
+        scope = f"{verification.name}/{verification.version}"
+        key = key_for(REGISTRATIONS, scope, verification.registration.data)
+        inputs.append((key, verification.registration.sha256))
+    inputs += [(a.key, a.sha256) for a in approvals]
+    return inputs
+
+
+def _mirror_champion(name: str, version: str, previous: Decision | None) -> None:
+    """Point the champion alias at the signed champion, for the UI (it is no evidence)."""
+    set_alias(name, CHAMPION, version)
+    if previous is not None and previous.version != version:
+        tag_version(name, version, "previous_champion", previous.version)
 
 
 def promote(
@@ -134,42 +170,65 @@ def promote(
     run_id: str | None = None,
     crown: bool = True,
 ) -> dict[str, Any]:
-    """Promote a registered version to challenger, then champion, if the gate holds.
+    """Admit a registered version through the gate: challenger, then champion.
 
-    With ``crown=False`` the version becomes only the challenger: a blue-green release makes it
-    champion after its canary passed (`secure_pipeline.promotion.bluegreen`).
+    With ``crown=False`` the gate's decision is only ``challenger``: a blue-green release makes
+    it champion after its canary passed (`make_champion`).
 
     Returns:
-        What happened: version, model digest, approvals, previous champion.
+        What happened: version, model digest, approvals, previous champion, the decision.
 
     Raises:
         PolicyViolation: When verification fails or approvals are missing (audited).
     """
-    verification = verify_version(pipeline, name, version, store, audit)
+    trust, signer = trust_policy(), signer_for(GATE)
+    refuse = _refuser(audit, signer, actor, run_id)
+    verification = verify_version(pipeline, name, version, store, trust)
     subject = verification.model_sha256
     if not verification.ok:
-        _refuse(audit, actor, run_id, subject,
-                f"version {version} of {name} failed verification: "
-                + "; ".join(verification.problems))  # fmt: skip
+        refuse(subject, f"version {version} of {name} failed verification: "
+               + "; ".join(verification.problems))  # fmt: skip
     audit.append(
         "promotion.verified",
+        signer=signer,
         actor=actor,
         run_id=run_id,
         subject=subject,
         details={"name": name, "version": version, "signer": verification.signer},
     )
-    approvals = _approvals(pipeline, verification, store, audit, actor, run_id, name, version)
-    previous = alias_version(name, CHAMPION)
+    approvals = _approvals(pipeline, verification, store, trust, refuse, name, version)
+    previous = champion(decisions(store, trust, name)[0])
+    decision = issue(
+        store, signer, pipeline=pipeline.name, name=name, version=str(version),
+        decision=CHAMPION if crown else CHALLENGER, reason="promotion",
+        model_sha256=str(subject), bundle_digest=str(verification.bundle_digest),
+        security_policy_sha256=pipeline.policy.fingerprint(),
+        inputs=_inputs(verification, approvals),
+        previous_champion=previous if crown else None,
+        audit_head=audit.latest_checkpoint(trust),
+    )  # fmt: skip
     set_alias(name, CHALLENGER, version)
     audit.append(
         "promotion.challenger",
+        signer=signer,
         actor=actor,
         run_id=run_id,
         subject=subject,
-        details={"name": name, "version": version, "approvals": [a.approver for a in approvals]},
-    )
+        details={"name": name, "version": version, "decision": decision.key,
+                 "approvals": [a.approver for a in approvals]},
+    )  # fmt: skip
     if crown:
-        make_champion(name, version, str(subject), audit=audit, actor=actor, run_id=run_id)
+        _mirror_champion(name, str(version), previous)
+        audit.append(
+            "promotion.champion",
+            signer=signer,
+            actor=actor,
+            run_id=run_id,
+            subject=subject,
+            details={"name": name, "version": version, "decision": decision.key,
+                     "previous_champion": previous.version if previous else None},
+        )  # fmt: skip
+    previous_version = previous.version if previous else None
     return {
         "name": name,
         "version": version,
@@ -177,80 +236,160 @@ def promote(
         "bundle_digest": verification.bundle_digest,
         "signer": verification.signer,
         "approvals": [a.approver for a in approvals],
-        "previous_champion": previous,
-        "champion": version if crown else previous,
+        "previous_champion": previous_version,
+        "champion": version if crown else previous_version,
+        "decision": decision.key,
     }
 
 
 def make_champion(
-    name: str, version: str, subject: str, *, audit: AuditLog, actor: str, run_id: str | None
-) -> str | None:
-    """Point ``champion`` at a version that passed the gate, recording the previous one.
+    pipeline: SecurePipeline,
+    name: str,
+    version: str,
+    *,
+    store: SnapshotStore,
+    audit: AuditLog,
+    actor: str,
+    run_id: str | None = None,
+    reason: str = "canary",
+) -> Decision:
+    """Crown a version the gate admitted (after its canary passed): a signed champion decision.
+
+    The version is verified again, and must have a valid gate decision for exactly its bundle,
+    whose cited approvals still verify under today's policy.
 
     Returns:
-        The previous champion (None when there was none).
+        The champion decision.
+
+    Raises:
+        PolicyViolation: When the version does not verify or the gate never admitted it.
     """
-    previous = alias_version(name, CHAMPION)
-    if previous == version:
+    from secure_pipeline.promotion.evidence import Evidence, check_decision
+    from secure_pipeline.registry.verification import Resolved
+
+    trust, signer = trust_policy(), signer_for(GATE)
+    refuse = _refuser(audit, signer, actor, run_id)
+    verification = verify_version(pipeline, name, version, store, trust)
+    if not verification.ok:
+        refuse(verification.model_sha256, f"version {version} of {name} failed verification: "
+               + "; ".join(verification.problems))  # fmt: skip
+    history = decisions(store, trust, name)[0]
+    admitted = for_version(history, str(version), str(verification.bundle_digest))
+    if admitted is None:
+        refuse(verification.model_sha256,
+               f"version {version} of {name} was never admitted by the gate (no signed "
+               "promotion decision for its bundle); promote it first")  # fmt: skip
+    assert admitted is not None
+    evidence = Evidence(Resolved(verification.directory, name, str(version)), verification,
+                        admitted)  # fmt: skip
+    check_decision(evidence, pipeline, trust, store)
+    if not evidence.ok:
+        refuse(verification.model_sha256, f"the gate's decision for version {version} no "
+               "longer holds: " + "; ".join(evidence.problems))  # fmt: skip
+    previous = champion(history)
+    if (
+        previous is not None
+        and previous.version == str(version)
+        and (previous.bundle_digest == verification.bundle_digest)
+    ):
+        _mirror_champion(name, str(version), None)
         return previous
-    set_alias(name, CHAMPION, version)
-    if previous is not None:
-        tag_version(name, version, "previous_champion", previous)
+    decision = issue(
+        store, signer, pipeline=pipeline.name, name=name, version=str(version),
+        decision=CHAMPION, reason=reason, model_sha256=str(verification.model_sha256),
+        bundle_digest=str(verification.bundle_digest),
+        security_policy_sha256=pipeline.policy.fingerprint(),
+        inputs=[(admitted.key, admitted.sha256), *((a.key, a.sha256) for a in evidence.approvals)],
+        previous_champion=previous, audit_head=audit.latest_checkpoint(trust),
+    )  # fmt: skip
+    _mirror_champion(name, str(version), previous)
     audit.append(
         "promotion.champion",
+        signer=signer,
         actor=actor,
         run_id=run_id,
-        subject=subject,
-        details={"name": name, "version": version, "previous_champion": previous},
-    )
-    return previous
+        subject=verification.model_sha256,
+        details={"name": name, "version": version, "decision": decision.key, "reason": reason,
+                 "previous_champion": previous.version if previous else None},
+    )  # fmt: skip
+    return decision
 
 
 def rollback(
     pipeline: SecurePipeline, name: str, *, store: SnapshotStore, audit: AuditLog, actor: str
 ) -> dict[str, Any]:
-    """Point ``champion`` back at the previous champion, after verifying it again.
+    """Make the previous champion champion again, after verifying it and its approvals again.
+
+    The target is the previous champion the current signed champion decision names (never a
+    registry tag); it is verified under today's policy and needs today's approvals.
 
     Raises:
         PolicyViolation: When there is nothing to roll back to, or the previous champion no
             longer verifies (e.g. today's policy is stricter than the one it was judged by).
     """
-    current = alias_version(name, CHAMPION)
+    trust, signer = trust_policy(), signer_for(GATE)
+    refuse = _refuser(audit, signer, actor, None)
+    history = decisions(store, trust, name)[0]
+    current = champion(history)
     if current is None:
-        _refuse(audit, actor, None, None, f"{name} has no champion to roll back from")
-    previous = version_tags(name, str(current)).get("previous_champion")
-    if previous is None:
-        _refuse(audit, actor, None, None, f"champion {current} of {name} has no previous champion")
-    verification = verify_version(pipeline, name, str(previous), store, audit)
-    if not verification.ok:
-        why = f"cannot roll back to version {previous}: " + "; ".join(verification.problems)
-        _refuse(audit, actor, None, verification.model_sha256, why)
-    # The registry's tag only suggests the target: it must have been champion through this gate
-    # (the audit trail says so, for this digest), and it needs today's approvals.
-    was_champion = any(
-        record.event == "promotion.champion"
-        and record.subject == verification.model_sha256
-        and str(record.details.get("version")) == str(previous)
-        and record.details.get("name") == name
-        for record in audit.verified_records()
-    )
-    if not was_champion:
-        _refuse(audit, actor, None, verification.model_sha256,
-                f"version {previous} of {name} was never promoted to champion through the gate "
-                "(no promotion.champion audit record for its digest); refusing to roll back "
-                "to it")  # fmt: skip
-    _approvals(pipeline, verification, store, audit, actor, None, name, str(previous))
-    set_alias(name, CHAMPION, str(previous))
-    tag_version(name, str(previous), "rolled_back_from", str(current))
+        refuse(None, f"{name} has no signed champion decision to roll back from")
+    assert current is not None
+    named = current.facts.get("previous_champion") or {}
+    if not named:
+        refuse(current.model_sha256,
+               f"champion {current.version} of {name} has no previous champion")  # fmt: skip
+    previous = by_digest(history, str(named.get("attestation")))
+    if previous is None or previous.decision != CHAMPION:
+        refuse(current.model_sha256,
+               f"the previous champion ({named.get('version')}) named by the current decision "
+               "has no valid signed champion decision in the store; refusing to roll back to "
+               "it")  # fmt: skip
+    assert previous is not None
+    verification = verify_version(pipeline, name, previous.version, store, trust)
+    if not verification.ok or verification.bundle_digest != previous.bundle_digest:
+        refuse(verification.model_sha256,
+               f"cannot roll back to version {previous.version}: "
+               + ("; ".join(verification.problems)
+                  or "its bundle is not the one the gate admitted"))  # fmt: skip
+    approvals = _approvals(pipeline, verification, store, trust, refuse, name, previous.version)
+    decision = issue(
+        store, signer, pipeline=pipeline.name, name=name, version=previous.version,
+        decision=CHAMPION, reason="rollback", model_sha256=str(verification.model_sha256),
+        bundle_digest=str(verification.bundle_digest),
+        security_policy_sha256=pipeline.policy.fingerprint(),
+        inputs=[(previous.key, previous.sha256), *_inputs(verification, approvals)],
+        previous_champion=current, audit_head=audit.latest_checkpoint(trust),
+    )  # fmt: skip
+    set_alias(name, CHAMPION, previous.version)
+    tag_version(name, previous.version, "rolled_back_from", current.version)
     audit.append(
         "promotion.rollback",
+        signer=signer,
         actor=actor,
         subject=verification.model_sha256,
-        details={"name": name, "from": current, "to": previous},
-    )
+        details={"name": name, "from": current.version, "to": previous.version,
+                 "decision": decision.key},
+    )  # fmt: skip
     return {
         "name": name,
-        "from": current,
-        "to": previous,
+        "from": current.version,
+        "to": previous.version,
         "model_sha256": verification.model_sha256,
+        "decision": decision.key,
     }
+
+
+def alias_agrees(name: str, store: SnapshotStore, trust: TrustPolicy | None = None) -> str | None:
+    """Why the champion alias disagrees with the signed champion decision, or None."""
+    current = champion(decisions(store, trust or trust_policy(), name)[0])
+    alias = alias_version(name, CHAMPION)
+    if current is None and alias is None:
+        return None
+    if current is None:
+        return f"the alias points to version {alias}, but {name} has no signed champion decision"
+    if alias != current.version:
+        return (
+            f"the alias points to version {alias}, but the signed champion is version "
+            f"{current.version}"
+        )
+    return None

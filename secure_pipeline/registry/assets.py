@@ -18,6 +18,7 @@ from secure_pipeline.storage.io_manager import load_recorded, recorded_snapshot
 from secure_pipeline.storage.resources import SnapshotStoreResource
 from secure_pipeline.storage.snapshots import sha256_hex
 from secure_pipeline.training.assets import TRAINED_MODEL, experiment_name
+from secure_pipeline.trust.identities import GATE, RELEASE
 from secure_pipeline.verdicts import verdict
 
 REGISTERED_MODEL = "registered_model"
@@ -75,7 +76,7 @@ def build_registry_stage(
             "tagged with the model digest, bundle digest and signer."
         ),
         tags={"secure_pipeline/stage": "registry"},
-        op_tags=pipeline.orchestration.registry.dagster_tags(),
+        op_tags=pipeline.orchestration.registry.dagster_tags(RELEASE),
     )
     @retry_transient_io(pipeline.orchestration)
     def registered_model(
@@ -84,21 +85,25 @@ def build_registry_stage(
         from secure_pipeline.errors import PolicyViolation
         from secure_pipeline.registry.bundle import (
             LINEAGE_FILE,
+            LineageError,
             build_lineage,
             model_card,
             verdict_problems,
             write_bundle,
         )
         from secure_pipeline.registry.mlflow_registry import register_bundle
+        from secure_pipeline.registry.registration import record_registration
         from secure_pipeline.registry.signing import (
             SIGNATURE_FILE,
             sign_bundle,
             signer_from_environment,
-            trust_policy_from_environment,
         )
         from secure_pipeline.registry.verification import verify_bundle_dir
+        from secure_pipeline.trust.policy import trust_policy
+        from secure_pipeline.trust.signers import signer_for
 
         store, audit = snapshot_store.get_store(), snapshot_store.get_audit_log()
+        trust, release = trust_policy(), signer_for(RELEASE)
         record = context.instance.get_latest_materialization_event(model_key)
         if record is None:
             raise dg.Failure("trained_model has not been materialized yet")
@@ -106,46 +111,61 @@ def build_registry_stage(
         model_bytes = store.read_bytes((key, model_sha))
         meta = {k: v.value for k, v in record.asset_materialization.metadata.items()}
         actor = f"asset:{REGISTERED_MODEL}"
-        lineage = build_lineage(
-            pipeline, store, audit, model_sha256=model_sha, model_metadata=meta,
-            run_id=context.run.run_id,
-        )  # fmt: skip
-        problems = verdict_problems(lineage["checks"])
-        if problems:
-            audit.append("registration.refused", actor=actor, run_id=context.run.run_id,
-                         subject=model_sha, details={"problems": problems})  # fmt: skip
+
+        def refuse(problems: list[str]) -> None:
+            audit.append("registration.refused", signer=release, actor=actor,
+                         run_id=context.run.run_id, subject=model_sha,
+                         details={"problems": [p[:400] for p in problems[:8]]})  # fmt: skip
             raise PolicyViolation(
                 f"model {model_sha[:12]} is not registered: " + "; ".join(problems)
             )
+
+        try:
+            lineage, evidence = build_lineage(
+                pipeline, store, trust, model_sha256=model_sha, model_metadata=meta,
+                run_id=context.run.run_id,
+            )  # fmt: skip
+        except LineageError as exc:
+            refuse([str(exc)])
+        problems = verdict_problems(lineage["checks"])
+        if problems:
+            refuse(problems)
         signer = signer_from_environment()
-        trust = trust_policy_from_environment()
         run_id = meta.get("mlflow_run_id")
         with TemporaryDirectory(prefix="bundle-") as temporary:
             bundle = Path(temporary) / "bundle"
             bundle.mkdir()
             card = model_card(pipeline, lineage, _check_results(run_id))
-            write_bundle(bundle, model_bytes, lineage, card)
+            write_bundle(bundle, model_bytes, lineage, card, evidence)
             sign_bundle(bundle, signer)
-            verification = verify_bundle_dir(
-                bundle, trust=trust, pipeline=pipeline, store=store, audit=audit
-            )
+            verification = verify_bundle_dir(bundle, trust=trust, pipeline=pipeline, store=store)
             if not verification.ok:
                 raise PolicyViolation(
-                    "the freshly signed bundle does not verify (is the signer in the trust "
-                    "policy?): " + "; ".join(verification.problems)
+                    "the freshly signed bundle does not verify (is the signer the trust "
+                    "policy's release identity?): " + "; ".join(verification.problems)
                 )
             lineage_bytes = (bundle / LINEAGE_FILE).read_bytes()
             signature = (bundle / SIGNATURE_FILE).read_bytes()
+            digest = str(verification.bundle_digest)
+            # Tags mirror the signed registration for people browsing MLflow; nothing reads
+            # them as evidence.
             tags = {
                 "model_sha256": model_sha,
-                "bundle_digest": str(verification.bundle_digest),
+                "bundle_digest": digest,
                 "lineage_sha256": sha256_hex(lineage_bytes),
                 "signer": signer.name,
                 "dagster_run_id": context.run.run_id,
             }
-            version = register_bundle(
-                experiment_name(pipeline), str(run_id), pipeline.name, bundle, tags
-            )
+            version, source = register_bundle(
+                experiment_name(pipeline), str(run_id), pipeline.name, bundle, tags,
+                bundle_digest=digest,
+            )  # fmt: skip
+        registration = record_registration(
+            store, release, pipeline=pipeline.name, name=pipeline.name, version=version,
+            source=source, model_sha256=model_sha, bundle_digest=digest,
+            lineage_sha256=tags["lineage_sha256"],
+            runs={"mlflow_run_id": str(run_id), "dagster_run_id": context.run.run_id},
+        )  # fmt: skip
         # Independent, immutable copies of what was signed, beside the other snapshots.
         run = context.run.run_id
         kept_lineage = store.put_bytes(
@@ -156,11 +176,13 @@ def build_registry_stage(
         )
         audit_record = audit.append(
             "model.registered",
+            signer=release,
             actor=actor,
             run_id=context.run.run_id,
             subject=model_sha,
-            details={"name": pipeline.name, "version": version, **tags},
-        )
+            details={"name": pipeline.name, "version": version, "source": source,
+                     "registration": registration.sha256, **tags},
+        )  # fmt: skip
         value = {
             "name": pipeline.name,
             "version": version,
@@ -183,6 +205,7 @@ def build_registry_stage(
                     {k: lineage[k] for k in ("data", "metrics", "policy_sha256")}
                 ),
                 "verdicts": len(lineage["checks"]),
+                "registration_attestation": registration.sha256,
                 "registration_audit_record": f"{audit_record.seq}:{audit_record.hash}",
             },
         )
@@ -192,13 +215,14 @@ def build_registry_stage(
         name=SIGNATURE_VERIFIES,
         blocking=True,
         description=(
-            "The registered version, downloaded back from the registry, verifies: signed by a "
-            "trusted signer, every file matching its signed digest, no pickle, the lineage's "
-            "snapshots and verdicts intact, today's policy, and the registry tags agreeing "
-            "with the bundle. A failure means the registry holds something other than what "
-            "was signed."
+            "The registered version, downloaded back from the registry, verifies: signed by the "
+            "release identity, every file matching its signed digest, no pickle, every verdict "
+            "of the lineage signed by its stage's identity and not overturned, the snapshots "
+            "intact, today's policy, and the release identity's signed registration of exactly "
+            "this bundle as this version. A failure means the registry holds something other "
+            "than what was signed."
         ),
-        op_tags=pipeline.orchestration.registry.dagster_tags(),
+        op_tags=pipeline.orchestration.registry.dagster_tags(RELEASE),
     )
     @retry_transient_io(pipeline.orchestration)
     def signature_verifies(
@@ -208,14 +232,12 @@ def build_registry_stage(
 
         value = _registered(context.instance, snapshot_store)
         verification = verify_version(
-            pipeline,
-            value["name"],
-            value["version"],
-            snapshot_store.get_store(),
-            snapshot_store.get_audit_log(),
+            pipeline, value["name"], value["version"], snapshot_store.get_store()
         )
         return verdict(
             snapshot_store,
+            pipeline=pipeline,
+            identity=RELEASE,
             run_id=context.run.run_id,
             asset_key=registered_key,
             check_name=SIGNATURE_VERIFIES,
@@ -241,13 +263,15 @@ def build_registry_stage(
         description=(
             "The promotion gate. Downloads the registered version back from the registry and "
             "re-verifies signature, digests, lineage and today's policy from those bytes "
-            "(never trusting earlier steps), requires the policy's signed approvals "
-            f"({pipeline.policy.approvals_required} for this pipeline), then sets the alias "
-            "`challenger` and `champion`, recording the previous champion for "
-            "`secure-pipeline rollback`. Every step is an audit event."
+            "(never trusting earlier steps) and the release identity's signed registration, "
+            "requires the policy's signed approvals "
+            f"({pipeline.policy.approvals_required} for this pipeline), then the gate signs its "
+            "decision (a SLSA verification summary: challenger, or champion with the previous "
+            "champion recorded for `secure-pipeline rollback`); the MLflow aliases mirror it. "
+            "Every step is a signed audit event."
         ),
         tags={"secure_pipeline/stage": "promotion"},
-        op_tags=pipeline.orchestration.registry.dagster_tags(),
+        op_tags=pipeline.orchestration.registry.dagster_tags(GATE),
     )
     @retry_transient_io(pipeline.orchestration)
     def promoted_model(

@@ -1,19 +1,23 @@
-"""Model bundles: the model, its lineage and its card, signed together.
+"""Model bundles: the model, its lineage, its card and the signed verdicts that admitted it.
 
 A bundle is an MLflow model directory (``MLmodel``, the skops file, environment files) plus:
 
 * ``lineage.json`` — the digests of the raw, validated and feature snapshots the model came
   from (read from the immutable store's manifests, not from "latest" records), the model's
   digest, code version, parameters and metrics, the policy applied (and its fingerprint), and
-  every required check's verdict with the digest it judged and the audit record that holds it;
+  every required check's verdict with the digest it judged and the attestation that holds it;
+* ``evidence/<stage>.<check>.json`` — each of those verdicts as the DSSE envelope the judging
+  identity signed (``ingest`` for the data checks, ``train`` for the model gates);
 * ``MODEL_CARD.md`` — intended use, data, metrics, fairness table, robustness, privacy risk and
   limitations, for people.
 
-Because the signature covers ``lineage.json``, a verified bundle proves offline which data and
-which check results produced the model. `verify_lineage` re-establishes all of it: the model
-file hashes to the recorded digest, every referenced snapshot still exists and re-hashes, every
-required verdict is in the audit trail as recorded, bound to the right digest, and the policy
-is today's.
+Because the bundle signature covers the lineage and the envelopes, and each envelope carries its
+own signature, a verified bundle proves offline which data and which *signed* verdicts produced
+the model. `verify_lineage` re-establishes all of it: the model file hashes to the recorded
+digest, every required verdict is an envelope signed by the identity the trust policy names for
+it, about exactly this model's snapshot, judged under the lineage's policy (and today's), and,
+when the store is reachable, every referenced snapshot still re-hashes and no later signed
+verdict overturned one in the bundle.
 """
 
 import hashlib
@@ -24,17 +28,21 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from secure_pipeline.errors import IntegrityError, SecurePipelineError
+from secure_pipeline.errors import IntegrityError, SecurePipelineError, SignatureError
 from secure_pipeline.pipeline import SecurePipeline
 from secure_pipeline.registry.signing import SIGNATURE_FILE
-from secure_pipeline.storage.audit import AuditLog, AuditRecord
-from secure_pipeline.storage.snapshots import SnapshotStore, canonical_json, snapshot_key, utc_now
+from secure_pipeline.storage.snapshots import SnapshotStore, sha256_hex, snapshot_key, utc_now
+from secure_pipeline.trust import attestations
+from secure_pipeline.trust.identities import VERDICT_IDENTITY
+from secure_pipeline.trust.policy import TrustPolicy
 
 LINEAGE_FILE = "lineage.json"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 CARD_FILE = "MODEL_CARD.md"
 MODEL_FILE = "model.skops"
-LINEAGE_VERSION = 1
+EVIDENCE_DIR = "evidence"
+LINEAGE_VERSION = 2
+VERDICTS = "verdicts"
 
 # Checks whose verdicts a model needs, by the stage whose snapshot they judge.
 REQUIRED_CHECKS: Mapping[str, tuple[str, ...]] = {
@@ -57,15 +65,29 @@ class LineageError(SecurePipelineError):
     """A bundle's lineage does not hold: a missing or changed snapshot, or a missing verdict."""
 
 
-# Settings applied when a model is promoted, not when it is judged: changing them does not make
-# earlier verdicts stale (approvals are counted at promotion time, under today's setting).
-_PROMOTION_SETTINGS = ("approvals_required",)
-
-
 def policy_fingerprint(pipeline: SecurePipeline) -> str:
-    """SHA-256 of the judging thresholds: two policies match only if every one of them does."""
-    thresholds = {k: v for k, v in asdict(pipeline.policy).items() if k not in _PROMOTION_SETTINGS}
-    return hashlib.sha256(canonical_json(thresholds)).hexdigest()
+    """SHA-256 of the pipeline's judging thresholds (see `SecurityPolicy.fingerprint`)."""
+    return pipeline.policy.fingerprint()
+
+
+def required_checks(trust: TrustPolicy) -> dict[str, tuple[str, ...]]:
+    """Checks a model needs a passing signed verdict of, by stage.
+
+    The library requires every gate of every stage; a trust policy's ``required_checks`` can
+    insist on checks by name (so that a policy owner sees them refused if a pipeline stopped
+    running them), never waive one.
+
+    Raises:
+        LineageError: When the trust policy requires a check no stage runs.
+    """
+    known = {name: stage for stage, names in REQUIRED_CHECKS.items() for name in names}
+    unknown = [name for name in trust.required_checks if name not in known]
+    if unknown:
+        raise LineageError(
+            f"the trust policy requires checks {unknown}, which no stage of the pipeline runs "
+            f"(known: {', '.join(sorted(known))})"
+        )
+    return {stage: tuple(names) for stage, names in REQUIRED_CHECKS.items()}
 
 
 def stage_assets(pipeline: SecurePipeline) -> dict[str, str]:
@@ -95,41 +117,78 @@ def _upstream(store: SnapshotStore, snapshot: Mapping[str, Any], asset: str) -> 
     return digest
 
 
-def _verdicts(audit: AuditLog, subjects: Mapping[str, tuple[str, str]]) -> list[dict[str, Any]]:
-    """The latest audit verdict of every required check for the digest it must judge."""
-    wanted = {
-        (asset, check): (stage, digest)
-        for stage, (asset, digest) in subjects.items()
-        for check in REQUIRED_CHECKS[stage]
-    }
-    latest: dict[tuple[str, str], AuditRecord] = {}
-    for record in audit.verified_records():
-        if record.event != "check.evaluated":
-            continue
-        key = (record.details.get("asset"), record.details.get("check"))
-        if key in wanted and record.subject == wanted[key][1]:
-            latest[key] = record
-    verdicts = []
-    for (asset, check), (stage, digest) in wanted.items():
-        record = latest.get((asset, check))
-        if record is None:
-            raise LineageError(
-                f"no verdict of {check} on {asset} for {digest[:12]} is in the audit trail; "
-                "materialize the asset with its checks before registering the model"
+def _evidence_file(stage: str, check: str) -> str:
+    return f"{EVIDENCE_DIR}/{stage}.{check}.json"
+
+
+def signed_verdicts(
+    store: SnapshotStore, trust: TrustPolicy, *, stage: str, asset: str, digest: str
+) -> tuple[list[attestations.Attestation], int]:
+    """Every verdict about ``digest`` of ``asset`` signed by the identity judging ``stage``.
+
+    Returns:
+        The verified attestations, and how many stored envelopes did not verify (forged,
+        edited, or signed by another identity): they are not evidence and are left out.
+    """
+    identity = VERDICT_IDENTITY[stage]
+    found, rejected = [], 0
+    for _key, data in attestations.stored_envelopes(store, VERDICTS, digest):
+        try:
+            attestation = attestations.open_envelope(
+                data, trust, identities=(identity,), predicate_type=attestations.VERDICT_TYPE
             )
-        verdicts.append(
-            {
-                "stage": stage,
-                "asset": asset,
-                "check": check,
-                "subject": digest,
-                "passed": bool(record.details.get("passed")),
-                "severity": record.details.get("severity"),
-                "audit_record": f"{record.seq}:{record.hash}",
-                "evaluated_at": record.ts,
-            }
-        )
-    return verdicts
+        except SignatureError:
+            rejected += 1
+            continue
+        if attestation.predicate.get("asset") == asset and attestation.subjects == {asset: digest}:
+            found.append(attestation)
+    return found, rejected
+
+
+def _collect_verdicts(
+    pipeline: SecurePipeline,
+    store: SnapshotStore,
+    trust: TrustPolicy,
+    subjects: Mapping[str, tuple[str, str]],
+) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
+    """The latest signed verdict of every required check on its digest, under today's policy."""
+    fingerprint = policy_fingerprint(pipeline)
+    checks, files = [], {}
+    for stage, names in required_checks(trust).items():
+        asset, digest = subjects[stage]
+        verdicts, rejected = signed_verdicts(store, trust, stage=stage, asset=asset, digest=digest)
+        for check in names:
+            mine = [v for v in verdicts if v.predicate.get("check") == check]
+            current = [v for v in mine if v.predicate.get("policy_sha256") == fingerprint]
+            if not current:
+                raise LineageError(
+                    f"no verdict of {check} on {asset} for {digest[:12]} signed by the "
+                    f"{VERDICT_IDENTITY[stage]} identity under today's policy "
+                    f"({fingerprint[:12]}) is in the store"
+                    + (f"; {len(mine) - len(current)} were judged under another policy" if
+                       len(mine) > len(current) else "")
+                    + (f"; {rejected} stored envelope(s) did not verify and were ignored"
+                       if rejected else "")
+                    + ". Materialize the asset with its checks before registering the model."
+                )  # fmt: skip
+            latest = max(current, key=lambda v: (str(v.predicate.get("evaluated_at")), v.sha256))
+            path = _evidence_file(stage, check)
+            files[path] = latest.data
+            checks.append(
+                {
+                    "stage": stage,
+                    "asset": asset,
+                    "check": check,
+                    "subject": digest,
+                    "passed": bool(latest.predicate.get("passed")),
+                    "severity": latest.predicate.get("severity"),
+                    "identity": latest.identity,
+                    "evaluated_at": latest.predicate.get("evaluated_at"),
+                    "attestation": path,
+                    "attestation_sha256": latest.sha256,
+                }
+            )
+    return checks, files
 
 
 def verdict_problems(verdicts: list[Mapping[str, Any]]) -> list[str]:
@@ -149,27 +208,27 @@ def verdict_problems(verdicts: list[Mapping[str, Any]]) -> list[str]:
 def build_lineage(
     pipeline: SecurePipeline,
     store: SnapshotStore,
-    audit: AuditLog,
+    trust: TrustPolicy,
     *,
     model_sha256: str,
     model_metadata: Mapping[str, Any],
     run_id: str,
-) -> dict[str, Any]:
-    """Assemble the lineage document of a model snapshot.
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Assemble the lineage document of a model snapshot and the verdicts it rests on.
 
     Args:
         pipeline: The spec.
         store: The snapshot store.
-        audit: The audit trail.
+        trust: The trust policy (whose identities' verdicts count).
         model_sha256: The model snapshot's digest.
         model_metadata: Its materialization metadata (features digest, metrics, MLflow run).
         run_id: The Dagster run registering it.
 
     Returns:
-        The lineage document.
+        The lineage document, and the evidence files of the bundle (path -> signed envelope).
 
     Raises:
-        LineageError: When a snapshot's origin or a required verdict cannot be found.
+        LineageError: When a snapshot's origin or a required signed verdict cannot be found.
     """
     from importlib.metadata import version
 
@@ -188,6 +247,7 @@ def build_lineage(
     }
     from secure_pipeline.training.serialization import TRUSTED_TYPES
 
+    checks, evidence = _collect_verdicts(pipeline, store, trust, subjects)
     return {
         "lineage_version": LINEAGE_VERSION,
         "pipeline": pipeline.name,
@@ -211,8 +271,9 @@ def build_lineage(
         "metrics": {k: v for k, v in model_metadata.items() if k.startswith(("holdout_", "test_"))},
         "policy": asdict(pipeline.policy),
         "policy_sha256": policy_fingerprint(pipeline),
-        "checks": _verdicts(audit, subjects),
-    }
+        "trust_policy_sha256": trust.digest,
+        "checks": checks,
+    }, evidence
 
 
 def model_card(
@@ -319,27 +380,51 @@ def model_card(
     return "\n".join(lines)
 
 
-def bundle_digest(directory: Path) -> str:
-    """SHA-256 over the sorted (path, file digest) list of a bundle, signature excluded."""
-    entries = []
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        name = path.relative_to(directory).as_posix()
-        if name == SIGNATURE_FILE:
-            continue
-        entries.append(f"{name}\0{hashlib.sha256(path.read_bytes()).hexdigest()}")
+def bundle_files(directory: Path) -> list[tuple[str, Path]]:
+    """Every file of a bundle as ``(relative POSIX path, path)``, sorted by relative path."""
+    import os
+
+    found = []
+    for root, _dirs, names in os.walk(directory):
+        for name in names:
+            path = Path(root, name)
+            if path.is_file():
+                found.append((path.relative_to(directory).as_posix(), path))
+    return sorted(found)
+
+
+def bundle_digest(directory: Path, files: list[tuple[str, Path]] | None = None) -> str:
+    """SHA-256 over the sorted (path, file digest) list of a bundle, signature excluded.
+
+    Args:
+        directory: The bundle.
+        files: Its files, when the caller listed them already (`bundle_files`).
+    """
+    entries = [
+        f"{name}\0{hashlib.sha256(path.read_bytes()).hexdigest()}"
+        for name, path in (files if files is not None else bundle_files(directory))
+        if name != SIGNATURE_FILE
+    ]
     return hashlib.sha256("\n".join(entries).encode()).hexdigest()
 
 
 def write_bundle(
-    directory: Path, model_bytes: bytes, lineage: Mapping[str, Any], card: str
+    directory: Path,
+    model_bytes: bytes,
+    lineage: Mapping[str, Any],
+    card: str,
+    evidence: Mapping[str, bytes],
 ) -> None:
-    """Write an (unsigned) bundle: MLflow model directory, lineage, card.
+    """Write an (unsigned) bundle: MLflow model directory, lineage, card, signed verdicts.
 
     The MLflow files are written by MLflow's sklearn flavor (skops serialization, explicit
     trusted types), then the model file is replaced by the exact bytes the checks judged.
     """
     import re
 
+    from secure_pipeline import environment as env
+
+    env.configure_mlflow()  # before MLflow is imported: pickle deserialization stays off
     import mlflow.sklearn
 
     from secure_pipeline.training.serialization import TRUSTED_TYPES, load_model
@@ -361,6 +446,9 @@ def write_bundle(
     )
     (directory / LINEAGE_FILE).write_bytes(json.dumps(lineage, indent=2, sort_keys=True).encode())
     (directory / CARD_FILE).write_text(card)
+    for path, data in evidence.items():
+        (directory / path).parent.mkdir(parents=True, exist_ok=True)
+        (directory / path).write_bytes(data)
 
 
 def _requirements() -> list[str]:
@@ -385,18 +473,18 @@ def verify_lineage(
     directory: Path,
     lineage: Mapping[str, Any],
     *,
+    trust: TrustPolicy,
     store: SnapshotStore | None,
-    audit: AuditLog | None,
     pipeline: SecurePipeline | None,
 ) -> list[str]:
-    """Check a bundle's lineage; return every problem found (empty when it holds).
+    """Check a bundle's lineage and its signed verdicts; return every problem (empty: holds).
 
     Args:
         directory: The bundle (signature already verified).
         lineage: Its lineage document.
-        store: The snapshot store, to re-hash every referenced snapshot (skipped when None,
-            e.g. an inference server without access to training data).
-        audit: The audit trail, to find every recorded verdict (skipped when None).
+        trust: The trust policy: which identity's signature each verdict needs.
+        store: The snapshot store, to re-hash every referenced snapshot and to find later
+            verdicts overturning the bundle's (skipped when None: offline verification).
         pipeline: Today's spec, to require today's policy (skipped when None).
     """
     problems: list[str] = []
@@ -417,26 +505,34 @@ def verify_lineage(
             f"the lineage must name the raw, validated and features snapshots, found {sorted(data)}"
         )
     subjects = {"model": model.get("sha256"), **{s: v.get("sha256") for s, v in data.items()}}
+    assets = {"model": model.get("asset"), **{s: v.get("asset") for s, v in data.items()}}
     for stage, digest in subjects.items():
         if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
             problems.append(f"the lineage gives no valid digest for the {stage} snapshot")
-    checks = lineage.get("checks", [])
+    try:
+        required = required_checks(trust)
+    except LineageError as exc:
+        return [*problems, str(exc)]
+    wanted = {(stage, name) for stage, names in required.items() for name in names}
+    checks = list(lineage.get("checks", []))
     recorded = [(c.get("stage"), c.get("check")) for c in checks]
-    for stage, names in REQUIRED_CHECKS.items():
-        for name in names:
-            if (stage, name) not in recorded:
-                problems.append(f"the lineage records no verdict of {name} ({stage})")
+    for stage, name in sorted(wanted - set(recorded)):
+        problems.append(f"the lineage records no verdict of {name} ({stage})")
+    if len(recorded) != len(set(recorded)):
+        problems.append("the lineage records a check more than once")
+    judged: list[tuple[Mapping[str, Any], attestations.Attestation]] = []
     for check in checks:
-        if (check.get("stage"), check.get("check")) not in {
-            (stage, name) for stage, names in REQUIRED_CHECKS.items() for name in names
-        }:
+        key = (check.get("stage"), check.get("check"))
+        if key not in wanted:
             problems.append(f"the lineage records an unknown verdict {check.get('check')!r}")
-        expected = subjects.get(check.get("stage"))
-        if expected is None or check.get("subject") != expected:
-            problems.append(
-                f"{check.get('check')} judged {str(check.get('subject'))[:12]}, not the "
-                f"{check.get('stage')} snapshot {str(expected)[:12]} of this model"
-            )
+            continue
+        attestation, problem = _bundle_verdict(
+            directory, check, trust, subjects, assets, lineage.get("policy_sha256")
+        )
+        if problem:
+            problems.append(problem)
+        elif attestation is not None:
+            judged.append((check, attestation))
     problems.extend(verdict_problems(checks))
     if pipeline is not None and lineage.get("policy_sha256") != policy_fingerprint(pipeline):
         problems.append(
@@ -453,55 +549,96 @@ def verify_lineage(
                     store.read_bytes((snap["key"], snap["sha256"]))
             except (IntegrityError, KeyError, ValueError) as exc:
                 problems.append(f"lineage snapshot {snap.get('key')}: {exc}")
-    if audit is not None:
-        problems.extend(_audit_problems(checks, audit))
+        problems.extend(_overturned(store, trust, judged))
     return problems
 
 
-def _audit_problems(checks: list[Mapping[str, Any]], audit: AuditLog) -> list[str]:
-    """Each recorded verdict must be the audit record it cites, not overturned since.
+def _bundle_verdict(
+    directory: Path,
+    check: Mapping[str, Any],
+    trust: TrustPolicy,
+    subjects: Mapping[str, Any],
+    assets: Mapping[str, Any],
+    policy_sha256: Any,
+) -> tuple[attestations.Attestation | None, str | None]:
+    """Verify one verdict of the lineage against the envelope in the bundle."""
+    stage, name = str(check.get("stage")), str(check.get("check"))
+    label = f"the verdict of {name} on {check.get('asset')}"
+    expected = subjects.get(stage)
+    if check.get("subject") != expected or check.get("asset") != assets.get(stage):
+        return None, (
+            f"{name} judged {str(check.get('subject'))[:12]} of {check.get('asset')}, not the "
+            f"{stage} snapshot {str(expected)[:12]} of this model"
+        )
+    path = directory / str(check.get("attestation", ""))
+    if check.get("attestation") != _evidence_file(stage, name) or not path.is_file():
+        return None, f"{label} has no signed attestation in the bundle"
+    data = path.read_bytes()
+    if sha256_hex(data) != check.get("attestation_sha256"):
+        return None, f"{label}: {check.get('attestation')} is not the attestation the lineage cites"
+    identity = VERDICT_IDENTITY[stage]
+    try:
+        attestation = attestations.open_envelope(
+            data, trust, identities=(identity,), predicate_type=attestations.VERDICT_TYPE,
+            what=label,
+        )  # fmt: skip
+    except SignatureError as exc:
+        return None, str(exc)
+    predicate = attestation.predicate
+    mismatched = [
+        field
+        for field, value in (
+            ("check", name),
+            ("asset", check.get("asset")),
+            ("passed", bool(check.get("passed"))),
+            ("severity", check.get("severity")),
+            ("policy_sha256", policy_sha256),
+        )
+        if predicate.get(field) != value
+    ]
+    if attestation.subjects != {str(check.get("asset")): expected}:
+        mismatched.append("subject")
+    if mismatched:
+        return None, (
+            f"{label}: the signed attestation differs from the lineage in {', '.join(mismatched)}"
+            " (a verdict signed for another check, digest or policy was replayed)"
+        )
+    return attestation, None
 
-    The cited record must be a verdict of the same check on the same asset and digest, with the
-    same outcome. A later verdict of that check on that digest may pass again (the pipeline was
-    re-run on the same data); a later one that does not let the model through overturns it.
+
+def _overturned(
+    store: SnapshotStore,
+    trust: TrustPolicy,
+    judged: list[tuple[Mapping[str, Any], attestations.Attestation]],
+) -> list[str]:
+    """A later signed verdict of the same check, digest and policy that fails overturns one.
+
+    A later verdict may pass again (the pipeline was re-run on the same data); one that does not
+    let the model through means the bundle's verdict is no longer the check's last word.
     """
-    history: dict[tuple[Any, Any, Any], list[AuditRecord]] = {}
-    for record in audit.verified_records():
-        if record.event == "check.evaluated":
-            key = (record.details.get("asset"), record.details.get("check"), record.subject)
-            history.setdefault(key, []).append(record)
     problems = []
-    for check in checks:
-        name = check.get("check")
-        seq, _, digest = str(check.get("audit_record", "")).partition(":")
-        records = history.get((check.get("asset"), name, check.get("subject")), [])
-        cited = next((r for r in records if f"{r.seq}" == seq and r.hash == digest), None)
-        if (
-            cited is None
-            or bool(cited.details.get("passed")) != bool(check.get("passed"))
-            or cited.details.get("severity") != check.get("severity")
-        ):
-            problems.append(
-                f"the lineage's verdict of {name} on {check.get('asset')} for "
-                f"{str(check.get('subject'))[:12]} (audit record {seq}) is not a verdict the "
-                "audit trail holds for that check and digest"
-            )
-            continue
-        for later in records:
-            if later.seq <= cited.seq:
+    cache: dict[tuple[str, str, str], list[attestations.Attestation]] = {}
+    for check, attestation in judged:
+        stage, asset, digest = str(check["stage"]), str(check["asset"]), str(check["subject"])
+        if (stage, asset, digest) not in cache:
+            cache[(stage, asset, digest)] = signed_verdicts(
+                store, trust, stage=stage, asset=asset, digest=digest
+            )[0]
+        when = str(attestation.predicate.get("evaluated_at"))
+        for later in cache[(stage, asset, digest)]:
+            predicate = later.predicate
+            if (
+                predicate.get("check") != check["check"]
+                or predicate.get("policy_sha256") != attestation.predicate.get("policy_sha256")
+                or str(predicate.get("evaluated_at")) <= when
+            ):
                 continue
-            outcome = {
-                "stage": check.get("stage"),
-                "asset": check.get("asset"),
-                "check": name,
-                "subject": later.subject,
-                "passed": bool(later.details.get("passed")),
-                "severity": later.details.get("severity"),
-            }
+            outcome = {**check, "passed": bool(predicate.get("passed")),
+                       "severity": predicate.get("severity")}  # fmt: skip
             if verdict_problems([outcome]):
                 problems.append(
-                    f"a later verdict of {name} on {str(later.subject)[:12]} (audit record "
-                    f"{later.seq}) failed, overturning the one in the lineage"
+                    f"a later signed verdict of {check['check']} on {digest[:12]} (at "
+                    f"{predicate.get('evaluated_at')}) failed, overturning the one in the bundle"
                 )
                 break
     return problems

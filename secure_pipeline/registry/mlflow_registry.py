@@ -23,16 +23,33 @@ def _client() -> Iterator[Any]:
         yield MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def bundle_artifact_path(bundle_digest: str) -> str:
+    """Where a bundle goes in its MLflow run: a path derived from its digest, never reused.
+
+    Registering again (a new bundle, with a new lineage and signature) therefore never writes
+    over the files an earlier version points to.
+    """
+    return f"bundles/{bundle_digest}"
+
+
 def register_bundle(
-    experiment: str, run_id: str, name: str, bundle: Path, tags: Mapping[str, str]
-) -> str:
+    experiment: str,
+    run_id: str,
+    name: str,
+    bundle: Path,
+    tags: Mapping[str, str],
+    *,
+    bundle_digest: str,
+) -> tuple[str, str]:
     """Upload a bundle into the model's MLflow run and register it as a new model version.
 
     Returns:
-        The new version number.
+        The new version number and the version's source URI.
     """
+    path = bundle_artifact_path(bundle_digest)
     with tracked_run(experiment, run_id=run_id) as mlflow:
-        mlflow.log_artifacts(str(bundle), artifact_path="bundle")
+        mlflow.log_artifacts(str(bundle), artifact_path=path)
+    source = f"runs:/{run_id}/{path}"
     from mlflow.exceptions import MlflowException
 
     with _client() as client:
@@ -43,22 +60,26 @@ def register_bundle(
                 raise
             client.create_registered_model(name)
         version = client.create_model_version(
-            name, source=f"runs:/{run_id}/bundle", run_id=run_id,
+            name, source=source, run_id=run_id,
             tags={f"{TAG_PREFIX}{k}": v for k, v in tags.items()},
         )  # fmt: skip
-        return str(version.version)
+        return str(version.version), source
 
 
-def download_version(name: str, version: str, destination: Path) -> Path:
-    """Download a model version's files; the returned directory holds exactly the bundle.
+def version_source(name: str, version: str) -> str:
+    """The artifact source a registered version points to, as the registry says now."""
+    with _client() as client:
+        return str(client.get_model_version(name, version).source)
 
-    The version's artifact source is downloaded directly: through a ``models:/`` URI MLflow
-    would add a metadata file of its own, which is not part of what was signed.
+
+def download_source(source: str, destination: Path) -> Path:
+    """Download a version's artifact source; the returned directory holds exactly the bundle.
+
+    The source is downloaded directly: through a ``models:/`` URI MLflow would add a metadata
+    file of its own, which is not part of what was signed.
     """
     import mlflow
 
-    with _client() as client:
-        source = client.get_model_version(name, version).source
     mlflow.set_tracking_uri(tracking_uri())
     path = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(destination))
     return Path(path)

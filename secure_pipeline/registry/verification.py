@@ -1,11 +1,12 @@
-"""Verify a model bundle before any use: signature, files, lineage, policy, no pickle.
+"""Verify a model bundle before any use: signature, files, lineage, signed verdicts, no pickle.
 
 Registration, promotion, rollback, ``secure-pipeline verify`` and serving all call
-`verify_bundle_dir`; none of them trusts an earlier verification or another step's word.
+`verify_bundle_dir` (and, for a registered version, `verify_registered`); none of them trusts an
+earlier verification, another step's word, or a record anyone with write access could change.
 """
 
 import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,16 +17,19 @@ from secure_pipeline.errors import ConfigurationError, SignatureError
 from secure_pipeline.pipeline import SecurePipeline
 from secure_pipeline.registry.bundle import (
     CARD_FILE,
+    EVIDENCE_DIR,
     LINEAGE_FILE,
     MODEL_FILE,
     LineageError,
     bundle_digest,
+    bundle_files,
     read_lineage,
     verify_lineage,
 )
-from secure_pipeline.registry.signing import SIGNATURE_FILE, TrustPolicy, verify_bundle
-from secure_pipeline.storage.audit import AuditLog
+from secure_pipeline.registry.signing import SIGNATURE_FILE, verify_bundle
 from secure_pipeline.storage.snapshots import SnapshotStore
+from secure_pipeline.trust.attestations import Attestation
+from secure_pipeline.trust.policy import TrustPolicy
 
 _TEXT_FILES = {"MLmodel", "conda.yaml", "python_env.yaml", "requirements.txt", LINEAGE_FILE,
                CARD_FILE, SIGNATURE_FILE}  # fmt: skip
@@ -43,6 +47,10 @@ class Verification:
         lineage: The lineage document, when the signature verified.
         model_sha256: The model digest the lineage records.
         bundle_digest: Digest of the bundle's files.
+        name: Registered model name (registry references).
+        version: Registered version.
+        source: The registry's artifact source of the version.
+        registration: The release identity's signed registration of this bundle as the version.
     """
 
     directory: Path
@@ -51,6 +59,10 @@ class Verification:
     lineage: dict[str, Any] | None = None
     model_sha256: str | None = None
     bundle_digest: str | None = None
+    name: str | None = None
+    version: str | None = None
+    source: str | None = None
+    registration: Attestation | None = None
 
     @property
     def ok(self) -> bool:
@@ -71,12 +83,13 @@ class Verification:
         return "\n".join(lines)
 
 
-def pickle_files(directory: Path) -> list[str]:
+def pickle_files(directory: Path, files: list[tuple[str, Path]] | None = None) -> list[str]:
     """Files of a bundle that are (or claim to be) pickles."""
     found = []
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        name = path.relative_to(directory).as_posix()
+    for name, path in files if files is not None else bundle_files(directory):
         if name in _TEXT_FILES or name == MODEL_FILE:
+            continue
+        if name.startswith(f"{EVIDENCE_DIR}/") and path.suffix == ".json":
             continue
         head = path.open("rb").read(2)
         if path.suffix.lower() in _PICKLE_SUFFIXES or head[:1] == b"\x80":
@@ -90,8 +103,6 @@ def verify_bundle_dir(
     trust: TrustPolicy,
     pipeline: SecurePipeline | None,
     store: SnapshotStore | None,
-    audit: AuditLog | None,
-    registry_tags: Mapping[str, str] | None = None,
 ) -> Verification:
     """Verify a bundle directory; never raises for a failed check, reports it.
 
@@ -99,9 +110,8 @@ def verify_bundle_dir(
         directory: The bundle.
         trust: The trust policy.
         pipeline: Today's spec (requires today's policy), if known.
-        store: The snapshot store (re-hash lineage snapshots), if reachable.
-        audit: The audit trail (find every recorded verdict), if reachable.
-        registry_tags: The registry's tags for this version (must agree with the bundle).
+        store: The snapshot store (re-hash lineage snapshots, look for later verdicts), if
+            reachable; None verifies offline, from the bundle alone.
     """
     result = Verification(directory)
     try:
@@ -110,7 +120,8 @@ def verify_bundle_dir(
     except SignatureError as exc:
         result.steps.append(("signature", False, str(exc)))
         return result  # nothing in an unverified bundle is worth reading
-    pickles = pickle_files(directory)
+    files = bundle_files(directory)
+    pickles = pickle_files(directory, files)
     result.steps.append(
         (
             "no pickle",
@@ -127,15 +138,13 @@ def verify_bundle_dir(
         result.steps.append(("lineage", False, str(exc)))
         return result
     result.model_sha256 = result.lineage.get("model", {}).get("sha256")
-    result.bundle_digest = bundle_digest(directory)
+    result.bundle_digest = bundle_digest(directory, files)
     problems = verify_lineage(
-        directory, result.lineage, store=store, audit=audit, pipeline=pipeline
+        directory, result.lineage, trust=trust, store=store, pipeline=pipeline
     )
-    scope = []
+    scope = ["verdicts signed by their stage identities"]
     if store is not None:
-        scope.append("snapshots re-hashed")
-    if audit is not None:
-        scope.append("verdicts found in the audit trail")
+        scope.append("snapshots re-hashed, no later verdict overturns them")
     if pipeline is not None:
         scope.append("today's policy")
     result.steps.append(
@@ -143,22 +152,35 @@ def verify_bundle_dir(
             "lineage",
             not problems,
             "; ".join(problems)
-            or f"model {str(result.model_sha256)[:12]}, every required check passed for it"
-            + (f" ({', '.join(scope)})" if scope else ""),
+            or f"model {str(result.model_sha256)[:12]}, every required check passed for it "
+            f"({', '.join(scope)})",
         )
     )
-    if registry_tags is not None:
-        mismatched = [
-            f"{key}: registry says {registry_tags.get(key)}, bundle has {value}"
-            for key, value in (
-                ("model_sha256", result.model_sha256),
-                ("bundle_digest", result.bundle_digest),
-            )
-            if registry_tags.get(key) != value
-        ]
-        result.steps.append(
-            ("registry tags", not mismatched, "; ".join(mismatched) or "match the bundle")
-        )
+    return result
+
+
+def verify_registered(
+    directory: Path,
+    *,
+    trust: TrustPolicy,
+    pipeline: SecurePipeline | None,
+    store: SnapshotStore,
+    name: str,
+    version: str,
+    source: str,
+) -> Verification:
+    """Verify a registered version's downloaded bundle and its signed registration."""
+    from secure_pipeline.registry.registration import check_registration
+
+    result = verify_bundle_dir(directory, trust=trust, pipeline=pipeline, store=store)
+    result.name, result.version, result.source = name, str(version), source
+    if result.bundle_digest is None or result.model_sha256 is None:
+        return result
+    result.registration, detail = check_registration(
+        store, trust, name=name, version=str(version), source=source,
+        bundle_digest=result.bundle_digest, model_sha256=result.model_sha256,
+    )  # fmt: skip
+    result.steps.append(("registration", result.registration is not None, detail))
     return result
 
 
@@ -176,12 +198,14 @@ class Resolved:
         name: Registered model name (None for a directory reference).
         version: Version number.
         alias: The alias it was reached through, if any.
+        source: The artifact source the registry gave for the version (what was downloaded).
     """
 
     directory: Path
     name: str | None = None
     version: str | None = None
     alias: str | None = None
+    source: str | None = None
 
 
 @contextmanager
@@ -193,7 +217,11 @@ def resolve(reference: str) -> Iterator[Resolved]:
     Raises:
         ConfigurationError: For a malformed reference or an unknown alias or version.
     """
-    from secure_pipeline.registry.mlflow_registry import alias_version, download_version
+    from secure_pipeline.registry.mlflow_registry import (
+        alias_version,
+        download_source,
+        version_source,
+    )
 
     if not reference.startswith("models:/"):
         path = Path(reference)
@@ -217,7 +245,12 @@ def resolve(reference: str) -> Iterator[Resolved]:
         raise ConfigurationError(f"{reference!r}: expected models:/name@alias or models:/name/N")
     with TemporaryDirectory(prefix="bundle-") as temporary:
         try:
-            directory = download_version(name, version, Path(temporary))
+            # The source is read once and that exact source downloaded: what is verified against
+            # the signed registration is what was fetched.
+            source = version_source(name, version)
+            directory = download_source(source, Path(temporary))
         except Exception as exc:  # noqa: BLE001 - MLflow raises several unrelated types
-            raise ConfigurationError(f"cannot download {reference}: {exc}") from None
-        yield Resolved(directory, name, version, alias)
+            raise ConfigurationError(
+                f"cannot download {reference}: {type(exc).__name__}: {str(exc)[:300]}"
+            ) from None
+        yield Resolved(directory, name, version, alias, source)

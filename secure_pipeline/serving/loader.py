@@ -1,22 +1,25 @@
 """Verify-before-load: the only way the project loads a model for inference.
 
-`load_verified` verifies the bundle (signature against the trust policy, every file's digest,
-no pickle files, the lineage's verdicts for this model digest, today's policy) and only then
-loads the model from its skops file with the explicit trusted-type list. There is no path that
-loads without verifying.
+`load_evidence` loads the model of a reference whose whole chain of evidence verified (bundle,
+signed verdicts, signed registration, the gate's signed decision: see
+`secure_pipeline.promotion.evidence`); `load_verified` a bundle directory that verified on its
+own. Both load only from a verification that passed every step, from the skops file with the
+explicit trusted-type list. There is no path that loads without verifying.
 """
 
 import hashlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from secure_pipeline.errors import PolicyViolation
 from secure_pipeline.pipeline import SecurePipeline
 from secure_pipeline.registry.bundle import MODEL_FILE
-from secure_pipeline.registry.signing import TrustPolicy
 from secure_pipeline.registry.verification import Verification, verify_bundle_dir
+from secure_pipeline.trust.policy import TrustPolicy
+
+if TYPE_CHECKING:
+    from secure_pipeline.promotion.evidence import Evidence
 
 
 @dataclass(frozen=True)
@@ -44,8 +47,6 @@ def load_verified(
     trust: TrustPolicy,
     pipeline: SecurePipeline | None,
     store: Any = None,
-    audit: Any = None,
-    registry_tags: Mapping[str, str] | None = None,
 ) -> VerifiedModel:
     """Verify a bundle directory, then load its model.
 
@@ -53,27 +54,38 @@ def load_verified(
         directory: The bundle (e.g. downloaded from the registry).
         trust: The trust policy.
         pipeline: Today's spec, whose policy the model must have been judged under.
-        store: The snapshot store, when reachable (lineage snapshots are re-hashed).
-        audit: The audit trail, when reachable (verdicts are looked up).
-        registry_tags: The registry's tags on the version, when it came from the registry
-            (they must agree with the bundle).
+        store: The snapshot store, when reachable (lineage snapshots are re-hashed, later
+            verdicts looked up).
 
     Raises:
         PolicyViolation: With the verification report, when any step failed.
         UntrustedModelError: When the model file is not a trusted skops file.
     """
+    verification = verify_bundle_dir(directory, trust=trust, pipeline=pipeline, store=store)
+    return load_from(verification)
+
+
+def load_evidence(evidence: "Evidence") -> VerifiedModel:
+    """Load the model of a reference whose whole chain of evidence verified.
+
+    Raises:
+        PolicyViolation: With every failed step, when any failed.
+        UntrustedModelError: When the model file is not a trusted skops file.
+    """
+    return load_from(evidence.verification)
+
+
+def load_from(verification: Verification) -> VerifiedModel:
+    """Load the model of a verification that passed every step; refuse any other.
+
+    Raises:
+        PolicyViolation: With every failed step, when any failed.
+    """
     from secure_pipeline.training.serialization import load_model
 
-    verification: Verification = verify_bundle_dir(
-        directory,
-        trust=trust,
-        pipeline=pipeline,
-        store=store,
-        audit=audit,
-        registry_tags=registry_tags,
-    )
     if not verification.ok or verification.lineage is None or verification.signer is None:
         raise PolicyViolation("refusing to load the model: " + "; ".join(verification.problems))
+    directory = verification.directory
     # Read once, check these exact bytes against the verified digest, load these bytes: a file
     # swapped between verification and loading is not loaded.
     data = (directory / MODEL_FILE).read_bytes()

@@ -1,0 +1,291 @@
+"""The chain of evidence of a model, verified at every use.
+
+One sequence, used by ``secure-pipeline verify`` and ``evidence``, the model server, blue-green
+releases, rollback and promotion: resolve the reference, verify the bundle (release signature,
+every file, no pickle, the signed verdicts in its lineage), the release identity's signed
+registration of exactly this bundle as this version, and — when a promotion is required — the
+gate's signed decision admitting it, the approvals that decision cites, and the audit trail's
+signed checkpoint at the moment of the decision. Nothing here reads a registry tag or alias as
+evidence: an alias that disagrees with the signed champion decision is refused.
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Literal
+
+from secure_pipeline.errors import SignatureError
+from secure_pipeline.pipeline import SecurePipeline
+from secure_pipeline.promotion.approvals import Approval, open_approval
+from secure_pipeline.promotion.decisions import (
+    CHAMPION,
+    Decision,
+    champion,
+    decisions,
+    for_version,
+)
+from secure_pipeline.registry.verification import (
+    Resolved,
+    Verification,
+    resolve,
+    verify_bundle_dir,
+    verify_registered,
+)
+from secure_pipeline.storage.audit import AuditLog
+from secure_pipeline.storage.snapshots import SnapshotStore, sha256_hex
+from secure_pipeline.trust.identities import APPROVER_PREFIX
+from secure_pipeline.trust.policy import TrustPolicy
+
+Requirement = Literal["promoted", "champion"] | None
+
+
+@dataclass
+class Evidence:
+    """A model reference and everything established about it.
+
+    Attributes:
+        resolved: The reference, resolved (its directory exists while the context is open).
+        verification: The bundle and registration verification, with every step.
+        decision: The gate's decision admitting it, when one was required (or found).
+        approvals: The approvals that decision cites, verified.
+        checkpoint: The audit trail's latest signed checkpoint ``(count, head)``.
+    """
+
+    resolved: Resolved
+    verification: Verification
+    decision: Decision | None = None
+    approvals: list[Approval] = field(default_factory=list)
+    checkpoint: tuple[int, str] | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether every step passed."""
+        return self.verification.ok
+
+    @property
+    def problems(self) -> list[str]:
+        """Each failed step's detail."""
+        return self.verification.problems
+
+    def report(self) -> str:
+        """One line per step."""
+        return self.verification.report()
+
+    def fail(self, step: str, detail: str) -> None:
+        """Record a failed step."""
+        self.verification.steps.append((step, False, detail))
+
+    def passed(self, step: str, detail: str) -> None:
+        """Record a passed step."""
+        self.verification.steps.append((step, True, detail))
+
+
+@contextmanager
+def verified(
+    reference: str,
+    *,
+    pipeline: SecurePipeline,
+    trust: TrustPolicy,
+    store: SnapshotStore | None,
+    require: Requirement = None,
+) -> Iterator[Evidence]:
+    """Resolve and verify a model reference with its whole chain of evidence.
+
+    ``models:/name@champion`` always requires the champion decision (and that the alias agrees
+    with it); ``models:/name@challenger`` a gate decision.
+
+    Args:
+        reference: ``models:/name@alias``, ``models:/name/N`` or a bundle directory.
+        pipeline: Today's spec (today's policy and approvals apply).
+        trust: The trust policy.
+        store: The snapshot store; None verifies the bundle alone, offline (and then no
+            promotion can be required).
+        require: ``promoted`` (a gate decision for exactly this version and bundle) or
+            ``champion`` (the latest champion decision is this version).
+
+    Yields:
+        The evidence; the bundle directory exists until the context exits. Failed steps are
+        recorded, never raised.
+    """
+    with resolve(reference) as resolved:
+        if resolved.alias == CHAMPION:
+            require = CHAMPION
+        elif resolved.alias is not None and require is None:
+            require = "promoted"
+        if resolved.name and resolved.version and store is not None:
+            verification = verify_registered(
+                resolved.directory, trust=trust, pipeline=pipeline, store=store,
+                name=resolved.name, version=resolved.version, source=str(resolved.source),
+            )  # fmt: skip
+        else:
+            verification = verify_bundle_dir(
+                resolved.directory, trust=trust, pipeline=pipeline, store=store
+            )
+        evidence = Evidence(resolved, verification)
+        if require is not None and verification.bundle_digest is not None:
+            if store is None:
+                evidence.fail(
+                    "promotion", "a promotion decision cannot be checked offline (no store)"
+                )
+            else:
+                _check_promotion(evidence, pipeline, trust, store, require)
+        yield evidence
+
+
+def _check_promotion(
+    evidence: Evidence,
+    pipeline: SecurePipeline,
+    trust: TrustPolicy,
+    store: SnapshotStore,
+    require: str,
+) -> None:
+    resolved, verification = evidence.resolved, evidence.verification
+    name = resolved.name or pipeline.name
+    history, rejected = decisions(store, trust, name)
+    ignored = (
+        f" ({rejected} stored decision(s) did not verify and were ignored)" if rejected else ""
+    )
+    if require == CHAMPION:
+        current = champion(history)
+        if current is None:
+            evidence.fail("promotion", f"{name} has no signed champion decision{ignored}")
+            return
+        if resolved.version is not None and current.version != resolved.version:
+            evidence.fail(
+                "promotion",
+                f"the alias points to version {resolved.version}, but the latest signed champion "
+                f"decision is version {current.version} ({current.sha256[:12]}): the alias was "
+                "moved outside the gate; refusing it",
+            )
+            return
+        decision = current
+    else:
+        version = resolved.version
+        candidates = (
+            [d for d in history if d.bundle_digest == verification.bundle_digest]
+            if version is None
+            else history
+        )
+        decision = (
+            for_version(candidates, version, str(verification.bundle_digest))
+            if version is not None
+            else (candidates[-1] if candidates else None)
+        )
+        if decision is None:
+            which = version or f"(bundle {str(verification.bundle_digest)[:12]})"
+            evidence.fail(
+                "promotion",
+                f"{name} version {which} was never admitted by the gate: no signed promotion "
+                f"decision for this bundle{ignored}",
+            )
+            return
+    evidence.decision = decision
+    check_decision(evidence, pipeline, trust, store)
+
+
+def check_decision(
+    evidence: Evidence, pipeline: SecurePipeline, trust: TrustPolicy, store: SnapshotStore
+) -> None:
+    """Check a decision against the verified bundle, its approvals and the audit checkpoint."""
+    decision, verification = evidence.decision, evidence.verification
+    assert decision is not None
+    mismatched = []
+    if decision.model_sha256 != verification.model_sha256:
+        mismatched.append("model digest")
+    if decision.bundle_digest != verification.bundle_digest:
+        mismatched.append("bundle digest")
+    if verification.version is not None and decision.version != verification.version:
+        mismatched.append("version")
+    registration = verification.registration
+    cited = {i.get("digest", {}).get("sha256") for i in decision.inputs("attestations/regis")}
+    if registration is not None and registration.sha256 not in cited:
+        mismatched.append("registration")
+    if mismatched:
+        evidence.fail(
+            "promotion",
+            f"the {decision.describe()} is about another {', '.join(mismatched)} than this bundle",
+        )
+        return
+    evidence.passed("promotion", decision.describe())
+    _check_approvals(evidence, pipeline, trust, store)
+    _check_checkpoint(evidence, trust, store)
+
+
+def _check_approvals(
+    evidence: Evidence, pipeline: SecurePipeline, trust: TrustPolicy, store: SnapshotStore
+) -> None:
+    decision = evidence.decision
+    assert decision is not None
+    # A cited approval that is gone or altered is tampering; one that no longer verifies under
+    # today's policy (its approver was removed) only stops counting.
+    tampered: list[str] = []
+    uncounted: list[str] = []
+    for cited in decision.inputs("approvals/"):
+        key, digest = str(cited.get("uri")), cited.get("digest", {}).get("sha256")
+        try:
+            data = store.read_object(key)
+        except FileNotFoundError:
+            tampered.append(f"cited approval {key} is not in the store")
+            continue
+        if sha256_hex(data) != digest:
+            tampered.append(f"cited approval {key} is not the one the decision cites")
+            continue
+        try:
+            attestation = open_approval(
+                data, trust, model_sha256=str(decision.model_sha256),
+                bundle_digest=str(decision.bundle_digest), where=key,
+            )  # fmt: skip
+        except SignatureError as exc:
+            uncounted.append(str(exc))
+            continue
+        name = attestation.identity[len(APPROVER_PREFIX) :]
+        if all(a.approver != name for a in evidence.approvals):
+            evidence.approvals.append(
+                Approval(name, attestation.keyid, str(attestation.predicate.get("reason", "")),
+                         str(attestation.predicate.get("created_at")), key, attestation.sha256)
+            )  # fmt: skip
+    needed = pipeline.policy.approvals_required
+    count = len(evidence.approvals)
+    if count < needed or tampered:
+        evidence.fail(
+            "approvals",
+            f"{needed} signed approval(s) by approvers of today's trust policy are required, "
+            f"the decision cites {count} that verify"
+            + (f" ({'; '.join(tampered + uncounted)})" if tampered or uncounted else ""),
+        )
+    else:
+        names = ", ".join(a.approver for a in evidence.approvals) or "none"
+        note = f"; {len(uncounted)} cited no longer count" if uncounted else ""
+        evidence.passed("approvals", f"{count} of {needed} required: {names}{note}")
+
+
+def _check_checkpoint(evidence: Evidence, trust: TrustPolicy, store: SnapshotStore) -> None:
+    """The trail still holds, at the decision's point, what the gate saw (a constant-time read)."""
+    from secure_pipeline.errors import AuditChainError
+
+    decision = evidence.decision
+    assert decision is not None
+    head = decision.facts.get("audit_head") or {}
+    audit = AuditLog(store)
+    try:
+        checkpoint = audit.latest_checkpoint(trust)
+        count, digest = int(head.get("count", 0)), str(head.get("hash", ""))
+        if checkpoint is None or checkpoint[0] < count:
+            raise AuditChainError(
+                f"the decision was made at audit record {count}, but the trail's latest signed "
+                f"checkpoint is {checkpoint[0] if checkpoint else 'missing'}: records were removed"
+            )
+        record = audit.record(count, trust) if count else None
+        if record is not None and record.hash != digest:
+            raise AuditChainError(
+                f"audit record {count} no longer has the hash the decision recorded: the trail "
+                "was rewritten"
+            )
+    except AuditChainError as exc:
+        evidence.fail("audit checkpoint", str(exc))
+        return
+    evidence.checkpoint = checkpoint
+    evidence.passed(
+        "audit checkpoint",
+        f"signed checkpoint at record {checkpoint[0]}; the decision's record {count} is intact",
+    )
