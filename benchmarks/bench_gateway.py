@@ -10,9 +10,14 @@ it (2 workers) with TLS 1.3 mutual authentication, the SPIFFE identity read by n
 model is the reference pipeline's, trained, signed and registered once in a temporary home (a
 subprocess, ~30 s).
 
+The slot speaks mutual TLS only (TLS 1.3, a client certificate of the deployment's slot CA):
+nginx reaches it with the gateway's slot certificate over kept connections, and the direct
+variant with the release controller's. Both variants therefore pay TLS; the gateway path pays
+it twice (client to nginx, nginx to the slot).
+
 Both variants use the same load generator, in this process: N threads, each with one
-persistent keep-alive connection (``http.client.HTTPConnection`` to the slot,
-``HTTPSConnection`` with the client certificate to the gateway), sending single-row
+persistent keep-alive connection (``HTTPSConnection`` with the controller's slot certificate
+to the slot, ``HTTPSConnection`` with the client certificate to the gateway), sending single-row
 ``POST /predict`` requests back to back (closed loop) for a fixed time. Connections are opened
 (and the TLS handshake done) with one unmeasured request before the clock starts; the client's
 garbage collector is off during a window. Every answer must be 200: anything else is counted
@@ -318,7 +323,13 @@ def bootstrap_added_p99(direct: Run, gateway: Run, rounds: int = 400) -> tuple[f
 
 
 def main() -> None:
-    from secure_pipeline.promotion.bluegreen import DeploymentState, down, up
+    from secure_pipeline.promotion.bluegreen import (
+        DeploymentState,
+        controller_context,
+        down,
+        slot_pki,
+        up,
+    )
     from secure_pipeline.reference.adult import adult_pipeline
     from secure_pipeline.serving.certs import init_dev_pki, issue_client_cert
 
@@ -359,8 +370,13 @@ def main() -> None:
         context.load_cert_chain(pki.client_cert("client-app"), pki.client_key("client-app"))
         context.minimum_version = ssl.TLSVersion.TLSv1_3
 
+        # Straight to the slot: only a certificate of the slot CA opens it.
+        slot_context = controller_context(slot_pki(directory))
+
         def direct() -> http.client.HTTPConnection:
-            return http.client.HTTPConnection(slot_host, int(slot_port), timeout=10)
+            return http.client.HTTPSConnection(
+                slot_host, int(slot_port), context=slot_context, timeout=10
+            )
 
         def gateway() -> http.client.HTTPConnection:
             return http.client.HTTPSConnection(gw_host, int(gw_port), context=context, timeout=10)

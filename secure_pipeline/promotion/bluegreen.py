@@ -15,17 +15,24 @@ slot on the champion; `BlueGreen.release` then rolls out a promoted challenger:
 
 Every step is an audit event. On Kubernetes the same roles are played by the two slot
 Deployments and the Istio VirtualService weights (``deploy/istio/``).
+
+The slots speak mutual TLS only. `up` makes the deployment's slot PKI in ``<dir>/slot-pki``
+(`secure_pipeline.serving.certs.ensure_slot_pki`): the slots present its server certificate
+and accept only its two client certificates, the gateway's (nginx) and the controller's, with
+which this module reads a slot's ``/readyz`` and ``/metrics`` (verifying the slot's
+certificate against the slot CA and `SLOT_SERVER_NAME`).
 """
 
 import contextlib
+import http.client
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
+import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,10 +41,27 @@ from typing import Any
 from secure_pipeline.errors import ConfigurationError, PolicyViolation
 from secure_pipeline.pipeline import SecurePipeline
 from secure_pipeline.promotion.canary import CanaryPolicy, CanaryVerdict, SlotMetrics, judge
+from secure_pipeline.serving.certs import (
+    CONTROLLER_IDENTITY,
+    GATEWAY_IDENTITY,
+    SLOT_SERVER_NAME,
+    SlotPki,
+    ensure_slot_pki,
+)
 from secure_pipeline.serving.server import SLOTS, ServingLimits
 
 STATE_FILE = "deployment.json"
+SLOT_PKI_DIR = "slot-pki"
 _POLL_SECONDS = 0.25
+# Slot address -> the slot PKI of the deployment it belongs to, for every deployment this
+# process loaded or started: `slot_readiness`, `scrape` and `wait_ready` are called with an
+# address only, and must still present the controller's certificate of the right slot CA.
+_SLOT_PKIS: dict[str, SlotPki] = {}
+# Slot address -> a kept connection of the controller, with the identity of the PKI files it was
+# made with. The canary loop reads both slots' metrics four times a second: a TLS handshake each
+# time would cost the slots CPU in their event loop, beside the requests being measured.
+_CONNECTIONS: dict[str, tuple[tuple[object, ...], http.client.HTTPSConnection]] = {}
+_CONNECTIONS_LOCK = threading.Lock()
 
 
 @dataclass
@@ -45,7 +69,8 @@ class SlotState:
     """One slot of the deployment.
 
     Attributes:
-        address: ``host:port`` the slot listens on (loopback; the gateway is its only client).
+        address: ``host:port`` the slot listens on (loopback, mutual TLS: the gateway and the
+            controller, with their slot-CA certificates, are its only clients).
         model_ref: The model version it serves (``models:/name/N``), if any.
         pid: Its process, while running.
     """
@@ -86,7 +111,11 @@ class DeploymentState:
             )
         data = json.loads(path.read_text())
         data["slots"] = {k: SlotState(**v) for k, v in data["slots"].items()}
-        return cls(**data)
+        state = cls(**data)
+        pki = slot_pki(directory)
+        for slot in state.slots.values():
+            _SLOT_PKIS[slot.address] = pki
+        return state
 
     def save(self, directory: Path) -> None:
         """Write atomically: a crash leaves the previous state, never half of one."""
@@ -116,29 +145,139 @@ class ReleaseOutcome:
     weights: dict[str, int] = field(default_factory=dict)
 
 
-def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+def slot_pki(directory: Path) -> SlotPki:
+    """Where the slot PKI of the deployment in ``directory`` is (it may not exist yet)."""
+    return SlotPki(Path(directory) / SLOT_PKI_DIR)
 
 
-def slot_readiness(address: str) -> tuple[str, str]:
-    """A slot's state (``loading``, ``ready``, ``refused`` or ``down``) and why."""
+def controller_context(pki: SlotPki) -> ssl.SSLContext:
+    """The client context of the release controller for the slots of ``pki``.
+
+    TLS 1.3, the controller's client certificate, and a slot's certificate verified against
+    the slot CA and `SLOT_SERVER_NAME` (never the system roots). Made afresh each time (the
+    files are read again): a deployment started anew may have a new slot PKI.
+
+    Raises:
+        ConfigurationError: When the PKI's files are missing or unreadable.
+    """
+    # PROTOCOL_TLS_CLIENT: certificate and host name verification on, and no default roots.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cafile=_readable(pki.ca_cert))
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.load_cert_chain(
+        _readable(pki.client_cert(CONTROLLER_IDENTITY)),
+        _readable(pki.client_key(CONTROLLER_IDENTITY)),
+    )
+    return context
+
+
+def _readable(path: Path) -> Path:
+    if not path.is_file() or not os.access(path, os.R_OK):
+        raise ConfigurationError(
+            f"{path} of the slot PKI is not a readable file: the deployment's slots cannot be "
+            "reached without it (it is made by `secure-pipeline serving up`)"
+        )
+    return path
+
+
+class _SlotConnection(http.client.HTTPSConnection):
+    """HTTPS to a slot address, verifying the slot name rather than the address."""
+
+    def connect(self) -> None:
+        http.client.HTTPConnection.connect(self)
+        self.sock = self._context.wrap_socket(  # type: ignore[attr-defined]
+            self.sock, server_hostname=SLOT_SERVER_NAME
+        )
+
+
+def _pki_of(address: str, pki: SlotPki | None) -> SlotPki:
+    found = pki or _SLOT_PKIS.get(address)
+    if found is None:
+        raise ConfigurationError(
+            f"no slot PKI known for the slot at {address}: load its deployment "
+            "(DeploymentState.load) or pass its SlotPki"
+        )
+    return found
+
+
+def _pki_identity(pki: SlotPki) -> tuple[object, ...]:
+    """What identifies the PKI's files: a PKI made anew in the same place differs."""
+    files = (pki.ca_cert, pki.client_cert(CONTROLLER_IDENTITY), pki.client_key(CONTROLLER_IDENTITY))
     try:
-        _, body = _get(f"http://{address}/readyz", timeout=2.0)
+        return (pki.directory, *((f.stat().st_ino, f.stat().st_mtime_ns) for f in files))
+    except OSError:
+        return (pki.directory, None)
+
+
+def _get(
+    address: str, path: str, timeout: float = 5.0, pki: SlotPki | None = None
+) -> tuple[int, bytes]:
+    """GET ``path`` from the slot at ``address`` over mutual TLS, as the controller.
+
+    The connection is kept for the next call to that slot; a kept connection the slot has
+    closed meanwhile is replaced once (a GET is safe to repeat).
+    """
+    found = _pki_of(address, pki)
+    identity = _pki_identity(found)
+    with _CONNECTIONS_LOCK:
+        kept = _CONNECTIONS.pop(address, None)  # exclusive while in use
+    if kept is not None and kept[0] != identity:
+        kept[1].close()
+        kept = None
+    while True:
+        reused = kept is not None
+        if kept is not None:
+            connection = kept[1]
+            if connection.sock is not None:
+                connection.sock.settimeout(timeout)
+        else:
+            host, _, port = address.rpartition(":")
+            connection = _SlotConnection(
+                host.strip("[]"), int(port), timeout=timeout, context=controller_context(found)
+            )
+        kept = None
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            body = response.read()
+        except (OSError, http.client.HTTPException):
+            connection.close()
+            if reused:
+                continue
+            raise
+        if response.will_close:
+            connection.close()
+        else:
+            with _CONNECTIONS_LOCK:
+                previous = _CONNECTIONS.pop(address, None)
+                _CONNECTIONS[address] = (identity, connection)
+            if previous is not None:
+                previous[1].close()
+        return response.status, body
+
+
+def slot_readiness(address: str, pki: SlotPki | None = None) -> tuple[str, str]:
+    """A slot's state (``loading``, ``ready``, ``refused`` or ``down``) and why.
+
+    Args:
+        address: The slot's ``host:port``.
+        pki: Its deployment's slot PKI; default: that of the deployment it was loaded with.
+    """
+    try:
+        _, body = _get(address, "/readyz", timeout=2.0, pki=pki)
         document = json.loads(body)
         return str(document.get("state")), str(document.get("reason"))
-    except (OSError, ValueError) as exc:
+    except ConfigurationError as exc:
+        return "down", str(exc)
+    except (OSError, ValueError, http.client.HTTPException) as exc:
         return "down", f"{type(exc).__name__}: {exc}"
 
 
-def scrape(address: str) -> SlotMetrics:
-    """A slot's metrics."""
+def scrape(address: str, pki: SlotPki | None = None) -> SlotMetrics:
+    """A slot's metrics (``pki`` as for `slot_readiness`)."""
     from secure_pipeline.promotion.canary import parse_metrics
 
-    status, body = _get(f"http://{address}/metrics")
+    status, body = _get(address, "/metrics", pki=pki)
     if status != 200:
         raise PolicyViolation(f"slot at {address} answered {status} for its metrics")
     return parse_metrics(body.decode())
@@ -160,7 +299,16 @@ def start_slot(
     directory: Path, slot: str, state: SlotState, model_ref: str, pipeline: str,
     limits: ServingLimits | None = None,
 ) -> SlotState:  # fmt: skip
-    """Start a slot process pinned to ``model_ref`` (replacing whatever the slot ran)."""
+    """Start a slot process pinned to ``model_ref`` (replacing whatever the slot ran).
+
+    The slot serves mutual TLS with the deployment's slot PKI (``directory/slot-pki``).
+
+    Raises:
+        ConfigurationError: When the deployment has no usable slot PKI.
+    """
+    pki = slot_pki(directory)
+    for path in (pki.server_cert, pki.server_key, pki.ca_cert):
+        _readable(path)
     stop_slot(state)
     host, _, port = state.address.rpartition(":")
     limits = limits or ServingLimits()
@@ -168,7 +316,10 @@ def start_slot(
         sys.executable, "-m", "secure_pipeline.cli", "serve", model_ref, "--slot", slot,
         "--host", host, "--port", port, "--pipeline", pipeline,
         "--max-rows", str(limits.max_rows), "--max-body-bytes", str(limits.max_body_bytes),
+        "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
+        "--client-ca", str(pki.ca_cert),
     ]  # fmt: skip
+    _SLOT_PKIS[state.address] = pki
     log = directory / f"{slot}.log"
     with log.open("ab") as out:
         process = subprocess.Popen(
@@ -177,8 +328,22 @@ def start_slot(
     return SlotState(state.address, model_ref, process.pid)
 
 
+def close_slot_connections(address: str | None = None) -> None:
+    """Close the controller's kept connections: to the slot at ``address``, or to every slot.
+
+    A slot shutting down waits for its TLS connections to end; an idle kept connection would
+    hold it up.
+    """
+    with _CONNECTIONS_LOCK:
+        addresses = list(_CONNECTIONS) if address is None else [address]
+        closing = [_CONNECTIONS.pop(a) for a in addresses if a in _CONNECTIONS]
+    for _, connection in closing:
+        connection.close()
+
+
 def stop_slot(state: SlotState, timeout: float = 10.0) -> None:
     """Stop a slot's process, if it runs."""
+    close_slot_connections(state.address)
     if not _alive(state.pid):
         return
     assert state.pid is not None
@@ -198,12 +363,15 @@ def stop_slot(state: SlotState, timeout: float = 10.0) -> None:
             time.sleep(0.05)
 
 
-def wait_ready(address: str, timeout: float) -> tuple[bool, str]:
-    """Wait for a slot to verify and load its model; a refusal ends the wait at once."""
+def wait_ready(address: str, timeout: float, pki: SlotPki | None = None) -> tuple[bool, str]:
+    """Wait for a slot to verify and load its model; a refusal ends the wait at once.
+
+    ``pki`` as for `slot_readiness`.
+    """
     deadline = time.monotonic() + timeout
     reason = "not started"
     while time.monotonic() < deadline:
-        state, reason = slot_readiness(address)
+        state, reason = slot_readiness(address, pki)
         if state == "ready":
             return True, reason
         if state == "refused":
@@ -255,19 +423,38 @@ class BlueGreen:
     ) -> ReleaseOutcome:
         """Deploy ``version`` to the idle slot, run the canary, promote or roll back.
 
+        Only a version the gate admitted is deployed: its signed decision for exactly the
+        bundle the registry serves, with the approvals it cites, is checked before any slot is
+        touched.
+
         Raises:
-            PolicyViolation: When the slot never became ready or the canary failed (audited;
-                traffic is back on the live slot and the champion alias is unchanged).
+            PolicyViolation: When the gate never admitted the version, the slot never became
+                ready or the canary failed (audited; traffic is back on the live slot and the
+                champion is unchanged).
         """
+        from secure_pipeline.promotion.evidence import verified
         from secure_pipeline.promotion.gate import make_champion
-        from secure_pipeline.registry.mlflow_registry import version_tags
+        from secure_pipeline.trust.identities import GATE
+        from secure_pipeline.trust.policy import trust_policy
+        from secure_pipeline.trust.signers import signer_for
 
         name = self.pipeline.name
         live = self.state.live
         idle = next(s for s in SLOTS if s != live)
         model_ref = f"models:/{name}/{version}"
-        subject = version_tags(name, version).get("model_sha256")
+        signer = signer_for(GATE)
         details = {"name": name, "version": version, "slot": idle, "live": live}
+        with verified(model_ref, pipeline=self.pipeline, trust=trust_policy(), store=audit.store,
+                      require="promoted") as evidence:  # fmt: skip
+            subject = evidence.verification.model_sha256
+            if not evidence.ok:
+                reason = ("; ".join(evidence.problems))[:900]
+                audit.append("canary.refused", signer=signer, actor=actor, run_id=run_id,
+                             subject=subject, details={**details, "reason": reason})  # fmt: skip
+                raise PolicyViolation(
+                    f"version {version} of {name} is not released: {reason}; all traffic stays "
+                    f"on slot {live}"
+                )
         self.state.slots[idle] = start_slot(
             self.directory, idle, self.state.slots[idle], model_ref, self.state.pipeline, limits
         )
@@ -278,14 +465,14 @@ class BlueGreen:
             self.state.slots[idle] = SlotState(self.state.slots[idle].address)
             self.state.save(self.directory)
             reason = f"slot {idle} never became ready for version {version}: {why}"[:900]
-            audit.append("canary.refused", actor=actor, run_id=run_id, subject=subject,
-                         details={**details, "reason": reason})  # fmt: skip
+            audit.append("canary.refused", signer=signer, actor=actor, run_id=run_id,
+                         subject=subject, details={**details, "reason": reason})  # fmt: skip
             raise PolicyViolation(reason + "; all traffic stays on slot " + live)
         before = {s: scrape(self.state.slots[s].address) for s in (live, idle)}
         weight = self.policy.canary_weight
         self.set_weights({live: 100 - weight, idle: weight})
-        audit.append("canary.started", actor=actor, run_id=run_id, subject=subject,
-                     details={**details, "weight": weight})  # fmt: skip
+        audit.append("canary.started", signer=signer, actor=actor, run_id=run_id,
+                     subject=subject, details={**details, "weight": weight})  # fmt: skip
         deadline = clock() + self.policy.observe_seconds
         while True:
             after = {s: scrape(self.state.slots[s].address) for s in (live, idle)}
@@ -303,8 +490,8 @@ class BlueGreen:
             self.state.slots[idle] = SlotState(self.state.slots[idle].address)
             self.state.save(self.directory)
             reason = "; ".join(verdict.reasons)[:900]
-            audit.append("canary.rolled_back", actor=actor, run_id=run_id, subject=subject,
-                         details={**figures, "reason": reason})  # fmt: skip
+            audit.append("canary.rolled_back", signer=signer, actor=actor, run_id=run_id,
+                         subject=subject, details={**figures, "reason": reason})  # fmt: skip
             raise PolicyViolation(
                 f"canary of version {version} failed, rolled back (all traffic on slot {live}, "
                 f"champion unchanged): {reason}"
@@ -312,9 +499,10 @@ class BlueGreen:
         self.set_weights({live: 0, idle: 100})
         self.state.live = idle
         self.state.save(self.directory)
-        audit.append("canary.passed", actor=actor, run_id=run_id, subject=subject,
-                     details=figures)  # fmt: skip
-        make_champion(name, version, str(subject), audit=audit, actor=actor, run_id=run_id)
+        audit.append("canary.passed", signer=signer, actor=actor, run_id=run_id,
+                     subject=subject, details=figures)  # fmt: skip
+        make_champion(self.pipeline, name, version, store=audit.store, audit=audit, actor=actor,
+                      run_id=run_id)  # fmt: skip
         return ReleaseOutcome(version, idle, True, verdict, None, dict(self.state.weights))
 
 
@@ -339,9 +527,13 @@ def up(
 
     The gateway starts only once the slot verified its model, so it never routes to a slot
     that has nothing verified to serve. Processes outlive the caller; `down` stops them.
+    The slot PKI is made in ``directory/slot-pki`` first (or reused from an earlier start,
+    if complete and valid); nginx reaches the slots with its gateway certificate, and this
+    module with the controller's.
 
     Raises:
-        ConfigurationError: When a deployment already runs in ``directory``.
+        ConfigurationError: When a deployment already runs in ``directory``, or its slot PKI
+            is incomplete or expiring.
         PolicyViolation: When the model does not verify (nothing is left running).
     """
     from secure_pipeline.serving.gateway import DEFAULT_ROUTES, Gateway, GatewayConfig, Slot
@@ -358,15 +550,21 @@ def up(
             f"slot_ports must name exactly {SLOTS}, found {sorted(slot_ports)}"
         )
     slots = {name: SlotState(f"127.0.0.1:{slot_ports[name]}") for name in SLOTS}
-    # Validates every gateway setting before anything starts.
+    pki = ensure_slot_pki(slot_pki(directory).directory)
+    # Validates every gateway setting before any process starts.
     config = GatewayConfig(
         listen=listen, server_cert=Path(server_cert), server_key=Path(server_key),
         client_ca=Path(client_ca), identities=identities, routes=routes or DEFAULT_ROUTES,
         rate_per_second=rate_per_second, burst=burst,
         slots=(Slot("blue", slots["blue"].address, 100), Slot("green", slots["green"].address, 0)),
+        upstream_cert=pki.client_cert(GATEWAY_IDENTITY),
+        upstream_key=pki.client_key(GATEWAY_IDENTITY), upstream_ca=pki.ca_cert,
+        upstream_name=SLOT_SERVER_NAME,
     )  # fmt: skip
+    for slot in slots.values():
+        _SLOT_PKIS[slot.address] = pki
     blue = start_slot(directory, "blue", slots["blue"], model_ref, pipeline_spec)
-    ready, why = wait_ready(blue.address, ready_timeout)
+    ready, why = wait_ready(blue.address, ready_timeout, pki)
     if not ready:
         stop_slot(blue)
         raise PolicyViolation(f"the blue slot did not become ready for {model_ref}: {why}")

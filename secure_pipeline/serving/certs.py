@@ -14,6 +14,18 @@ Layout of a PKI directory::
 A client certificate carries its identity twice: as the SPIFFE-style URI SAN
 ``spiffe://secure-pipeline/<name>``, which is what the gateway authorises, and as the subject
 CN, for people reading it. Keys are EC P-256. Existing files are never replaced unless asked.
+
+The *slot PKI* (`init_slot_pki`, `ensure_slot_pki`) is the internal one between the gateway and
+the model-server slots of one serving deployment: a slot CA of its own (never the gateway's
+client CA, so no caller's certificate opens a slot), the slots' server certificate and exactly
+two client certificates, ``spiffe://secure-pipeline/gateway`` (nginx) and
+``spiffe://secure-pipeline/controller`` (the release controller reading ``/readyz`` and
+``/metrics``). Its layout::
+
+    ca.pem                      the slot CA (its key is never written: see `init_slot_pki`)
+    server.pem, server.key      the slots' certificate (127.0.0.1, localhost, SLOT_SERVER_NAME)
+    clients/gateway.pem, .key   the gateway's client certificate
+    clients/controller.pem, .key
 """
 
 import datetime as dt
@@ -37,9 +49,22 @@ SPIFFE_PREFIX = f"spiffe://{TRUST_DOMAIN}/"
 # alphabet keeps every one of those safe without quoting rules of its own.
 IDENTITY_NAME = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?")
 CA_COMMON_NAME = "secure_pipeline DEVELOPMENT CA - not for production"
+SLOT_CA_COMMON_NAME = "secure_pipeline slot CA - one serving deployment's slots only"
+# The name the gateway verifies in a slot's certificate (proxy_ssl_name): fixed, so a slot's
+# certificate does not depend on the port or address it happens to listen on.
+SLOT_SERVER_NAME = "slot.secure-pipeline.internal"
+GATEWAY_IDENTITY = "gateway"
+CONTROLLER_IDENTITY = "controller"
+SLOT_CLIENTS = (GATEWAY_IDENTITY, CONTROLLER_IDENTITY)
 _DEV_NOTE = "DEVELOPMENT-CA.txt"
+_SLOT_NOTE = "SLOT-CA.txt"
+_DEV_ORGANIZATION = "secure_pipeline development"
+_SLOT_ORGANIZATION = "secure_pipeline serving slots"
 _CA_DAYS = 365
 _LEAF_DAYS = 90
+# A slot PKI found in a deployment directory is reused only while every certificate stays valid
+# at least this long: a release must not start on a certificate about to expire.
+_SLOT_REUSE_MARGIN = dt.timedelta(days=7)
 
 
 @dataclass(frozen=True)
@@ -79,6 +104,45 @@ class DevPki:
     def client_key(self, name: str) -> Path:
         """The private key of client ``name``."""
         return self.directory / "clients" / f"{name}.key"
+
+
+@dataclass(frozen=True)
+class SlotPki:
+    """Where the files of a deployment's slot PKI are (see the module docstring).
+
+    Attributes:
+        directory: The slot PKI directory, e.g. ``<deployment>/slot-pki``.
+    """
+
+    directory: Path
+
+    @property
+    def ca_cert(self) -> Path:
+        """The slot CA: the slots' client CA and the clients' trust anchor for the slots."""
+        return self.directory / "ca.pem"
+
+    @property
+    def server_cert(self) -> Path:
+        """The certificate every slot presents."""
+        return self.directory / "server.pem"
+
+    @property
+    def server_key(self) -> Path:
+        """Its private key."""
+        return self.directory / "server.key"
+
+    def client_cert(self, name: str) -> Path:
+        """The client certificate of ``name`` (`GATEWAY_IDENTITY` or `CONTROLLER_IDENTITY`)."""
+        return self.directory / "clients" / f"{name}.pem"
+
+    def client_key(self, name: str) -> Path:
+        """The private key of client ``name``."""
+        return self.directory / "clients" / f"{name}.key"
+
+    def files(self) -> list[Path]:
+        """Every file of the PKI."""
+        clients = [f(name) for name in SLOT_CLIENTS for f in (self.client_cert, self.client_key)]
+        return [self.ca_cert, self.server_cert, self.server_key, *clients]
 
 
 def spiffe_id(name: str) -> str:
@@ -139,7 +203,7 @@ def init_dev_pki(
     targets = [pki.ca_cert, pki.ca_key, pki.server_cert, pki.server_key]
     _refuse_existing(targets, overwrite)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _ca_certificate(ca_key)
+    ca = _ca_certificate(ca_key, CA_COMMON_NAME, _DEV_ORGANIZATION)
     server_key = ec.generate_private_key(ec.SECP256R1())
     server = _leaf_certificate(
         ca,
@@ -205,6 +269,110 @@ def issue_client_cert(directory: Path, name: str, *, overwrite: bool = False) ->
     return cert_path, key_path
 
 
+def init_slot_pki(directory: Path, *, overwrite: bool = False) -> SlotPki:
+    """Create the slot PKI of one serving deployment in ``directory``.
+
+    The slot CA signs the slots' server certificate (IP 127.0.0.1, DNS ``localhost`` and
+    `SLOT_SERVER_NAME`, serverAuth only) and the client certificates of `GATEWAY_IDENTITY` and
+    `CONTROLLER_IDENTITY` (clientAuth only). Its private key exists only in memory while they
+    are issued and is never written: no one, including whoever can read the deployment
+    directory later, can issue another certificate the slots accept. A new PKI (`overwrite`)
+    replaces the CA, so every certificate of the old one stops opening the slots.
+
+    Args:
+        directory: Where the files go (created with mode 0700 if missing).
+        overwrite: Replace existing files; without it nothing is written when any exists.
+
+    Returns:
+        The PKI's file locations.
+
+    Raises:
+        ConfigurationError: When a file exists and ``overwrite`` is not set.
+    """
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    pki = SlotPki(Path(directory))
+    _refuse_existing(pki.files(), overwrite)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _ca_certificate(ca_key, SLOT_CA_COMMON_NAME, _SLOT_ORGANIZATION)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server = _leaf_certificate(
+        ca,
+        ca_key,
+        server_key,
+        common_name=SLOT_SERVER_NAME,
+        server_names=("localhost", SLOT_SERVER_NAME),
+        server_ips=(ipaddress.ip_address("127.0.0.1"),),
+        organization=_SLOT_ORGANIZATION,
+    )
+    clients = {}
+    for name in SLOT_CLIENTS:
+        key = ec.generate_private_key(ec.SECP256R1())
+        clients[name] = key, _leaf_certificate(
+            ca, ca_key, key, common_name=name, spiffe=spiffe_id(name),
+            organization=_SLOT_ORGANIZATION,
+        )  # fmt: skip
+    for folder in (pki.directory, pki.directory / "clients"):
+        _make_directory(folder)
+        os.chmod(folder, 0o700)  # also when it existed: it holds the slots' keys
+    _write_cert(pki.ca_cert, ca, overwrite)
+    _write_key(pki.server_key, server_key, overwrite)
+    _write_cert(pki.server_cert, server, overwrite)
+    for name, (key, cert) in clients.items():
+        _write_key(pki.client_key(name), key, overwrite)
+        _write_cert(pki.client_cert(name), cert, overwrite)
+    (pki.directory / _SLOT_NOTE).write_text(
+        "The slot CA of this serving deployment, made when it started. The model-server slots\n"
+        "accept mutual TLS only from certificates of this CA: clients/gateway (nginx) and\n"
+        "clients/controller (the release controller). The CA's key was never written, so no\n"
+        "other certificate can be issued; remove this directory while the deployment is down\n"
+        "to have a new one made.\n"
+    )
+    return pki
+
+
+def ensure_slot_pki(directory: Path) -> SlotPki:
+    """The slot PKI in ``directory``: made if there is none, reused if complete and valid.
+
+    Raises:
+        ConfigurationError: When only part of a PKI is there, a file is unreadable, or a
+            certificate expires within a week (the message says to remove the directory while
+            the deployment is down); nothing is replaced.
+    """
+    from cryptography import x509
+
+    pki = SlotPki(Path(directory))
+    present = [path for path in pki.files() if path.exists()]
+    if not present:
+        return init_slot_pki(pki.directory)
+    remedy = (
+        f"stop the deployment (`secure-pipeline serving down`), remove {pki.directory} and "
+        "start it again to have a new slot PKI made"
+    )
+    missing = sorted(str(p) for p in set(pki.files()) - set(present))
+    if missing:
+        raise ConfigurationError(
+            f"the slot PKI in {pki.directory} is incomplete (missing {', '.join(missing)}): "
+            + remedy
+        )
+    limit = dt.datetime.now(dt.UTC) + _SLOT_REUSE_MARGIN
+    for path in pki.files():
+        if not os.access(path, os.R_OK):
+            raise ConfigurationError(f"{path} of the slot PKI is not readable: {remedy}")
+        if path.suffix == ".pem":
+            try:
+                cert = x509.load_pem_x509_certificate(path.read_bytes())
+            except ValueError:
+                raise ConfigurationError(
+                    f"{path} of the slot PKI is not a PEM certificate: {remedy}"
+                ) from None
+            if cert.not_valid_after_utc < limit:
+                raise ConfigurationError(
+                    f"{path} of the slot PKI expires {cert.not_valid_after_utc:%Y-%m-%d}: " + remedy
+                )
+    return pki
+
+
 def _ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     try:
         return ipaddress.ip_address(value)
@@ -227,24 +395,26 @@ def _make_directory(directory: Path) -> None:
         directory.mkdir(parents=True, mode=0o700)
 
 
-def _name(common_name: str, development: bool = True) -> "x509.Name":
+def _name(common_name: str, organization: str = _DEV_ORGANIZATION) -> "x509.Name":
     from cryptography import x509
     from cryptography.x509.oid import NameOID
 
-    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
-    if development:
-        attributes.append(
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "secure_pipeline development")
-        )
-    return x509.Name(attributes)
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+        ]
+    )
 
 
-def _ca_certificate(key: "ec.EllipticCurvePrivateKey") -> "x509.Certificate":
+def _ca_certificate(
+    key: "ec.EllipticCurvePrivateKey", common_name: str, organization: str
+) -> "x509.Certificate":
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
 
     now = dt.datetime.now(dt.UTC)
-    name = _name(CA_COMMON_NAME)
+    name = _name(common_name, organization)
     return (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -253,7 +423,7 @@ def _ca_certificate(key: "ec.EllipticCurvePrivateKey") -> "x509.Certificate":
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=_CA_DAYS))
-        # path_length=0: the development CA signs leaves only, never another CA.
+        # path_length=0: the CA signs leaves only, never another CA.
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -283,6 +453,7 @@ def _leaf_certificate(
     server_names: tuple[str, ...] = (),
     server_ips: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = (),
     spiffe: str | None = None,
+    organization: str = _DEV_ORGANIZATION,
 ) -> "x509.Certificate":
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
@@ -296,7 +467,7 @@ def _leaf_certificate(
     usage = ExtendedKeyUsageOID.CLIENT_AUTH if spiffe else ExtendedKeyUsageOID.SERVER_AUTH
     return (
         x509.CertificateBuilder()
-        .subject_name(_name(common_name))
+        .subject_name(_name(common_name, organization))
         .issuer_name(ca.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())

@@ -16,6 +16,11 @@ one that is not configured, has no identity and is refused. Then, per request:
 5. The upstream receives the caller's SPIFFE ID in `IDENTITY_HEADER`, set by nginx; a value
    a client sent in that header (or in ``X-SP-Client-Roles`` / ``X-Forwarded-Client-Cert``)
    never arrives.
+6. nginx reaches the slots over mutual TLS 1.3 (``proxy_ssl_*``): it presents the gateway's
+   client certificate of the slot CA and verifies the slot's certificate against that CA and
+   the fixed name `secure_pipeline.serving.certs.SLOT_SERVER_NAME`. The slots accept nothing
+   else, so the controls above cannot be bypassed by calling a slot directly. Upstream TLS is
+   not optional; connections and TLS sessions to the slots are kept and reused.
 
 The access log is JSON lines: time, identity, method, path (no query), status, upstream address
 and status, timings. Never a body. ``GET /healthz`` is answered by the gateway itself for any
@@ -36,14 +41,14 @@ import socket
 import subprocess
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import KW_ONLY, dataclass, replace
 from pathlib import Path
 from types import MappingProxyType, TracebackType
-from typing import Self
+from typing import Any, Self
 
 from secure_pipeline import environment as env
 from secure_pipeline.errors import ConfigurationError, SecurePipelineError
-from secure_pipeline.serving.certs import SPIFFE_PREFIX, check_identity_name
+from secure_pipeline.serving.certs import SLOT_SERVER_NAME, SPIFFE_PREFIX, check_identity_name
 
 IDENTITY_HEADER = "X-SP-Client-Identity"
 DEFAULT_ROUTES: Mapping[str, str] = MappingProxyType({"/predict": "predict", "/metrics": "admin"})
@@ -60,10 +65,16 @@ _ROLE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _PATH = re.compile(r"/(?:[A-Za-z0-9_~-][A-Za-z0-9._~-]*/?)*")
 _HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 _IPV6 = re.compile(r"\[[0-9A-Fa-f:.]+\]")
+_IPV4 = re.compile(r"[0-9.]+")
 # Characters that could end or escape a quoted nginx string or start a variable.
 _UNSAFE_IN_PATH = re.compile(r"[\"'\\$;{}\x00-\x1f\x7f]")
 _RESERVED_PATHS = ("/healthz",)
 _PLACEHOLDER = re.compile(r"\{\{ (\w+) \}\}")
+_PATH_FIELDS = ("server_cert", "server_key", "client_ca", "upstream_cert", "upstream_key",
+                "upstream_ca")  # fmt: skip
+# Files nginx reads to reach the slots: checked to exist and be readable up front, because a
+# missing one would only show as every request failing with 502.
+_UPSTREAM_FILES = ("upstream_cert", "upstream_key", "upstream_ca")
 
 
 class GatewayError(SecurePipelineError):
@@ -76,7 +87,7 @@ class Slot:
 
     Attributes:
         name: The slot's name, ``blue`` or ``green`` (any lower-case name is accepted).
-        address: ``host:port`` of its plain-HTTP listener, e.g. ``127.0.0.1:8001``.
+        address: ``host:port`` of its mutual-TLS listener, e.g. ``127.0.0.1:8001``.
         weight: Its share of traffic, 0 to 100; 0 means it receives none, not even retries.
     """
 
@@ -104,6 +115,12 @@ class GatewayConfig:
         slots: The upstream model servers; their weights sum to 100.
         max_body_bytes: Largest request body; larger ones get 413.
         verify_depth: Longest client certificate chain accepted (2: leaf and one CA).
+        upstream_cert: The gateway's client certificate for the slots (issued by the slot CA,
+            ``spiffe://secure-pipeline/gateway``); keyword only, required.
+        upstream_key: Its private key; keyword only, required.
+        upstream_ca: The slot CA: a slot's certificate must chain to it; keyword only,
+            required.
+        upstream_name: The name a slot's certificate must carry (`SLOT_SERVER_NAME`).
     """
 
     listen: str
@@ -117,6 +134,11 @@ class GatewayConfig:
     slots: tuple[Slot, ...]
     max_body_bytes: int = _MIB
     verify_depth: int = 2
+    _: KW_ONLY
+    upstream_cert: Path
+    upstream_key: Path
+    upstream_ca: Path
+    upstream_name: str = SLOT_SERVER_NAME
 
     def __post_init__(self) -> None:
         # Frozen copies: a caller mutating its dict afterwards cannot change a validated config.
@@ -131,7 +153,7 @@ class GatewayConfig:
         )
         object.__setattr__(self, "routes", MappingProxyType(dict(self.routes)))
         object.__setattr__(self, "slots", tuple(self.slots))
-        for name in ("server_cert", "server_key", "client_ca"):
+        for name in _PATH_FIELDS:
             object.__setattr__(self, name, Path(getattr(self, name)))
         problems = _problems(self)
         if problems:
@@ -152,9 +174,10 @@ class GatewayConfig:
     ) -> "GatewayConfig":
         """Build the production configuration: certificates and identities from the environment.
 
-        Reads ``SECURE_PIPELINE_GATEWAY_CERT``, ``SECURE_PIPELINE_GATEWAY_KEY``,
-        ``SECURE_PIPELINE_GATEWAY_CLIENT_CA`` and ``SECURE_PIPELINE_GATEWAY_IDENTITIES`` (a JSON
-        file ``{"identities": {"<name>": ["<role>", ...]}}``, see deploy/gateway/README.md).
+        Reads the caller-facing settings (`client_settings_from_environment`) and the
+        upstream mutual TLS: ``SECURE_PIPELINE_GATEWAY_UPSTREAM_CERT``, ``_UPSTREAM_KEY``,
+        ``_UPSTREAM_CA`` (the gateway's slot-CA client certificate, its key, the slot CA) and
+        optionally ``_UPSTREAM_NAME`` (default `SLOT_SERVER_NAME`).
 
         Args:
             listen: ``host:port`` to listen on.
@@ -167,37 +190,71 @@ class GatewayConfig:
         Raises:
             ConfigurationError: Naming every missing variable, unreadable file or invalid value.
         """
-        names = {
-            "server_cert": "SECURE_PIPELINE_GATEWAY_CERT",
-            "server_key": "SECURE_PIPELINE_GATEWAY_KEY",
-            "client_ca": "SECURE_PIPELINE_GATEWAY_CLIENT_CA",
-            "identities": "SECURE_PIPELINE_GATEWAY_IDENTITIES",
-        }
-        values = {field: env.read(variable) for field, variable in names.items()}
-        problems = [f"{names[f]} is not set" for f, v in values.items() if v is None]
-        problems += [
-            f"{names[f]}={v} is not a readable file"
-            for f, v in values.items()
-            if v is not None and not os.access(v, os.R_OK)
-        ]
-        if problems:
-            raise ConfigurationError(
-                "the gateway's production configuration is incomplete:\n"
-                + "\n".join(f"  - {p}" for p in problems)
-                + "\nSee deploy/gateway/README.md."
-            )
+        values = _read_environment({**_CLIENT_VARIABLES, **_UPSTREAM_VARIABLES})
+        name = env.read("SECURE_PIPELINE_GATEWAY_UPSTREAM_NAME")
         return cls(
             listen=listen,
-            server_cert=Path(str(values["server_cert"])),
-            server_key=Path(str(values["server_key"])),
-            client_ca=Path(str(values["client_ca"])),
-            identities=_read_identities(Path(str(values["identities"]))),
+            server_cert=values["server_cert"],
+            server_key=values["server_key"],
+            client_ca=values["client_ca"],
+            identities=_read_identities(values["identities"]),
             routes=routes,
             rate_per_second=rate_per_second,
             burst=burst,
             slots=slots,
             max_body_bytes=max_body_bytes,
+            upstream_cert=values["upstream_cert"],
+            upstream_key=values["upstream_key"],
+            upstream_ca=values["upstream_ca"],
+            upstream_name=name or SLOT_SERVER_NAME,
         )
+
+
+_CLIENT_VARIABLES = {
+    "server_cert": "SECURE_PIPELINE_GATEWAY_CERT",
+    "server_key": "SECURE_PIPELINE_GATEWAY_KEY",
+    "client_ca": "SECURE_PIPELINE_GATEWAY_CLIENT_CA",
+    "identities": "SECURE_PIPELINE_GATEWAY_IDENTITIES",
+}
+_UPSTREAM_VARIABLES = {
+    "upstream_cert": "SECURE_PIPELINE_GATEWAY_UPSTREAM_CERT",
+    "upstream_key": "SECURE_PIPELINE_GATEWAY_UPSTREAM_KEY",
+    "upstream_ca": "SECURE_PIPELINE_GATEWAY_UPSTREAM_CA",
+}
+
+
+def client_settings_from_environment() -> dict[str, Any]:
+    """The gateway's caller-facing settings from the environment.
+
+    ``server_cert``, ``server_key``, ``client_ca`` (paths) and ``identities`` (read from the
+    JSON file ``{"identities": {"<name>": ["<role>", ...]}}``, see deploy/gateway/README.md),
+    from ``SECURE_PIPELINE_GATEWAY_CERT``, ``_KEY``, ``_CLIENT_CA`` and ``_IDENTITIES``. A
+    one-host deployment (`secure_pipeline.promotion.bluegreen.up`) makes the upstream side
+    itself, so it needs only these.
+
+    Raises:
+        ConfigurationError: Naming every missing variable or unreadable file.
+    """
+    values: dict[str, Any] = _read_environment(_CLIENT_VARIABLES)
+    values["identities"] = _read_identities(values["identities"])
+    return values
+
+
+def _read_environment(names: Mapping[str, str]) -> dict[str, Path]:
+    values = {field: env.read(variable) for field, variable in names.items()}
+    problems = [f"{names[f]} is not set" for f, v in values.items() if v is None]
+    problems += [
+        f"{names[f]}={v} is not a readable file"
+        for f, v in values.items()
+        if v is not None and not os.access(v, os.R_OK)
+    ]
+    if problems:
+        raise ConfigurationError(
+            "the gateway's production configuration is incomplete:\n"
+            + "\n".join(f"  - {p}" for p in problems)
+            + "\nSee deploy/gateway/README.md."
+        )
+    return {field: Path(str(value)) for field, value in values.items()}
 
 
 def _read_identities(path: Path) -> dict[str, tuple[str, ...]]:
@@ -224,10 +281,21 @@ def _problems(config: GatewayConfig) -> list[str]:
     problems: list[str] = []
     if not _valid_address(config.listen):
         problems.append(f"listen {config.listen!r} is not host:port")
-    for name in ("server_cert", "server_key", "client_ca"):
+    for name in _PATH_FIELDS:
         path = str(getattr(config, name))
         if _UNSAFE_IN_PATH.search(path) or not path:
             problems.append(f"{name} path {path!r} contains characters nginx would interpret")
+        elif name in _UPSTREAM_FILES and not (os.path.isfile(path) and os.access(path, os.R_OK)):
+            problems.append(
+                f"{name} {path} is not a readable file (the gateway reaches the slots over "
+                "mutual TLS only: give the slot CA, and the gateway's client certificate and "
+                "key issued by it)"
+            )
+    upstream = config.upstream_name
+    if not isinstance(upstream, str) or not _HOST.fullmatch(upstream) or _IPV4.fullmatch(upstream):
+        problems.append(
+            f"upstream_name {upstream!r} must be the DNS name the slots' certificate carries"
+        )
     if not config.identities:
         problems.append("no identities: nobody could use the gateway")
     roles_held: set[str] = set()
@@ -393,6 +461,10 @@ def render_nginx_conf(
         "server_key": _quote(str(config.server_key)),
         "client_ca": _quote(str(config.client_ca)),
         "verify_depth": str(config.verify_depth),
+        "upstream_cert": _quote(str(config.upstream_cert)),
+        "upstream_key": _quote(str(config.upstream_key)),
+        "upstream_ca": _quote(str(config.upstream_ca)),
+        "upstream_name": _quote(config.upstream_name),
         "identity_header": IDENTITY_HEADER,
         "routes": _routes(config),
     }
@@ -438,7 +510,7 @@ def _routes(config: GatewayConfig) -> str:
             f"            limit_req zone=sp_per_identity burst={config.burst} nodelay;\n"
             # A URI in proxy_pass makes nginx send the normalised path it authorised, not the
             # raw one (which an upstream might resolve differently, e.g. /predict/../metrics).
-            f"            proxy_pass http://sp_models{path};\n"
+            f"            proxy_pass https://sp_models{path};\n"
             "        }"
         )
     return "\n\n".join(blocks)
@@ -489,6 +561,10 @@ def _config_document(config: GatewayConfig, workers: int) -> dict[str, object]:
         "slots": [{"name": s.name, "address": s.address, "weight": s.weight} for s in config.slots],
         "max_body_bytes": config.max_body_bytes,
         "verify_depth": config.verify_depth,
+        "upstream_cert": str(config.upstream_cert),
+        "upstream_key": str(config.upstream_key),
+        "upstream_ca": str(config.upstream_ca),
+        "upstream_name": config.upstream_name,
         "workers": workers,
     }
 
@@ -498,7 +574,15 @@ def _config_from_document(document: dict) -> tuple[GatewayConfig, int]:
     workers = int(values.pop("workers"))
     values["slots"] = tuple(Slot(**slot) for slot in values["slots"])
     values["identities"] = {name: tuple(roles) for name, roles in values["identities"].items()}
-    for name in ("server_cert", "server_key", "client_ca"):
+    missing = [name for name in _UPSTREAM_FILES if name not in values]
+    if missing:
+        # A state file from before the slots required mutual TLS: its slots speak plain HTTP.
+        raise GatewayError(
+            f"the recorded gateway configuration has no upstream TLS ({', '.join(missing)}): "
+            "it predates mutual TLS to the slots; stop that gateway's nginx and start the "
+            "deployment again"
+        )
+    for name in _PATH_FIELDS:
         values[name] = Path(values[name])
     return GatewayConfig(**values), workers
 

@@ -1,10 +1,12 @@
 """The model server: one slot (``blue`` or ``green``) serving one verified model version.
 
 The slot is pinned to a model reference (``models:/adult/3``). At start-up it downloads that
-version and loads it only through `secure_pipeline.serving.loader.load_verified` (signature,
-every file's digest, trust policy, lineage verdicts, no pickle); until that succeeded
-``/readyz`` and ``/predict`` answer 503, and a model that fails verification never becomes
-ready, so a gateway never gives it traffic.
+version and loads it only after its whole chain of evidence verified
+(`secure_pipeline.promotion.evidence`: release signature, every file's digest, the signed
+verdicts of its lineage, the signed registration, the gate's signed decision admitting exactly
+this bundle and the approvals it cites, no pickle); until that succeeded ``/readyz`` and
+``/predict`` answer 503, and a model that fails verification never becomes ready, so a gateway
+never gives it traffic.
 
 Routes:
 
@@ -16,24 +18,38 @@ Routes:
 * ``GET /metrics``: Prometheus text: requests by route and code, latency histogram, prediction
   scores and labels, and the model digest being served.
 
-The server listens on a loopback or pod-local address behind the gateway, which terminates
-mutual TLS, authorises the caller and limits its rate.
+The slot sits behind the gateway, which authenticates callers, authorises them and limits
+their rate; so that nothing can go around it, the slot speaks mutual TLS only (`SlotTls`): TLS
+1.3 at least, and a client certificate from the deployment's *slot CA* is required, which
+issues certificates to the gateway and the release controller only (see
+`secure_pipeline.serving.certs.init_slot_pki`). A plain-HTTP request, a TLS client without a
+certificate, one with a certificate of any other CA (the gateway's public client CA included)
+and a TLS 1.2 client all fail in the handshake and never reach a route. There is no plain-HTTP
+mode.
 """
 
 import json
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from secure_pipeline.errors import ConfigurationError
 from secure_pipeline.pipeline import SecurePipeline
 
 if TYPE_CHECKING:
+    import ssl
+
     import pandas as pd
+    import uvicorn
     from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +66,74 @@ JSON_TYPE = "application/json"
 # Upper bounds of the latency histogram (seconds): fine below 50 ms, where p95 lives.
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 SCORE_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
+# What a malformed body is told: what the server expects, never what the parser said (its
+# message can quote the request).
+EXPECTED_BODY = 'a UTF-8 JSON object {"rows": [{...}, ...]} with finite numbers'
+_SHOWN_CHARS = 64
+
+
+@dataclass(frozen=True)
+class SlotTls:
+    """A slot's mutual TLS: the certificate it presents and the CA its clients must come from.
+
+    Attributes:
+        cert: PEM certificate (chain) the slot presents; the gateway verifies it against the
+            slot CA and the name `secure_pipeline.serving.certs.SLOT_SERVER_NAME`.
+        key: Its private key.
+        client_ca: PEM bundle of the CA whose client certificates are accepted: the
+            deployment's slot CA, never the gateway's client CA (whose certificates every
+            caller holds).
+    """
+
+    cert: Path
+    key: Path
+    client_ca: Path
+
+    def __post_init__(self) -> None:
+        for name in ("cert", "key", "client_ca"):
+            object.__setattr__(self, name, Path(getattr(self, name)))
+
+    def problems(self) -> list[str]:
+        """Every file that is missing or unreadable."""
+        files = {"cert": self.cert, "key": self.key, "client_ca": self.client_ca}
+        return [
+            f"{name} {path} is not a readable file"
+            for name, path in files.items()
+            if not path.is_file() or not os.access(path, os.R_OK)
+        ]
+
+
+def slot_ssl_context(tls: SlotTls) -> "ssl.SSLContext":
+    """The server context of a slot: TLS 1.3 minimum, a client certificate of ``client_ca``.
+
+    Raises:
+        ConfigurationError: When a file is missing, unreadable or not what it should be.
+    """
+    import ssl
+
+    problems = tls.problems()
+    if problems:
+        raise ConfigurationError("the slot's TLS files are not usable: " + "; ".join(problems))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    # CERT_REQUIRED: a handshake without a client certificate that chains to client_ca fails.
+    # OpenSSL also checks the certificate's purpose, so a serverAuth-only certificate of the
+    # same CA (the slots' own) is not a client certificate.
+    context.verify_mode = ssl.CERT_REQUIRED
+    try:
+        context.load_cert_chain(tls.cert, tls.key)
+    except (ssl.SSLError, ValueError) as exc:
+        raise ConfigurationError(
+            f"the slot's certificate {tls.cert} and key {tls.key} do not load as a PEM pair "
+            f"({type(exc).__name__})"
+        ) from None
+    try:
+        context.load_verify_locations(cafile=tls.client_ca)
+    except (ssl.SSLError, ValueError) as exc:
+        raise ConfigurationError(
+            f"the slot's client CA {tls.client_ca} is not a PEM CA bundle ({type(exc).__name__})"
+        ) from None
+    return context
 
 
 @dataclass(frozen=True)
@@ -83,6 +167,10 @@ class InputField:
         if self.dtype in ("int", "float"):
             if isinstance(value, bool) or not isinstance(value, int | float):
                 return f"a number ({self.dtype})"
+            # An integer beyond the float range is finite but cannot become a feature (and
+            # math.isfinite would raise on it).
+            if isinstance(value, int) and value.bit_length() > 1000:
+                return "a finite number"
             if not math.isfinite(value):
                 return "a finite number"
             if self.dtype == "int" and float(value) != int(value):
@@ -112,8 +200,31 @@ class RequestError(ValueError):
         self.details = details
 
     def body(self) -> dict[str, Any]:
-        """The JSON error document."""
-        return {"error": self.error, **self.details}
+        """The JSON error document; it never holds a non-finite number (JSON has none)."""
+        return _json_safe({"error": self.error, **self.details})
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by a string, at any depth."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "non-finite number"
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _shown(value: Any) -> Any:
+    """A request value as an error document quotes it: short, and always valid JSON."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else "non-finite number"
+    if isinstance(value, int):
+        # Beyond 2**64 the digits are the caller's, not information: say how large it is.
+        return value if value.bit_length() <= 64 else f"an integer of {value.bit_length()} bits"
+    return str(value)[:_SHOWN_CHARS]
 
 
 def input_fields(pipeline: SecurePipeline, inputs: Sequence[str]) -> list[InputField]:
@@ -162,17 +273,16 @@ def rows_to_frame(
             problems.append({"row": index, "expected": "an object", "found": type(row).__name__})
             continue
         for key in sorted(set(row) - names):
-            problems.append({"row": index, "field": str(key)[:64], "expected": "no such field"})
+            problems.append({"row": index, "field": str(key)[:_SHOWN_CHARS],
+                             "expected": "no such field"})  # fmt: skip
         for field in fields:
             if field.name not in row:
                 problems.append({"row": index, "field": field.name, "expected": "present"})
                 continue
             why = field.check(row[field.name])
             if why is not None:
-                found = row[field.name]
                 problems.append({"row": index, "field": field.name, "expected": why,
-                                 "found": found if isinstance(found, int | float | bool)
-                                 else str(found)[:64]})  # fmt: skip
+                                 "found": _shown(row[field.name])})  # fmt: skip
         if len(problems) >= 20:
             break
     if problems:
@@ -279,29 +389,24 @@ class ModelService:
 
     def _load(self) -> None:
         from secure_pipeline import environment as env
-        from secure_pipeline.registry.mlflow_registry import version_tags
-        from secure_pipeline.registry.signing import trust_policy_from_environment
-        from secure_pipeline.registry.verification import resolve
-        from secure_pipeline.serving.loader import load_verified
-        from secure_pipeline.storage.audit import AuditLog
+        from secure_pipeline.promotion.evidence import verified as verify_reference
+        from secure_pipeline.serving.loader import load_evidence
         from secure_pipeline.storage.resources import store_resource
+        from secure_pipeline.trust.policy import trust_policy
 
-        store = store_resource(env.validate(required=SERVING_REQUIRED), resolve=True).get_store()
-        with resolve(self.model_ref) as resolved:
-            tags = (
-                version_tags(resolved.name, resolved.version)
-                if resolved.name and resolved.version
-                else None
+        environment = env.validate(required=SERVING_REQUIRED)
+        store = store_resource(environment, resolve=True).get_store()
+        # A slot serves only a version the gate admitted: its signed decision for exactly this
+        # bundle, the approvals it cites and the audit checkpoint, on top of the bundle itself.
+        # Nothing here reads the audit trail itself, so start-up does not grow with it.
+        with verify_reference(
+            self.model_ref, pipeline=self.pipeline, trust=trust_policy(environment),
+            store=store, require="promoted",
+        ) as evidence:  # fmt: skip
+            verified = load_evidence(evidence)
+            version = evidence.resolved.version or (
+                evidence.decision.version if evidence.decision else None
             )
-            verified = load_verified(
-                resolved.directory,
-                trust=trust_policy_from_environment(),
-                pipeline=self.pipeline,
-                store=store,
-                audit=AuditLog(store),
-                registry_tags=tags,
-            )
-            version = resolved.version
         fields = input_fields(self.pipeline, verified.inputs)
         with self._lock:
             self.model = verified.model
@@ -323,7 +428,8 @@ class ModelService:
             raise RequestError(503, f"slot {self.slot} is not ready: {self.reason}")
         if not isinstance(document, dict) or set(document) != {"rows"}:
             raise RequestError(400, "expected a JSON object with exactly one key, \"rows\"",
-                                 found=sorted(document)[:10] if isinstance(document, dict)
+                                 found=[_shown(k) for k in sorted(document)[:10]]
+                                 if isinstance(document, dict)
                                  else type(document).__name__)  # fmt: skip
         frame = rows_to_frame(document["rows"], self.fields, self.pipeline, self.inputs,
                               self.limits)  # fmt: skip
@@ -347,34 +453,30 @@ class ModelService:
 
 
 def create_app(service: ModelService, *, load: bool = True) -> "Starlette":
-    """The ASGI app of one slot; starts verifying the model in the background at start-up."""
+    """The ASGI app of one slot; starts verifying the model in the background at start-up.
+
+    Every ``/predict`` request is counted and timed, whatever happens to it: a refusal, a
+    failure while scoring or while rendering the answer (500), even one that escapes.
+    """
     from contextlib import asynccontextmanager
 
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
     from starlette.applications import Starlette
-    from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
-    def finish(route: str, started: float, response: Response) -> Response:
-        service.requests.labels(route=route, code=str(response.status_code)).inc()
-        service.latency.labels(route=route).observe(time.perf_counter() - started)
-        return response
-
     async def predict(request: Request) -> Response:
         started = time.perf_counter()
+        # What the client gets if anything escapes below: Starlette answers it with a 500.
+        code = "500"
         try:
-            document = await _read_json(request, service.limits.max_body_bytes)
-            result = await run_in_threadpool(service.predict, document)
-            response: Response = JSONResponse(result)
-        except RequestError as refused:
-            headers = {"Retry-After": "5"} if refused.status == 503 else None
-            response = JSONResponse(refused.body(), status_code=refused.status, headers=headers)
-        except Exception:  # noqa: BLE001 - a bug must answer 500 and be counted, not crash
-            logger.exception("slot %s failed to score a request", service.slot)
-            response = JSONResponse({"error": "internal error while scoring"}, status_code=500)
-        return finish("/predict", started, response)
+            response = await _predict_response(service, request)
+            code = str(response.status_code)
+            return response
+        finally:
+            service.requests.labels(route="/predict", code=code).inc()
+            service.latency.labels(route="/predict").observe(time.perf_counter() - started)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "alive", "slot": service.slot})
@@ -405,48 +507,140 @@ def create_app(service: ModelService, *, load: bool = True) -> "Starlette":
     )
 
 
+async def _predict_response(service: ModelService, request: "Request") -> "Response":
+    """The answer to one ``/predict`` request: the scores, a refusal, or a bare 500."""
+    from starlette.concurrency import run_in_threadpool
+    from starlette.responses import JSONResponse
+
+    try:
+        document = await _read_json(request, service.limits.max_body_bytes)
+        result = await run_in_threadpool(service.predict, document)
+        return JSONResponse(result)
+    except RequestError as refused:
+        error = refused
+    except Exception:  # noqa: BLE001 - a bug must answer 500 and be counted, not crash
+        logger.exception("slot %s failed to score a request", service.slot)
+        return _internal_error()
+    headers = {"Retry-After": "5"} if error.status == 503 else None
+    try:
+        return JSONResponse(error.body(), status_code=error.status, headers=headers)
+    except Exception:  # noqa: BLE001 - an unrenderable refusal is a bug: 500, still counted
+        logger.exception("slot %s could not render a %s refusal", service.slot, error.status)
+        return _internal_error()
+
+
+def _internal_error() -> "Response":
+    from starlette.responses import JSONResponse
+
+    # A fixed text: the exception's own message may quote the request.
+    return JSONResponse({"error": "internal error while scoring"}, status_code=500)
+
+
 async def _read_json(request: Any, max_bytes: int) -> Any:
-    """The request body as JSON, read up to ``max_bytes``; refuses anything else."""
+    """The request body as JSON, read up to ``max_bytes``; refuses anything else.
+
+    Numbers must be finite: ``NaN`` and ``Infinity`` are not JSON, and a number that overflows
+    a float (``1e999``) is refused here rather than becoming ``inf`` further in.
+
+    Raises:
+        RequestError: 415 for another content type, 413 for a body over the limit, 400 for a
+            body that is not such JSON (saying what was expected and where, never quoting it).
+    """
+    from starlette.requests import ClientDisconnect
+
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != JSON_TYPE:
         raise RequestError(415, f"expected Content-Type: {JSON_TYPE}",
-                             found=content_type[:64] or "(none)")  # fmt: skip
+                             found=content_type[:_SHOWN_CHARS] or "(none)")  # fmt: skip
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise RequestError(413, f"request body larger than {max_bytes} bytes",
                              found=int(declared))  # fmt: skip
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise RequestError(413, f"request body larger than {max_bytes} bytes")
     try:
-        return json.loads(body, parse_constant=_refuse_constant)
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_bytes:
+                raise RequestError(413, f"request body larger than {max_bytes} bytes")
+    except ClientDisconnect:
+        raise RequestError(400, "the client went away before the body was complete") from None
+    try:
+        return json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except _NonFiniteNumberError:
+        raise RequestError(
+            400,
+            "the body is not valid JSON for scoring: NaN, Infinity and numbers beyond the "
+            "float range (such as 1e999) are refused",
+            expected=EXPECTED_BODY,
+        ) from None
     except (ValueError, RecursionError) as exc:
-        raise RequestError(400, "the body is not valid JSON", found=str(exc)[:120]) from None
+        # The position only: the parser's message may quote the body.
+        where = (
+            {"line": exc.lineno, "column": exc.colno}
+            if isinstance(exc, json.JSONDecodeError)
+            else {}
+        )
+        raise RequestError(400, "the body is not valid JSON", expected=EXPECTED_BODY,
+                           **where) from None  # fmt: skip
+
+
+class _NonFiniteNumberError(ValueError):
+    """A JSON number or constant with no finite float value."""
 
 
 def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a JSON number")
+    raise _NonFiniteNumberError(name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses to inf
+        raise _NonFiniteNumberError(text[:_SHOWN_CHARS])
+    return value
+
+
+def slot_server(
+    service: ModelService, *, tls: SlotTls, host: str = "127.0.0.1", port: int = 8001
+) -> "uvicorn.Server":
+    """The uvicorn server of one slot, serving mutual TLS only (not started).
+
+    Raises:
+        ConfigurationError: When the TLS files are not usable.
+    """
+    import uvicorn
+
+    context = slot_ssl_context(tls)
+    config = uvicorn.Config(
+        create_app(service), host=host, port=port, log_level="warning", access_log=False,
+        server_header=False,
+        # Our own context, not uvicorn's: it sets TLS 1.3 as the minimum version.
+        ssl_context_factory=lambda _config, _default: context,
+        # A TLS connection ends with an exchange of close_notify alerts; an idle client that
+        # never answers must not hold a stopping slot for asyncio's 30 s (a prediction takes ms).
+        timeout_graceful_shutdown=5,
+    )  # fmt: skip
+    return uvicorn.Server(config)
 
 
 def serve(
     model_ref: str,
     *,
     slot: str,
+    tls: SlotTls,
     host: str = "127.0.0.1",
     port: int = 8001,
     pipeline: SecurePipeline | None = None,
     limits: ServingLimits | None = None,
 ) -> None:
-    """Run one slot until interrupted (the ``secure-pipeline serve`` command)."""
-    import uvicorn
+    """Run one slot until interrupted (the ``secure-pipeline serve`` command).
 
+    Raises:
+        ConfigurationError: When the TLS files are not usable (before anything listens).
+    """
     from secure_pipeline.reference.adult import adult_pipeline
 
     service = ModelService(pipeline or adult_pipeline(), model_ref, slot, limits)
-    uvicorn.run(create_app(service), host=host, port=port, log_level="warning",
-                access_log=False, server_header=False)  # fmt: skip
+    slot_server(service, tls=tls, host=host, port=port).run()
 
 
 def slot_settings(values: Mapping[str, str]) -> dict[str, Any]:

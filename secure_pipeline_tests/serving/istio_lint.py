@@ -141,10 +141,20 @@ _FIELDS: dict[str, dict[str, str]] = {
         "hosts": "[str]",
         "gateways": "[str]",
         "http": "[HttpRoute]",
-        "tls": "any",
+        "tls": "[TlsRoute]",
         "tcp": "any",
         "exportTo": "[str]",
     },
+    "TlsRoute": {"match": "[TlsMatch]", "route": "[RouteDestination]"},
+    "TlsMatch": {
+        "sniHosts": "[str]",
+        "destinationSubnets": "[str]",
+        "port": "int",
+        "sourceLabels": "labels",
+        "gateways": "[str]",
+        "sourceNamespace": "str",
+    },
+    "RouteDestination": {"destination": "Destination", "weight": "int"},
     "HttpRoute": {
         "name": "str",
         "match": "any",
@@ -175,6 +185,12 @@ _FIELDS: dict[str, dict[str, str]] = {
     },
 }
 _DURATION = re.compile(r"\d+(\.\d+)?(ms|s|m|h)")
+# Service ports Istio treats as TLS it does not open: Envoy sees no HTTP on them.
+_TLS_PROTOCOLS = ("https", "tls")
+# Operation fields that need HTTP: on a TLS port a rule using them never matches.
+_HTTP_FIELDS = ("paths", "notPaths", "methods", "notMethods", "hosts", "notHosts")
+# The model server's mutual TLS: the options `secure-pipeline serve` must be started with.
+_TLS_OPTIONS = ("--tls-cert", "--tls-key", "--client-ca")
 
 
 def render(text: str, values: dict[str, str]) -> str:
@@ -293,7 +309,23 @@ def consistency_problems(docs: list[dict[str, Any]]) -> list[str]:
     if virtual["spec"].get("hosts") != [host]:
         problems.append(f"VirtualService hosts must be [{host}]")
     ports = {p["port"] for p in service["spec"]["ports"]}
-    for route in virtual["spec"].get("http", []):
+    tls_ports = _tls_ports(service)
+    http_routes = virtual["spec"].get("http", [])
+    tls_routes = virtual["spec"].get("tls", [])
+    if tls_ports and http_routes:
+        problems.append(
+            f"VirtualService has http routes, but the Service's ports {sorted(tls_ports)} are TLS "
+            "the mesh does not open: an http route never applies; use tls routes by SNI"
+        )
+    for index, route in enumerate(tls_routes):
+        for match in route.get("match", []):
+            if match.get("sniHosts") != [host]:
+                problems.append(f"tls route {index} must match sniHosts [{host}]")
+            if match.get("port") not in tls_ports:
+                problems.append(
+                    f"tls route {index} matches port {match.get('port')}, not a TLS port"
+                )
+    for index, route in enumerate([*http_routes, *tls_routes]):
         weights = 0
         for entry in route.get("route", []):
             destination = entry["destination"]
@@ -305,13 +337,58 @@ def consistency_problems(docs: list[dict[str, Any]]) -> list[str]:
             if destination.get("port", {}).get("number", next(iter(ports))) not in ports:
                 problems.append("route destination port is not a Service port")
         if weights != 100:
-            problems.append(f"route {route.get('name')} weights sum to {weights}, not 100")
-    problems += _authorization_problems(docs, pods)
+            problems.append(f"route {route.get('name', index)} weights sum to {weights}, not 100")
+    problems += _authorization_problems(docs, pods, tls_ports)
+    problems += slot_tls_problems(deployments, service)
+    return problems
+
+
+def _tls_ports(service: dict[str, Any]) -> set[int]:
+    """The Service's ports that carry TLS the mesh passes through (by appProtocol or name)."""
+    return {
+        port["port"]
+        for port in service["spec"]["ports"]
+        if port.get("appProtocol", "").lower() in _TLS_PROTOCOLS
+        or port.get("name", "").split("-")[0].lower() in _TLS_PROTOCOLS
+    }
+
+
+def slot_tls_problems(deployments: list[dict[str, Any]], service: dict[str, Any]) -> list[str]:
+    """Each slot serves its own mutual TLS, from read-only Secrets, and is probed by exec."""
+    problems: list[str] = []
+    if not _tls_ports(service) or _tls_ports(service) != {
+        p["port"] for p in service["spec"]["ports"]
+    }:
+        problems.append("every Service port must be the slots' mutual-TLS port (appProtocol https)")
+    for deployment in deployments:
+        name = deployment["metadata"]["name"]
+        pod = deployment["spec"]["template"]["spec"]
+        secrets = {v["name"] for v in pod.get("volumes", []) if "secret" in v}
+        for container in pod.get("containers", []):
+            args = container.get("args", [])
+            mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
+            for option in _TLS_OPTIONS:
+                if option not in args or args.index(option) + 1 >= len(args):
+                    problems.append(f"{name}: the model server is started without {option}")
+                    continue
+                path = args[args.index(option) + 1]
+                mount = next((m for d, m in mounts.items() if path.startswith(d + "/")), None)
+                if mount is None or mount["name"] not in secrets or not mount.get("readOnly"):
+                    problems.append(f"{name}: {option} {path} is not in a Secret mounted read-only")
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                check = container.get(probe)
+                if check is None:
+                    problems.append(f"{name}: no {probe}")
+                elif set(check) & {"httpGet", "tcpSocket", "grpc"}:
+                    problems.append(
+                        f"{name}: {probe} must be an exec probe over the slot's mutual TLS (a "
+                        "kubelet probe presents no client certificate)"
+                    )
     return problems
 
 
 def _authorization_problems(
-    docs: list[dict[str, Any]], pods: dict[str, dict[str, str]]
+    docs: list[dict[str, Any]], pods: dict[str, dict[str, str]], tls_ports: set[int]
 ) -> list[str]:
     problems: list[str] = []
     peers = _of_kind(docs, "PeerAuthentication")
@@ -344,8 +421,20 @@ def _authorization_problems(
                 if not PRINCIPAL.fullmatch(principal):
                     problems.append(f"{name}: principal {principal!r} is not ns/<ns>/sa/<sa>")
             operations = [t["operation"] for t in rule.get("to", [])]
-            if not operations or any(
-                not o.get("paths") or not o.get("methods") for o in operations
-            ):
-                problems.append(f"{name}: an ALLOW rule must name its paths and methods")
+            if not operations or any(not o.get("ports") for o in operations):
+                problems.append(f"{name}: an ALLOW rule must name its ports")
+            for operation in operations:
+                ports = {int(p) for p in operation.get("ports", []) if str(p).isdigit()}
+                http = [f for f in _HTTP_FIELDS if f in operation]
+                if ports & tls_ports and http:
+                    problems.append(
+                        f"{name}: {', '.join(http)} on TLS port(s) {sorted(ports & tls_ports)} "
+                        "never match (the mesh does not open the slots' TLS): name ports only"
+                    )
+                elif not ports & tls_ports and not (
+                    operation.get("paths") and operation.get("methods")
+                ):
+                    problems.append(
+                        f"{name}: an ALLOW rule on an HTTP port must name its paths and methods"
+                    )
     return problems

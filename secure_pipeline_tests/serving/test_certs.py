@@ -1,7 +1,9 @@
-"""`secure-pipeline certs`: the development PKI of the gateway, run as a developer runs it.
+"""The gateway's development PKI (`secure-pipeline certs`, as a developer runs it) and slot PKI.
+
+The slot PKI is the one a serving deployment makes for its model-server slots.
 
 That these certificates work against a real gateway is shown by test_gateway.py, whose PKI is
-made with the same commands.
+made with the same commands; the slot PKI against real slots by test_model_server.py.
 """
 
 import os
@@ -10,11 +12,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from secure_pipeline.serving.certs import CA_COMMON_NAME, DevPki
+from secure_pipeline.errors import ConfigurationError
+from secure_pipeline.serving.certs import (
+    CA_COMMON_NAME,
+    SLOT_CA_COMMON_NAME,
+    SLOT_CLIENTS,
+    SLOT_SERVER_NAME,
+    DevPki,
+    ensure_slot_pki,
+    init_slot_pki,
+)
 
 CLI = str(Path(sys.executable).parent / "secure-pipeline")
 
@@ -116,3 +128,56 @@ def test_init_is_refused_in_production(tmp_path: Path, monkeypatch) -> None:
     assert result.returncode == 2
     assert "SECURE_PIPELINE_GATEWAY_CERT" in result.stderr
     assert not (tmp_path / "pki").exists()
+
+
+# --- the slot PKI of a serving deployment --------------------------------------------------
+
+
+def test_slot_pki_has_a_ca_of_its_own_and_exactly_two_clients(tmp_path: Path) -> None:
+    pki = init_slot_pki(tmp_path / "deployment" / "slot-pki")
+    assert _mode(pki.directory) == 0o700
+    assert _mode(pki.directory / "clients") == 0o700
+    for key in (pki.server_key, *(pki.client_key(name) for name in SLOT_CLIENTS)):
+        assert _mode(key) == 0o600
+    # The CA key is never written: nobody can issue another certificate the slots accept.
+    assert sorted(p.name for p in pki.directory.rglob("*.key")) == [
+        "controller.key", "gateway.key", "server.key",
+    ]  # fmt: skip
+    ca = _cert(pki.ca_cert)
+    assert ca.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == SLOT_CA_COMMON_NAME
+    constraints = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
+    assert (constraints.ca, constraints.path_length) == (True, 0)
+    server = _cert(pki.server_cert)
+    server.verify_directly_issued_by(ca)
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["localhost", SLOT_SERVER_NAME]
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    usage = server.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usage) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    for name in SLOT_CLIENTS:
+        client = _cert(pki.client_cert(name))
+        client.verify_directly_issued_by(ca)
+        uris = client.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert uris.get_values_for_type(x509.UniformResourceIdentifier) == [
+            f"spiffe://secure-pipeline/{name}"
+        ]
+        usage = client.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert SLOT_CLIENTS == ("gateway", "controller")
+
+
+def test_slot_pki_is_never_replaced_silently(tmp_path: Path) -> None:
+    directory = tmp_path / "slot-pki"
+    first = ensure_slot_pki(directory)  # made
+    before = {p: p.read_bytes() for p in first.files()}
+    assert ensure_slot_pki(directory) == first  # reused as it is
+    assert {p: p.read_bytes() for p in first.files()} == before
+    with pytest.raises(ConfigurationError, match="refusing to replace"):
+        init_slot_pki(directory)
+    assert {p: p.read_bytes() for p in first.files()} == before
+    first.client_key("controller").unlink()
+    with pytest.raises(ConfigurationError, match=r"incomplete .*controller\.key.*serving down"):
+        ensure_slot_pki(directory)
+    assert not first.client_key("controller").exists()  # nothing made behind the user's back
+    renewed = init_slot_pki(directory, overwrite=True)
+    assert renewed.ca_cert.read_bytes() != before[first.ca_cert]

@@ -1,6 +1,7 @@
 """The inference gateway: a real nginx on 127.0.0.1 in front of two recording upstreams.
 
-Certificates are made with the `secure-pipeline certs` CLI, as a developer makes them. nginx
+Certificates are made with the `secure-pipeline certs` CLI, as a developer makes them; the
+upstreams speak mutual TLS with a slot PKI (`init_slot_pki`), as the model server does. nginx
 must be installed (Debian: nginx, libnginx-mod-http-js; .ci/run installs them): a missing
 binary is an error with the install command, never a skip.
 """
@@ -24,7 +25,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from secure_pipeline.errors import ConfigurationError
-from secure_pipeline.serving.certs import DevPki
+from secure_pipeline.serving.certs import (
+    GATEWAY_IDENTITY,
+    SLOT_SERVER_NAME,
+    DevPki,
+    SlotPki,
+    init_slot_pki,
+    spiffe_id,
+)
 from secure_pipeline.serving.gateway import (
     IDENTITY_HEADER,
     Gateway,
@@ -86,6 +94,7 @@ class Env:
     gateway: Gateway
     pki: DevPki
     other_pki: DevPki
+    slot_pki: SlotPki
     blue: RecordingUpstream
     green: RecordingUpstream
 
@@ -127,6 +136,11 @@ class Env:
 
 
 @pytest.fixture(scope="module")
+def slot_pki(tmp_path_factory: pytest.TempPathFactory) -> SlotPki:
+    return init_slot_pki(tmp_path_factory.mktemp("slot") / "slot-pki")
+
+
+@pytest.fixture(scope="module")
 def pkis(tmp_path_factory: pytest.TempPathFactory) -> tuple[DevPki, DevPki]:
     find_nginx()  # fail first, and clearly, when nginx is not installed
     root = tmp_path_factory.mktemp("pki")
@@ -148,7 +162,7 @@ def pkis(tmp_path_factory: pytest.TempPathFactory) -> tuple[DevPki, DevPki]:
 
 
 def _config(
-    pki: DevPki, blue: RecordingUpstream, green: RecordingUpstream, **changes
+    pki: DevPki, slot_pki: SlotPki, blue: RecordingUpstream, green: RecordingUpstream, **changes
 ) -> GatewayConfig:
     config = GatewayConfig(
         listen=f"127.0.0.1:{_free_port()}",
@@ -161,17 +175,23 @@ def _config(
         burst=1000,
         slots=(Slot("blue", blue.address, 100), Slot("green", green.address, 0)),
         max_body_bytes=MAX_BODY,
+        upstream_cert=slot_pki.client_cert(GATEWAY_IDENTITY),
+        upstream_key=slot_pki.client_key(GATEWAY_IDENTITY),
+        upstream_ca=slot_pki.ca_cert,
     )
     return replace(config, **changes)
 
 
 @pytest.fixture(scope="module")
-def running(pkis: tuple[DevPki, DevPki], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+def running(
+    pkis: tuple[DevPki, DevPki], slot_pki: SlotPki, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Env]:
     pki, other = pkis
-    with upstream("blue") as blue, upstream("green") as green:
-        gateway = Gateway(_config(pki, blue, green), tmp_path_factory.mktemp("gateway"))
+    with upstream("blue", slot_pki) as blue, upstream("green", slot_pki) as green:
+        config = _config(pki, slot_pki, blue, green)
+        gateway = Gateway(config, tmp_path_factory.mktemp("gateway"))
         with gateway:
-            yield Env(gateway, pki, other, blue, green)
+            yield Env(gateway, pki, other, slot_pki, blue, green)
 
 
 @pytest.fixture
@@ -234,6 +254,79 @@ def test_identity_with_the_role_reaches_the_model(env: Env) -> None:
     assert received.path == "/predict"
     assert received.body == b'{"rows": []}'
     assert received.headers[IDENTITY_HEADER] == "spiffe://secure-pipeline/alice"
+    # ... over mutual TLS, with the gateway's certificate of the slot CA
+    assert received.peer == spiffe_id(GATEWAY_IDENTITY)
+
+
+# --- the hop to the slots: mutual TLS, slot CA, slot name ---------------------------------------
+
+
+def test_rendered_configuration_reaches_the_slots_over_mutual_tls(env: Env) -> None:
+    text = env.gateway.conf_file.read_text()
+    for line in (
+        "proxy_pass https://sp_models/predict;",
+        "proxy_ssl_verify on;",
+        f'proxy_ssl_name "{SLOT_SERVER_NAME}";',
+        f'proxy_ssl_trusted_certificate "{env.slot_pki.ca_cert}";',
+        "proxy_ssl_protocols TLSv1.3;",
+        "proxy_ssl_session_reuse on;",
+        "keepalive 16;",
+    ):
+        assert line in text, line
+    assert "proxy_pass http://" not in text
+
+
+def test_connections_to_a_slot_are_kept_across_requests(env: Env) -> None:
+    # One TLS handshake to the slot per kept connection, not per request.
+    host, _, port = env.gateway.config.listen.rpartition(":")
+    before = env.blue.connections
+    connection = http.client.HTTPSConnection(host, int(port), context=env.context("alice"))
+    for _ in range(40):
+        connection.request("POST", "/predict", body=b"{}")
+        assert connection.getresponse().read()
+    connection.close()
+    assert env.blue.count("/predict") == 40
+    assert env.blue.connections - before <= 2  # at most one per nginx worker
+
+
+def test_a_slot_with_a_certificate_of_another_ca_gets_no_request(env: Env, tmp_path: Path) -> None:
+    # An impostor that would accept the gateway's client certificate, but presents a slot
+    # certificate of another slot CA: nginx must refuse it, not send it the caller's request.
+    other = init_slot_pki(tmp_path / "other-slot-pki")
+    with upstream("impostor", env.slot_pki, server_pki=other) as impostor:
+        config = _config(env.pki, env.slot_pki, impostor, env.green)
+        with Gateway(config, tmp_path / "gateway") as gateway:
+            status, body = env.request("alice", "POST", "/predict", b"{}", gateway=gateway)
+            log = gateway.error_log.read_text()
+    assert status == 502
+    assert "no model server available" in json.loads(body)["error"]
+    assert impostor.count() == 0
+    assert "certificate verify failed" in log or "upstream SSL certificate" in log
+
+
+def test_a_slot_certificate_without_the_slot_name_is_refused(env: Env, tmp_path: Path) -> None:
+    # The slots' certificate names SLOT_SERVER_NAME; a gateway expecting another name refuses it.
+    config = _config(env.pki, env.slot_pki, env.blue, env.green,
+                     upstream_name="elsewhere.secure-pipeline.internal")  # fmt: skip
+    with Gateway(config, tmp_path / "gateway") as gateway:
+        status, _ = env.request("alice", "POST", "/predict", b"{}", gateway=gateway)
+    assert status == 502
+    assert env.seen() == 0
+
+
+def test_a_gateway_without_the_slot_certificate_cannot_reach_a_slot(
+    env: Env, tmp_path: Path
+) -> None:
+    # A client certificate of the gateway's public client CA (what every caller holds) does not
+    # open a slot: the slot refuses the handshake.
+    config = _config(env.pki, env.slot_pki, env.blue, env.green,
+                     upstream_cert=env.pki.client_cert("ops"),
+                     upstream_key=env.pki.client_key("ops"))  # fmt: skip
+    with Gateway(config, tmp_path / "gateway") as gateway:
+        status, _ = env.request("alice", "POST", "/predict", b"{}", gateway=gateway)
+    assert status == 502
+    assert env.seen() == 0
+    assert env.blue.handshakes_refused > 0
 
 
 @pytest.mark.parametrize(
@@ -399,7 +492,7 @@ def test_set_weights_refuses_bad_weights(env: Env, weights: dict, message: str) 
 
 def test_over_the_rate_gets_429_and_never_reaches_the_model(env: Env, tmp_path: Path) -> None:
     # 30 requests a minute: one more every 2 s, so a slow machine cannot let many more through.
-    config = _config(env.pki, env.blue, env.green, rate_per_second=0.5, burst=3)
+    config = _config(env.pki, env.slot_pki, env.blue, env.green, rate_per_second=0.5, burst=3)
     with Gateway(config, tmp_path / "limited") as limited:
         codes = [
             env.request("alice", "POST", "/predict", b"{}", gateway=limited)[0] for _ in range(12)
@@ -428,7 +521,7 @@ Gateway(GatewayConfig(**values), Path(sys.argv[2])).start()
 
 
 def test_a_gateway_started_by_another_process_is_attached(env: Env, tmp_path: Path) -> None:
-    config = _config(env.pki, env.blue, env.green)
+    config = _config(env.pki, env.slot_pki, env.blue, env.green)
     values = {
         "listen": config.listen,
         "server_cert": str(config.server_cert),
@@ -440,6 +533,9 @@ def test_a_gateway_started_by_another_process_is_attached(env: Env, tmp_path: Pa
         "burst": config.burst,
         "slots": [{"name": s.name, "address": s.address, "weight": s.weight} for s in config.slots],
         "max_body_bytes": config.max_body_bytes,
+        "upstream_cert": str(config.upstream_cert),
+        "upstream_key": str(config.upstream_key),
+        "upstream_ca": str(config.upstream_ca),
     }
     workdir = tmp_path / "detached"
     started = subprocess.run(

@@ -10,15 +10,35 @@ from typing import Any
 import pytest
 
 from secure_pipeline.errors import ConfigurationError
+from secure_pipeline.serving.certs import GATEWAY_IDENTITY, SLOT_SERVER_NAME, SlotPki, init_slot_pki
 from secure_pipeline.serving.gateway import (
     IDENTITY_HEADER,
     GatewayConfig,
     Slot,
+    client_settings_from_environment,
     find_nginx,
     render_nginx_conf,
 )
 
 SLOTS = (Slot("blue", "127.0.0.1:8001", 100), Slot("green", "127.0.0.1:8002", 0))
+_SLOT_PKI: list[SlotPki] = []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def slot_pki(tmp_path_factory: pytest.TempPathFactory) -> SlotPki:
+    """The upstream TLS files must exist: one slot PKI for the module's configurations."""
+    if not _SLOT_PKI:
+        _SLOT_PKI.append(init_slot_pki(tmp_path_factory.mktemp("slot") / "slot-pki"))
+    return _SLOT_PKI[0]
+
+
+def _upstream() -> dict[str, Any]:
+    pki = _SLOT_PKI[0]
+    return {
+        "upstream_cert": pki.client_cert(GATEWAY_IDENTITY),
+        "upstream_key": pki.client_key(GATEWAY_IDENTITY),
+        "upstream_ca": pki.ca_cert,
+    }
 
 
 def _config(**changes: Any) -> GatewayConfig:
@@ -32,6 +52,7 @@ def _config(**changes: Any) -> GatewayConfig:
         "rate_per_second": 10,
         "burst": 20,
         "slots": SLOTS,
+        **_upstream(),
     }
     values.update(changes)
     return GatewayConfig(**values)
@@ -55,10 +76,20 @@ def test_rendered_configuration_holds_every_control(tmp_path: Path) -> None:
         '"~^spiffe://secure-pipeline/alice$" "alice";',
         "location = /predict {",
         "location ^~ /admin/ {",
-        "proxy_pass http://sp_models/admin/;",
+        "proxy_pass https://sp_models/admin/;",
         f'access_log "{tmp_path.resolve()}/logs/access.log" sp_access;',
+        # the hop to the slots: mutual TLS 1.3, the slot CA and the slot name verified
+        f'proxy_ssl_certificate "{_SLOT_PKI[0].client_cert(GATEWAY_IDENTITY)}";',
+        f'proxy_ssl_certificate_key "{_SLOT_PKI[0].client_key(GATEWAY_IDENTITY)}";',
+        f'proxy_ssl_trusted_certificate "{_SLOT_PKI[0].ca_cert}";',
+        "proxy_ssl_verify on;",
+        f'proxy_ssl_name "{SLOT_SERVER_NAME}";',
+        "proxy_ssl_protocols TLSv1.3;",
+        "proxy_ssl_session_reuse on;",
+        "keepalive 16;",
     ):
         assert line in text, line
+    assert "proxy_pass http://" not in text
     assert "$request_body" not in text
     servers = re.findall(r"^\s*server (\S+) weight=(\d+)", text, flags=re.M)
     assert servers == [("127.0.0.1:8001", "100")]  # green (weight 0) is not an upstream server
@@ -111,6 +142,11 @@ def test_fractional_rates_become_per_minute(tmp_path: Path) -> None:
         ({"max_body_bytes": 0}, "max_body_bytes"),
         ({"rate_per_second": float("inf")}, "positive number"),
         ({"listen": "127.0.0.1"}, "not host:port"),
+        ({"upstream_ca": Path("/nonexistent/slot-ca.pem")}, "upstream_ca /nonexistent/slot-ca.pem "
+         "is not a readable file"),
+        ({"upstream_key": Path("/nonexistent/k.pem")}, "mutual TLS only"),
+        ({"upstream_name": "127.0.0.1"}, "upstream_name '127.0.0.1' must be the DNS name"),
+        ({"upstream_name": ""}, "upstream_name '' must be"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )  # fmt: skip
@@ -137,6 +173,10 @@ INJECTIONS = [
     {"client_ca": Path("/etc/sp/$ssl_ca.pem")},
     {"slots": (Slot("blue", "127.0.0.1:8001 backup", 100),)},
     {"slots": (Slot("blue;", "127.0.0.1:8001", 100),)},
+    {"upstream_ca": Path('/etc/sp/ca.pem"; proxy_ssl_verify off; "')},
+    {"upstream_cert": Path("/etc/sp/$host.pem")},
+    {"upstream_name": 'slot"; proxy_ssl_verify off; "'},
+    {"upstream_name": "slot.internal; proxy_ssl_verify off"},
 ]
 
 
@@ -144,6 +184,14 @@ INJECTIONS = [
 def test_values_that_could_inject_nginx_syntax_are_refused(changes: dict) -> None:
     with pytest.raises(ConfigurationError):
         _config(**changes)
+
+
+def test_upstream_tls_is_required() -> None:
+    values = dict(_config().__dict__)
+    for name in ("upstream_cert", "upstream_key", "upstream_ca", "upstream_name"):
+        values.pop(name)
+    with pytest.raises(TypeError, match="upstream_ca"):
+        GatewayConfig(**values)
 
 
 def test_render_revalidates_a_config_changed_behind_its_back(tmp_path: Path) -> None:
@@ -171,7 +219,11 @@ VARIABLES = (
     "SECURE_PIPELINE_GATEWAY_KEY",
     "SECURE_PIPELINE_GATEWAY_CLIENT_CA",
     "SECURE_PIPELINE_GATEWAY_IDENTITIES",
+    "SECURE_PIPELINE_GATEWAY_UPSTREAM_CERT",
+    "SECURE_PIPELINE_GATEWAY_UPSTREAM_KEY",
+    "SECURE_PIPELINE_GATEWAY_UPSTREAM_CA",
 )
+FILES = ("c.pem", "k.pem", "ca.pem", "ids.json", "up.pem", "up.key", "slot-ca.pem")
 
 
 def test_from_environment_names_every_missing_variable() -> None:
@@ -182,7 +234,7 @@ def test_from_environment_names_every_missing_variable() -> None:
 
 
 def _production_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, identities: str) -> None:
-    for name, file in zip(VARIABLES, ("c.pem", "k.pem", "ca.pem", "ids.json"), strict=True):
+    for name, file in zip(VARIABLES, FILES, strict=True):
         (tmp_path / file).write_text(identities if file == "ids.json" else "pem")
         monkeypatch.setenv(name, str(tmp_path / file))
 
@@ -197,6 +249,27 @@ def test_from_environment_reads_paths_and_identities(
     assert config.client_ca == tmp_path / "ca.pem"
     assert dict(config.identities) == {"scoring-api": ("predict",), "sre": ("predict", "admin")}
     assert dict(config.routes) == {"/predict": "predict", "/metrics": "admin"}
+    assert (config.upstream_cert, config.upstream_key, config.upstream_ca) == (
+        tmp_path / "up.pem", tmp_path / "up.key", tmp_path / "slot-ca.pem",
+    )  # fmt: skip
+    assert config.upstream_name == SLOT_SERVER_NAME
+    monkeypatch.setenv("SECURE_PIPELINE_GATEWAY_UPSTREAM_NAME", "slots.serving.example")
+    named = GatewayConfig.from_environment(listen="0.0.0.0:8443", slots=SLOTS)
+    assert named.upstream_name == "slots.serving.example"
+
+
+def test_client_settings_need_no_upstream_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `serving up` reads: it makes the upstream side (the slot PKI) itself."""
+    _production_files(tmp_path, monkeypatch, '{"identities": {"a": ["predict"]}}')
+    for name in VARIABLES[4:]:
+        monkeypatch.delenv(name)
+    settings = client_settings_from_environment()
+    assert settings["server_key"] == tmp_path / "k.pem"
+    assert settings["identities"] == {"a": ("predict",)}
+    with pytest.raises(ConfigurationError, match="SECURE_PIPELINE_GATEWAY_UPSTREAM_CA is not set"):
+        GatewayConfig.from_environment(listen="0.0.0.0:8443", slots=SLOTS)
 
 
 @pytest.mark.parametrize(

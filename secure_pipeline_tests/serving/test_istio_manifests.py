@@ -64,24 +64,34 @@ def test_names_labels_hosts_and_weights_agree() -> None:
 
 
 def test_the_example_is_a_ten_percent_canary_on_green() -> None:
-    route = _one(DOCS, "VirtualService")["spec"]["http"][0]["route"]
-    assert {r["destination"]["subset"]: r["weight"] for r in route} == {"blue": 90, "green": 10}
+    (route,) = _one(DOCS, "VirtualService")["spec"]["tls"]
+    weights = {r["destination"]["subset"]: r["weight"] for r in route["route"]}
+    assert weights == {"blue": 90, "green": 10}
+    assert route["match"] == [
+        {"port": 8443, "sniHosts": ["model-server.sp-serve.svc.cluster.local"]}
+    ]
 
 
-def test_roles_map_principals_to_paths_and_methods() -> None:
-    def grants(name: str) -> tuple[set[str], set[tuple[str, str]]]:
+def test_only_the_gateway_and_the_controller_may_connect() -> None:
+    """L4: the mesh cannot see into the slots' TLS; paths and roles are the gateway's."""
+
+    def grants(name: str) -> tuple[set[str], set[str]]:
         (rule,) = _one(DOCS, "AuthorizationPolicy", name)["spec"]["rules"]
         principals = {p for f in rule["from"] for p in f["source"]["principals"]}
-        operations = {
-            (m, p) for t in rule["to"] for m in t["operation"]["methods"]
-            for p in t["operation"]["paths"]
-        }  # fmt: skip
-        return principals, operations
+        (operation,) = [t["operation"] for t in rule["to"]]
+        assert set(operation) == {"ports"}  # no paths or methods: they would never match
+        return principals, set(operation["ports"])
 
-    predict, admin = grants("model-server-predict"), grants("model-server-admin")
-    assert predict[1] == {("POST", "/predict")}
-    assert admin[1] == {("GET", "/metrics"), ("GET", "/readyz")}
-    assert not predict[0] & admin[0]
+    allowed = [p for p in DOCS if p["kind"] == "AuthorizationPolicy"
+               and p["spec"].get("action", "ALLOW") == "ALLOW" and p["spec"]]  # fmt: skip
+    assert sorted(p["metadata"]["name"] for p in allowed) == [
+        "model-server-controller", "model-server-gateway",
+    ]  # fmt: skip
+    assert grants("model-server-gateway") == ({"cluster.local/ns/sp-gateway/sa/sp-gateway"},
+                                              {"8443"})  # fmt: skip
+    assert grants("model-server-controller") == (
+        {"cluster.local/ns/sp-registry/sa/sp-registry"}, {"8443"},
+    )  # fmt: skip
     assert _one(DOCS, "AuthorizationPolicy", "deny-unauthenticated")["spec"] == {
         "action": "DENY",
         "rules": [{"from": [{"source": {"notPrincipals": ["*"]}}]}],
@@ -101,14 +111,55 @@ def test_slot_deployment_is_restricted_probed_and_pinned(slot: str) -> None:
     assert security["readOnlyRootFilesystem"] is True
     assert security["allowPrivilegeEscalation"] is False
     assert security["capabilities"] == {"drop": ["ALL"]}
-    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # Probes run in the container, as clients of the slot CA over loopback (exec).
+    for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"),
+                        ("readinessProbe", "/readyz")):  # fmt: skip
+        assert set(container[probe]) - {"periodSeconds", "timeoutSeconds", "failureThreshold"} == {
+            "exec"
+        }
+        command = container[probe]["exec"]["command"]
+        assert command[:4] == ["python", "-m", "secure_pipeline.serving.probe", path]
+        assert _option(command, "--port") == "8443"
+        assert _option(command, "--cert") == "/etc/secure-pipeline/probe/tls.crt"
+        assert _option(command, "--ca") == "/etc/secure-pipeline/tls/ca.crt"
+    # mutual TLS only, with the files of the read-only Secret model-server-tls
+    args = container["args"]
+    assert _option(args, "--port") == "8443"
+    assert _option(args, "--tls-cert") == "/etc/secure-pipeline/tls/tls.crt"
+    assert _option(args, "--tls-key") == "/etc/secure-pipeline/tls/tls.key"
+    assert _option(args, "--client-ca") == "/etc/secure-pipeline/tls/ca.crt"
+    assert [p["containerPort"] for p in container["ports"]] == [8443]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for volume, secret, path in (("tls", "model-server-tls", "/etc/secure-pipeline/tls"),
+                                 ("probe-tls", "model-server-probe-tls",
+                                  "/etc/secure-pipeline/probe")):  # fmt: skip
+        assert mounts[volume] == {"name": volume, "mountPath": path, "readOnly": True}
+        assert volumes[volume]["secret"]["secretName"] == secret
+        assert volumes[volume]["secret"]["defaultMode"] == 0o440
     assert container["image"] == f"{SAMPLE['SP_IMAGE_REPOSITORY']}:{SAMPLE['SP_IMAGE_TAG']}"
     env = {e["name"]: e["value"] for e in container["env"]}
     # Pinned: a registered model version number, never an alias that can move under the slot.
     assert re.fullmatch(r"models:/[a-z0-9_-]+/\d+", env["MODEL_REF"])
     assert "$(MODEL_REF)" in container["args"]
     assert container["args"][container["args"].index("--slot") + 1] == slot
+
+
+def _option(args: list[str], name: str) -> str:
+    return args[args.index(name) + 1]
+
+
+def test_the_service_exposes_only_the_mutual_tls_port() -> None:
+    (port,) = _one(DOCS, "Service")["spec"]["ports"]
+    assert port == {"name": "https", "port": 8443, "targetPort": "https", "protocol": "TCP",
+                    "appProtocol": "https"}  # fmt: skip
+    (policy,) = [n for n in DOCS if n["kind"] == "NetworkPolicy"
+                 and n["metadata"]["name"] == "model-server-ingress"]  # fmt: skip
+    (ingress,) = policy["spec"]["ingress"]
+    assert ingress["ports"] == [{"protocol": "TCP", "port": 8443}]
+    namespaces = {f["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                  for f in ingress["from"]}  # fmt: skip
+    assert namespaces == {"sp-gateway", "sp-registry"}
 
 
 def test_serving_objects_refer_to_what_deploy_k8s_creates() -> None:
@@ -136,6 +187,12 @@ def _find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dic
     return _one(docs, kind, name)
 
 
+def _slot_container(docs: list[dict[str, Any]], slot: str) -> dict[str, Any]:
+    return _find(docs, "Deployment", f"model-server-{slot}")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -145,20 +202,40 @@ def _find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dic
          "subset green"),
         (lambda d: _find(d, "DestinationRule")["spec"]["trafficPolicy"]["tls"]
          .update(mode="DISABLE"), "ISTIO_MUTUAL"),
-        (lambda d: _find(d, "VirtualService")["spec"]["http"][0]["route"][1].update(weight=20),
+        (lambda d: _find(d, "VirtualService")["spec"]["tls"][0]["route"][1].update(weight=20),
          "sum to 110"),
-        (lambda d: _find(d, "VirtualService")["spec"]["http"][0]["route"][1]["destination"]
+        (lambda d: _find(d, "VirtualService")["spec"]["tls"][0]["route"][1]["destination"]
          .update(subset="canary"), "unknown subset"),
         (lambda d: d.remove(_find(d, "AuthorizationPolicy", "deny-by-default")), "allow-nothing"),
-        (lambda d: _find(d, "AuthorizationPolicy", "model-server-predict")["spec"]["rules"][0]
+        (lambda d: _find(d, "AuthorizationPolicy", "model-server-gateway")["spec"]["rules"][0]
          ["from"][0]["source"].update(principals=["*"]), "not ns/<ns>/sa/<sa>"),
-        (lambda d: _find(d, "AuthorizationPolicy", "model-server-admin")["spec"]["rules"][0]
+        (lambda d: _find(d, "AuthorizationPolicy", "model-server-controller")["spec"]["rules"][0]
          .pop("from"), "allows anyone"),
         (lambda d: _find(d, "Service")["spec"]["selector"].update(slot="blue"),
          "does not select the pods of model-server-green"),
+        # an L7 rule on the slots' TLS port never matches: the mesh would deny everything
+        (lambda d: _find(d, "AuthorizationPolicy", "model-server-gateway")["spec"]["rules"][0]
+         ["to"][0]["operation"].update(paths=["/predict"], methods=["POST"]), "never match"),
+        (lambda d: _find(d, "VirtualService")["spec"].update(
+            http=[{"route": _find(d, "VirtualService")["spec"].pop("tls")[0]["route"]}]),
+         "an http route never applies"),
+        (lambda d: _find(d, "VirtualService")["spec"]["tls"][0]["match"][0]
+         .update(sniHosts=["slot.secure-pipeline.internal"]), "must match sniHosts"),
+        (lambda d: _find(d, "Service")["spec"]["ports"][0].update(appProtocol="http",
+                                                                 name="http"),
+         "mutual-TLS port"),
+        (lambda d: _slot_container(d, "blue")["args"].remove("--client-ca"),
+         "started without --client-ca"),
+        (lambda d: _slot_container(d, "green")["volumeMounts"][2].update(readOnly=False),
+         "not in a Secret mounted read-only"),
+        (lambda d: _slot_container(d, "blue").update(
+            readinessProbe={"httpGet": {"path": "/readyz", "port": "https", "scheme": "HTTPS"}}),
+         "must be an exec probe"),
     ],
     ids=["permissive", "subset-label", "tls-off", "weights", "unknown-subset", "no-deny-all",
-         "wildcard-principal", "no-principals", "service-one-slot"],
+         "wildcard-principal", "no-principals", "service-one-slot", "l7-rule-on-tls",
+         "http-route-on-tls", "wrong-sni", "plain-service-port", "no-client-ca",
+         "writable-tls-mount", "https-probe"],
 )  # fmt: skip
 def test_consistency_check_catches_mistakes(change, message: str) -> None:  # noqa: ANN001
     problems = consistency_problems(_mutated(change))
