@@ -6,8 +6,9 @@
 # Every variable below must be set and non-empty, or nothing is written and all missing ones are
 # listed. Only these ${NAME} placeholders are replaced; any other ${...} in a template is an
 # error, so no placeholder can survive into a manifest. Values are checked for shape (account
-# id, ARNs, CIDRs, ports) and may not contain spaces, quotes, "$", "{", "}" or "#", which keeps
-# them from breaking out of a YAML or JSON string. deploy/README.md documents each variable.
+# id, ARNs, CIDRs, ports, key fingerprints) and may not contain spaces, quotes, "$", "{", "}" or
+# "#", which keeps them from breaking out of a YAML or JSON string. deploy/README.md documents
+# each variable.
 set -euo pipefail
 
 VARIABLES=(
@@ -16,6 +17,13 @@ VARIABLES=(
   SP_OIDC_PROVIDER
   SP_BUCKET
   SP_KMS_KEY_ARN
+  SP_KMS_CIDR
+  SP_TRUST_ROOT
+  SP_SIGNER_INGEST_KEY_ARN
+  SP_SIGNER_TRAIN_KEY_ARN
+  SP_SIGNER_RELEASE_KEY_ARN
+  SP_SIGNER_GATE_KEY_ARN
+  SP_SIGNER_MONITOR_KEY_ARN
   SP_LANDING_BUCKET
   SP_LANDING_PREFIX
   SP_SOURCE_URI
@@ -82,10 +90,17 @@ for name, value in values.items():
         else:
             if network.prefixlen == 0:
                 problems.append(f"{name} must not be a default route ({value})")
+key_arn = r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[A-Za-z0-9-]+$"
+signer_keys = [name for name in names if name.startswith("SP_SIGNER_")]
 checks = {
     "SP_ACCOUNT_ID": (r"^[0-9]{12}$", "a 12-digit AWS account id"),
-    "SP_KMS_KEY_ARN": (r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[A-Za-z0-9-]+$",
-                       "a KMS key ARN (not an alias)"),
+    "SP_KMS_KEY_ARN": (key_arn, "a KMS key ARN (not an alias)"),
+    # The root fingerprints pinned in SECURE_PIPELINE_TRUST_ROOT: SHA-256 of the DER public key,
+    # as `secure-pipeline trust init` / `trust sign` print them.
+    "SP_TRUST_ROOT": (r"^[0-9a-fA-F]{64}(,[0-9a-fA-F]{64})*$",
+                      "one or more comma-separated 64-hex root key fingerprints"),
+    # Key ARNs, not aliases: the IAM and key policies grant kms:Sign on exactly these.
+    **{name: (key_arn, "a KMS key ARN (not an alias)") for name in signer_keys},
     "SP_MLFLOW_PORT": (r"^[0-9]{1,5}$", "a port number"),
     "SP_PG_PORT": (r"^[0-9]{1,5}$", "a port number"),
     "SP_LANDING_PREFIX": (r"^[^/].*/$", "a key prefix ending in / (no leading /)"),
@@ -99,6 +114,16 @@ for name, (pattern, meaning) in checks.items():
 for name in ("SP_MLFLOW_PORT", "SP_PG_PORT"):
     if values.get(name, "").isdigit() and not 0 < int(values[name]) < 65536:
         problems.append(f"{name} must be between 1 and 65535")
+# awskms: signers use a KMS client of AWS_DEFAULT_REGION (SP_REGION); a key elsewhere would
+# fail at the first signature, in the middle of a run.
+for name in signer_keys:
+    if re.match(key_arn, values[name]) and values[name].split(":")[3] != values["SP_REGION"]:
+        problems.append(f"{name} must be a key in SP_REGION ({values['SP_REGION']})")
+# One key per identity, none shared with SSE-KMS: an identity is only as separate as its key.
+keys = [values["SP_KMS_KEY_ARN"], *(values[name] for name in signer_keys)]
+for name in signer_keys:
+    if keys.count(values[name]) > 1:
+        problems.append(f"{name} must be its own key, not shared with another identity or SSE")
 if problems:
     sys.exit("refusing to render:\n  " + "\n  ".join(problems))
 

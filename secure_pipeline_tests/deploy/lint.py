@@ -5,7 +5,7 @@ it a deliberately bad document and check that the problem is reported.
 """
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 # Actions no role may be granted: deleting or hiding data, weakening retention, or changing
@@ -24,6 +24,20 @@ FORBIDDEN_ACTIONS = {
 }
 WRITE_ACTIONS = {"s3:PutObject", "s3:AbortMultipartUpload", "s3:PutObjectTagging"}
 KMS_ACTIONS = {"kms:Decrypt", "kms:GenerateDataKey", "kms:Encrypt"}
+# What securesystemslib's AWSSigner calls when a stage signs (the public key comes from the
+# trust policy, so not even kms:GetPublicKey is needed at run time).
+SIGN_ACTIONS = {"kms:Sign"}
+# The trust policy's keys are ECDSA P-256; AWSSigner hashes locally and sends the digest.
+SIGNING_CONDITIONS = {"kms:SigningAlgorithm": "ECDSA_SHA_256", "kms:MessageType": "DIGEST"}
+# Key policy actions that would let someone other than the stage sign with its key: using it,
+# granting its use, or copying it to another region under another key policy.
+KEY_USE_ACTIONS = {
+    "kms:Sign",
+    "kms:CreateGrant",
+    "kms:ReplicateKey",
+    "kms:UpdatePrimaryRegion",
+    "kms:ImportKeyMaterial",
+}
 DESTRUCTIVE_ACTIONS = {
     "s3:DeleteObject",
     "s3:DeleteObjectVersion",
@@ -73,18 +87,44 @@ def _matches_prefix(resource: str, allowed: Iterable[str]) -> bool:
     return resource in set(allowed)
 
 
+def _signing_problems(
+    name: str, statement: dict[str, Any], resources: list[str], own: set[str]
+) -> list[str]:
+    problems = []
+    others = [r for r in resources if r not in own]
+    if not resources or others:
+        problems.append(
+            f"{name}: kms:Sign on {others or 'no key'}: a role may sign only with its own "
+            f"identity keys {sorted(own) or '(none)'}"
+        )
+    if set(as_list(statement.get("Action"))) - SIGN_ACTIONS:
+        problems.append(f"{name}: kms:Sign shares a statement with other actions")
+    pinned = statement.get("Condition", {}).get("StringEquals", {})
+    for key, value in SIGNING_CONDITIONS.items():
+        if pinned.get(key) != value:
+            problems.append(f"{name}: kms:Sign without {key} = {value} (StringEquals)")
+    return problems
+
+
 def lint_role_policy(
-    document: dict[str, Any], *, write_resources: Iterable[str], kms_key: str
+    document: dict[str, Any],
+    *,
+    write_resources: Iterable[str],
+    kms_key: str,
+    signing_keys: Iterable[str] = (),
 ) -> list[str]:
     """Rules for a role's identity policy.
 
     Args:
         document: The policy.
         write_resources: The only object ARNs (patterns) the role may write to.
-        kms_key: The only KMS key it may use.
+        kms_key: The only KMS key it may use for SSE-KMS (through S3 only).
+        signing_keys: The only KMS keys it may sign with: those of the identities acting as
+            this role (none for a role that signs nothing).
     """
     problems = lint_document(document)
     allowed_writes = set(write_resources)
+    own_signing_keys = set(signing_keys)
     for index, statement in enumerate(_statements(document)):
         name = statement.get("Sid", f"#{index}")
         actions = as_list(statement.get("Action"))
@@ -111,14 +151,100 @@ def lint_role_policy(
                 ]
                 if not any(prefixes):
                     problems.append(f"{name}: s3:ListBucket without an s3:prefix condition")
-            if service == "kms":
+            if action in SIGN_ACTIONS:
+                problems.extend(_signing_problems(name, statement, resources, own_signing_keys))
+            elif service == "kms":
                 if action not in KMS_ACTIONS:
-                    problems.append(f"{name}: KMS action {action!r} is not needed for SSE-KMS")
+                    problems.append(
+                        f"{name}: KMS action {action!r} is not needed for SSE-KMS or signing"
+                    )
                 if resources != [kms_key]:
                     problems.append(f"{name}: KMS must be scoped to {kms_key}, found {resources}")
                 via = statement.get("Condition", {}).get("StringEquals", {}).get("kms:ViaService")
                 if not (isinstance(via, str) and via.startswith("s3.")):
                     problems.append(f"{name}: KMS use must be limited to S3 (kms:ViaService)")
+    return problems
+
+
+def signing_grants(document: dict[str, Any]) -> set[str]:
+    """The KMS key ARNs (or ``*``) an identity policy allows ``kms:Sign`` on."""
+    return {
+        resource
+        for statement in _statements(document)
+        if statement.get("Effect") == "Allow"
+        and SIGN_ACTIONS & set(as_list(statement.get("Action")))
+        for resource in as_list(statement.get("Resource"))
+    }
+
+
+def lint_signing_separation(
+    policies: Mapping[str, dict[str, Any]], owners: Mapping[str, str]
+) -> list[str]:
+    """Across all roles: each identity key is signable by its owning role and by no other.
+
+    A per-role lint sees one document; this one sees them all, so a key granted to two roles,
+    or a stage that cannot sign as itself, is reported whichever document is wrong.
+
+    Args:
+        policies: Role name -> its identity policy.
+        owners: Signing key ARN -> the one role that may sign with it.
+    """
+    problems = []
+    for role, document in sorted(policies.items()):
+        granted = signing_grants(document)
+        for key in sorted(granted):
+            if key not in owners:
+                problems.append(f"{role} may sign with {key}, which is no identity's key")
+            elif owners[key] != role:
+                problems.append(
+                    f"{role} may sign with {key}, the key of {owners[key]}: it could sign "
+                    "evidence as another stage"
+                )
+        for key in sorted(k for k, owner in owners.items() if owner == role):
+            if key not in granted:
+                problems.append(f"{role} cannot sign with its own identity key {key}")
+    for key, owner in sorted(owners.items()):
+        if owner not in policies:
+            problems.append(f"the owner {owner} of {key} has no policy")
+    return problems
+
+
+def lint_signing_key_policy(document: dict[str, Any], *, signer: str) -> list[str]:
+    """Rules for the key policy of one identity's KMS signing key.
+
+    The key policy is what makes the key usable at all: when it gives the account (``root``)
+    no use of the key, no IAM policy anywhere can grant ``kms:Sign`` to another principal.
+
+    Args:
+        document: The key policy.
+        signer: ARN of the only principal (the stage's role) that may sign with the key.
+    """
+    problems = lint_document(document)
+    signs = False
+    for index, statement in enumerate(_statements(document)):
+        name = statement.get("Sid", f"#{index}")
+        principal = statement.get("Principal")
+        aws = as_list(principal.get("AWS")) if isinstance(principal, dict) else []
+        if not aws or set(principal) != {"AWS"} or "*" in aws:
+            problems.append(f"{name}: the principal must name AWS principals, found {principal!r}")
+        if statement.get("Effect") != "Allow":
+            continue
+        used = sorted(KEY_USE_ACTIONS & set(as_list(statement.get("Action"))))
+        if not used:
+            continue
+        if aws != [signer] or used != ["kms:Sign"]:
+            problems.append(
+                f"{name}: {', '.join(used)} for {aws}: only {signer} may use the key, and only "
+                "to sign"
+            )
+            continue
+        pinned = statement.get("Condition", {}).get("StringEquals", {})
+        missing = [k for k, v in SIGNING_CONDITIONS.items() if pinned.get(k) != v]
+        if missing:
+            problems.append(f"{name}: kms:Sign without {', '.join(missing)} pinned")
+        signs = True
+    if not signs:
+        problems.append(f"{signer} is not allowed kms:Sign: the stage could not sign")
     return problems
 
 

@@ -19,6 +19,15 @@ SAMPLE: dict[str, str] = {
     "SP_OIDC_PROVIDER": "oidc.eks.eu-west-1.amazonaws.com/id/EXAMPLED539D4633E53DE1B71EXAMPLE",
     "SP_BUCKET": "sp-prod-snapshots",
     "SP_KMS_KEY_ARN": "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+    "SP_KMS_CIDR": "10.20.32.0/24",
+    # Two pinned roots: the current one and its successor, as during a root rotation.
+    "SP_TRUST_ROOT": f"{'a1' * 32},{'0f' * 32}",
+    # One asymmetric (ECC_NIST_P256, SIGN_VERIFY) key per signing identity.
+    "SP_SIGNER_INGEST_KEY_ARN": "arn:aws:kms:eu-west-1:123456789012:key/1e7d3a1c-0000-4000-8000-1",
+    "SP_SIGNER_TRAIN_KEY_ARN": "arn:aws:kms:eu-west-1:123456789012:key/2e7d3a1c-0000-4000-8000-1",
+    "SP_SIGNER_RELEASE_KEY_ARN": "arn:aws:kms:eu-west-1:123456789012:key/3e7d3a1c-0000-4000-8000-1",
+    "SP_SIGNER_GATE_KEY_ARN": "arn:aws:kms:eu-west-1:123456789012:key/4e7d3a1c-0000-4000-8000-1",
+    "SP_SIGNER_MONITOR_KEY_ARN": "arn:aws:kms:eu-west-1:123456789012:key/5e7d3a1c-0000-4000-8000-1",
     "SP_LANDING_BUCKET": "sp-prod-landing",
     "SP_LANDING_PREFIX": "adult/",
     "SP_SOURCE_URI": "s3://sp-prod-landing/adult/current/",

@@ -24,6 +24,7 @@ from secure_pipeline.pipeline import (
     IsolationSpec,
     OrchestrationSpec,
 )
+from secure_pipeline.trust.identities import MONITOR, STAGE_IDENTITIES, signer_variable
 from secure_pipeline_tests.deploy.k8s_strict import validate_manifest
 from secure_pipeline_tests.deploy.rendering import DEPLOY, ROOT, SAMPLE, helm_values, of_kind
 
@@ -337,6 +338,47 @@ def test_run_pods_run_as_the_run_account_in_the_control_namespace(launcher) -> N
     assert _pod_job(context, launcher, "run_worker")["spec"]["template"]["spec"][
         "serviceAccountName"
     ] == (SPEC.run_service_account)
+
+
+# The identities whose signer each stage's step pods are given (deploy/k8s/40-configmaps.yaml).
+STAGE_SIGNERS = {"ingest": {"ingest"}, "train": {"train"}, "release": {"release", "gate"}}
+
+
+def _signers_seen(namespace: str, container: dict[str, Any]) -> set[str]:
+    """Identities whose SECURE_PIPELINE_SIGNER_* a container gets from env and ConfigMaps.
+
+    Stage Secrets are created by hand and are not seen here; deploy/README.md says they hold no
+    signer.
+    """
+    data = {
+        (m["metadata"]["namespace"], m["metadata"]["name"]): m["data"] for m in of_kind("ConfigMap")
+    }
+    names = {e["name"] for e in container.get("env") or []}
+    for source in container.get("envFrom") or []:
+        if "configMapRef" in source:
+            names |= set(data[(namespace, source["configMapRef"]["name"])])
+    return {i for i in STAGE_IDENTITIES if signer_variable(i) in names}
+
+
+def test_each_pod_gets_only_its_own_identities_signer(launcher) -> None:
+    from dagster_k8s.container_context import K8sContainerContext
+
+    for stage, isolation in STAGES.items():
+        namespace, job = step_pod(launcher, stage, isolation)
+        (container,) = job["spec"]["template"]["spec"]["containers"]
+        assert _signers_seen(namespace, container) == STAGE_SIGNERS[stage], stage
+    context = K8sContainerContext.create_for_run(_run(SPEC), launcher, include_run_tags=True)
+    (container,) = _pod_job(context, launcher, "run_worker")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert _signers_seen(SPEC.control_namespace, container) == set(), "run pods sign nothing"
+    (deployment,) = helm_values()["dagster-user-deployments"]["deployments"]
+    code_server = {"envFrom": [{"configMapRef": c} for c in deployment["envConfigMaps"]]}
+    assert _signers_seen(SPEC.control_namespace, code_server) == {MONITOR}
+    # sp-code-env stays with the code server: run and step pods come from the run launcher.
+    launcher_maps = helm_values()["runLauncher"]["config"]["k8sRunLauncher"]["envConfigMaps"]
+    assert "sp-code-env" not in {c["name"] for c in launcher_maps}
+    assert deployment["includeConfigInLaunchedRuns"] == {"enabled": False}
 
 
 def test_a_changed_tmp_size_would_be_caught(launcher) -> None:

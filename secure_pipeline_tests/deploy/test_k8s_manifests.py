@@ -7,11 +7,14 @@ from typing import Any
 
 import pytest
 
+from secure_pipeline import environment
 from secure_pipeline.environment import SETTINGS
 from secure_pipeline.orchestration.jobs import step_executor_config
 from secure_pipeline.pipeline import OrchestrationSpec
+from secure_pipeline.serving.server import SERVING_REQUIRED
+from secure_pipeline.trust.identities import MONITOR, STAGE_IDENTITIES, signer_variable
 from secure_pipeline_tests.deploy.k8s_strict import ManifestError, validate_manifest
-from secure_pipeline_tests.deploy.lint import lint_irsa_trust
+from secure_pipeline_tests.deploy.lint import lint_irsa_trust, signing_grants
 from secure_pipeline_tests.deploy.rendering import DEPLOY, SAMPLE, manifests, of_kind, rendered_json
 
 SPEC = OrchestrationSpec()
@@ -106,8 +109,8 @@ def test_no_open_egress(namespace: str) -> None:
                 assert ipaddress.ip_network(peer["ipBlock"]["cidr"]).prefixlen > 0
 
 
-def test_training_reaches_only_dns_event_log_s3_sts_and_mlflow() -> None:
-    allowed = {SAMPLE[v] for v in ("SP_PG_CIDR", "SP_S3_CIDR", "SP_STS_CIDR")}
+def test_training_reaches_only_dns_event_log_s3_sts_kms_and_mlflow() -> None:
+    allowed = {SAMPLE[v] for v in ("SP_PG_CIDR", "SP_S3_CIDR", "SP_STS_CIDR", "SP_KMS_CIDR")}
     cidrs, selectors = set(), []
     for rule in _egress_rules(SPEC.train.namespace):
         for peer in rule["to"]:
@@ -143,6 +146,30 @@ def test_stage_policies_select_the_step_pods_the_code_labels() -> None:
         if "ipBlock" in peer
     }
     assert SAMPLE["SP_SOURCE_CIDR"] in ingest_cidrs
+
+
+def _egress_cidrs(namespace: str, selector: dict[str, str]) -> set[str]:
+    return {
+        peer["ipBlock"]["cidr"]
+        for policy in of_kind("NetworkPolicy")
+        if policy["metadata"]["namespace"] == namespace
+        and policy["spec"]["podSelector"].get("matchLabels", {}).items() <= selector.items()
+        for rule in policy["spec"].get("egress", [])
+        for peer in rule["to"]
+        if "ipBlock" in peer
+    }
+
+
+def test_only_the_signing_pods_reach_kms() -> None:
+    kms = SAMPLE["SP_KMS_CIDR"]
+    for name, isolation in STAGES.items():
+        labels = step_executor_config(SPEC, name, isolation)["labels"]
+        assert kms in _egress_cidrs(isolation.namespace, labels), name
+    control = SPEC.control_namespace
+    assert kms in _egress_cidrs(control, {"secure-pipeline/role": "code-server"})
+    assert kms not in _egress_cidrs(control, {"app.kubernetes.io/component": "run_worker"})
+    assert kms not in _egress_cidrs(control, {"secure-pipeline/role": "control"})
+    assert kms not in _egress_cidrs(SERVE_NAMESPACE, {})
 
 
 def test_roles_are_minimal() -> None:
@@ -209,8 +236,37 @@ def test_service_accounts_match_the_code_and_the_iam_roles() -> None:
     assert "annotations" not in run_account["metadata"]
 
 
-# Read by libraries themselves, not by secure_pipeline: allowed for an internal CA.
-THIRD_PARTY_SETTINGS = {"MLFLOW_TRACKING_SERVER_CERT_PATH", "AWS_CA_BUNDLE", "PGSSLROOTCERT"}
+# Read by libraries themselves, not by secure_pipeline: allowed for an internal CA, and the
+# region of boto3 clients the code does not create itself (securesystemslib's KMS signer).
+THIRD_PARTY_SETTINGS = {
+    "MLFLOW_TRACKING_SERVER_CERT_PATH",
+    "AWS_CA_BUNDLE",
+    "PGSSLROOTCERT",
+    "AWS_DEFAULT_REGION",
+}
+# The signers each namespace's sp-common-env carries: the identities whose steps run there.
+NAMESPACE_SIGNERS = {
+    SPEC.control_namespace: set(),
+    SPEC.ingest.namespace: {"ingest"},
+    SPEC.train.namespace: {"train"},
+    SPEC.registry.namespace: {"release", "gate"},
+}
+
+
+def _signers(data: dict[str, str]) -> dict[str, str]:
+    """Identity -> signer URI of a ConfigMap's data."""
+    return {
+        identity: data[signer_variable(identity)]
+        for identity in STAGE_IDENTITIES
+        if signer_variable(identity) in data
+    }
+
+
+def _config_map_data() -> dict[tuple[str, str], dict[str, str]]:
+    """(namespace, name) -> data of every rendered ConfigMap."""
+    return {
+        (m["metadata"]["namespace"], m["metadata"]["name"]): m["data"] for m in of_kind("ConfigMap")
+    }
 
 
 def test_config_maps_use_only_registered_settings() -> None:
@@ -226,12 +282,96 @@ def test_config_maps_use_only_registered_settings() -> None:
     }
     # The run launcher hands sp-common-env to run pods and every step pod.
     assert set(common) == PIPELINE_NAMESPACES
-    assert len({json.dumps(d, sort_keys=True) for d in common.values()}) == 1
+    signers = {signer_variable(identity) for identity in STAGE_IDENTITIES}
+    shared = [{k: v for k, v in d.items() if k not in signers} for d in common.values()]
+    # Identical but for the signers: a setting that differs by namespace would be a surprise.
+    assert len({json.dumps(d, sort_keys=True) for d in shared}) == 1
     required = {s.name for s in SETTINGS if s.required_in_production}
     # DAGSTER_PG_PASSWORD comes from the chart's secretKeyRef, the source URI is the reference
     # pipeline's declared source variable.
-    provided = set(next(iter(common.values()))) | {"DAGSTER_PG_PASSWORD"}
+    provided = set(shared[0]) | {"DAGSTER_PG_PASSWORD"}
     assert required <= provided
     assert "SECURE_PIPELINE_SOURCE_URI" in provided
-    for value in next(iter(common.values())).values():
+    for value in shared[0].values():
         assert "@" not in value.split("//", 1)[-1].split("/", 1)[0], "credentials in a URI"
+
+
+def test_every_production_process_pins_the_trust_root() -> None:
+    # environment.problems() refuses production without the pin, in the code location and the
+    # model server alike; a fingerprint is no secret, so it lives with the shared settings.
+    maps = _config_map_data()
+    pinned = {key for key, data in maps.items() if "SECURE_PIPELINE_TRUST_ROOT" in data}
+    expected = {(ns, "sp-common-env") for ns in PIPELINE_NAMESPACES} | {
+        (SERVE_NAMESPACE, "sp-serve-env")
+    }
+    assert expected <= pinned
+    for key in pinned:
+        roots = maps[key]["SECURE_PIPELINE_TRUST_ROOT"].split(",")
+        assert roots == SAMPLE["SP_TRUST_ROOT"].split(","), key
+        assert all(len(r) == 64 for r in roots)
+        assert "SECURE_PIPELINE_TRUST_POLICY" in maps[key], key
+
+
+def _production_problems(monkeypatch, data: dict[str, str], **kwargs: Any) -> list[str]:
+    """What environment.problems() says in a process given exactly ``data`` (and the chart's
+    Postgres password)."""
+    for setting in SETTINGS:
+        monkeypatch.delenv(setting.name, raising=False)
+    for name, value in {**data, "DAGSTER_PG_PASSWORD": "from-the-secret"}.items():
+        monkeypatch.setenv(name, value)
+    return environment.problems(environment.Environment.PRODUCTION, **kwargs)
+
+
+def test_every_production_process_is_completely_configured(monkeypatch) -> None:
+    maps = _config_map_data()
+    source = {"SECURE_PIPELINE_SOURCE_URI": "the reference pipeline's source"}
+    for namespace in sorted(PIPELINE_NAMESPACES):
+        data = maps[(namespace, "sp-common-env")]
+        assert _production_problems(monkeypatch, data, source_variables=source) == [], namespace
+    code_server = {**maps[(SPEC.control_namespace, "sp-common-env")]}
+    code_server |= maps[(SPEC.control_namespace, "sp-code-env")]
+    assert _production_problems(monkeypatch, code_server, source_variables=source) == []
+    serve = maps[(SERVE_NAMESPACE, "sp-serve-env")]
+    assert _production_problems(monkeypatch, serve, required=SERVING_REQUIRED) == []
+    # And the pin is what makes them complete: without it, each is refused.
+    unpinned = {k: v for k, v in serve.items() if k != "SECURE_PIPELINE_TRUST_ROOT"}
+    refused = _production_problems(monkeypatch, unpinned, required=SERVING_REQUIRED)
+    assert any("SECURE_PIPELINE_TRUST_ROOT is not set" in p for p in refused)
+
+
+def test_each_namespace_sees_only_its_own_signers() -> None:
+    maps = _config_map_data()
+    for namespace, identities in NAMESPACE_SIGNERS.items():
+        found = _signers(maps[(namespace, "sp-common-env")])
+        assert set(found) == identities, namespace
+        for identity, uri in found.items():
+            # A KMS key, never a key file: the private key does not enter the pod.
+            assert uri == f"awskms:{SAMPLE[f'SP_SIGNER_{identity.upper()}_KEY_ARN']}"
+    # The monitor signer is the code server's alone (helm/values.yaml, test_helm_values.py).
+    assert _signers(maps[(SPEC.control_namespace, "sp-code-env")]) == {
+        MONITOR: f"awskms:{SAMPLE['SP_SIGNER_MONITOR_KEY_ARN']}"
+    }
+    assert not _signers(maps[(SERVE_NAMESPACE, "sp-serve-env")]), "the model server signs nothing"
+    others = {k for k in maps if k[1] not in ("sp-common-env", "sp-code-env")}
+    assert not any(_signers(maps[k]) for k in others)
+
+
+def test_signing_roles_match_the_namespaces_signers() -> None:
+    # The role a namespace's pods assume (IRSA) may sign with exactly that namespace's keys.
+    accounts = {
+        (m["metadata"]["namespace"], m["metadata"]["name"]): m for m in of_kind("ServiceAccount")
+    }
+    prefix = f"arn:aws:iam::{SAMPLE['SP_ACCOUNT_ID']}:role/"
+    places = {
+        **{
+            (s.namespace, s.service_account): NAMESPACE_SIGNERS[s.namespace]
+            for s in STAGES.values()
+        },
+        (SPEC.control_namespace, "sp-code"): {MONITOR},
+        (SERVE_NAMESPACE, "sp-serve"): set(),
+    }
+    for place, identities in places.items():
+        arn = accounts[place]["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+        policy = rendered_json(f"iam/policies/{arn.removeprefix(prefix)}.json")
+        keys = {SAMPLE[f"SP_SIGNER_{i.upper()}_KEY_ARN"] for i in identities}
+        assert signing_grants(policy) == keys, place

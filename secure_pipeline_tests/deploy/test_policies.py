@@ -7,18 +7,27 @@ from typing import Any
 
 import pytest
 
+from secure_pipeline.trust.identities import STAGE_IDENTITIES
 from secure_pipeline_tests.deploy.lint import (
     lint_bucket_policy,
     lint_document,
     lint_irsa_trust,
     lint_object_lock,
     lint_role_policy,
+    lint_signing_key_policy,
+    lint_signing_separation,
+    signing_grants,
 )
 from secure_pipeline_tests.deploy.rendering import DEPLOY, SAMPLE, rendered, rendered_json
 
 BUCKET = f"arn:aws:s3:::{SAMPLE['SP_BUCKET']}"
 KMS_KEY = SAMPLE["SP_KMS_KEY_ARN"]
-CREATE_ONLY = ("snapshots/", "audit/", "approvals/")
+CREATE_ONLY = ("snapshots/", "audit/", "approvals/", "attestations/")
+ATTESTATIONS = (
+    "attestations/verdicts/*",
+    "attestations/registrations/*",
+    "attestations/promotions/*",
+)
 
 
 def _objects(*prefixes: str, bucket: str = BUCKET) -> set[str]:
@@ -26,13 +35,20 @@ def _objects(*prefixes: str, bucket: str = BUCKET) -> set[str]:
 
 
 # Where each role may write; everything else it may at most read.
+# Signed verdicts go under attestations/verdicts/<digest>/ (ingest and train judge their
+# snapshots, release judges signature_verifies); registrations and promotions are the release
+# job's. Checkpoints of the audit trail are under audit/, which every writer already holds.
 WRITES: dict[str, set[str]] = {
     "sp-ingest": _objects(
-        "snapshots/raw_*", "snapshots/validated_*", "snapshots/features/*", "audit/*"
+        "snapshots/raw_*",
+        "snapshots/validated_*",
+        "snapshots/features/*",
+        "attestations/verdicts/*",
+        "audit/*",
     ),
-    "sp-train": _objects("snapshots/trained_model/*", "audit/*"),
+    "sp-train": _objects("snapshots/trained_model/*", "attestations/verdicts/*", "audit/*"),
     "sp-registry": _objects(
-        "snapshots/registered_model/*", "snapshots/promoted_model/*", "audit/*"
+        "snapshots/registered_model/*", "snapshots/promoted_model/*", *ATTESTATIONS, "audit/*"
     ),
     "sp-serve": set(),
     "sp-code-server": _objects("audit/*"),
@@ -41,6 +57,48 @@ WRITES: dict[str, set[str]] = {
         "mlflow-artifacts/*", bucket=f"arn:aws:s3:::{SAMPLE['SP_MLFLOW_ARTIFACT_BUCKET']}"
     ),
 }
+LINEAGE = (
+    "snapshots/raw_*",
+    "snapshots/validated_*",
+    "snapshots/features/*",
+    "snapshots/trained_model/*",
+    "snapshots/registered_model/*",
+)
+# What each role must be able to read, from what the code it runs verifies: the drift check
+# of ingest finds the champion (promotions) and verifies its bundle (verdicts, registration);
+# the approval sensor reads promotions and approvals; the model server verifies the gate's
+# decision, the approvals it cites and the audit checkpoint.
+READS: dict[str, set[str]] = {
+    "sp-ingest": _objects(*LINEAGE, *ATTESTATIONS, "audit/*"),
+    "sp-train": _objects("snapshots/features/*", "attestations/verdicts/*", "audit/*"),
+    "sp-registry": _objects(*LINEAGE, *ATTESTATIONS, "approvals/*", "audit/*"),
+    "sp-serve": _objects(*LINEAGE, *ATTESTATIONS, "approvals/*", "audit/*"),
+    "sp-code-server": _objects("attestations/promotions/*", "approvals/*", "audit/*"),
+    "sp-approver": _objects(*LINEAGE, *ATTESTATIONS, "approvals/*", "audit/*"),
+}
+# Prefixes each role lists (stored_envelopes, the audit head, approvals of a model).
+LISTS: dict[str, set[str]] = {
+    "sp-ingest": {"audit/*", *ATTESTATIONS},
+    "sp-train": {"audit/*"},
+    "sp-registry": {"audit/*", "approvals/*", *ATTESTATIONS},
+    "sp-serve": {"audit/*", *ATTESTATIONS},
+    "sp-code-server": {"audit/*", "approvals/*", "attestations/promotions/*"},
+    "sp-approver": {"audit/*", "approvals/*", *ATTESTATIONS},
+}
+# The role acting as each signing identity: the release job (sp-registry) runs both the
+# release and the gate steps; the run-failure sensor runs in the code server.
+SIGNER_ROLE = {
+    "ingest": "sp-ingest",
+    "train": "sp-train",
+    "release": "sp-registry",
+    "gate": "sp-registry",
+    "monitor": "sp-code-server",
+}
+SIGNING_KEY = {
+    identity: SAMPLE[f"SP_SIGNER_{identity.upper()}_KEY_ARN"] for identity in SIGNER_ROLE
+}
+KEY_OWNER = {SIGNING_KEY[identity]: role for identity, role in SIGNER_ROLE.items()}
+ROLE_ARN = f"arn:aws:iam::{SAMPLE['SP_ACCOUNT_ID']}:role/"
 # IRSA subjects; sp-approver is assumed by people (with MFA), not by a pod.
 SUBJECTS = {
     "sp-ingest": ("sp-ingest", "sp-ingest"),
@@ -62,9 +120,39 @@ def test_every_role_has_a_policy_and_a_trust_policy() -> None:
     assert policies == trusts == set(WRITES)
 
 
+def _own_keys(role: str) -> set[str]:
+    return {key for key, owner in KEY_OWNER.items() if owner == role}
+
+
 @pytest.mark.parametrize("role", sorted(WRITES))
 def test_role_policy_is_least_privilege(role: str) -> None:
-    assert lint_role_policy(_policy(role), write_resources=WRITES[role], kms_key=KMS_KEY) == []
+    problems = lint_role_policy(
+        _policy(role), write_resources=WRITES[role], kms_key=KMS_KEY, signing_keys=_own_keys(role)
+    )
+    assert problems == []
+
+
+def _statements_with(role: str, action: str) -> list[dict[str, Any]]:
+    return [
+        s
+        for s in _policy(role)["Statement"]
+        if action in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]])
+    ]
+
+
+@pytest.mark.parametrize("role", sorted(READS))
+def test_each_role_reads_and_lists_what_it_verifies(role: str) -> None:
+    reads = {r for s in _statements_with(role, "s3:GetObject") for r in s["Resource"]}
+    assert READS[role] <= reads, sorted(READS[role] - reads)
+    listed = {
+        prefix
+        for s in _statements_with(role, "s3:ListBucket")
+        if s["Resource"] == BUCKET
+        for prefix in s["Condition"]["StringLikeIfExists"]["s3:prefix"]
+    }
+    assert listed == LISTS[role]
+    # A writer reads back what it wrote: create-only writes compare an existing object.
+    assert WRITES[role] <= reads
 
 
 @pytest.mark.parametrize("role", sorted(WRITES))
@@ -81,6 +169,7 @@ def test_written_prefixes_are_exactly_the_roles(role: str) -> None:
 def test_the_model_server_only_reads() -> None:
     text = json.dumps(_policy("sp-serve"))
     assert "kms:GenerateDataKey" not in text
+    assert "kms:Sign" not in text
     assert "s3:PutObject" not in text
 
 
@@ -125,13 +214,16 @@ def _grant(**changes: Any) -> dict[str, Any]:
         (_grant(Action="s3:ListBucket", Resource=BUCKET), "without an s3:prefix"),
         (_grant(Action="kms:Decrypt", Resource="*"), "KMS must be scoped"),
         (_grant(Action="kms:CreateGrant", Resource=KMS_KEY), "not needed"),
+        (_grant(Action="kms:Sign", Resource=KMS_KEY), "may sign only with its own"),
         (_grant(Action="iam:PassRole", Resource="*"), "unexpected service"),
         ({"Version": "2008-10-17", "Statement": []}, "Version"),
     ],
     ids=lambda v: v if isinstance(v, str) else "",
 )
 def test_role_lint_reports_bad_policies(bad: dict[str, Any], message: str) -> None:
-    problems = lint_role_policy(bad, write_resources=WRITES["sp-train"], kms_key=KMS_KEY)
+    problems = lint_role_policy(
+        bad, write_resources=WRITES["sp-train"], kms_key=KMS_KEY, signing_keys=_own_keys("sp-train")
+    )
     assert any(message in p for p in problems), problems
 
 
@@ -196,6 +288,7 @@ def _with_grant() -> dict[str, Any]:
         (_without("DenyOtherKmsKey"), "KMS key other than"),
         (_without("DenyOverwritableWrites"), "without If-None-Match on snapshots/"),
         (_weakened_if_none_match(), "without If-None-Match on audit/"),
+        (_weakened_if_none_match(), "without If-None-Match on attestations/"),
         (_without("DenyDestructiveActions"), "s3:DeleteObjectVersion"),
         (_with_grant(), "grants nothing"),
     ],
@@ -214,6 +307,15 @@ def test_create_only_deny_exempts_multipart_steps_without_the_header() -> None:
     ]
     # CreateMultipartUpload and UploadPart take no If-None-Match; CompleteMultipartUpload does.
     assert statement["Condition"]["Bool"] == {"s3:ObjectCreationOperation": "true"}
+
+
+def test_every_written_prefix_is_create_only() -> None:
+    (guard,) = [s for s in _bucket_policy()["Statement"] if s["Sid"] == "DenyOverwritableWrites"]
+    guarded = tuple(r.removesuffix("*") for r in guard["Resource"])
+    for role, writes in WRITES.items():
+        for resource in writes:
+            if resource.startswith(f"{BUCKET}/"):
+                assert resource.startswith(guarded), f"{role} writes {resource} overwritably"
 
 
 def test_object_lock_is_compliance_mode_with_retention() -> None:
@@ -252,3 +354,165 @@ def test_object_lock_lint_reports_weak_locks(bad: dict[str, Any], message: str) 
 @pytest.mark.parametrize("path", sorted(p.name for p in (DEPLOY / "s3").glob("*.json")))
 def test_s3_documents_are_json(path: str) -> None:
     json.loads(rendered(f"s3/{path}"))
+
+
+# -- signing keys: each identity's key is usable by its stage's role alone ---------------------
+
+
+def test_every_identity_has_a_signing_key_and_a_role() -> None:
+    assert set(SIGNER_ROLE) == set(STAGE_IDENTITIES)
+    assert len(set(SIGNING_KEY.values()) | {KMS_KEY}) == len(SIGNING_KEY) + 1
+
+
+def test_no_role_can_sign_with_another_stages_key() -> None:
+    policies = {role: _policy(role) for role in WRITES}
+    assert lint_signing_separation(policies, KEY_OWNER) == []
+    for role in ("sp-serve", "sp-approver", "sp-mlflow-server"):
+        assert signing_grants(policies[role]) == set(), f"{role} signs nothing"
+
+
+def _with_sign_grant(role: str, resource: Any, **condition: str) -> dict[str, Any]:
+    policy = copy.deepcopy(_policy(role))
+    policy["Statement"].append(
+        {
+            "Sid": "Bad",
+            "Effect": "Allow",
+            "Action": ["kms:Sign"],
+            "Resource": resource,
+            "Condition": {
+                "StringEquals": condition
+                or {"kms:SigningAlgorithm": "ECDSA_SHA_256", "kms:MessageType": "DIGEST"}
+            },
+        }
+    )
+    return policy
+
+
+@pytest.mark.parametrize(
+    ("role", "bad", "message"),
+    [
+        ("sp-train", _with_sign_grant("sp-train", SIGNING_KEY["ingest"]), "the key of sp-ingest"),
+        ("sp-code-server", _with_sign_grant("sp-code-server", SIGNING_KEY["gate"]), "sp-registry"),
+        ("sp-serve", _with_sign_grant("sp-serve", SIGNING_KEY["release"]), "the key of"),
+        ("sp-ingest", _with_sign_grant("sp-ingest", "*"), "no identity's key"),
+        ("sp-approver", _with_sign_grant("sp-approver", KMS_KEY), "no identity's key"),
+        ("sp-train", copy.deepcopy(_policy("sp-ingest")), "sp-train cannot sign"),
+    ],
+    ids=[
+        "train-signs-as-ingest",
+        "monitor-as-gate",
+        "serve-as-release",
+        "wildcard",
+        "sse-key",
+        "stage-cannot-sign",
+    ],  # fmt: skip
+)
+def test_signing_separation_lint_reports_shared_keys(
+    role: str, bad: dict[str, Any], message: str
+) -> None:
+    policies = {r: _policy(r) for r in WRITES}
+    policies[role] = bad
+    problems = lint_signing_separation(policies, KEY_OWNER)
+    assert any(message in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (_with_sign_grant("sp-train", SIGNING_KEY["ingest"]), "may sign only with its own"),
+        (_with_sign_grant("sp-train", "*"), "Resource '*'"),
+        (_with_sign_grant("sp-train", [SIGNING_KEY["train"], KMS_KEY]), "may sign only"),
+        (
+            _with_sign_grant("sp-train", SIGNING_KEY["train"], **{"kms:MessageType": "DIGEST"}),
+            "without kms:SigningAlgorithm",
+        ),
+        (_grant(Action=["kms:Sign", "kms:Decrypt"], Resource=KMS_KEY), "shares a statement"),
+        (_grant(Action="kms:GetPublicKey", Resource=SIGNING_KEY["train"]), "not needed"),
+        (_grant(Action="kms:Sign*", Resource=SIGNING_KEY["train"]), "wildcard action"),
+    ],
+    ids=[
+        "foreign-key",
+        "any-key",
+        "sse-key",
+        "no-algorithm",
+        "mixed",
+        "get-public-key",
+        "wildcard",
+    ],  # fmt: skip
+)
+def test_role_lint_reports_bad_signing_grants(bad: dict[str, Any], message: str) -> None:
+    problems = lint_role_policy(
+        bad, write_resources=WRITES["sp-train"], kms_key=KMS_KEY, signing_keys=_own_keys("sp-train")
+    )
+    assert any(message in p for p in problems), problems
+
+
+def _key_policy(identity: str) -> dict[str, Any]:
+    return rendered_json(f"iam/keys/{identity}.json")
+
+
+def test_every_identity_key_has_a_key_policy() -> None:
+    assert {p.stem for p in (DEPLOY / "iam" / "keys").glob("*.json")} == set(SIGNER_ROLE)
+
+
+@pytest.mark.parametrize("identity", sorted(SIGNER_ROLE))
+def test_only_the_stage_role_may_sign_with_its_key(identity: str) -> None:
+    signer = f"{ROLE_ARN}{SIGNER_ROLE[identity]}"
+    assert lint_signing_key_policy(_key_policy(identity), signer=signer) == []
+
+
+def _key_policy_with(identity: str, **statement: Any) -> dict[str, Any]:
+    policy = copy.deepcopy(_key_policy(identity))
+    policy["Statement"].append({"Sid": "Bad", "Effect": "Allow", "Resource": "*", **statement})
+    return policy
+
+
+def _root_may(action: str) -> dict[str, Any]:
+    policy = copy.deepcopy(_key_policy("ingest"))
+    policy["Statement"][0]["Action"].append(action)
+    return policy
+
+
+def _unpinned_signing() -> dict[str, Any]:
+    policy = copy.deepcopy(_key_policy("ingest"))
+    del policy["Statement"][1]["Condition"]
+    return policy
+
+
+def _signer_removed() -> dict[str, Any]:
+    policy = copy.deepcopy(_key_policy("ingest"))
+    del policy["Statement"][1]
+    return policy
+
+
+_TRAIN_ROLE = {"AWS": f"{ROLE_ARN}sp-train"}
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (_root_may("kms:Sign"), "only arn:aws:iam::123456789012:role/sp-ingest may use"),
+        (_root_may("kms:CreateGrant"), "kms:CreateGrant"),
+        (_root_may("kms:ReplicateKey"), "kms:ReplicateKey"),
+        (_key_policy_with("ingest", Principal=_TRAIN_ROLE, Action="kms:Sign"), "sp-train"),
+        (_key_policy_with("ingest", Principal="*", Action="kms:Verify"), "must name AWS"),
+        (_key_policy_with("ingest", Principal={"AWS": "*"}, Action="kms:Sign"), "must name AWS"),
+        (_key_policy_with("ingest", Principal=_TRAIN_ROLE, Action="kms:*"), "wildcard action"),
+        (_unpinned_signing(), "without kms:SigningAlgorithm"),
+        (_signer_removed(), "could not sign"),
+    ],
+    ids=[
+        "root-signs",
+        "grants",
+        "replicas",
+        "other-role",
+        "anyone",
+        "any-aws",
+        "wildcard",
+        "unpinned",
+        "no-signer",
+    ],  # fmt: skip
+)
+def test_key_policy_lint_reports_other_signers(bad: dict[str, Any], message: str) -> None:
+    problems = lint_signing_key_policy(bad, signer=f"{ROLE_ARN}sp-ingest")
+    assert any(message in p for p in problems), problems

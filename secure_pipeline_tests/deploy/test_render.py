@@ -65,11 +65,12 @@ def test_renders_every_template_with_no_placeholder_left(tmp_path: Path) -> None
 
 
 def test_refuses_when_a_variable_is_missing(tmp_path: Path) -> None:
-    values = {k: v for k, v in SAMPLE.items() if k not in ("SP_BUCKET", "SP_PG_CIDR")}
+    missing = ("SP_BUCKET", "SP_PG_CIDR", "SP_TRUST_ROOT", "SP_SIGNER_GATE_KEY_ARN")
+    values = {k: v for k, v in SAMPLE.items() if k not in missing}
     values["SP_REGION"] = ""  # empty counts as missing
     result = _run(tmp_path / "out", values)
     assert result.returncode != 0
-    for name in ("SP_BUCKET", "SP_PG_CIDR", "SP_REGION"):
+    for name in (*missing, "SP_REGION"):
         assert name in result.stderr
     assert not (tmp_path / "out").exists(), "nothing may be written"
 
@@ -85,6 +86,21 @@ def test_refuses_when_a_variable_is_missing(tmp_path: Path) -> None:
         ("SP_BUCKET", "b\nkind: Secret", "characters outside"),
         ("SP_MLFLOW_URI", "http://mlflow", "https://"),
         ("SP_MLFLOW_PORT", "70000", "between 1 and 65535"),
+        ("SP_KMS_CIDR", "0.0.0.0/0", "default route"),
+        ("SP_TRUST_ROOT", "a1" * 31, "64-hex root key fingerprints"),
+        ("SP_TRUST_ROOT", "g1" * 32, "64-hex root key fingerprints"),
+        ("SP_TRUST_ROOT", f"{'a1' * 32},", "64-hex root key fingerprints"),
+        ("SP_TRUST_ROOT", f"sha256:{'a1' * 32}", "64-hex root key fingerprints"),
+        ("SP_TRUST_ROOT", f"{'a1' * 32} {'0f' * 32}", "characters outside"),
+        ("SP_SIGNER_TRAIN_KEY_ARN", "alias/sp-train", "KMS key ARN"),
+        ("SP_SIGNER_TRAIN_KEY_ARN", "arn:aws:kms:eu-west-1:123456789012:alias/t", "KMS key ARN"),
+        (
+            "SP_SIGNER_GATE_KEY_ARN",
+            SAMPLE["SP_SIGNER_GATE_KEY_ARN"].replace("eu-west-1", "us-east-1"),
+            "a key in SP_REGION",
+        ),
+        ("SP_SIGNER_GATE_KEY_ARN", SAMPLE["SP_SIGNER_RELEASE_KEY_ARN"], "its own key"),
+        ("SP_SIGNER_MONITOR_KEY_ARN", SAMPLE["SP_KMS_KEY_ARN"], "its own key"),
     ],
 )
 def test_refuses_malformed_values(tmp_path: Path, name: str, value: str, message: str) -> None:

@@ -16,6 +16,8 @@ from dagster_k8s.job import (
 
 from secure_pipeline.environment import Environment
 from secure_pipeline.reference.adult import adult_pipeline
+from secure_pipeline.trust.identities import IDENTITY_TAG, STAGE_IDENTITIES, signer_variable
+from secure_pipeline_tests.deploy.rendering import of_kind
 from secure_pipeline_tests.test_environment import PRODUCTION
 
 STAGES = {
@@ -111,6 +113,32 @@ def test_each_stage_job_runs_its_steps_in_its_own_namespace(production) -> None:
     assert {"raw_adult", "validated_adult", "features", "trained_model", "registered_model",
             "promoted_model", "trained_model_fairness_audit",
             "registered_model_signature_verifies"} <= seen  # fmt: skip
+
+
+def test_each_step_finds_its_own_signer_and_no_other_in_its_namespace(production) -> None:
+    """The identity a step signs as (its op tag) is configured where the step runs, alone.
+
+    Step pods take ``sp-common-env`` of their namespace (the run launcher's ConfigMap, see
+    deploy/helm/values.yaml); deploy/k8s/40-configmaps.yaml gives each namespace the signers
+    of exactly the identities whose steps run there.
+    """
+    common = {
+        m["metadata"]["namespace"]: m["data"]
+        for m in of_kind("ConfigMap")
+        if m["metadata"]["name"] == "sp-common-env"
+    }
+    used: dict[str, set[str]] = {}
+    for name, (namespace, _, _) in STAGES.items():
+        plan = create_execution_plan(production.resolve_job_def(name))
+        for step in plan.steps:
+            identity = step.tags.get(IDENTITY_TAG)
+            assert identity in STAGE_IDENTITIES, f"{step.key} signs as no stage identity"
+            assert step.tags["secure_pipeline/k8s_namespace"] == namespace, step.key
+            assert signer_variable(identity) in common[namespace], f"{step.key} has no signer"
+            used.setdefault(namespace, set()).add(identity)
+    for namespace, identities in used.items():
+        configured = {i for i in STAGE_IDENTITIES if signer_variable(i) in common[namespace]}
+        assert configured == identities, f"{namespace} holds signers its steps do not use"
 
 
 def test_training_gets_more_memory_and_no_signing_key(production) -> None:
