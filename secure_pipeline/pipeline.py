@@ -8,6 +8,7 @@ This module stays light: building a spec imports nothing heavy, and the stage bu
 imported only when definitions are built.
 """
 
+import functools
 import hashlib
 import json
 import re
@@ -213,12 +214,7 @@ class SecurityPolicy:
         ``approvals_required`` is left out: it applies when a model is promoted, not when it is
         judged, so changing it does not make earlier verdicts stale.
         """
-        thresholds = {k: v for k, v in asdict(self).items() if k != "approvals_required"}
-        return hashlib.sha256(
-            json.dumps(
-                thresholds, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-            ).encode()
-        ).hexdigest()
+        return _fingerprint(self)
 
     def problems(self) -> list[str]:
         """Contradictions in the policy, one line each."""
@@ -249,6 +245,15 @@ class SecurityPolicy:
         if self.drift_bins < 2:
             found.append(f"drift_bins must be at least 2, found {self.drift_bins}")
         return found
+
+
+@functools.lru_cache(maxsize=64)
+def _fingerprint(policy: SecurityPolicy) -> str:
+    # Cached: every verdict and every verification asks for it, and the policy is frozen.
+    thresholds = {k: v for k, v in asdict(policy).items() if k != "approvals_required"}
+    return hashlib.sha256(
+        json.dumps(thresholds, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    ).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ CARD_FILE = "MODEL_CARD.md"
 MODEL_FILE = "model.skops"
 EVIDENCE_DIR = "evidence"
 LINEAGE_VERSION = 2
+MAX_LINEAGE_BYTES = 16 * 1024 * 1024
 VERDICTS = "verdicts"
 
 # Checks whose verdicts a model needs, by the stage whose snapshot they judge.
@@ -463,8 +464,14 @@ def read_lineage(directory: Path) -> dict[str, Any]:
     Raises:
         LineageError: When it is missing or not JSON.
     """
+    path = directory / LINEAGE_FILE
     try:
-        return json.loads((directory / LINEAGE_FILE).read_text())
+        # Read before the signature is known to hold (in parallel with it): bounded.
+        if path.stat().st_size > MAX_LINEAGE_BYTES:
+            raise LineageError(
+                f"{path} is larger than {MAX_LINEAGE_BYTES} bytes: not a lineage document"
+            )
+        return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise LineageError(f"{directory} has no readable {LINEAGE_FILE}: {exc}") from None
 
@@ -571,9 +578,12 @@ def _bundle_verdict(
             f"{stage} snapshot {str(expected)[:12]} of this model"
         )
     path = directory / str(check.get("attestation", ""))
-    if check.get("attestation") != _evidence_file(stage, name) or not path.is_file():
+    try:
+        if check.get("attestation") != _evidence_file(stage, name):
+            raise FileNotFoundError(path)
+        data = path.read_bytes()
+    except OSError:
         return None, f"{label} has no signed attestation in the bundle"
-    data = path.read_bytes()
     if sha256_hex(data) != check.get("attestation_sha256"):
         return None, f"{label}: {check.get('attestation')} is not the attestation the lineage cites"
     identity = VERDICT_IDENTITY[stage]

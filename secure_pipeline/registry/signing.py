@@ -18,6 +18,7 @@ What verifies is what the trust policy gives the release identity: its public ke
 or Sigstore identity + issuer. A signature from anything else is refused.
 """
 
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -172,6 +173,28 @@ def sign_bundle(directory: Path, signer: Signer) -> Path:
     except (ValueError, OSError) as exc:
         raise SignatureError(f"signing {directory} failed: {exc}") from exc
     return target
+
+
+def signed_digests(directory: Path) -> dict[str, str] | None:
+    """The per-file SHA-256 digests the bundle's signature covers, from its signed manifest.
+
+    Only meaningful once `verify_bundle` passed: then these are the files' digests as
+    model_signing re-hashed and compared them, so nothing needs hashing a second time. None
+    when the manifest is not in the OpenSSF model signing v1.0 format read here.
+    """
+    import base64
+
+    try:
+        document = json.loads((directory / SIGNATURE_FILE).read_bytes())
+        statement = json.loads(base64.b64decode(document["dsseEnvelope"]["payload"]))
+        if statement.get("predicateType") != "https://model_signing/signature/v1.0":
+            return None
+        resources = statement["predicate"]["resources"]
+        if any(r.get("algorithm") != "sha256" for r in resources):
+            return None
+        return {str(r["name"]): str(r["digest"]) for r in resources}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def verify_bundle(directory: Path, policy: TrustPolicy) -> str:

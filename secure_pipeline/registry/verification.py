@@ -26,7 +26,7 @@ from secure_pipeline.registry.bundle import (
     read_lineage,
     verify_lineage,
 )
-from secure_pipeline.registry.signing import SIGNATURE_FILE, verify_bundle
+from secure_pipeline.registry.signing import SIGNATURE_FILE, signed_digests, verify_bundle
 from secure_pipeline.storage.snapshots import SnapshotStore
 from secure_pipeline.trust.attestations import Attestation
 from secure_pipeline.trust.policy import TrustPolicy
@@ -116,11 +116,18 @@ def verify_bundle_dir(
     result = Verification(directory)
     try:
         result.signer = verify_bundle(directory, trust)
-        result.steps.append(("signature", True, f"signed by {result.signer}; every file matches"))
     except SignatureError as exc:
         result.steps.append(("signature", False, str(exc)))
         return result  # nothing in an unverified bundle is worth reading
-    files = bundle_files(directory)
+    result.steps.append(("signature", True, f"signed by {result.signer}; every file matches"))
+    # Once the signature verified, the signed manifest lists exactly the bundle's files (an
+    # added or missing file fails it), so the bundle need not be walked or hashed again.
+    signed = signed_digests(directory)
+    files = (
+        [(name, directory / name) for name in sorted(signed)]
+        if signed is not None
+        else [(n, p) for n, p in bundle_files(directory) if n != SIGNATURE_FILE]
+    )
     pickles = pickle_files(directory, files)
     result.steps.append(
         (
@@ -132,16 +139,13 @@ def verify_bundle_dir(
             "published bytes, not that loading them is safe)",
         )
     )
-    try:
-        result.lineage = read_lineage(directory)
-    except LineageError as exc:
-        result.steps.append(("lineage", False, str(exc)))
+    lineage, problems = _lineage(directory, trust, store, pipeline)
+    if lineage is None:
+        result.steps.append(("lineage", False, problems[0]))
         return result
+    result.lineage = lineage
     result.model_sha256 = result.lineage.get("model", {}).get("sha256")
-    result.bundle_digest = bundle_digest(directory, files)
-    problems = verify_lineage(
-        directory, result.lineage, trust=trust, store=store, pipeline=pipeline
-    )
+    result.bundle_digest = _digest(directory, files, signed)
     scope = ["verdicts signed by their stage identities"]
     if store is not None:
         scope.append("snapshots re-hashed, no later verdict overturns them")
@@ -157,6 +161,29 @@ def verify_bundle_dir(
         )
     )
     return result
+
+
+def _lineage(
+    directory: Path,
+    trust: TrustPolicy,
+    store: SnapshotStore | None,
+    pipeline: SecurePipeline | None,
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """The lineage document and its problems (None and the reason when it is unreadable)."""
+    try:
+        lineage = read_lineage(directory)
+    except LineageError as exc:
+        return None, [str(exc)]
+    return lineage, verify_lineage(directory, lineage, trust=trust, store=store, pipeline=pipeline)
+
+
+def _digest(directory: Path, files: list[tuple[str, Path]], signed: dict[str, str] | None) -> str:
+    """The bundle digest, from the signed manifest when it lists exactly these files."""
+    names = [name for name, _path in files if name != SIGNATURE_FILE]
+    if signed is None or sorted(signed) != names:
+        return bundle_digest(directory, files)
+    entries = [f"{name}\0{signed[name]}" for name in names]
+    return hashlib.sha256("\n".join(entries).encode()).hexdigest()
 
 
 def verify_registered(

@@ -12,6 +12,7 @@ snapshot store. An insider who can write the store can add files there, but cann
 that verifies, and cannot change one without breaking its signature.
 """
 
+import base64
 import json
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
@@ -106,19 +107,19 @@ def open_envelope(
             of another type.
     """
     from securesystemslib.dsse import Envelope
-    from securesystemslib.exceptions import VerificationError
+    from securesystemslib.exceptions import UnverifiedSignatureError, VerificationError
+    from securesystemslib.signer import Signature
 
     if len(data) > MAX_ENVELOPE_BYTES:
         raise SignatureError(f"{what} is {len(data)} bytes, larger than any attestation")
     try:
         raw = json.loads(data)
-        envelope = Envelope.from_dict(
-            {
-                "payload": raw["payload"],
-                "payloadType": raw["payloadType"],
-                "signatures": [dict(s) for s in raw["signatures"]],
-            }
-        )
+        envelope = Envelope(base64.b64decode(raw["payload"], validate=True),
+                            str(raw["payloadType"]), {})  # fmt: skip
+        signatures = {
+            str(s["keyid"]): Signature(str(s["keyid"]), base64.b64decode(s["sig"]).hex())
+            for s in raw["signatures"]
+        }
     except (ValueError, KeyError, TypeError) as exc:
         raise SignatureError(f"{what} is not a DSSE envelope ({type(exc).__name__})") from None
     if envelope.payload_type != PAYLOAD_TYPE:
@@ -126,19 +127,19 @@ def open_envelope(
     allowed = {
         key.keyid: (identity, key) for identity in identities for key in trust.keys_for(identity)
     }
-    signers = list(envelope.signatures)
-    usable = [keyid for keyid in signers if keyid in allowed]
+    usable = [keyid for keyid in signatures if keyid in allowed]
     if not usable:
-        known = [f"{k[:16]} ({trust.identity_of(k) or 'unknown key'})" for k in signers]
+        known = [f"{k[:16]} ({trust.identity_of(k) or 'unknown key'})" for k in signatures]
         raise SignatureError(
             f"{what} is signed by {', '.join(known) or 'no key'}; only "
             f"{' or '.join(sorted(identities))} may make it (per the {trust.describe()})"
         )
+    pae = envelope.pae()  # DSSE's pre-authentication encoding, from securesystemslib
     for keyid in usable:
         identity, key = allowed[keyid]
         try:
-            envelope.verify([key.sslib()], 1)
-        except (VerificationError, ValueError):
+            key.sslib().verify_signature(signatures[keyid], pae)
+        except (UnverifiedSignatureError, VerificationError, ValueError):
             continue
         document = _parse_statement(envelope.payload, predicate_type, what)
         return Attestation(data, sha256_hex(data), document, identity, keyid)
