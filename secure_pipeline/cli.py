@@ -42,20 +42,38 @@ def _store() -> Any:
 
 
 def _dagster_anchors() -> dict[int, str]:
-    """Audit records named by materializations in the Dagster instance (``$DAGSTER_HOME``)."""
+    """Audit records named in the Dagster instance: by materializations and check evaluations."""
     import dagster as dg
 
     from secure_pipeline.storage.io_manager import AUDIT_RECORD
 
     anchors: dict[int, str] = {}
+
+    def add(metadata: Any) -> None:
+        entry = metadata.get(AUDIT_RECORD)
+        if entry is not None:
+            seq, _, digest = str(getattr(entry, "value", entry)).partition(":")
+            anchors[int(seq)] = digest
+
     with dg.DagsterInstance.get() as instance:
         for key in instance.get_asset_keys():
             for record in _all_materializations(instance, key):
-                entry = record.asset_materialization.metadata.get(AUDIT_RECORD)
-                if entry is not None:
-                    seq, _, digest = str(entry.value).partition(":")
-                    anchors[int(seq)] = digest
-    return anchors
+                add(record.asset_materialization.metadata)
+        cursor = None
+        while True:
+            records = instance.get_event_records(
+                dg.EventRecordsFilter(
+                    event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION, after_cursor=cursor
+                ),
+                limit=1000,
+                ascending=True,
+            )
+            for record in records:
+                evaluation = record.event_log_entry.dagster_event.event_specific_data
+                add(evaluation.metadata)
+            if len(records) < 1000:
+                return anchors
+            cursor = records[-1].storage_id
 
 
 def _all_materializations(instance: Any, key: Any) -> Iterator[Any]:
@@ -114,7 +132,7 @@ def audit_verify(anchors: tuple[str, ...], dagster_anchors: bool, allow_empty: b
         known.update(_dagster_anchors())
     store = _store()
     try:
-        status = AuditLog(store).verify(known)
+        status = AuditLog(store).verify(known, _trust())
     except SecurePipelineError as exc:
         _fail(f"audit trail broken: {exc}", 1)
     if status.count == 0 and not allow_empty:
@@ -155,6 +173,16 @@ def audit_export(fmt: str, output: str) -> None:
     except SecurePipelineError as exc:
         _fail(f"audit trail broken, nothing exported: {exc}", 1)
     click.echo(f"exported {status.count} verified records", err=True)
+
+
+def _trust() -> Any:
+    """The trust policy; a missing or refused one is a configuration error (exit 2)."""
+    from secure_pipeline.trust.policy import trust_policy
+
+    try:
+        return trust_policy()
+    except SecurePipelineError as exc:
+        _fail(str(exc), 2)
 
 
 def _pipeline(spec: str) -> Any:
@@ -219,23 +247,33 @@ def status(pipeline_spec: str) -> None:
                 if name in metadata:
                     click.echo(f"  {name}: {metadata[name].value}")
     if dg.AssetKey(REGISTERED_MODEL) in keys:  # no registry to ask before a model is registered
-        _registry_status(_pipeline(pipeline_spec).name)
+        _registry_status(_pipeline(pipeline_spec).name, store)
     try:
-        chain = AuditLog(store).verify()
+        chain = AuditLog(store).verify(trust=_trust())
     except SecurePipelineError as exc:
         _fail(f"audit trail broken: {exc}", 1)
     click.echo(f"\naudit trail: {chain.count} records, intact, head {chain.head_hash}")
 
 
-def _registry_status(name: str) -> None:
-    """The registry's aliases as they are now (a rollback moves them after the last run)."""
-    from secure_pipeline.promotion.gate import CHALLENGER, CHAMPION
+def _registry_status(name: str, store: Any) -> None:
+    """The signed champion and the registry's aliases as they are now."""
+    from secure_pipeline.promotion.decisions import CHALLENGER, CHAMPION, champion, decisions
     from secure_pipeline.registry.mlflow_registry import alias_version
 
-    aliases = {alias: alias_version(name, alias) for alias in (CHAMPION, CHALLENGER)}
+    history, rejected = decisions(store, _trust(), name)
+    current = champion(history)
     click.echo(f"\nregistry ({name}, now):")
-    for alias, version in aliases.items():
-        click.echo(f"  {alias}: " + (f"models:/{name}/{version}" if version else "none"))
+    click.echo(
+        "  champion (signed decision): "
+        + (f"models:/{name}/{current.version} ({current.sha256[:12]})" if current else "none")
+    )
+    for alias in (CHAMPION, CHALLENGER):
+        version = alias_version(name, alias)
+        click.echo(f"  alias {alias}: " + (f"models:/{name}/{version}" if version else "none"))
+    if current is not None and alias_version(name, CHAMPION) != current.version:
+        click.echo("  WARNING: the champion alias disagrees with the signed decision")
+    if rejected:
+        click.echo(f"  WARNING: {rejected} stored promotion decision(s) do not verify")
 
 
 @main.command()
@@ -244,99 +282,182 @@ def _registry_status(name: str) -> None:
 @click.option(
     "--offline",
     is_flag=True,
-    help="Verify the bundle alone: signature, files, recorded verdicts, policy. Skip re-hashing "
-    "lineage snapshots and looking verdicts up in the audit trail.",
+    help="Verify the bundle alone: release signature, files, the signed verdicts it carries, "
+    "policy. Skip the store: snapshots, registration and promotion decisions.",
 )
 def verify(model_ref: str, pipeline_spec: str, offline: bool) -> None:
     """Verify a model: models:/name@alias, models:/name/version, or a bundle directory.
 
-    Checks the signature against the trust policy, every file's digest, that no file is a
-    pickle, the lineage (every snapshot exists and re-hashes, every required check passed for
-    this model digest, as the audit trail records) and today's policy. Exit 1 on any failure.
+    Checks the release signature against the trust policy, every file's digest, that no file is
+    a pickle, the lineage (every verdict signed by the identity of the stage that judged it, for
+    this model's snapshots, under today's policy; every snapshot still re-hashing; no later
+    signed verdict overturning one), the release identity's signed registration of this bundle
+    as this version, and for @champion the gate's signed champion decision (the alias must agree
+    with it), its approvals and the audit checkpoint. Exit 1 on any failure.
     """
-    from secure_pipeline.registry.mlflow_registry import version_tags
-    from secure_pipeline.registry.signing import trust_policy_from_environment
-    from secure_pipeline.registry.verification import resolve, verify_bundle_dir
-    from secure_pipeline.storage.audit import AuditLog
+    from secure_pipeline.promotion.evidence import verified
 
     pipeline = _pipeline(pipeline_spec)
     store = None if offline else _store()
+    trust = _trust()
     try:
-        trust = trust_policy_from_environment()
-        with resolve(model_ref) as resolved:
-            tags = (
-                version_tags(resolved.name, resolved.version)
-                if resolved.name and resolved.version
-                else None
-            )
-            result = verify_bundle_dir(
-                resolved.directory,
-                trust=trust,
-                pipeline=pipeline,
-                store=store,
-                audit=AuditLog(store) if store is not None else None,
-                registry_tags=tags,
-            )
+        with verified(model_ref, pipeline=pipeline, trust=trust, store=store) as evidence:
+            resolved = evidence.resolved
             where = (
                 f"{resolved.name} version {resolved.version}"
                 + (f" (@{resolved.alias})" if resolved.alias else "")
                 if resolved.name
                 else str(resolved.directory)
             )
+            click.echo(f"{model_ref} -> {where}")
+            click.echo(evidence.report())
     except ConfigurationError as exc:
         _fail(str(exc), 2)
-    click.echo(f"{model_ref} -> {where}")
-    click.echo(result.report())
-    if not result.ok:
+    if not evidence.ok:
         _fail(f"{model_ref} failed verification", 1)
-    click.echo(f"verified: model {result.model_sha256}, signed by {result.signer}")
+    click.echo(
+        f"verified: model {evidence.verification.model_sha256}, signed by "
+        f"{evidence.verification.signer} ({trust.established})"
+    )
 
 
 @main.command()
 @click.argument("model_ref")
-@click.option("--key", "key_path", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="The approver's PEM EC private key.")  # fmt: skip
-@click.option("--approver", required=True, help="The approver's name in the trust policy.")
-@click.option("--reason", default="", help="Why the model is approved.")
 @_PIPELINE_OPTION
-def approve(model_ref: str, key_path: str, approver: str, reason: str, pipeline_spec: str) -> None:
-    """Sign an approval of MODEL_REF, bound to its model digest, after verifying it."""
-    from secure_pipeline.promotion.approvals import sign_approval, store_approval
-    from secure_pipeline.registry.signing import trust_policy_from_environment
-    from secure_pipeline.registry.verification import resolve, verify_bundle_dir
-    from secure_pipeline.storage.audit import AuditLog
+@click.option("--json", "as_json", is_flag=True, help="Print the statements as JSON lines.")
+def evidence(model_ref: str, pipeline_spec: str, as_json: bool) -> None:
+    """Print, verified, every attestation behind a model, from ingestion to promotion.
+
+    For each: what it says, about which digest, and which identity's key signed it. A champion
+    reference (models:/name@champion) shows the gate's champion decision too. Exit 1 when any
+    link of the chain fails.
+    """
+    from secure_pipeline.promotion.evidence import verified
+    from secure_pipeline.trust import attestations
 
     pipeline = _pipeline(pipeline_spec)
     store = _store()
-    audit = AuditLog(store)
+    trust = _trust()
     try:
-        with resolve(model_ref) as resolved:
-            result = verify_bundle_dir(
-                resolved.directory,
-                trust=trust_policy_from_environment(),
-                pipeline=pipeline,
-                store=store,
-                audit=audit,
-            )
+        with verified(model_ref, pipeline=pipeline, trust=trust, store=store) as found:
+            verification = found.verification
+            lines: list[str] = [f"trust policy {trust.digest} ({trust.established})"]
+            rows: list[dict[str, Any]] = []
+            lineage = verification.lineage or {}
+            for check in lineage.get("checks", []):
+                data = (verification.directory / str(check["attestation"])).read_bytes()
+                opened = attestations.open_envelope(
+                    data, trust, identities=(str(check["identity"]),),
+                    predicate_type=attestations.VERDICT_TYPE,
+                )  # fmt: skip
+                rows.append({"kind": "verdict", "sha256": opened.sha256,
+                             "identity": opened.identity, "keyid": opened.keyid,
+                             "statement": opened.statement})  # fmt: skip
+                outcome = "passed" if check["passed"] else f"failed ({check['severity']})"
+                lines.append(
+                    f"verdict   {check['check']:<26} {check['asset']:<16} "
+                    f"{str(check['subject'])[:12]}  {outcome:<14} signed by {opened.identity} "
+                    f"({opened.keyid[:12]}) at {check['evaluated_at']}"
+                )
+            if verification.signer:
+                lines.append(
+                    f"bundle    {str(verification.bundle_digest)[:12]} model "
+                    f"{str(verification.model_sha256)[:12]}  signed by {verification.signer}"
+                )
+            if verification.registration is not None:
+                registration = verification.registration
+                rows.append({"kind": "registration", "sha256": registration.sha256,
+                             "identity": registration.identity, "keyid": registration.keyid,
+                             "statement": registration.statement})  # fmt: skip
+                lines.append(
+                    f"register  {registration.predicate.get('name')} version "
+                    f"{registration.predicate.get('version')} from "
+                    f"{registration.predicate.get('source')}  signed by {registration.identity} "
+                    f"({registration.keyid[:12]})"
+                )
+            for approval in found.approvals:
+                lines.append(
+                    f"approval  {approval.approver}: {approval.reason or '(no reason)'}  signed "
+                    f"by approver:{approval.approver} ({approval.key_fingerprint[:12]}) at "
+                    f"{approval.created_at}"
+                )
+            if found.decision is not None:
+                decision = found.decision
+                rows.append({"kind": "decision", "sha256": decision.sha256,
+                             "identity": decision.attestation.identity,
+                             "keyid": decision.attestation.keyid,
+                             "statement": decision.attestation.statement})  # fmt: skip
+                lines.append(f"decision  {decision.describe()}")
+            if found.checkpoint is not None:
+                lines.append(
+                    f"audit     signed checkpoint at record {found.checkpoint[0]}, head "
+                    f"{found.checkpoint[1][:16]}"
+                )
+    except (ConfigurationError, SecurePipelineError) as exc:
+        _fail(str(exc), 2)
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row, sort_keys=True))
+    else:
+        click.echo("\n".join(lines))
+        click.echo(found.report())
+    if not found.ok:
+        _fail(f"the chain of evidence of {model_ref} does not hold", 1)
+
+
+@main.command()
+@click.argument("model_ref")
+@click.option(
+    "--key",
+    "key_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="The approver's PEM private key (its public key in the trust policy).",
+)
+@click.option("--reason", default="", help="Why the model is approved.")
+@_PIPELINE_OPTION
+def approve(model_ref: str, key_path: str, reason: str, pipeline_spec: str) -> None:
+    """Sign an approval of MODEL_REF, bound to its model and bundle digests, after verifying it.
+
+    The key must be an approver's of the trust policy; any other key is refused before
+    anything is read or written.
+    """
+    from secure_pipeline.promotion.approvals import sign_approval, store_approval
+    from secure_pipeline.promotion.evidence import verified
+    from secure_pipeline.storage.audit import AuditLog
+    from secure_pipeline.trust.signers import approver_signer
+
+    trust = _trust()
+    try:
+        signer = approver_signer(Path(key_path), trust)
     except ConfigurationError as exc:
         _fail(str(exc), 2)
-    if not result.ok:
-        click.echo(result.report(), err=True)
+    pipeline = _pipeline(pipeline_spec)
+    store = _store()
+    try:
+        with verified(model_ref, pipeline=pipeline, trust=trust, store=store) as found:
+            result = found.verification
+            report = found.report()
+    except ConfigurationError as exc:
+        _fail(str(exc), 2)
+    if not found.ok:
+        click.echo(report, err=True)
         _fail(f"refusing to approve {model_ref}: it does not verify", 1)
     document = sign_approval(
-        Path(key_path),
+        signer,
         model_sha256=str(result.model_sha256),
         bundle_digest=str(result.bundle_digest),
-        approver=approver,
         reason=reason,
     )
     key = store_approval(store, str(result.model_sha256), document)
-    record = audit.append(
+    record = AuditLog(store).append(
         "approval.recorded",
-        actor=f"approver:{approver}",
+        signer=signer,
+        actor=f"cli:{_user()}",
         subject=result.model_sha256,
         details={"approval": key, "reason": reason[:200]},
     )
+    approver = signer.identity.split(":", 1)[1]
     click.echo(f"approved model {result.model_sha256} as {approver}: {store.uri(key)}")
     click.echo(f"audit record {record.seq}")
 
@@ -374,7 +495,7 @@ def keys() -> None:
 @click.option("--dev", is_flag=True, help="Label it a development key (refused in production).")
 def keys_generate(private_key: str, dev: bool) -> None:
     """Generate an EC P-256 key pair: PRIVATE_KEY (mode 0600) and its .pub beside it."""
-    from secure_pipeline.registry.signing import generate_key, key_fingerprint
+    from secure_pipeline.trust.keys import fingerprint, generate_key
 
     try:
         public = generate_key(Path(private_key), dev=dev)
@@ -382,7 +503,94 @@ def keys_generate(private_key: str, dev: bool) -> None:
         _fail(str(exc), 2)
     click.echo(f"private key: {private_key} (keep it secret)")
     click.echo(f"public key:  {public}")
-    click.echo(f"fingerprint: {key_fingerprint(public.read_bytes())}")
+    click.echo(f"fingerprint: {fingerprint(public.read_bytes())}")
+
+
+@main.group()
+def trust() -> None:
+    """The trust policy: stage identities, approvers, the root that signs it."""
+
+
+@trust.command("init")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--approver", "approvers", multiple=True, metavar="NAME=PUBLIC_KEY",
+              help="An approver and their PEM public key (repeatable).")  # fmt: skip
+def trust_init(directory: str, approvers: tuple[str, ...]) -> None:
+    """Generate a root key, a key per stage identity and the signed trust policy in DIRECTORY.
+
+    Keep root.pem offline once the policy is signed; give each stage only its own key.
+    """
+    from secure_pipeline.trust.identities import STAGE_IDENTITIES, signer_variable
+    from secure_pipeline.trust.keys import fingerprint, generate_key
+    from secure_pipeline.trust.policy import PublicKey, policy_document, sign_policy
+
+    target = Path(directory)
+    try:
+        named = {}
+        for entry in approvers:
+            name, sep, path = entry.partition("=")
+            if not sep:
+                raise ConfigurationError(f"--approver must be NAME=PUBLIC_KEY, found {entry!r}")
+            named[name] = Path(path).read_bytes()
+        for pem in named.values():
+            # Checked before any key is generated: a bad approver file leaves nothing behind.
+            PublicKey.from_pem(pem)
+        for name in ("root", *STAGE_IDENTITIES):
+            generate_key(target / f"{name}.pem")
+        document = policy_document(
+            {n: [(target / f"{n}.pub").read_bytes()] for n in STAGE_IDENTITIES}, approvers=named
+        )
+        (target / "trust-policy.json").write_bytes(sign_policy(document, target / "root.pem"))
+    except (ConfigurationError, OSError, ValueError) as exc:
+        _fail(f"{type(exc).__name__}: {exc}" if isinstance(exc, ValueError) else str(exc), 2)
+    click.echo(f"signed trust policy: {target / 'trust-policy.json'}")
+    click.echo(f"SECURE_PIPELINE_TRUST_POLICY={target / 'trust-policy.json'}")
+    click.echo(f"SECURE_PIPELINE_TRUST_ROOT={fingerprint((target / 'root.pub').read_bytes())}")
+    for name in STAGE_IDENTITIES:
+        click.echo(f"{signer_variable(name)}=file2:{target / f'{name}.pem'}")
+    click.echo(f"keep {target / 'root.pem'} offline; give each stage only its own key")
+
+
+@trust.command("sign")
+@click.argument("document", type=click.Path(exists=True, dir_okay=False))
+@click.option("--root-key", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--output", required=True, type=click.Path(dir_okay=False))
+def trust_sign(document: str, root_key: str, output: str) -> None:
+    """Sign a trust policy DOCUMENT (plain JSON) with the root key into OUTPUT."""
+    from secure_pipeline.trust.keys import fingerprint, public_pem_of
+    from secure_pipeline.trust.policy import sign_policy
+
+    try:
+        content = json.loads(Path(document).read_text())
+        Path(output).write_bytes(sign_policy(content, Path(root_key)))
+    except (ConfigurationError, OSError, ValueError) as exc:
+        _fail(str(exc), 2)
+    root = fingerprint(public_pem_of(Path(root_key).read_bytes()))
+    click.echo(f"signed {output}; pin its root with SECURE_PIPELINE_TRUST_ROOT={root}")
+
+
+@trust.command("show")
+def trust_show() -> None:
+    """Show the trust policy in force: how it is established, its digest, every key."""
+    policy = _trust()
+    click.echo(f"trust policy: {policy.source}")
+    click.echo(f"established: {policy.established}")
+    click.echo(f"digest: {policy.digest} (SECURE_PIPELINE_TRUST_POLICY_SHA256 pins it)")
+    for name, identity in policy.identities.items():
+        for key in identity.keys:
+            click.echo(f"  {name:<8} key {key.keyid}")
+        for key in identity.retired_keys:
+            limit = identity.retired_until.get(key.keyid)
+            until = f" (audit records up to {limit})" if limit is not None else ""
+            click.echo(f"  {name:<8} retired key {key.keyid}{until}")
+        for _root in identity.ca_roots:
+            click.echo(f"  {name:<8} CA root")
+        for who, issuer in identity.sigstore:
+            click.echo(f"  {name:<8} sigstore {who} ({issuer})")
+    for name, key in sorted(policy.approvers.items()):
+        click.echo(f"  approver {name}: key {key.keyid}")
+    for name, key in sorted(policy.retired_approvers.items()):
+        click.echo(f"  retired approver {name}: key {key.keyid}")
 
 
 @main.group()
@@ -458,6 +666,9 @@ def certs_client(directory: str, name: str, force: bool) -> None:
     click.echo(f"identity: {identity}")
 
 
+_TLS_FILE = click.Path(dir_okay=False)
+
+
 @main.command()
 @click.argument("model_ref")
 @click.option("--slot", type=click.Choice(["blue", "green"]), required=True, help="The slot.")
@@ -465,26 +676,51 @@ def certs_client(directory: str, name: str, force: bool) -> None:
 @click.option("--port", type=click.IntRange(1, 65535), default=8001, show_default=True)
 @click.option("--max-rows", type=click.IntRange(1), default=1000, show_default=True)
 @click.option("--max-body-bytes", type=click.IntRange(1), default=256 * 1024, show_default=True)
+@click.option("--tls-cert", type=_TLS_FILE, help="PEM certificate the slot presents (required).")
+@click.option("--tls-key", type=_TLS_FILE, help="Its private key (required).")
+@click.option(
+    "--client-ca",
+    type=_TLS_FILE,
+    help="The slot CA: only its client certificates are accepted (required).",
+)
 @_PIPELINE_OPTION
 def serve(
     model_ref: str, slot: str, host: str, port: int, max_rows: int, max_body_bytes: int,
-    pipeline_spec: str,
+    tls_cert: str | None, tls_key: str | None, client_ca: str | None, pipeline_spec: str,
 ) -> None:  # fmt: skip
     """Serve one model version as a blue or green slot (behind the gateway).
 
     MODEL_REF is pinned: models:/name/N (or a bundle directory). The model is verified before it
     is loaded; /readyz answers 200 only after that, and a model that fails never serves.
+
+    The slot speaks mutual TLS only (TLS 1.3): --tls-cert and --tls-key are what it presents,
+    --client-ca the slot CA whose client certificates (the gateway's, the release
+    controller's) it accepts. There is no plain-HTTP mode. `secure-pipeline serving up` makes
+    these files for its slots itself.
     """
-    from secure_pipeline.serving.server import SERVING_REQUIRED, ServingLimits
+    from secure_pipeline.serving.server import SERVING_REQUIRED, ServingLimits, SlotTls
     from secure_pipeline.serving.server import serve as run
 
+    given = {"--tls-cert": tls_cert, "--tls-key": tls_key, "--client-ca": client_ca}
+    missing = [option for option, value in given.items() if not value]
+    if missing:
+        _fail(
+            "the model server speaks mutual TLS only (there is no plain-HTTP mode): pass "
+            "--tls-cert (the slot's certificate), --tls-key (its key) and --client-ca (the "
+            "slot CA whose client certificates it accepts, never the gateway's client CA); "
+            f"missing: {', '.join(missing)}",
+            2,
+        )
+    tls = SlotTls(Path(str(tls_cert)), Path(str(tls_key)), Path(str(client_ca)))
     try:
         env.validate(required=SERVING_REQUIRED)
+        if tls.problems():
+            raise ConfigurationError("the slot's TLS files: " + "; ".join(tls.problems()))
+        limits = ServingLimits(max_body_bytes=max_body_bytes, max_rows=max_rows)
+        run(model_ref, slot=slot, tls=tls, host=host, port=port,
+            pipeline=_pipeline(pipeline_spec), limits=limits)  # fmt: skip
     except ConfigurationError as exc:
         _fail(str(exc), 2)
-    limits = ServingLimits(max_body_bytes=max_body_bytes, max_rows=max_rows)
-    run(model_ref, slot=slot, host=host, port=port, pipeline=_pipeline(pipeline_spec),
-        limits=limits)  # fmt: skip
 
 
 _SERVING_DIR = click.option(
@@ -518,31 +754,33 @@ def serving_up(
     """Start the blue slot on the champion and the gateway in front of it.
 
     Certificates and identities come from SECURE_PIPELINE_GATEWAY_CERT, _KEY, _CLIENT_CA and
-    _IDENTITIES (`secure-pipeline certs init` makes development ones).
+    _IDENTITIES (`secure-pipeline certs init` makes development ones). The slots' own mutual
+    TLS (a slot CA, the slots' certificate, the gateway's and the controller's client
+    certificates) is made in DIR/slot-pki when the deployment starts.
     """
     from secure_pipeline.promotion.bluegreen import up
-    from secure_pipeline.promotion.gate import CHAMPION
-    from secure_pipeline.registry.mlflow_registry import alias_version
-    from secure_pipeline.serving.gateway import GatewayConfig, Slot
+    from secure_pipeline.promotion.decisions import champion, decisions
+    from secure_pipeline.serving.gateway import DEFAULT_ROUTES, client_settings_from_environment
 
     pipeline = _pipeline(pipeline_spec)
     try:
         env.validate()
+        # Before the registry is asked anything: a missing certificate is the likelier mistake.
+        settings = client_settings_from_environment()
         if model_ref is None:
-            version = alias_version(pipeline.name, CHAMPION)
-            if version is None:
+            # The signed champion decision, not the alias (which anyone with registry access
+            # can move); the slot verifies that decision again before it serves.
+            current = champion(decisions(_store(), _trust(), pipeline.name)[0])
+            if current is None:
                 raise ConfigurationError(f"{pipeline.name} has no champion: promote one first")
+            version = current.version
             model_ref = f"models:/{pipeline.name}/{version}"
-        slots = (Slot("blue", f"127.0.0.1:{blue_port}", 100),
-                 Slot("green", f"127.0.0.1:{green_port}", 0))  # fmt: skip
-        base = GatewayConfig.from_environment(listen=listen, slots=slots,
-                                              rate_per_second=rate, burst=burst)  # fmt: skip
         state = up(
             Path(directory), pipeline, model_ref=model_ref, listen=listen,
             slot_ports={"blue": blue_port, "green": green_port},
-            server_cert=base.server_cert, server_key=base.server_key, client_ca=base.client_ca,
-            identities=base.identities, routes=base.routes, rate_per_second=rate, burst=burst,
-            pipeline_spec=pipeline_spec,
+            server_cert=settings["server_cert"], server_key=settings["server_key"],
+            client_ca=settings["client_ca"], identities=settings["identities"],
+            routes=DEFAULT_ROUTES, rate_per_second=rate, burst=burst, pipeline_spec=pipeline_spec,
         )  # fmt: skip
     except (ConfigurationError, PolicyViolation) as exc:
         _fail(str(exc), 2)

@@ -9,7 +9,6 @@ a production key named in a trust policy. Steps run on the multiprocess executor
 single-host mode); the Kubernetes executor's pods are covered by ``orchestration/test_jobs``.
 """
 
-import json
 import os
 import shutil
 import subprocess
@@ -22,12 +21,14 @@ import dagster as dg
 import pytest
 
 from secure_pipeline.reference.adult import DATA_DIR
-from secure_pipeline.registry.signing import generate_key
+from secure_pipeline.trust.keys import fingerprint, generate_key
+from secure_pipeline.trust.policy import policy_document, sign_policy
 from secure_pipeline_tests.services import BIN, mlflow_server, postgres_server, s3_server
 from secure_pipeline_tests.tls_server import serve
 
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "sp-prod-snapshots"
+IDENTITIES = ("ingest", "train", "release", "gate", "monitor")
 ASSETS = (
     "raw_adult",
     "validated_adult",
@@ -62,15 +63,14 @@ def _cli(deployment: Deployment, *args: str, timeout: float = 120) -> subprocess
 
 
 @pytest.fixture(scope="module")
-def deployment(pki, tmp_path_factory) -> Iterator[Deployment]:
+def deployment(pki, tmp_path_factory, dev_keys) -> Iterator[Deployment]:
     work = tmp_path_factory.mktemp("production")
     home = work / "dagster_home"
     home.mkdir()
     shutil.copy(ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")
-    public = generate_key(work / "keys" / "release.pem")
-    (work / "trust.json").write_text(
-        json.dumps({"keys": [{"name": "release", "public_key": str(public)}]})
-    )
+    keys = work / "keys"
+    for name in ("root", *IDENTITIES):
+        generate_key(keys / f"{name}.pem")
     with (
         postgres_server(pki) as pg,
         s3_server(pki, work) as s3_endpoint,
@@ -81,6 +81,11 @@ def deployment(pki, tmp_path_factory) -> Iterator[Deployment]:
         session = boto3.Session(region_name="us-east-1", **_aws_kwargs(aws))
         kms = session.client("kms", endpoint_url=s3_endpoint, verify=str(pki.ca))
         key_arn = kms.create_key(Description="secure_pipeline snapshots")["KeyMetadata"]["Arn"]
+        # Each identity has its own key, and the policy naming them is signed by a root that
+        # then goes offline. (A KMS key would do for any of them — securesystemslib's awskms
+        # signer — but moto's KMS ignores MessageType=DIGEST, so it cannot stand in for one.)
+        document = policy_document({n: [(keys / f"{n}.pub").read_bytes()] for n in IDENTITIES})
+        (work / "trust.json").write_bytes(sign_policy(document, keys / "root.pem"))
         s3 = session.client("s3", endpoint_url=s3_endpoint, verify=str(pki.ca))
         s3.create_bucket(Bucket=BUCKET, ObjectLockEnabledForBucket=True)
         s3.put_object_lock_configuration(
@@ -107,6 +112,14 @@ def deployment(pki, tmp_path_factory) -> Iterator[Deployment]:
             "SECURE_PIPELINE_SIGNING_MODE": "key",
             "SECURE_PIPELINE_SIGNING_KEY": str(work / "keys" / "release.pem"),
             "SECURE_PIPELINE_TRUST_POLICY": str(work / "trust.json"),
+            "SECURE_PIPELINE_TRUST_ROOT": fingerprint((keys / "root.pub").read_bytes()),
+            # The release identity signs with SECURE_PIPELINE_SIGNING_KEY (key mode).
+            **{
+                f"SECURE_PIPELINE_SIGNER_{n.upper()}": f"file2:{keys / f'{n}.pem'}"
+                for n in IDENTITIES
+                if n != "release"
+            },
+            "SECURE_PIPELINE_DEV_KEYS": str(dev_keys),
             "DAGSTER_HOME": str(home),
             "DAGSTER_PG_HOST": pg.host,
             "DAGSTER_PG_PORT": str(pg.port),
@@ -203,7 +216,13 @@ def test_the_audit_trail_and_the_champion_verify_from_the_cli(production_env) ->
     assert audit.returncode == 0, audit.stdout + audit.stderr
     verified = _cli(production_env, "secure-pipeline", "verify", "models:/adult@champion")
     assert verified.returncode == 0, verified.stdout + verified.stderr
-    assert "release" in verified.stdout  # the production signer of the trust policy
+    assert "signed by release key" in verified.stdout  # the production signer of the policy
+    assert "[ok] promotion: champion decision" in verified.stdout
+    assert "signed by root" in verified.stdout
+    evidence = _cli(production_env, "secure-pipeline", "evidence", "models:/adult@champion")
+    assert evidence.returncode == 0, evidence.stdout + evidence.stderr
+    for identity in ("ingest", "train", "release"):
+        assert f"signed by {identity}" in evidence.stdout
 
 
 def test_the_chain_sensors_read_the_postgres_instance(production_env) -> None:
