@@ -60,6 +60,7 @@ bench: sync
 	$(RUN) python benchmarks/bench_https_ingest.py
 	$(RUN) python benchmarks/bench_ml_checks.py
 	$(RUN) python benchmarks/bench_signing.py
+	$(RUN) python benchmarks/bench_evidence.py
 	$(RUN) python benchmarks/bench_landing_sensor.py
 	$(RUN) python benchmarks/bench_pipeline_overhead.py
 	$(RUN) python benchmarks/bench_gateway.py

@@ -99,7 +99,8 @@ class Direct:
         ref = self.store.put_bytes(asset, data, ext=ext, format=fmt, run_id=self.run_id,
                                    code_version=self.pipeline.code_version, **manifest)  # fmt: skip
         self.audit.append(
-            "snapshot.stored", actor=f"asset:{asset}", run_id=self.run_id, subject=ref.sha256,
+            "snapshot.stored", signer=self.signer(asset), actor=f"asset:{asset}",
+            run_id=self.run_id, subject=ref.sha256,
             details={"key": ref.key, "format": fmt, "bytes": ref.size, "new": ref.created},
         )  # fmt: skip
         return ref
@@ -119,13 +120,37 @@ class Direct:
 
         return parquet_to_table(self.store.read_bytes(ref)).to_pandas()
 
+    def signer(self, asset: str) -> Any:
+        """The identity that signs an asset's records (the step's op tag in the definitions)."""
+        from secure_pipeline.trust.signers import signer_for
+
+        identity = {"trained_model": "train", "registered_model": "release",
+                    "promoted_model": "gate"}.get(asset, "ingest")  # fmt: skip
+        return signer_for(identity)
+
     def verdict(self, asset: str, check: str, passed: bool, subject: str | None,
                 summary: dict[str, Any], severity: str = "ERROR") -> None:  # fmt: skip
-        """A check's decision as its audit record (what `secure_pipeline.verdicts` writes)."""
+        """A check's decision as `secure_pipeline.verdicts` writes it: a signed attestation
+        stored create-only, and a signed audit record."""
+        from secure_pipeline.trust import attestations
+        from secure_pipeline.verdicts import verdict_statement
+
+        signer = self.signer(asset)
+        details = {"asset": asset, "check": check, "passed": passed, "severity": severity,
+                   **summary}  # fmt: skip
+        if subject is not None:
+            document = verdict_statement(
+                self.pipeline, asset=asset, check=check, subject=subject, passed=passed,
+                severity=severity, summary=summary, run_id=self.run_id,
+                trust_digest=signer.policy_digest,
+            )  # fmt: skip
+            envelope = attestations.sign(document, signer)
+            details["attestation"] = attestations.store_envelope(
+                self.store, "verdicts", subject, envelope
+            )
         self.audit.append(
-            "check.evaluated", actor=f"check:{asset}:{check}", run_id=self.run_id,
-            subject=subject, details={"asset": asset, "check": check, "passed": passed,
-                                      "severity": severity, **summary},
+            "check.evaluated", signer=signer, actor=f"check:{asset}:{check}", run_id=self.run_id,
+            subject=subject, details=details,
         )  # fmt: skip
         assert passed, f"{check} failed"
 
@@ -187,7 +212,8 @@ class Direct:
                 code_version=pipeline.code_version,
             )  # fmt: skip
             self.audit.append(
-                "ingestion.stored", actor=f"asset:{name}", run_id=self.run_id,
+                "ingestion.stored", signer=self.signer(name), actor=f"asset:{name}",
+                run_id=self.run_id,
                 subject=index.sha256,
                 details={"pipeline": pipeline.name, "source": redact_uri(location),
                          "files": {m: {"sha256": r.sha256, "bytes": r.size}
@@ -312,7 +338,8 @@ class Direct:
                 mlflow.log_dict(policy, "policy.json")
                 mlflow_run = run.info.run_id
             self.audit.append(
-                "model.trained", actor="asset:trained_model", run_id=self.run_id,
+                "model.trained", signer=self.signer("trained_model"),
+                actor="asset:trained_model", run_id=self.run_id,
                 subject=model_sha,
                 details={"pipeline": pipeline.name, "estimator": spec.estimator,
                          "features_sha256": features.sha256, "mlflow_run_id": mlflow_run,
@@ -459,24 +486,25 @@ class Direct:
             write_bundle,
         )
         from secure_pipeline.registry.mlflow_registry import register_bundle
+        from secure_pipeline.registry.registration import record_registration
         from secure_pipeline.registry.signing import (
             SIGNATURE_FILE,
             sign_bundle,
             signer_from_environment,
-            trust_policy_from_environment,
         )
         from secure_pipeline.registry.verification import verify_bundle_dir
         from secure_pipeline.storage.snapshots import canonical_json, sha256_hex
         from secure_pipeline.training.tracking import tracking_uri
+        from secure_pipeline.trust.policy import trust_policy
 
         pipeline, store, audit, run = self.pipeline, self.store, self.audit, self.run_id
         with self.step("registered_model"):
             model_sha = model["model_sha256"]
             model_bytes = store.read_bytes(model["ref"])
-            lineage = build_lineage(pipeline, store, audit, model_sha256=model_sha,
-                                    model_metadata=model, run_id=run)  # fmt: skip
+            signer, trust = signer_from_environment(), trust_policy()
+            lineage, evidence = build_lineage(pipeline, store, trust, model_sha256=model_sha,
+                                              model_metadata=model, run_id=run)  # fmt: skip
             assert not verdict_problems(lineage["checks"])
-            signer, trust = signer_from_environment(), trust_policy_from_environment()
             mlflow.set_tracking_uri(tracking_uri())
             results = {
                 name: mlflow.artifacts.load_dict(
@@ -488,10 +516,11 @@ class Direct:
             with tempfile.TemporaryDirectory(prefix="bundle-") as temporary:
                 bundle = Path(temporary) / "bundle"
                 bundle.mkdir()
-                write_bundle(bundle, model_bytes, lineage, model_card(pipeline, lineage, results))
+                write_bundle(bundle, model_bytes, lineage,
+                             model_card(pipeline, lineage, results), evidence)  # fmt: skip
                 sign_bundle(bundle, signer)
                 verification = verify_bundle_dir(bundle, trust=trust, pipeline=pipeline,
-                                                 store=store, audit=audit)  # fmt: skip
+                                                 store=store)  # fmt: skip
                 assert verification.ok, verification.problems
                 lineage_bytes = (bundle / LINEAGE_FILE).read_bytes()
                 signature = (bundle / SIGNATURE_FILE).read_bytes()
@@ -499,13 +528,23 @@ class Direct:
                         "bundle_digest": str(verification.bundle_digest),
                         "lineage_sha256": sha256_hex(lineage_bytes), "signer": signer.name,
                         "dagster_run_id": run}  # fmt: skip
-                version = register_bundle(self.experiment, model["mlflow_run_id"],
-                                          pipeline.name, bundle, tags)  # fmt: skip
+                version, source = register_bundle(
+                    self.experiment, model["mlflow_run_id"], pipeline.name, bundle, tags,
+                    bundle_digest=tags["bundle_digest"],
+                )  # fmt: skip
+            release = self.signer("registered_model")
+            record_registration(
+                store, release, pipeline=pipeline.name, name=pipeline.name, version=version,
+                source=source, model_sha256=model_sha, bundle_digest=tags["bundle_digest"],
+                lineage_sha256=tags["lineage_sha256"],
+                runs={"mlflow_run_id": model["mlflow_run_id"], "dagster_run_id": run},
+            )  # fmt: skip
             kept_lineage = store.put_bytes(["registered_model", "_lineage"], lineage_bytes,
                                            ext="json", format="json", run_id=run)  # fmt: skip
             kept_signature = store.put_bytes(["registered_model", "_signature"], signature,
                                              ext="sig", format="sigstore", run_id=run)  # fmt: skip
-            audit.append("model.registered", actor="asset:registered_model", run_id=run,
+            audit.append("model.registered", signer=release, actor="asset:registered_model",
+                         run_id=run,
                          subject=model_sha,
                          details={"name": pipeline.name, "version": version, **tags})  # fmt: skip
             value = {
@@ -519,7 +558,7 @@ class Direct:
                               upstream={"trained_model": model_sha})  # fmt: skip
         with self.step("registered_model_signature_verifies"):
             value = json.loads(store.read_bytes(ref))
-            checked = verify_version(pipeline, value["name"], value["version"], store, audit)
+            checked = verify_version(pipeline, value["name"], value["version"], store)
             self.verdict("registered_model", "signature_verifies", checked.ok,
                          checked.model_sha256 or value.get("model_sha256"),
                          {"version": value["version"], "signer": checked.signer})  # fmt: skip

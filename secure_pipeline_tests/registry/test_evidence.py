@@ -286,6 +286,27 @@ def test_a_release_of_a_never_approved_version_is_refused(state, reregistered, t
     assert "never admitted by the gate" in cli.stderr
 
 
+def test_a_release_without_the_approvals_todays_policy_needs_is_refused(state, tmp_path) -> None:
+    """The champion was admitted with no approval; today's policy needs one before it serves."""
+    from secure_pipeline.promotion.bluegreen import BlueGreen, DeploymentState, SlotState
+
+    pipeline = adult_pipeline()
+    needs_one = dataclasses.replace(
+        pipeline, policy=dataclasses.replace(pipeline.policy, approvals_required=1)
+    )
+    directory = tmp_path / "serving"
+    directory.mkdir()
+    DeploymentState(
+        name=state.name, live="blue",
+        slots={"blue": SlotState("127.0.0.1:1"), "green": SlotState("127.0.0.1:2")},
+        weights={"blue": 100, "green": 0}, gateway={"listen": "127.0.0.1:3"},
+    ).save(directory)  # fmt: skip
+    audit = AuditLog(LocalSnapshotStore(state.home / "store"))
+    with pytest.raises(PolicyViolation, match=r"approvals: 1 signed approval\(s\) .* required"):
+        BlueGreen(directory, needs_one).release(state.version, audit=audit, actor="test")
+    assert DeploymentState.load(directory).slots["green"].pid is None
+
+
 def test_a_version_with_copied_tags_is_refused(state) -> None:
     """A new version made with the MLflow client from version 1's source and tags."""
     from mlflow import MlflowClient
