@@ -90,7 +90,23 @@ def _all_materializations(instance: Any, key: Any) -> Iterator[Any]:
         cursor = result.cursor
 
 
-@click.group()
+class _Commands(click.Group):
+    """Commands whose failures end in one line naming what to do, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigurationError as exc:
+            _fail(str(exc), 2)
+        except SecurePipelineError as exc:
+            _fail(str(exc), 1)
+        except OSError as exc:
+            where = f" ({exc.filename})" if exc.filename else ""
+            _fail(f"{exc.strerror or type(exc).__name__}{where}", 2)
+
+
+@click.group(cls=_Commands)
+@click.version_option(package_name="secure-pipeline", prog_name="secure-pipeline")
 def main() -> None:
     """Secure ML pipeline tools: audit trail, status."""
 
@@ -185,74 +201,151 @@ def _trust() -> Any:
         _fail(str(exc), 2)
 
 
-def _pipeline(spec: str) -> Any:
-    """Import ``module:attribute`` (a SecurePipeline, or a function returning one)."""
+def _location_pipelines() -> dict[str, Any]:
+    """The pipelines of the code location (``SECURE_PIPELINE_CODE_LOCATION``), by name.
+
+    The module's ``pipelines()`` when it has one (the project's own code location does), else
+    its ``defs`` built here: every pipeline built into definitions is remembered by name.
+    """
     import importlib
 
-    module, _, attribute = spec.partition(":")
+    from secure_pipeline.compose import pipelines_of
+
+    module_name = env.read("SECURE_PIPELINE_CODE_LOCATION") or "secure_pipeline.definitions"
     try:
-        value = getattr(importlib.import_module(module), attribute)
-    except (ImportError, AttributeError) as exc:
-        _fail(f"cannot load pipeline {spec!r}: {exc}", 2)
-    return value() if callable(value) else value
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        _fail(f"cannot import the code location {module_name!r}: {exc}", 2)
+    listing = getattr(module, "pipelines", None)
+    if callable(listing):
+        return {p.name: p for p in listing()}
+    defs = getattr(module, "defs", None)
+    try:
+        if callable(defs):
+            defs = defs()
+        if defs is not None:
+            defs.resolve_asset_graph()
+    except Exception as exc:  # noqa: BLE001 - any load error is reported, not a traceback
+        _fail(f"cannot load the code location {module_name!r}: {type(exc).__name__}: {exc}", 2)
+    return dict(pipelines_of())
+
+
+def _pipeline(spec: str | None) -> Any:
+    """The pipeline a command works on: by name from the code location, or ``module:attr``."""
+    import importlib
+
+    if spec and ":" in spec:
+        module, _, attribute = spec.partition(":")
+        try:
+            value = getattr(importlib.import_module(module), attribute)
+        except (ImportError, AttributeError) as exc:
+            _fail(f"cannot load pipeline {spec!r}: {exc}", 2)
+        return value() if callable(value) else value
+    pipelines = _location_pipelines()
+    names = ", ".join(sorted(pipelines)) or "none"
+    if spec is None:
+        if len(pipelines) == 1:
+            return next(iter(pipelines.values()))
+        _fail(
+            f"the code location has {len(pipelines)} pipelines ({names}): choose one with "
+            "--pipeline NAME",
+            2,
+        )
+    if spec not in pipelines:
+        _fail(f"no pipeline {spec!r} in the code location (its pipelines: {names})", 2)
+    return pipelines[spec]
 
 
 _PIPELINE_OPTION = click.option(
     "--pipeline",
     "pipeline_spec",
-    default="secure_pipeline.reference.adult:adult_pipeline",
-    show_default=True,
-    help="The pipeline spec (module:attribute) whose policy applies.",
+    default=None,
+    help="The pipeline, by name, among those of the code location (SECURE_PIPELINE_CODE_LOCATION,"
+    " default secure_pipeline.definitions); the only one when there is one. Or module:attribute "
+    "of a SecurePipeline spec.",
 )
 
 
 @main.command()
 @_PIPELINE_OPTION
-def status(pipeline_spec: str) -> None:
-    """Show what the pipeline produced and where, and which versions the registry serves."""
+def status(pipeline_spec: str | None) -> None:
+    """Show, per pipeline, each asset's latest snapshot and check verdicts, and the champion.
+
+    Exits 1 when the latest model of a pipeline failed a blocking gate (or the audit trail is
+    broken), so a CI job can stop on it.
+    """
     import dagster as dg
 
-    from secure_pipeline.registry.assets import REGISTERED_MODEL
     from secure_pipeline.storage.audit import AuditLog
-    from secure_pipeline.storage.io_manager import SHA256, URI
 
     store = _store()
     click.echo(f"environment: {env.current_environment().value}")
     click.echo(f"snapshot store: {store.uri('snapshots')}")
+    pipelines = (
+        [_pipeline(pipeline_spec)]
+        if pipeline_spec
+        else sorted(_location_pipelines().values(), key=lambda p: p.name)
+    )
+    failed: list[str] = []
     with dg.DagsterInstance.get() as instance:
         click.echo(f"dagster instance: {instance.root_directory}")
-        keys = sorted(instance.get_asset_keys(), key=lambda k: k.to_user_string())
-        if not keys:
-            click.echo("nothing materialized yet: run `make demo`")
-        for key in keys:
-            result = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key), limit=1)
-            if not result.records:
-                continue
-            record = result.records[0]
-            metadata = record.asset_materialization.metadata
-            click.echo(f"\n{key.to_user_string()}  (run {record.run_id})")
-            for name in (
-                SHA256,
-                URI,
-                "bytes",
-                "dagster/row_count",
-                "provenance_uri",
-                "quarantine_uri",
-                "test_roc_auc",
-                "mlflow_run",
-                "model_uri",
-                "signer",
-                "champion",
-            ):
-                if name in metadata:
-                    click.echo(f"  {name}: {metadata[name].value}")
-    if dg.AssetKey(REGISTERED_MODEL) in keys:  # no registry to ask before a model is registered
-        _registry_status(_pipeline(pipeline_spec).name, store)
+        for pipeline in pipelines:
+            failed += _pipeline_status(instance, pipeline, store)
     try:
         chain = AuditLog(store).verify(trust=_trust())
     except SecurePipelineError as exc:
         _fail(f"audit trail broken: {exc}", 1)
     click.echo(f"\naudit trail: {chain.count} records, intact, head {chain.head_hash}")
+    if failed:
+        _fail("the latest model failed a gate: " + "; ".join(failed), 1)
+
+
+def _pipeline_status(instance: Any, pipeline: Any, store: Any) -> list[str]:
+    """Print one pipeline's assets in lineage order; return the failed gates of its model."""
+    import dagster as dg
+
+    from secure_pipeline import names
+    from secure_pipeline.storage.io_manager import SHA256
+
+    keys = pipeline.names
+    click.echo(f"\npipeline {pipeline.name}")
+    # Each asset in lineage order, with the checks shown beside it.
+    rows = [
+        (keys.raw, (names.PROVENANCE_COMPLETE, names.SCHEMA_CONFORMS)),
+        (keys.validated, (names.REJECT_RATE, names.EXPECTATIONS_MET)),
+        (keys.features, (names.FEATURE_DRIFT,)),
+        (keys.trained_model, names.REQUIRED_CHECKS["model"]),
+        (keys.registered_model, (names.SIGNATURE_VERIFIES,)),
+        (keys.promoted_model, ()),
+    ]
+    failed: list[str] = []
+    for key, checks in rows:
+        record = instance.get_latest_materialization_event(key)
+        if record is None:
+            click.echo(f"  {key.to_user_string():<28} not materialized yet")
+            continue
+        metadata = record.asset_materialization.metadata
+        facts = [str(metadata[SHA256].value)[:12] if SHA256 in metadata else ""]
+        for name in ("dagster/row_count", "test_roc_auc", "model_uri", "champion"):
+            if name in metadata:
+                facts.append(f"{name.removeprefix('dagster/')} {metadata[name].value}")
+        click.echo(f"  {key.to_user_string():<28} {'  '.join(f for f in facts if f)}")
+        for check in checks:
+            evaluation = instance.get_latest_asset_check_evaluation_record(
+                dg.AssetCheckKey(key, check)
+            )
+            verdict = evaluation.evaluation if evaluation else None
+            if verdict is None:
+                click.echo(f"    {check:<28} not evaluated")
+                continue
+            severity = verdict.severity.value if verdict.severity else "ERROR"
+            shown = "passed" if verdict.passed else f"FAILED ({severity})"
+            click.echo(f"    {check:<28} {shown}")
+            if key == keys.trained_model and not verdict.passed and severity == "ERROR":
+                failed.append(f"{pipeline.name}: {check}")
+    if instance.get_latest_materialization_event(keys.registered_model) is not None:
+        _registry_status(pipeline.name, store)
+    return failed
 
 
 def _registry_status(name: str, store: Any) -> None:
@@ -780,7 +873,8 @@ def serving_up(
             slot_ports={"blue": blue_port, "green": green_port},
             server_cert=settings["server_cert"], server_key=settings["server_key"],
             client_ca=settings["client_ca"], identities=settings["identities"],
-            routes=DEFAULT_ROUTES, rate_per_second=rate, burst=burst, pipeline_spec=pipeline_spec,
+            routes=DEFAULT_ROUTES, rate_per_second=rate, burst=burst,
+            pipeline_spec=pipeline_spec or "",
         )  # fmt: skip
     except (ConfigurationError, PolicyViolation) as exc:
         _fail(str(exc), 2)

@@ -7,9 +7,16 @@ more than importing dagster itself. Every run worker and step process pays that 
 import dagster as dg
 
 
-@dg.definitions
-def defs() -> dg.Definitions:
-    """The reference Adult pipeline for the current environment (``SECURE_PIPELINE_ENV``)."""
+def pipelines() -> list:
+    """The pipelines of this code location (the command line picks one by name from these)."""
     from secure_pipeline.reference.adult import adult_pipeline
 
-    return adult_pipeline().build_definitions()
+    return [adult_pipeline()]
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    """The code location's pipelines for the current environment (``SECURE_PIPELINE_ENV``)."""
+    from secure_pipeline.compose import build_definitions
+
+    return build_definitions(pipelines())

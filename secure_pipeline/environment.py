@@ -116,6 +116,11 @@ SETTINGS: tuple[Setting, ...] = (
         "The digest the trust policy document must have (pins an unsigned policy).",
     ),
     Setting(
+        "SECURE_PIPELINE_CODE_LOCATION",
+        "Module of the code location whose pipelines the command line works on (default "
+        "`secure_pipeline.definitions`); it has `pipelines()` or `defs`.",
+    ),
+    Setting(
         "SECURE_PIPELINE_DEV_KEYS",
         "Directory of the local development keys and their ledger (outside "
         "SECURE_PIPELINE_HOME); default `~/.local/share/secure-pipeline/dev-keys`.",

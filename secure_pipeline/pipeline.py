@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import dagster as dg
 
     from secure_pipeline.environment import Environment
+    from secure_pipeline.names import PipelineNames
 
 RESERVED_SPLIT_COLUMN = "split"
 
@@ -617,13 +618,20 @@ class SecurePipeline:
         return found
 
     @property
+    def names(self) -> "PipelineNames":
+        """Every name this pipeline defines: asset keys (prefixed by its name), jobs, sensors."""
+        from secure_pipeline.names import PipelineNames
+
+        return PipelineNames(self.name, self.source.name)
+
+    @property
     def raw_asset_name(self) -> str:
-        """Name of the raw ingestion asset."""
+        """Name of the raw ingestion asset (the last component of its key)."""
         return f"raw_{self.source.name}"
 
     @property
     def validated_asset_name(self) -> str:
-        """Name of the validated table asset."""
+        """Name of the validated table asset (the last component of its key)."""
         return f"validated_{self.source.name}"
 
     def source_variables(self) -> dict[str, str]:
@@ -649,42 +657,6 @@ class SecurePipeline:
         Raises:
             ConfigurationError: When the environment is missing variables (all are listed).
         """
-        import dagster as dg
+        from secure_pipeline.compose import build_definitions
 
-        from secure_pipeline import environment as env
-        from secure_pipeline.features.assets import build_features_stage
-        from secure_pipeline.ingestion.assets import build_raw_asset
-        from secure_pipeline.mlsec.checks import build_ml_checks
-        from secure_pipeline.orchestration.build import build_orchestration
-        from secure_pipeline.promotion.assets import build_canary_asset, serving_directory
-        from secure_pipeline.registry.assets import build_registry_stage
-        from secure_pipeline.storage.resources import build_resources
-        from secure_pipeline.training.assets import build_training_stage
-        from secure_pipeline.validation.assets import build_validation_stage
-
-        checked = env.validate(environment, source_variables=self.source_variables())
-        validated, validation_checks = build_validation_stage(self)
-        features, feature_checks = build_features_stage(self)
-        registry, registry_checks = build_registry_stage(self)
-        assets = [
-            build_raw_asset(self),
-            *validated,
-            *features,
-            *build_training_stage(self),
-            *registry,
-        ]
-        if serving_directory() is not None:
-            assets.append(build_canary_asset(self))
-        checks = [*validation_checks, *feature_checks, *build_ml_checks(self), *registry_checks]
-        orchestration = build_orchestration(
-            self, [*assets, *checks], checked, env.executor_mode(checked)
-        )
-        return dg.Definitions(
-            assets=assets,
-            asset_checks=checks,
-            jobs=orchestration.jobs,
-            schedules=orchestration.schedules,
-            sensors=orchestration.sensors,
-            executor=orchestration.executor,
-            resources=build_resources(checked),
-        )
+        return build_definitions([self], environment)

@@ -214,7 +214,7 @@ def reference_run(tmp_path_factory: pytest.TempPathFactory, dev_keys: Path) -> R
             result = materialize_all(adult_pipeline(), instance)
             assert result.success, [e.message for e in result.all_events if e.is_failure]
             value = instance.get_latest_materialization_event(
-                dg.AssetKey("registered_model")
+                dg.AssetKey(["adult", "registered_model"])
             ).asset_materialization.metadata
     return Registered(
         home, "adult", str(value["model_version"].value), str(value["model_sha256"].value)

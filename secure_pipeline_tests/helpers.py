@@ -17,7 +17,7 @@ def materialize(
     """Materialize ``assets`` (default: the raw asset) with their checks, in this process."""
     defs = pipeline.build_definitions(Environment.LOCAL)
     job = defs.resolve_implicit_global_asset_job_def()
-    selection = [dg.AssetKey(a) for a in (assets or [pipeline.raw_asset_name])]
+    selection = [pipeline.names.key(a) for a in (assets or [pipeline.raw_asset_name])]
     return job.execute_in_process(
         instance=instance, asset_selection=selection, raise_on_error=raise_on_error
     )

@@ -143,3 +143,47 @@ def test_audit_verify_without_a_trail_fails(isolated_env: Path) -> None:
     assert result.returncode == 1
     assert "no audit records" in result.stderr
     assert run("audit", "verify", "--allow-empty").returncode == 0
+
+
+def _two_pipeline_location(tmp_path: Path, monkeypatch) -> None:
+    """A code location of a team's own: the reference pipeline and a second one."""
+    (tmp_path / "team_location.py").write_text(
+        "import dataclasses\n"
+        "from secure_pipeline.reference.adult import adult_pipeline\n\n"
+        "def pipelines():\n"
+        "    reference = adult_pipeline()\n"
+        "    return [reference, dataclasses.replace(reference, name='census')]\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setenv("SECURE_PIPELINE_CODE_LOCATION", "team_location")
+
+
+def test_a_location_with_two_pipelines_needs_a_choice(isolated_env, tmp_path, monkeypatch):
+    _trail(isolated_env)
+    _two_pipeline_location(tmp_path, monkeypatch)
+    unchosen = run("verify", "models:/census@champion")
+    assert unchosen.returncode == 2
+    assert "has 2 pipelines (adult, census): choose one with --pipeline NAME" in unchosen.stderr
+    unknown = run("verify", "models:/census@champion", "--pipeline", "german")
+    assert unknown.returncode == 2
+    assert "no pipeline 'german' in the code location (its pipelines: adult, census)" in (
+        unknown.stderr
+    )
+    chosen = run("verify", "models:/census@champion", "--pipeline", "census")
+    assert chosen.returncode == 2
+    assert "no such model 'census' in the registry" in chosen.stderr
+    shown = run("status")
+    assert shown.returncode == 0, shown.stderr
+    assert "pipeline adult" in shown.stdout
+    assert "pipeline census" in shown.stdout
+
+
+def test_the_cli_answers_without_tracebacks(isolated_env, tmp_path) -> None:
+    _trail(isolated_env)
+    version = run("--version")
+    assert version.returncode == 0
+    assert version.stdout.startswith("secure-pipeline, version ")
+    missing = run("audit", "export", "--output", str(tmp_path / "no" / "such" / "dir.csv"))
+    assert missing.returncode == 2
+    assert "Traceback" not in missing.stderr
+    assert "No such file or directory" in missing.stderr

@@ -39,24 +39,24 @@ def test_defs_is_lazy_and_loads_the_reference_graph() -> None:
         key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()
     }
     assert snapshot == {
-        "raw_adult": "ingestion",
-        "validated_adult": "ingestion",
-        "features": "features",
-        "trained_model": "training",
-        "registered_model": "registry",
-        "promoted_model": "promotion",
+        "adult/raw_adult": "ingestion",
+        "adult/validated_adult": "ingestion",
+        "adult/features": "features",
+        "adult/trained_model": "training",
+        "adult/registered_model": "registry",
+        "adult/promoted_model": "promotion",
     }
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
     assert checks == {
-        ("raw_adult", "provenance_complete"),
-        ("raw_adult", "schema_conforms"),
-        ("validated_adult", "reject_rate_within_limit"),
-        ("validated_adult", "expectations_met"),
-        ("features", "feature_drift"),
-        ("trained_model", "performance_meets_policy"),
-        ("trained_model", "adversarial_robustness"),
-        ("trained_model", "membership_inference_risk"),
-        ("trained_model", "fairness_audit"),
-        ("registered_model", "signature_verifies"),
+        ("adult/raw_adult", "provenance_complete"),
+        ("adult/raw_adult", "schema_conforms"),
+        ("adult/validated_adult", "reject_rate_within_limit"),
+        ("adult/validated_adult", "expectations_met"),
+        ("adult/features", "feature_drift"),
+        ("adult/trained_model", "performance_meets_policy"),
+        ("adult/trained_model", "adversarial_robustness"),
+        ("adult/trained_model", "membership_inference_risk"),
+        ("adult/trained_model", "fairness_audit"),
+        ("adult/registered_model", "signature_verifies"),
     }
     assert set(loaded.resources) == {"snapshot_store", "io_manager"}

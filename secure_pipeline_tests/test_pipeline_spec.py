@@ -63,10 +63,10 @@ def test_the_readme_example_builds() -> None:
     defs = namespace["defs"]()
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert keys == {
-        "raw_loans",
-        "validated_loans",
-        "features",
-        "trained_model",
-        "registered_model",
-        "promoted_model",
+        "loans/raw_loans",
+        "loans/validated_loans",
+        "loans/features",
+        "loans/trained_model",
+        "loans/registered_model",
+        "loans/promoted_model",
     }

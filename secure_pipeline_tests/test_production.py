@@ -165,7 +165,7 @@ def test_the_run_is_recorded_in_postgres_with_every_check_passed(production_env)
         [run] = instance.get_runs()
         assert run.is_success
         for asset in ASSETS:
-            event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+            event = instance.get_latest_materialization_event(dg.AssetKey(["adult", asset]))
             assert event is not None, asset
             assert event.run_id == run.run_id
         checks = [
@@ -199,8 +199,8 @@ def test_snapshots_are_encrypted_with_the_configured_key_and_locked(production_e
     prefixes = {k.split("/")[0] for k in keys}
     assert {"snapshots", "audit"} <= prefixes
     for asset in ("raw_adult", "features", "trained_model", "registered_model"):
-        assert any(k.startswith(f"snapshots/{asset}/") for k in keys), asset
-    model = next(k for k in keys if k.startswith("snapshots/trained_model/"))
+        assert any(k.startswith(f"snapshots/adult/{asset}/") for k in keys), asset
+    model = next(k for k in keys if k.startswith("snapshots/adult/trained_model/"))
     head = s3.head_object(Bucket=BUCKET, Key=model)
     assert head["ServerSideEncryption"] == "aws:kms"
     assert head["SSEKMSKeyId"] == production_env.kms_key
@@ -231,7 +231,7 @@ def test_the_chain_sensors_read_the_postgres_instance(production_env) -> None:
     defs = adult_pipeline().build_definitions()
     with dg.DagsterInstance.get() as instance:
         digest = instance.get_latest_materialization_event(
-            dg.AssetKey("features")
+            dg.AssetKey(["adult", "features"])
         ).asset_materialization.tags["dagster/data_version"]
         sensor = defs.resolve_sensor_def("adult_train_on_new_features")
         assert sensor.default_status == dg.DefaultSensorStatus.RUNNING

@@ -6,6 +6,7 @@ import dagster as dg
 
 from secure_pipeline.features.engineering import LABEL_COLUMN, feature_catalog
 from secure_pipeline.metadata import table
+from secure_pipeline.names import FEATURE_DRIFT, PIPELINE_TAG
 from secure_pipeline.orchestration.retries import retry_transient_io
 from secure_pipeline.pipeline import RESERVED_SPLIT_COLUMN, SecurePipeline
 from secure_pipeline.storage.io_manager import load_recorded, recorded_snapshot
@@ -13,9 +14,6 @@ from secure_pipeline.storage.resources import SnapshotStoreResource
 from secure_pipeline.storage.snapshots import SnapshotStore, snapshot_key
 from secure_pipeline.trust.identities import INGEST
 from secure_pipeline.verdicts import verdict
-
-FEATURES = "features"
-FEATURE_DRIFT = "feature_drift"
 
 
 def drift_reference(
@@ -40,15 +38,16 @@ def drift_reference(
         version, lineage = champion
         features = lineage["data"]["features"]
         key, sha = str(features["key"]), str(features["sha256"])
-        if key != snapshot_key(FEATURES, sha, "parquet"):
+        if key != snapshot_key(pipeline.names.features.path, sha, "parquet"):
             raise IntegrityError(f"the champion's lineage names {key} as its training features")
         return key, sha, f"the snapshot champion version {version} was trained on"
+    features_key = pipeline.names.features
     result = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(FEATURES)), limit=1, ascending=True
+        dg.AssetRecordsFilter(asset_key=features_key), limit=1, ascending=True
     )
     if not result.records:
-        raise dg.Failure("features has not been materialized yet")
-    key, sha, _ = recorded_snapshot(result.records[0], dg.AssetKey(FEATURES))
+        raise dg.Failure(f"{features_key.to_user_string()} has not been materialized yet")
+    key, sha, _ = recorded_snapshot(result.records[0], features_key)
     return key, sha, "the first features snapshot (no champion yet)"
 
 
@@ -63,8 +62,7 @@ def build_features_stage(
     Returns:
         ``(assets, checks)``.
     """
-    validated_key = dg.AssetKey(f"validated_{pipeline.source.name}")
-    features_key = dg.AssetKey(FEATURES)
+    validated_key, features_key = pipeline.names.validated, pipeline.names.features
     catalog = feature_catalog(pipeline)
     policy = pipeline.policy
     catalog_table = table(
@@ -83,7 +81,7 @@ def build_features_stage(
     )  # fmt: skip
 
     @dg.asset(
-        name=FEATURES,
+        key=features_key,
         ins={"validated": dg.AssetIn(key=validated_key)},
         group_name="features",
         kinds={"pandas", "parquet"},
@@ -96,7 +94,7 @@ def build_features_stage(
             "immutable, content-addressed snapshot whose digest is the data version."
         ),
         metadata={"feature_catalog": catalog_table},
-        tags={"secure_pipeline/stage": "features"},
+        tags={"secure_pipeline/stage": "features", PIPELINE_TAG: pipeline.name},
         op_tags=pipeline.orchestration.ingest.dagster_tags(INGEST),
     )
     @retry_transient_io(pipeline.orchestration)

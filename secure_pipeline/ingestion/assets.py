@@ -15,6 +15,7 @@ from secure_pipeline import environment as env
 from secure_pipeline.ingestion.connectors import connector_for, join_location
 from secure_pipeline.ingestion.provenance import ProvenanceRecord, provenance_document
 from secure_pipeline.metadata import table
+from secure_pipeline.names import PIPELINE_TAG
 from secure_pipeline.orchestration.retries import retry_transient_io
 from secure_pipeline.pipeline import SecurePipeline
 from secure_pipeline.redaction import redact_text, redact_uri
@@ -140,7 +141,8 @@ def build_raw_asset(pipeline: SecurePipeline) -> dg.AssetsDefinition:
         The asset definition.
     """
     source = pipeline.source
-    name = pipeline.raw_asset_name
+    key = pipeline.names.raw
+    name = key.to_user_string()
     files = ", ".join(f"{f.member} ({f.path})" for f in source.files)
     description = (
         f"Raw `{source.name}` files exactly as received: {files}. Each file is stored "
@@ -150,7 +152,7 @@ def build_raw_asset(pipeline: SecurePipeline) -> dg.AssetsDefinition:
     ).strip()
 
     @dg.asset(
-        name=name,
+        key=key,
         group_name="ingestion",
         kinds={source.format},
         owners=list(pipeline.owners) or None,
@@ -163,7 +165,7 @@ def build_raw_asset(pipeline: SecurePipeline) -> dg.AssetsDefinition:
             "location_variable": source.location_env_var or "(none)",
             "max_bytes_per_file": source.max_bytes,
         },
-        tags={"secure_pipeline/stage": "ingestion"},
+        tags={"secure_pipeline/stage": "ingestion", PIPELINE_TAG: pipeline.name},
         op_tags=pipeline.orchestration.ingest.dagster_tags(INGEST),
     )
     @retry_transient_io(pipeline.orchestration)
@@ -190,7 +192,7 @@ def build_raw_asset(pipeline: SecurePipeline) -> dg.AssetsDefinition:
             pin = pins.get(source_file.member, {})
             with connector.open(uri, max_bytes=source.max_bytes, **pin) as fetched:
                 ref = store.put_stream(
-                    name,
+                    key.path,
                     fetched.chunks,
                     ext=source.format,
                     format=source.format,
@@ -215,10 +217,10 @@ def build_raw_asset(pipeline: SecurePipeline) -> dg.AssetsDefinition:
             )
             context.log.info(f"stored {source_file.member} ({ref.size} bytes) as {ref.uri}")
         index = store.put_fileset(
-            name, members, run_id=context.run.run_id, code_version=pipeline.code_version
+            key.path, members, run_id=context.run.run_id, code_version=pipeline.code_version
         )
         provenance = store.put_bytes(
-            [name, "_provenance"],
+            [*key.path, "_provenance"],
             provenance_document(name, location, index.sha256, records),
             ext="json",
             format="provenance",

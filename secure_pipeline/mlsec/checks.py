@@ -12,21 +12,16 @@ from typing import Any
 
 import dagster as dg
 
-from secure_pipeline.features.assets import FEATURES
 from secure_pipeline.metadata import table
+from secure_pipeline.names import FAIRNESS, MEMBERSHIP, PERFORMANCE, ROBUSTNESS
 from secure_pipeline.orchestration.retries import retry_transient_io
 from secure_pipeline.pipeline import SecurePipeline
 from secure_pipeline.storage.io_manager import recorded_snapshot
 from secure_pipeline.storage.resources import SnapshotStoreResource
 from secure_pipeline.storage.snapshots import snapshot_key
-from secure_pipeline.training.assets import TRAINED_MODEL, experiment_name
+from secure_pipeline.training.assets import experiment_name
 from secure_pipeline.trust.identities import TRAIN
 from secure_pipeline.verdicts import verdict
-
-PERFORMANCE = "performance_meets_policy"
-ROBUSTNESS = "adversarial_robustness"
-MEMBERSHIP = "membership_inference_risk"
-FAIRNESS = "fairness_audit"
 
 
 @dataclass
@@ -69,16 +64,16 @@ def judge(
     from secure_pipeline.training.models import model_inputs, split_rows
     from secure_pipeline.training.serialization import load_model
 
-    key = dg.AssetKey(TRAINED_MODEL)
+    key = pipeline.names.trained_model
     record = instance.get_latest_materialization_event(key)
     if record is None:
-        raise dg.Failure("trained_model has not been materialized yet")
+        raise dg.Failure(f"{key.to_user_string()} has not been materialized yet")
     model_key, model_sha, _ = recorded_snapshot(record, key)
     snapshots = store.get_store()
     model = load_model(snapshots.read_bytes((model_key, model_sha)), source=model_key)
     meta = record.asset_materialization.metadata
     features_key, features_sha = meta["features_key"].value, meta["features_sha256"].value
-    if features_key != snapshot_key(FEATURES, features_sha, "parquet"):
+    if features_key != snapshot_key(pipeline.names.features.path, features_sha, "parquet"):
         raise IntegrityError(
             f"trained_model {model_sha[:12]} names training data {features_key}, which is not "
             f"the features snapshot {features_sha}"
@@ -137,7 +132,7 @@ def build_ml_checks(pipeline: SecurePipeline) -> list[dg.AssetChecksDefinition]:
         The check definitions.
     """
     policy = pipeline.policy
-    model_key = dg.AssetKey(TRAINED_MODEL)
+    model_key = pipeline.names.trained_model
     seed = pipeline.model.seed
 
     def decide(

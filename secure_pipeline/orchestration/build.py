@@ -33,9 +33,8 @@ class Orchestration:
     executor: dg.ExecutorDefinition
 
 
-def blocking_checks(definitions: Sequence[Any], asset: str) -> list[str]:
-    """Names of the blocking checks defined for ``asset`` among the given definitions."""
-    key = dg.AssetKey(asset)
+def blocking_checks(definitions: Sequence[Any], key: dg.AssetKey) -> list[str]:
+    """Names of the blocking checks defined for asset ``key`` among the given definitions."""
     names = []
     for definition in definitions:
         for spec in getattr(definition, "check_specs", ()):
@@ -62,7 +61,6 @@ def build_orchestration(
         ConfigurationError: When the landing zone variable is set to something other than an
             S3 folder.
     """
-    from secure_pipeline.features.assets import FEATURES
     from secure_pipeline.ingestion.assets import landing_location
     from secure_pipeline.orchestration.landing import parse_landing_uri
     from secure_pipeline.orchestration.sensors import (
@@ -71,9 +69,8 @@ def build_orchestration(
         failure_sensor,
         landing_sensor,
     )
-    from secure_pipeline.registry.assets import REGISTERED_MODEL
-    from secure_pipeline.training.assets import TRAINED_MODEL
 
+    names = pipeline.names
     spec = pipeline.orchestration
     production = environment is Environment.PRODUCTION
     jobs = build_jobs(pipeline, executor)
@@ -96,12 +93,12 @@ def build_orchestration(
                 description=f"Ingests {pipeline.source.name} from its configured location.",
             )
         )
-    register_only = [REGISTERED_MODEL] if pipeline.policy.approvals_required > 0 else None
+    register_only = [names.registered_model] if pipeline.policy.approvals_required > 0 else None
     sensors = [
         chain_sensor(
             name=f"{pipeline.name}_train_on_new_features",
-            upstream=FEATURES,
-            blocking_checks=blocking_checks(definitions, FEATURES),
+            upstream=names.features,
+            blocking_checks=blocking_checks(definitions, names.features),
             job=jobs["train"],
             run_key_prefix="train",
             interval=spec.chain_interval_seconds,
@@ -109,8 +106,8 @@ def build_orchestration(
         ),
         chain_sensor(
             name=f"{pipeline.name}_release_on_passed_model",
-            upstream=TRAINED_MODEL,
-            blocking_checks=blocking_checks(definitions, TRAINED_MODEL),
+            upstream=names.trained_model,
+            blocking_checks=blocking_checks(definitions, names.trained_model),
             job=jobs["release"],
             run_key_prefix="release",
             interval=spec.chain_interval_seconds,

@@ -8,6 +8,7 @@ on. Every step pod runs under the "restricted" Pod Security Standard with a read
 filesystem and a small writable ``/tmp``.
 """
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,29 +52,21 @@ class Stage:
 
     name: str
     stage_tag: str
-    assets: tuple[str, ...]
+    assets: tuple[dg.AssetKey, ...]
     isolation: IsolationSpec
 
 
 def stages(pipeline: SecurePipeline) -> tuple[Stage, ...]:
     """The three stage jobs of a pipeline, upstream first."""
-    from secure_pipeline.features.assets import FEATURES
-    from secure_pipeline.promotion.assets import CANARY_ANALYSIS, serving_directory
-    from secure_pipeline.registry.assets import PROMOTED_MODEL, REGISTERED_MODEL
-    from secure_pipeline.training.assets import TRAINED_MODEL
+    from secure_pipeline.promotion.assets import serving_directory
 
-    spec = pipeline.orchestration
-    release: tuple[str, ...] = (REGISTERED_MODEL, PROMOTED_MODEL)
+    spec, names = pipeline.orchestration, pipeline.names
+    release: tuple[dg.AssetKey, ...] = (names.registered_model, names.promoted_model)
     if serving_directory() is not None:
-        release = (*release, CANARY_ANALYSIS)
+        release = (*release, names.canary_analysis)
     return (
-        Stage(
-            "ingest",
-            "ingestion",
-            (pipeline.raw_asset_name, pipeline.validated_asset_name, FEATURES),
-            spec.ingest,
-        ),
-        Stage("train", "training", (TRAINED_MODEL,), spec.train),
+        Stage("ingest", "ingestion", (names.raw, names.validated, names.features), spec.ingest),
+        Stage("train", "training", (names.trained_model,), spec.train),
         Stage("release", "registry", release, spec.registry),
     )
 
@@ -147,6 +140,7 @@ def _local_config(config: dict[str, Any]) -> dict[str, Any]:
     return {"multiprocess": multiprocess}
 
 
+@functools.cache
 def local_executor() -> dg.ExecutorDefinition:
     """Dagster's default executor, whose multiprocess mode forks steps from a preloaded server.
 

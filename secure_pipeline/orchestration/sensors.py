@@ -47,14 +47,13 @@ class GateState:
 
 
 def gate_state(
-    instance: dg.DagsterInstance, asset: str, blocking_checks: Sequence[str]
+    instance: dg.DagsterInstance, key: dg.AssetKey, blocking_checks: Sequence[str]
 ) -> GateState | None:
-    """The newest materialization of ``asset`` and the verdict of its blocking checks.
+    """The newest materialization of ``key`` and the verdict of its blocking checks.
 
     A check counts only if its evaluation targeted this very materialization; one that failed
     with ERROR severity blocks (WARN does not, as in Dagster's own blocking semantics).
     """
-    key = dg.AssetKey(asset)
     records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key), limit=1)
     if not records.records:
         return None
@@ -101,13 +100,13 @@ def _event_cursor(cursor: str | None, sensor: str) -> int:
 def chain_sensor(
     *,
     name: str,
-    upstream: str,
+    upstream: dg.AssetKey,
     blocking_checks: Sequence[str],
     job: Any,
     run_key_prefix: str,
     interval: int,
     production: bool,
-    asset_selection: Sequence[str] | None = None,
+    asset_selection: Sequence[dg.AssetKey] | None = None,
 ) -> dg.SensorDefinition:
     """A sensor starting ``job`` when ``upstream`` materializes and its blocking checks pass.
 
@@ -127,27 +126,28 @@ def chain_sensor(
         job=job,
         minimum_interval_seconds=interval,
         default_status=_default_status(production),
-        description=f"Starts {job.name} when {upstream} materializes and "
+        description=f"Starts {job.name} when {upstream.to_user_string()} materializes and "
         f"{', '.join(blocking_checks)} passed for it.",
     )
     def sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
         state = gate_state(context.instance, upstream, blocking_checks)
+        label = upstream.to_user_string()
         if state is None:
-            return dg.SkipReason(f"{upstream} has not been materialized yet")
+            return dg.SkipReason(f"{label} has not been materialized yet")
         handled = _event_cursor(context.cursor, name)
         if state.storage_id <= handled:
-            return dg.SkipReason(f"no new {upstream} since event {handled}")
+            return dg.SkipReason(f"no new {label} since event {handled}")
         if state.state == "waiting":
-            return dg.SkipReason(f"{upstream} event {state.storage_id}: {state.detail}")
+            return dg.SkipReason(f"{label} event {state.storage_id}: {state.detail}")
         if state.state == "failed":
             context.log.warning(
-                f"not starting {job.name}: {upstream} {state.data_version}: {state.detail}"
+                f"not starting {job.name}: {label} {state.data_version}: {state.detail}"
             )
             return dg.SensorResult(skip_reason=state.detail, cursor=str(state.storage_id))
         request = dg.RunRequest(
             run_key=f"{run_key_prefix}:{state.data_version or state.storage_id}",
-            asset_selection=[dg.AssetKey(a) for a in asset_selection] if asset_selection else None,
-            tags={"secure_pipeline/trigger": f"{upstream}:{state.data_version}"},
+            asset_selection=list(asset_selection) if asset_selection else None,
+            tags={"secure_pipeline/trigger": f"{label}:{state.data_version}"},
         )
         return dg.SensorResult(run_requests=[request], cursor=str(state.storage_id))
 
@@ -159,7 +159,8 @@ def landing_sensor(pipeline: SecurePipeline, job: Any, production: bool) -> dg.S
     from secure_pipeline.ingestion.assets import landing_location
 
     spec = pipeline.orchestration
-    raw = pipeline.raw_asset_name
+    # The op of a prefixed asset key (adult/raw_adult) is named adult__raw_adult.
+    raw = pipeline.names.raw.to_python_identifier()
 
     @dg.sensor(
         name=f"{pipeline.name}_landing_zone",
@@ -223,12 +224,15 @@ def landing_sensor(pipeline: SecurePipeline, job: Any, production: bool) -> dg.S
 
 def approval_sensor(pipeline: SecurePipeline, job: Any, production: bool) -> dg.SensorDefinition:
     """Promotion of the newest registered version once its approvals are enough."""
-    from secure_pipeline.promotion.assets import CANARY_ANALYSIS, serving_directory
-    from secure_pipeline.registry.assets import PROMOTED_MODEL, REGISTERED_MODEL
+    from secure_pipeline.promotion.assets import serving_directory
 
     needed = pipeline.policy.approvals_required
     # With a serving deployment, promotion stops at challenger and the canary crowns it.
-    release = [PROMOTED_MODEL, *([CANARY_ANALYSIS] if serving_directory() is not None else [])]
+    names = pipeline.names
+    release = [
+        names.promoted_model,
+        *([names.canary_analysis] if serving_directory() is not None else []),
+    ]
 
     @dg.sensor(
         name=f"{pipeline.name}_promote_on_approval",
@@ -247,7 +251,7 @@ def approval_sensor(pipeline: SecurePipeline, job: Any, production: bool) -> dg.
 
         if needed == 0:
             return dg.SkipReason("the policy requires no approvals: releases promote directly")
-        record = context.instance.get_latest_materialization_event(dg.AssetKey(REGISTERED_MODEL))
+        record = context.instance.get_latest_materialization_event(names.registered_model)
         if record is None or record.asset_materialization is None:
             return dg.SkipReason("no model has been registered yet")
         meta = record.asset_materialization.metadata
@@ -271,13 +275,24 @@ def approval_sensor(pipeline: SecurePipeline, job: Any, production: bool) -> dg.
             run_requests=[
                 dg.RunRequest(
                     run_key=f"promote:{version}:{digest}",
-                    asset_selection=[dg.AssetKey(name) for name in release],
+                    asset_selection=release,
                     tags={"secure_pipeline/approved_version": version},
                 )
             ]
         )
 
     return sensor
+
+
+def _runs_for(run: Any, pipeline: SecurePipeline) -> bool:
+    """Whether a run belongs to ``pipeline``: one of its jobs, or ad hoc over its assets."""
+    if str(run.job_name).startswith(f"{pipeline.name}_"):
+        return True
+    selection = run.asset_selection or set()
+    if any(key.path[:1] == [pipeline.name] for key in selection):
+        return True
+    checks = run.asset_check_selection or set()
+    return any(key.asset_key.path[:1] == [pipeline.name] for key in checks)
 
 
 def failure_sensor(pipeline: SecurePipeline, production: bool) -> dg.SensorDefinition:
@@ -293,6 +308,10 @@ def failure_sensor(pipeline: SecurePipeline, production: bool) -> dg.SensorDefin
         description="Appends a run.failed event to the audit trail for every failed run.",
     )
     def sensor(context: dg.RunFailureSensorContext, snapshot_store: SnapshotStoreResource) -> None:
+        # Every pipeline of the code location has this sensor; each records its own runs only
+        # (its stage jobs, or an ad-hoc run of its assets), so a failure is recorded once.
+        if not _runs_for(context.dagster_run, pipeline):
+            return
         failures = context.get_step_failure_events()
         errors = set()
         for event in failures:

@@ -1,21 +1,24 @@
-"""``canary_analysis``: the blue-green release of the promoted challenger, as an asset.
+"""The promotion stage as Dagster definitions: ``promoted_model`` and ``canary_analysis``.
 
-Present when a serving deployment is configured (``SECURE_PIPELINE_SERVING_DIR``). Then
-``promoted_model`` stops at the ``challenger`` alias, and this asset deploys the challenger to
-the idle slot, gives it the canary share of traffic, judges it against the live slot and either
-moves all traffic and the ``champion`` alias to it or rolls it back (the step fails, audited).
+``promoted_model`` is the gate (`secure_pipeline.promotion.gate`): it re-verifies the registered
+version and its evidence, counts approvals and signs its decision. With a serving deployment
+(``SECURE_PIPELINE_SERVING_DIR``) the decision is only ``challenger``, and ``canary_analysis``
+deploys the challenger to the idle slot, gives it the canary share of traffic, judges it against
+the live slot and either makes it champion (a signed decision) and moves all traffic to it, or
+rolls it back (the step fails, audited).
 """
 
+import json
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
+from secure_pipeline.names import PIPELINE_TAG
+from secure_pipeline.orchestration.retries import retry_transient_io
 from secure_pipeline.pipeline import SecurePipeline
 from secure_pipeline.storage.resources import SnapshotStoreResource
 from secure_pipeline.trust.identities import GATE
-
-CANARY_ANALYSIS = "canary_analysis"
 
 
 def serving_directory() -> Path | None:
@@ -26,15 +29,75 @@ def serving_directory() -> Path | None:
     return Path(value) if value else None
 
 
+def build_promotion_stage(pipeline: SecurePipeline) -> list[dg.AssetsDefinition]:
+    """``promoted_model``, and ``canary_analysis`` when a serving deployment is configured."""
+    promoted_key = pipeline.names.promoted_model
+    owners = list(pipeline.owners) or None
+
+    @dg.asset(
+        key=promoted_key,
+        deps=[pipeline.names.registered_model],
+        group_name="promotion",
+        kinds={"mlflow"},
+        owners=owners,
+        code_version=pipeline.code_version,
+        description=(
+            "The promotion gate. Downloads the registered version back from the registry and "
+            "re-verifies signature, digests, lineage and today's policy from those bytes "
+            "(never trusting earlier steps) and the release identity's signed registration, "
+            "requires the policy's signed approvals "
+            f"({pipeline.policy.approvals_required} for this pipeline), then the gate signs its "
+            "decision (a SLSA verification summary: challenger, or champion with the previous "
+            "champion recorded for `secure-pipeline rollback`); the MLflow aliases mirror it. "
+            "Every step is a signed audit event."
+        ),
+        tags={"secure_pipeline/stage": "promotion", PIPELINE_TAG: pipeline.name},
+        op_tags=pipeline.orchestration.registry.dagster_tags(GATE),
+    )
+    @retry_transient_io(pipeline.orchestration)
+    def promoted_model(
+        context: dg.AssetExecutionContext, snapshot_store: SnapshotStoreResource
+    ) -> dg.MaterializeResult[Any]:
+        from secure_pipeline.promotion.gate import promote
+        from secure_pipeline.registry.assets import registered
+
+        value = registered(context.instance, snapshot_store, pipeline)
+        # With a serving deployment the champion is crowned by the canary, not here.
+        outcome = promote(
+            pipeline,
+            value["name"],
+            value["version"],
+            store=snapshot_store.get_store(),
+            audit=snapshot_store.get_audit_log(),
+            actor=f"asset:{promoted_key.to_user_string()}",
+            run_id=context.run.run_id,
+            crown=serving_directory() is None,
+        )
+        return dg.MaterializeResult(
+            value=outcome,
+            metadata={
+                "champion": f"models:/{value['name']}/{outcome['champion']}",
+                "model_sha256": outcome["model_sha256"],
+                "previous_champion": str(outcome["previous_champion"]),
+                "approvals": dg.MetadataValue.json(outcome["approvals"]),
+                "outcome": dg.MetadataValue.json(json.loads(json.dumps(outcome, default=str))),
+            },
+        )
+
+    assets = [promoted_model]
+    if serving_directory() is not None:
+        assets.append(build_canary_asset(pipeline))
+    return assets
+
+
 def build_canary_asset(pipeline: SecurePipeline) -> dg.AssetsDefinition:
     """The ``canary_analysis`` asset of a pipeline."""
-    from secure_pipeline.registry.assets import PROMOTED_MODEL
-
+    canary_key = pipeline.names.canary_analysis
     policy = pipeline.canary
 
     @dg.asset(
-        name=CANARY_ANALYSIS,
-        deps=[dg.AssetKey(PROMOTED_MODEL)],
+        key=canary_key,
+        deps=[pipeline.names.promoted_model],
         group_name="promotion",
         kinds={"nginx"},
         owners=list(pipeline.owners) or None,
@@ -47,7 +110,7 @@ def build_canary_asset(pipeline: SecurePipeline) -> dg.AssetsDefinition:
             "distribution). Pass: all traffic and the champion alias move to it. Fail: traffic "
             "back to the live slot, champion unchanged, audited."
         ),
-        tags={"secure_pipeline/stage": "promotion"},
+        tags={"secure_pipeline/stage": "promotion", PIPELINE_TAG: pipeline.name},
         op_tags=pipeline.orchestration.registry.dagster_tags(GATE),
     )
     def canary_analysis(
@@ -71,7 +134,7 @@ def build_canary_asset(pipeline: SecurePipeline) -> dg.AssetsDefinition:
         outcome = BlueGreen(directory, pipeline, policy).release(
             version,
             audit=snapshot_store.get_audit_log(),
-            actor=f"asset:{CANARY_ANALYSIS}",
+            actor=f"asset:{canary_key.to_user_string()}",
             run_id=context.run.run_id,
         )
         figures = outcome.verdict.figures if outcome.verdict else {}

@@ -90,7 +90,8 @@ class DeploymentState:
         slots: Each slot's state.
         weights: Each slot's share of traffic.
         gateway: The gateway's settings (see `secure_pipeline.serving.gateway.GatewayConfig`).
-        pipeline: The pipeline spec (``module:attribute``) the slots validate requests with.
+        pipeline: The pipeline the slots validate requests with: its name in the code location,
+            or ``module:attribute`` of its spec (empty: the deployment's name).
     """
 
     name: str
@@ -98,7 +99,7 @@ class DeploymentState:
     slots: dict[str, SlotState]
     weights: dict[str, int]
     gateway: dict[str, Any]
-    pipeline: str = "secure_pipeline.reference.adult:adult_pipeline"
+    pipeline: str = ""
 
     @classmethod
     def load(cls, directory: Path) -> "DeploymentState":
@@ -456,7 +457,12 @@ class BlueGreen:
                     f"on slot {live}"
                 )
         self.state.slots[idle] = start_slot(
-            self.directory, idle, self.state.slots[idle], model_ref, self.state.pipeline, limits
+            self.directory,
+            idle,
+            self.state.slots[idle],
+            model_ref,
+            self.state.pipeline or self.state.name,
+            limits,
         )
         self.state.save(self.directory)
         ready, why = wait_ready(self.state.slots[idle].address, self.policy.ready_timeout_seconds)
@@ -520,7 +526,7 @@ def up(
     routes: Mapping[str, str] | None = None,
     rate_per_second: float = 50.0,
     burst: int = 100,
-    pipeline_spec: str = "secure_pipeline.reference.adult:adult_pipeline",
+    pipeline_spec: str = "",
     ready_timeout: float = 180.0,
 ) -> DeploymentState:
     """Start a serving deployment: the blue slot on ``model_ref``, then the gateway in front.
@@ -563,7 +569,7 @@ def up(
     )  # fmt: skip
     for slot in slots.values():
         _SLOT_PKIS[slot.address] = pki
-    blue = start_slot(directory, "blue", slots["blue"], model_ref, pipeline_spec)
+    blue = start_slot(directory, "blue", slots["blue"], model_ref, pipeline_spec or pipeline.name)
     ready, why = wait_ready(blue.address, ready_timeout, pki)
     if not ready:
         stop_slot(blue)

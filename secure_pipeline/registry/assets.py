@@ -1,29 +1,26 @@
-"""The registry and promotion stages as Dagster definitions.
+"""The registry stage as Dagster definitions.
 
-``registered_model``: the latest model, if every required verdict passed for its digest,
-becomes a signed bundle and a new MLflow model version; ``signature_verifies`` re-downloads and
-verifies it. ``promoted_model``: the promotion gate (see `secure_pipeline.promotion.gate`).
+``registered_model``: the latest model, if every required signed verdict passed for its digest,
+becomes a signed bundle, a new MLflow model version and a signed registration;
+``signature_verifies`` re-downloads and verifies it. The promotion gate is
+`secure_pipeline.promotion.assets`.
 """
 
-import json
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
 import dagster as dg
 
+from secure_pipeline.names import FAIRNESS, MEMBERSHIP, PIPELINE_TAG, ROBUSTNESS, SIGNATURE_VERIFIES
 from secure_pipeline.orchestration.retries import retry_transient_io
 from secure_pipeline.pipeline import SecurePipeline
 from secure_pipeline.storage.io_manager import load_recorded, recorded_snapshot
 from secure_pipeline.storage.resources import SnapshotStoreResource
 from secure_pipeline.storage.snapshots import sha256_hex
-from secure_pipeline.training.assets import TRAINED_MODEL, experiment_name
-from secure_pipeline.trust.identities import GATE, RELEASE
+from secure_pipeline.training.assets import experiment_name
+from secure_pipeline.trust.identities import RELEASE
 from secure_pipeline.verdicts import verdict
-
-REGISTERED_MODEL = "registered_model"
-PROMOTED_MODEL = "promoted_model"
-SIGNATURE_VERIFIES = "signature_verifies"
 
 
 def _check_results(run_id: str | None) -> dict[str, Any]:
@@ -36,7 +33,7 @@ def _check_results(run_id: str | None) -> dict[str, Any]:
 
     mlflow.set_tracking_uri(tracking_uri())
     results = {}
-    for name in ("adversarial_robustness", "membership_inference_risk", "fairness_audit"):
+    for name in (ROBUSTNESS, MEMBERSHIP, FAIRNESS):
         try:
             results[name] = mlflow.artifacts.load_dict(f"runs:/{run_id}/checks/{name}.json")
         except Exception:  # noqa: BLE001, S112 - a card section is optional; verdicts are not
@@ -44,11 +41,14 @@ def _check_results(run_id: str | None) -> dict[str, Any]:
     return results
 
 
-def _registered(instance: dg.DagsterInstance, store: SnapshotStoreResource) -> dict[str, Any]:
-    key = dg.AssetKey(REGISTERED_MODEL)
+def registered(
+    instance: dg.DagsterInstance, store: SnapshotStoreResource, pipeline: SecurePipeline
+) -> dict[str, Any]:
+    """What the latest materialization of ``registered_model`` registered (name, version...)."""
+    key = pipeline.names.registered_model
     record = instance.get_latest_materialization_event(key)
     if record is None:
-        raise dg.Failure("registered_model has not been materialized yet")
+        raise dg.Failure(f"{key.to_user_string()} has not been materialized yet")
     return load_recorded(store.get_store(), record, key)
 
 
@@ -56,12 +56,11 @@ def build_registry_stage(
     pipeline: SecurePipeline,
 ) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
     """Build ``registered_model`` (+ ``signature_verifies``) and ``promoted_model``."""
-    model_key = dg.AssetKey(TRAINED_MODEL)
-    registered_key = dg.AssetKey(REGISTERED_MODEL)
+    model_key, registered_key = pipeline.names.trained_model, pipeline.names.registered_model
     owners = list(pipeline.owners) or None
 
     @dg.asset(
-        name=REGISTERED_MODEL,
+        key=registered_key,
         deps=[model_key],
         group_name="registry",
         kinds={"mlflow", "sigstore"},
@@ -75,7 +74,7 @@ def build_registry_stage(
             "model_signing into a Sigstore bundle. Registered as a new MLflow model version "
             "tagged with the model digest, bundle digest and signer."
         ),
-        tags={"secure_pipeline/stage": "registry"},
+        tags={"secure_pipeline/stage": "registry", PIPELINE_TAG: pipeline.name},
         op_tags=pipeline.orchestration.registry.dagster_tags(RELEASE),
     )
     @retry_transient_io(pipeline.orchestration)
@@ -106,11 +105,11 @@ def build_registry_stage(
         trust, release = trust_policy(), signer_for(RELEASE)
         record = context.instance.get_latest_materialization_event(model_key)
         if record is None:
-            raise dg.Failure("trained_model has not been materialized yet")
+            raise dg.Failure(f"{model_key.to_user_string()} has not been materialized yet")
         key, model_sha, _ = recorded_snapshot(record, model_key)
         model_bytes = store.read_bytes((key, model_sha))
         meta = {k: v.value for k, v in record.asset_materialization.metadata.items()}
-        actor = f"asset:{REGISTERED_MODEL}"
+        actor = f"asset:{registered_key.to_user_string()}"
 
         def refuse(problems: list[str]) -> None:
             audit.append("registration.refused", signer=release, actor=actor,
@@ -169,10 +168,14 @@ def build_registry_stage(
         # Independent, immutable copies of what was signed, beside the other snapshots.
         run = context.run.run_id
         kept_lineage = store.put_bytes(
-            [REGISTERED_MODEL, "_lineage"], lineage_bytes, ext="json", format="json", run_id=run
+            [*registered_key.path, "_lineage"], lineage_bytes, ext="json", format="json", run_id=run
         )
         kept_signature = store.put_bytes(
-            [REGISTERED_MODEL, "_signature"], signature, ext="sig", format="sigstore", run_id=run
+            [*registered_key.path, "_signature"],
+            signature,
+            ext="sig",
+            format="sigstore",
+            run_id=run,
         )
         audit_record = audit.append(
             "model.registered",
@@ -230,7 +233,7 @@ def build_registry_stage(
     ) -> dg.AssetCheckResult:
         from secure_pipeline.promotion.gate import verify_version
 
-        value = _registered(context.instance, snapshot_store)
+        value = registered(context.instance, snapshot_store, pipeline)
         verification = verify_version(
             pipeline, value["name"], value["version"], snapshot_store.get_store()
         )
@@ -253,54 +256,4 @@ def build_registry_stage(
             description="; ".join(verification.problems) or None,
         )
 
-    @dg.asset(
-        name=PROMOTED_MODEL,
-        deps=[registered_key],
-        group_name="promotion",
-        kinds={"mlflow"},
-        owners=owners,
-        code_version=pipeline.code_version,
-        description=(
-            "The promotion gate. Downloads the registered version back from the registry and "
-            "re-verifies signature, digests, lineage and today's policy from those bytes "
-            "(never trusting earlier steps) and the release identity's signed registration, "
-            "requires the policy's signed approvals "
-            f"({pipeline.policy.approvals_required} for this pipeline), then the gate signs its "
-            "decision (a SLSA verification summary: challenger, or champion with the previous "
-            "champion recorded for `secure-pipeline rollback`); the MLflow aliases mirror it. "
-            "Every step is a signed audit event."
-        ),
-        tags={"secure_pipeline/stage": "promotion"},
-        op_tags=pipeline.orchestration.registry.dagster_tags(GATE),
-    )
-    @retry_transient_io(pipeline.orchestration)
-    def promoted_model(
-        context: dg.AssetExecutionContext, snapshot_store: SnapshotStoreResource
-    ) -> dg.MaterializeResult[Any]:
-        from secure_pipeline.promotion.assets import serving_directory
-        from secure_pipeline.promotion.gate import promote
-
-        value = _registered(context.instance, snapshot_store)
-        # With a serving deployment the champion is crowned by the canary, not here.
-        outcome = promote(
-            pipeline,
-            value["name"],
-            value["version"],
-            store=snapshot_store.get_store(),
-            audit=snapshot_store.get_audit_log(),
-            actor=f"asset:{PROMOTED_MODEL}",
-            run_id=context.run.run_id,
-            crown=serving_directory() is None,
-        )
-        return dg.MaterializeResult(
-            value=outcome,
-            metadata={
-                "champion": f"models:/{value['name']}/{outcome['champion']}",
-                "model_sha256": outcome["model_sha256"],
-                "previous_champion": str(outcome["previous_champion"]),
-                "approvals": dg.MetadataValue.json(outcome["approvals"]),
-                "outcome": dg.MetadataValue.json(json.loads(json.dumps(outcome, default=str))),
-            },
-        )
-
-    return [registered_model, promoted_model], [signature_verifies]
+    return [registered_model], [signature_verifies]

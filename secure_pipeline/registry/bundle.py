@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from secure_pipeline.errors import IntegrityError, SecurePipelineError, SignatureError
+from secure_pipeline.names import REQUIRED_CHECKS
 from secure_pipeline.pipeline import SecurePipeline
 from secure_pipeline.registry.signing import SIGNATURE_FILE
 from secure_pipeline.storage.snapshots import SnapshotStore, sha256_hex, snapshot_key, utc_now
@@ -45,18 +46,6 @@ LINEAGE_VERSION = 2
 MAX_LINEAGE_BYTES = 16 * 1024 * 1024
 VERDICTS = "verdicts"
 
-# Checks whose verdicts a model needs, by the stage whose snapshot they judge.
-REQUIRED_CHECKS: Mapping[str, tuple[str, ...]] = {
-    "raw": ("provenance_complete", "schema_conforms"),
-    "validated": ("reject_rate_within_limit", "expectations_met"),
-    "features": ("feature_drift",),
-    "model": (
-        "performance_meets_policy",
-        "adversarial_robustness",
-        "membership_inference_risk",
-        "fairness_audit",
-    ),
-}
 # Data checks may end in a warning (quarantined rows, mild drift) without blocking; the model's
 # gates must pass outright.
 _WARNING_ACCEPTED = {"raw", "validated", "features"}
@@ -91,25 +80,20 @@ def required_checks(trust: TrustPolicy) -> dict[str, tuple[str, ...]]:
     return {stage: tuple(names) for stage, names in REQUIRED_CHECKS.items()}
 
 
-def stage_assets(pipeline: SecurePipeline) -> dict[str, str]:
-    """Asset name of each stage."""
-    return {
-        "raw": pipeline.raw_asset_name,
-        "validated": f"validated_{pipeline.source.name}",
-        "features": "features",
-        "model": "trained_model",
-    }
+def stage_assets(pipeline: SecurePipeline) -> dict[str, Any]:
+    """Asset key of each lineage stage."""
+    return {stage: pipeline.names.stage_key(stage) for stage in REQUIRED_CHECKS}
 
 
-def _snapshot(store: SnapshotStore, asset: str, sha: str, ext: str) -> dict[str, Any]:
-    key = snapshot_key(asset, sha, ext)
+def _snapshot(store: SnapshotStore, asset: Any, sha: str, ext: str) -> dict[str, Any]:
+    key = snapshot_key(asset.path, sha, ext)
     manifest = store.read_manifest((key, sha))
-    return {"asset": asset, "key": key, "sha256": sha, "size": manifest.size}
+    return {"asset": asset.to_user_string(), "key": key, "sha256": sha, "size": manifest.size}
 
 
-def _upstream(store: SnapshotStore, snapshot: Mapping[str, Any], asset: str) -> str:
+def _upstream(store: SnapshotStore, snapshot: Mapping[str, Any], asset: Any) -> str:
     manifest = store.read_manifest((snapshot["key"], snapshot["sha256"]))
-    digest = manifest.upstream.get(asset)
+    digest = manifest.upstream.get(asset.to_user_string())
     if not digest:
         raise LineageError(
             f"the manifest of {snapshot['key']} does not record which {asset} snapshot it came "
@@ -241,10 +225,10 @@ def build_lineage(
     )
     raw = _snapshot(store, assets["raw"], _upstream(store, validated, assets["raw"]), "json")
     subjects = {
-        "raw": (assets["raw"], raw["sha256"]),
-        "validated": (assets["validated"], validated["sha256"]),
-        "features": (assets["features"], features["sha256"]),
-        "model": (assets["model"], model_sha256),
+        "raw": (raw["asset"], raw["sha256"]),
+        "validated": (validated["asset"], validated["sha256"]),
+        "features": (features["asset"], features["sha256"]),
+        "model": (model["asset"], model_sha256),
     }
     from secure_pipeline.training.serialization import TRUSTED_TYPES
 
@@ -548,9 +532,9 @@ def verify_lineage(
             "re-run its checks under today's policy before it may be promoted or served"
         )
     if store is not None:
-        for snap in [model, *data.values()]:
+        for stage, snap in [("model", model), *data.items()]:
             try:
-                if str(snap.get("asset", "")).startswith("raw_"):
+                if stage == "raw":  # the raw snapshot is a fileset index
                     store.read_fileset((snap["key"], snap["sha256"]))
                 else:
                     store.read_bytes((snap["key"], snap["sha256"]))

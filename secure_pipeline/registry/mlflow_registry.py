@@ -111,6 +111,20 @@ def alias_version(name: str, alias: str) -> str | None:
             raise
 
 
+def model_aliases(name: str) -> dict[str, str] | None:
+    """A registered model's aliases (alias -> version), or None when there is no such model."""
+    from mlflow.exceptions import MlflowException
+
+    with _client() as client:
+        try:
+            model = client.get_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code in (_MISSING, "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
+    return {str(alias): str(version) for alias, version in (model.aliases or {}).items()}
+
+
 def set_alias(name: str, alias: str, version: str) -> None:
     """Point an alias at a version."""
     with _client() as client:

@@ -247,6 +247,7 @@ def resolve(reference: str) -> Iterator[Resolved]:
     from secure_pipeline.registry.mlflow_registry import (
         alias_version,
         download_source,
+        model_aliases,
         version_source,
     )
 
@@ -265,7 +266,16 @@ def resolve(reference: str) -> Iterator[Resolved]:
         name, alias = rest.split("@", 1)
         version = alias_version(name, alias)
         if version is None:
-            raise ConfigurationError(f"model {name!r} has no alias {alias!r}")
+            existing = model_aliases(name)
+            if existing is None:
+                raise ConfigurationError(
+                    f"no such model {name!r} in the registry: register it first (its pipeline's "
+                    "release job), or check the name"
+                )
+            raise ConfigurationError(
+                f"model {name!r} has no alias {alias!r} (existing: "
+                f"{', '.join(sorted(existing)) or 'none'})"
+            )
     elif "/" in rest:
         name, version = rest.split("/", 1)
     else:

@@ -629,7 +629,7 @@ def serve(
     tls: SlotTls,
     host: str = "127.0.0.1",
     port: int = 8001,
-    pipeline: SecurePipeline | None = None,
+    pipeline: SecurePipeline,
     limits: ServingLimits | None = None,
 ) -> None:
     """Run one slot until interrupted (the ``secure-pipeline serve`` command).
@@ -637,9 +637,7 @@ def serve(
     Raises:
         ConfigurationError: When the TLS files are not usable (before anything listens).
     """
-    from secure_pipeline.reference.adult import adult_pipeline
-
-    service = ModelService(pipeline or adult_pipeline(), model_ref, slot, limits)
+    service = ModelService(pipeline, model_ref, slot, limits)
     slot_server(service, tls=tls, host=host, port=port).run()
 
 

@@ -109,9 +109,20 @@ def store_resource(environment: env.Environment, *, resolve: bool = False) -> Sn
     )
 
 
+_RESOURCES: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+
 def build_resources(environment: env.Environment) -> dict[str, Any]:
-    """All resources of a pipeline's definitions for ``environment``."""
+    """All resources of a code location's pipelines for ``environment``.
+
+    The same objects for the same configuration: every pipeline of a code location shares its
+    store and IO manager, and Dagster merges definitions only when their resources are
+    identical objects.
+    """
     from secure_pipeline.storage.io_manager import SnapshotIOManager
 
     store = store_resource(environment)
-    return {STORE_RESOURCE_KEY: store, "io_manager": SnapshotIOManager(store=store)}
+    key = (environment, repr(store))
+    if key not in _RESOURCES:
+        _RESOURCES[key] = {STORE_RESOURCE_KEY: store, "io_manager": SnapshotIOManager(store=store)}
+    return _RESOURCES[key]

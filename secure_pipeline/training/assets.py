@@ -4,7 +4,7 @@ from typing import Any
 
 import dagster as dg
 
-from secure_pipeline.features.assets import FEATURES
+from secure_pipeline.names import PIPELINE_TAG
 from secure_pipeline.orchestration.retries import retry_transient_io
 from secure_pipeline.pipeline import SecurePipeline
 from secure_pipeline.storage.io_manager import (
@@ -16,12 +16,10 @@ from secure_pipeline.storage.resources import SnapshotStoreResource
 from secure_pipeline.storage.snapshots import sha256_hex
 from secure_pipeline.trust.identities import TRAIN
 
-TRAINED_MODEL = "trained_model"
-
 
 def experiment_name(pipeline: SecurePipeline) -> str:
     """The MLflow experiment of a pipeline's training runs."""
-    return f"secure_pipeline/{pipeline.name}"
+    return pipeline.names.experiment
 
 
 def build_training_stage(pipeline: SecurePipeline) -> list[dg.AssetsDefinition]:
@@ -34,11 +32,11 @@ def build_training_stage(pipeline: SecurePipeline) -> list[dg.AssetsDefinition]:
         The asset definitions.
     """
     spec = pipeline.model
-    features_key = dg.AssetKey(FEATURES)
+    features_key, model_key = pipeline.names.features, pipeline.names.trained_model
     policy = pipeline.policy
 
     @dg.asset(
-        name=TRAINED_MODEL,
+        key=model_key,
         deps=[features_key],
         group_name="training",
         kinds={"scikitlearn", "mlflow"},
@@ -68,7 +66,7 @@ def build_training_stage(pipeline: SecurePipeline) -> list[dg.AssetsDefinition]:
             "k8s_namespace": pipeline.orchestration.train.namespace,
             "k8s_service_account": pipeline.orchestration.train.service_account,
         },
-        tags={"secure_pipeline/stage": "training"},
+        tags={"secure_pipeline/stage": "training", PIPELINE_TAG: pipeline.name},
         op_tags=pipeline.orchestration.train.dagster_tags(TRAIN),
     )
     @retry_transient_io(pipeline.orchestration)
@@ -81,7 +79,7 @@ def build_training_stage(pipeline: SecurePipeline) -> list[dg.AssetsDefinition]:
 
         record = context.instance.get_latest_materialization_event(features_key)
         if record is None:
-            raise dg.Failure("features has not been materialized yet")
+            raise dg.Failure(f"{features_key.to_user_string()} has not been materialized yet")
         features_ref, features_sha, _ = recorded_snapshot(record, features_key)
         features = load_recorded(snapshot_store.get_store(), record, features_key)
         trained = train(features, pipeline)
@@ -119,7 +117,7 @@ def build_training_stage(pipeline: SecurePipeline) -> list[dg.AssetsDefinition]:
         record_ = snapshot_store.get_audit_log().append(
             "model.trained",
             signer=signer_for(TRAIN),
-            actor=f"asset:{TRAINED_MODEL}",
+            actor=f"asset:{model_key.to_user_string()}",
             run_id=context.run.run_id,
             subject=model_sha,
             details={

@@ -23,6 +23,13 @@ from typing import Any
 import dagster as dg
 
 from secure_pipeline.metadata import bullets, table
+from secure_pipeline.names import (
+    EXPECTATIONS_MET,
+    PIPELINE_TAG,
+    PROVENANCE_COMPLETE,
+    REJECT_RATE,
+    SCHEMA_CONFORMS,
+)
 from secure_pipeline.orchestration.retries import retry_transient_io
 from secure_pipeline.pipeline import RESERVED_SPLIT_COLUMN, SecurePipeline
 from secure_pipeline.storage.io_manager import load_recorded, recorded_snapshot, store_snapshot
@@ -30,11 +37,6 @@ from secure_pipeline.storage.resources import SnapshotStoreResource
 from secure_pipeline.storage.snapshots import canonical_json
 from secure_pipeline.trust.identities import INGEST
 from secure_pipeline.verdicts import verdict
-
-PROVENANCE_COMPLETE = "provenance_complete"
-SCHEMA_CONFORMS = "schema_conforms"
-REJECT_RATE = "reject_rate_within_limit"
-EXPECTATIONS_MET = "expectations_met"
 
 
 def _latest(instance: dg.DagsterInstance, key: dg.AssetKey) -> Any:
@@ -67,9 +69,7 @@ def build_validation_stage(
         ``(assets, checks)``.
     """
     schema, policy = pipeline.schema, pipeline.policy
-    raw_key = dg.AssetKey(pipeline.raw_asset_name)
-    validated_name = pipeline.validated_asset_name
-    validated_key = dg.AssetKey(validated_name)
+    raw_key, validated_key = pipeline.names.raw, pipeline.names.validated
     owners = list(pipeline.owners) or None
 
     @dg.asset_check(
@@ -180,7 +180,7 @@ def build_validation_stage(
         )
 
     @dg.asset(
-        name=validated_name,
+        key=validated_key,
         ins={"raw": dg.AssetIn(key=raw_key)},
         group_name="ingestion",
         kinds={"pandera", "parquet"},
@@ -203,7 +203,7 @@ def build_validation_stage(
                 ),
             )
         ],
-        tags={"secure_pipeline/stage": "validation"},
+        tags={"secure_pipeline/stage": "validation", PIPELINE_TAG: pipeline.name},
         op_tags=pipeline.orchestration.ingest.dagster_tags(INGEST),
     )
     @retry_transient_io(pipeline.orchestration)
@@ -250,7 +250,7 @@ def build_validation_stage(
         )
 
         quarantined = store.put_bytes(
-            [validated_name, "_quarantine"],
+            [*validated_key.path, "_quarantine"],
             table_to_parquet(quarantine),
             ext="parquet",
             format="parquet",
@@ -326,7 +326,7 @@ def build_validation_stage(
         report = run_expectations(frame, schema)
         subject = recorded_snapshot(record, validated_key)[1]
         document = store.put_bytes(
-            [validated_name, "_expectations"],
+            [*validated_key.path, "_expectations"],
             canonical_json(json.loads(json.dumps(report.document, default=str))),
             ext="json",
             format="json",

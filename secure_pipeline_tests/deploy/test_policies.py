@@ -40,15 +40,15 @@ def _objects(*prefixes: str, bucket: str = BUCKET) -> set[str]:
 # job's. Checkpoints of the audit trail are under audit/, which every writer already holds.
 WRITES: dict[str, set[str]] = {
     "sp-ingest": _objects(
-        "snapshots/raw_*",
-        "snapshots/validated_*",
-        "snapshots/features/*",
+        "snapshots/*/raw_*",
+        "snapshots/*/validated_*",
+        "snapshots/*/features/*",
         "attestations/verdicts/*",
         "audit/*",
     ),
-    "sp-train": _objects("snapshots/trained_model/*", "attestations/verdicts/*", "audit/*"),
+    "sp-train": _objects("snapshots/*/trained_model/*", "attestations/verdicts/*", "audit/*"),
     "sp-registry": _objects(
-        "snapshots/registered_model/*", "snapshots/promoted_model/*", *ATTESTATIONS, "audit/*"
+        "snapshots/*/registered_model/*", "snapshots/*/promoted_model/*", *ATTESTATIONS, "audit/*"
     ),
     "sp-serve": set(),
     "sp-code-server": _objects("audit/*"),
@@ -58,11 +58,11 @@ WRITES: dict[str, set[str]] = {
     ),
 }
 LINEAGE = (
-    "snapshots/raw_*",
-    "snapshots/validated_*",
-    "snapshots/features/*",
-    "snapshots/trained_model/*",
-    "snapshots/registered_model/*",
+    "snapshots/*/raw_*",
+    "snapshots/*/validated_*",
+    "snapshots/*/features/*",
+    "snapshots/*/trained_model/*",
+    "snapshots/*/registered_model/*",
 )
 # What each role must be able to read, from what the code it runs verifies: the drift check
 # of ingest finds the champion (promotions) and verifies its bundle (verdicts, registration);
@@ -70,7 +70,7 @@ LINEAGE = (
 # decision, the approvals it cites and the audit checkpoint.
 READS: dict[str, set[str]] = {
     "sp-ingest": _objects(*LINEAGE, *ATTESTATIONS, "audit/*"),
-    "sp-train": _objects("snapshots/features/*", "attestations/verdicts/*", "audit/*"),
+    "sp-train": _objects("snapshots/*/features/*", "attestations/verdicts/*", "audit/*"),
     "sp-registry": _objects(*LINEAGE, *ATTESTATIONS, "approvals/*", "audit/*"),
     "sp-serve": _objects(*LINEAGE, *ATTESTATIONS, "approvals/*", "audit/*"),
     "sp-code-server": _objects("attestations/promotions/*", "approvals/*", "audit/*"),

@@ -136,7 +136,7 @@ def test_reference_ingests_over_tls13(pki, files, instance, isolated_env, monkey
         monkeypatch.setenv("SECURE_PIPELINE_CA_BUNDLE", str(pki.ca))
         assert _ingest(instance).success
     meta = instance.get_latest_materialization_event(
-        dg.AssetKey("raw_adult")
+        dg.AssetKey(["adult", "raw_adult"])
     ).asset_materialization.metadata
     provenance = meta["provenance"].value
     assert {p["facts"]["tls_version"] for p in provenance} == {"TLSv1.3"}

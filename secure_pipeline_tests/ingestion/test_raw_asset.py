@@ -47,7 +47,7 @@ def test_reference_raw_adult_is_stored_byte_for_byte(instance, isolated_env: Pat
     result = _materialize(adult_pipeline(), instance)
     assert result.success
     store = _store(isolated_env)
-    mat = instance.get_latest_materialization_event(dg.AssetKey("raw_adult"))
+    mat = instance.get_latest_materialization_event(dg.AssetKey(["adult", "raw_adult"]))
     meta = mat.asset_materialization.metadata
     files = store.read_fileset((meta["snapshot_key"].value, meta["sha256"].value))
     assert hashlib.sha256(files["train"]).hexdigest() == ADULT_DATA_SHA256
@@ -84,7 +84,7 @@ def test_one_audit_event_per_materialization(instance, isolated_env: Path) -> No
     assert events[1]["details"]["new"] is False  # same bytes: snapshot reused
     assert events[0]["subject"] == events[1]["subject"]
     assert events[0]["details"]["files"]["train"]["sha256"] == ADULT_DATA_SHA256
-    mat = instance.get_latest_materialization_event(dg.AssetKey("raw_adult"))
+    mat = instance.get_latest_materialization_event(dg.AssetKey(["adult", "raw_adult"]))
     seq, _, digest = mat.asset_materialization.metadata["audit_record"].value.partition(":")
     assert records[int(seq) - 1]["hash"] == digest
     assert records[int(seq) - 1]["event"] == "ingestion.stored"
@@ -99,7 +99,7 @@ def test_source_location_override(instance, isolated_env: Path, tmp_path: Path, 
     monkeypatch.setenv("SECURE_PIPELINE_SOURCE_URI", elsewhere.as_uri())
     assert _materialize(adult_pipeline(), instance).success
     meta = instance.get_latest_materialization_event(
-        dg.AssetKey("raw_adult")
+        dg.AssetKey(["adult", "raw_adult"])
     ).asset_materialization.metadata
     assert meta["source"].value == elsewhere.as_uri()
     assert meta["bytes"].value == 2000
@@ -134,16 +134,16 @@ def test_second_pipeline_from_the_same_spec(instance, isolated_env: Path, tmp_pa
     pipeline = _tiny_pipeline(data)
     defs = pipeline.build_definitions(Environment.LOCAL)
     assert {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()} == {
-        "raw_loans",
-        "validated_loans",
-        "features",
-        "trained_model",
-        "registered_model",
-        "promoted_model",
+        "loans/raw_loans",
+        "loans/validated_loans",
+        "loans/features",
+        "loans/trained_model",
+        "loans/registered_model",
+        "loans/promoted_model",
     }
     assert _materialize(pipeline, instance).success
     meta = instance.get_latest_materialization_event(
-        dg.AssetKey("raw_loans")
+        dg.AssetKey(["loans", "raw_loans"])
     ).asset_materialization.metadata
     files = _store(isolated_env).read_fileset((meta["snapshot_key"].value, meta["sha256"].value))
     assert files == {"main": b"100.0,yes\n250.5,no\n"}
@@ -156,7 +156,7 @@ def test_oversize_file_is_refused_and_nothing_stored(instance, isolated_env, tmp
     with pytest.raises(UntrustedSourceError, match="over the limit of 1024"):
         _materialize(_tiny_pipeline(data, max_bytes=1024), instance)
     assert list(_store(isolated_env).list_keys("snapshots/")) == []
-    assert instance.get_latest_materialization_event(dg.AssetKey("raw_loans")) is None
+    assert instance.get_latest_materialization_event(dg.AssetKey(["loans", "raw_loans"])) is None
 
 
 def test_symlink_out_of_the_source_directory_is_refused(instance, isolated_env, tmp_path):
@@ -186,7 +186,9 @@ def test_plain_http_source_is_refused(monkeypatch):
 
 def test_raw_asset_carries_ui_metadata() -> None:
     defs = adult_pipeline().build_definitions(Environment.LOCAL)
-    spec = next(s for s in defs.resolve_all_asset_specs() if s.key == dg.AssetKey("raw_adult"))
+    spec = next(
+        s for s in defs.resolve_all_asset_specs() if s.key == dg.AssetKey(["adult", "raw_adult"])
+    )
     assert spec.group_name == "ingestion"
     assert spec.kinds == {"csv"}
     assert spec.owners == ["team:ml-platform"]

@@ -201,7 +201,7 @@ def test_ingestion_records_no_secret(pki, files, instance, isolated_env, monkeyp
         result = materialize(_no_retries(), instance, raise_on_error=False)
     assert result.success
     meta = instance.get_latest_materialization_event(
-        dg.AssetKey("raw_adult")
+        dg.AssetKey(["adult", "raw_adult"])
     ).asset_materialization.metadata
     assert meta["source"].value == f"{server.url}/signed/"
     assert {p["facts"]["final_url"] for p in meta["provenance"].value} == {

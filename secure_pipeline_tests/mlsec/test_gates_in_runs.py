@@ -14,9 +14,12 @@ from secure_pipeline.storage.audit import AuditLog
 from secure_pipeline.storage.local import LocalSnapshotStore
 
 
-@dg.asset(deps=["trained_model"])
-def deployed_model() -> None:
-    """Stands for whatever a gated model feeds (the registry, in the next stage)."""
+def _deployed(pipeline: str) -> dg.AssetsDefinition:
+    @dg.asset(key=[pipeline, "deployed_model"], deps=[dg.AssetKey([pipeline, "trained_model"])])
+    def deployed_model() -> None:
+        """Stands for whatever a gated model feeds (the registry, in the next stage)."""
+
+    return deployed_model
 
 
 @pytest.fixture
@@ -31,16 +34,16 @@ def test_an_overfit_model_is_stopped_with_its_digest_recorded(instance, isolated
         pipeline, model=dataclasses.replace(pipeline.model, estimator="decision_tree", params={})
     )
     defs = dg.Definitions.merge(
-        pipeline.build_definitions(Environment.LOCAL), dg.Definitions(assets=[deployed_model])
+        pipeline.build_definitions(Environment.LOCAL), dg.Definitions(assets=[_deployed("adult")])
     )
     result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
         instance=instance, raise_on_error=False
     )
     assert not result.success
-    model = instance.get_latest_materialization_event(dg.AssetKey("trained_model"))
+    model = instance.get_latest_materialization_event(dg.AssetKey(["adult", "trained_model"]))
     digest = model.asset_materialization.metadata["sha256"].value
     evaluations = {e.asset_check_key.name: e for e in result.get_asset_check_evaluations()
-                   if e.asset_key == dg.AssetKey("trained_model")}  # fmt: skip
+                   if e.asset_key == dg.AssetKey(["adult", "trained_model"])}  # fmt: skip
     assert set(evaluations) == {
         "performance_meets_policy",
         "adversarial_robustness",
@@ -53,12 +56,13 @@ def test_an_overfit_model_is_stopped_with_its_digest_recorded(instance, isolated
     assert "ROC AUC" in evaluations["performance_meets_policy"].description
     assert not evaluations["membership_inference_risk"].passed
     assert "attack advantage" in evaluations["membership_inference_risk"].description
-    assert instance.get_latest_materialization_event(dg.AssetKey("deployed_model")) is None
+    deployed = dg.AssetKey(["adult", "deployed_model"])
+    assert instance.get_latest_materialization_event(deployed) is None
 
     out = io.StringIO()
     AuditLog(LocalSnapshotStore(isolated_env / "store")).export(out)
     verdicts = [json.loads(line) for line in out.getvalue().splitlines()]
-    judged = [v for v in verdicts if v["actor"].startswith("check:trained_model:")]
+    judged = [v for v in verdicts if v["actor"].startswith("check:adult/trained_model:")]
     assert {v["subject"] for v in judged} == {digest}
     assert {v["details"]["check"]: v["details"]["passed"] for v in judged}[
         "membership_inference_risk"
@@ -104,15 +108,16 @@ def test_the_second_pipeline_gets_the_same_gates(instance, tmp_path) -> None:
         ),
     )
     defs = dg.Definitions.merge(
-        pipeline.build_definitions(Environment.LOCAL), dg.Definitions(assets=[deployed_model])
+        pipeline.build_definitions(Environment.LOCAL), dg.Definitions(assets=[_deployed("loans")])
     )
     result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
         instance=instance, raise_on_error=False
     )
     evaluations = {e.asset_check_key.name: e for e in result.get_asset_check_evaluations()
-                   if e.asset_key == dg.AssetKey("trained_model")}  # fmt: skip
+                   if e.asset_key == dg.AssetKey(["loans", "trained_model"])}  # fmt: skip
     assert evaluations["performance_meets_policy"].passed  # accurate on clean input...
     assert not evaluations["adversarial_robustness"].passed  # ...but fragile
     assert "accuracy drops" in evaluations["adversarial_robustness"].description
     assert set(evaluations) >= {"membership_inference_risk", "fairness_audit"}
-    assert instance.get_latest_materialization_event(dg.AssetKey("deployed_model")) is None
+    deployed = dg.AssetKey(["loans", "deployed_model"])
+    assert instance.get_latest_materialization_event(deployed) is None

@@ -110,9 +110,10 @@ def test_each_stage_job_runs_its_steps_in_its_own_namespace(production) -> None:
             labels = pod_job.spec.template.metadata.labels
             assert labels["secure-pipeline/stage"] == name.removeprefix("adult_"), key
     # every asset and check of the graph runs in one of the stage jobs
-    assert {"raw_adult", "validated_adult", "features", "trained_model", "registered_model",
-            "promoted_model", "trained_model_fairness_audit",
-            "registered_model_signature_verifies"} <= seen  # fmt: skip
+    assert {"adult__raw_adult", "adult__validated_adult", "adult__features",
+            "adult__trained_model", "adult__registered_model", "adult__promoted_model",
+            "adult__trained_model_fairness_audit",
+            "adult__registered_model_signature_verifies"} <= seen  # fmt: skip
 
 
 def test_each_step_finds_its_own_signer_and_no_other_in_its_namespace(production) -> None:
@@ -146,7 +147,7 @@ def test_training_gets_more_memory_and_no_signing_key(production) -> None:
         key: pod_job.spec.template.spec.containers[0]
         for key, _, pod_job in render_steps(production.resolve_job_def("adult_train"))
     }
-    assert pods["trained_model"].resources.limits == {"cpu": "2", "memory": "4Gi"}
+    assert pods["adult__trained_model"].resources.limits == {"cpu": "2", "memory": "4Gi"}
     for container in pods.values():
         assert "sp-registry-signing" not in [e.secret_ref.name for e in container.env_from]
 

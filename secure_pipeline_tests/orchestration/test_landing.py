@@ -159,7 +159,7 @@ def test_the_sensor_pins_each_batch_in_its_run_config(s3_client, s3_bucket, land
         tick = _sensor_tick(instance)
         assert len(tick.run_requests) == 1
         request = tick.run_requests[0]
-        config = request.run_config["ops"]["raw_adult"]["config"]
+        config = request.run_config["ops"]["adult__raw_adult"]["config"]
         assert config["location"] == landing_env + "d1/"
         assert set(config["objects"]) == {"train", "test"}
         assert request.run_key.startswith("landing:d1/:")
@@ -180,9 +180,9 @@ def _ingest(instance, config: dict) -> dg.ExecuteInProcessResult:
     defs = adult_pipeline().build_definitions()
     return defs.resolve_job_def("adult_ingest").execute_in_process(
         instance=instance,
-        run_config={"ops": {"raw_adult": {"config": config}}},
+        run_config={"ops": {"adult__raw_adult": {"config": config}}},
         raise_on_error=False,
-        op_selection=["raw_adult"],
+        op_selection=["adult__raw_adult"],
     )
 
 
@@ -196,15 +196,15 @@ def test_the_run_ingests_exactly_the_pinned_versions(
         request = _sensor_tick(instance).run_requests[0]
         # after the sensor saw it, someone overwrites a file of the batch
         s3_client.put_object(Bucket=s3_bucket, Key="landing/adult/d1/adult.data", Body=b"forged")
-        result = _ingest(instance, request.run_config["ops"]["raw_adult"]["config"])
+        result = _ingest(instance, request.run_config["ops"]["adult__raw_adult"]["config"])
         assert result.success
         meta = instance.get_latest_materialization_event(
-            dg.AssetKey("raw_adult")
+            dg.AssetKey(["adult", "raw_adult"])
         ).asset_materialization.metadata
     train = next(p for p in meta["provenance"].value if p["member"] == "train")
     assert train["sha256"] == __import__("hashlib").sha256(real["adult.data"]).hexdigest()
     assert train["facts"]["version_id"] == next(
-        o["version_id"] for m, o in request.run_config["ops"]["raw_adult"]["config"][
+        o["version_id"] for m, o in request.run_config["ops"]["adult__raw_adult"]["config"][
             "objects"].items() if m == "train"
     )  # fmt: skip
 
@@ -215,7 +215,9 @@ def test_an_etag_pin_refuses_changed_content(s3_client, landing_env, monkeypatch
     for name in ("adult.data", "adult.test"):
         s3_client.put_object(Bucket="sp-landing-etag", Key=f"landing/adult/e/{name}", Body=b"first")
     with dg.instance_for_test() as instance:
-        config = _sensor_tick(instance).run_requests[0].run_config["ops"]["raw_adult"]["config"]
+        config = (
+            _sensor_tick(instance).run_requests[0].run_config["ops"]["adult__raw_adult"]["config"]
+        )
         s3_client.put_object(Bucket="sp-landing-etag", Key="landing/adult/e/adult.data", Body=b"2")
         result = _ingest(instance, config)
     assert not result.success

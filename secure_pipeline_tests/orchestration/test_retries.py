@@ -92,7 +92,7 @@ def test_a_dropped_connection_or_busy_source_is_retried(
         monkeypatch.setenv("SECURE_PIPELINE_CA_BUNDLE", str(pki.ca))
         result = materialize(_pipeline(retries=2), instance, raise_on_error=False)
     assert result.success
-    events = _events(result, "raw_adult")
+    events = _events(result, "adult__raw_adult")
     assert events.count("STEP_UP_FOR_RETRY") == 1
     assert events.count("ASSET_MATERIALIZATION") == 1
 
@@ -115,7 +115,7 @@ def test_a_refused_source_is_not_retried(pki, files, instance, monkeypatch) -> N
         result = materialize(_pipeline(retries=3), instance, raise_on_error=False)
         attempts = len(server.requests)
     assert not result.success
-    assert "STEP_UP_FOR_RETRY" not in _events(result, "raw_adult")
+    assert "STEP_UP_FOR_RETRY" not in _events(result, "adult__raw_adult")
     assert attempts == 0  # refused at the TLS handshake, once, before any request
     failure = result.get_step_failure_events()[0].step_failure_data.error
     assert failure.cause.cls_name == "UntrustedSourceError"

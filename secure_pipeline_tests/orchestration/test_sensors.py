@@ -45,7 +45,7 @@ def downstream() -> None:
 DOWNSTREAM_JOB = dg.define_asset_job("downstream_job", selection=[downstream])
 SENSOR = chain_sensor(
     name="downstream_on_upstream",
-    upstream="upstream",
+    upstream=dg.AssetKey("upstream"),
     blocking_checks=["gate"],
     job=DOWNSTREAM_JOB,
     run_key_prefix="train",
@@ -99,7 +99,7 @@ def test_a_snapshot_its_gate_never_judged_stops_the_chain() -> None:
     with dg.instance_for_test() as instance:
         _materialize(instance, gate=True)
         _materialize(instance, gate=None)  # newest snapshot: the gate did not run for it
-        state = gate_state(instance, "upstream", ["gate"])
+        state = gate_state(instance, dg.AssetKey("upstream"), ["gate"])
         assert state is not None
         assert state.state == "failed"
         assert state.detail == "gate never judged it"  # the older pass does not count
@@ -167,9 +167,9 @@ def test_a_failed_run_is_written_to_the_audit_trail(isolated_env: Path) -> None:
     with dg.instance_for_test(temp_dir=str(isolated_env)) as instance:
         result = defs.resolve_job_def("adult_ingest").execute_in_process(
             instance=instance,
-            run_config={"ops": {"raw_adult": {"config": {"location": secret}}}},
+            run_config={"ops": {"adult__raw_adult": {"config": {"location": secret}}}},
             raise_on_error=False,
-            op_selection=["raw_adult"],
+            op_selection=["adult__raw_adult"],
         )
         assert not result.success
         sensor = defs.resolve_sensor_def("adult_audit_run_failures")
@@ -187,7 +187,7 @@ def test_a_failed_run_is_written_to_the_audit_trail(isolated_env: Path) -> None:
     record = records[0]
     assert record.run_id == result.run_id
     assert record.details["job"] == "adult_ingest"
-    assert record.details["failed_steps"] == ["raw_adult"]
+    assert record.details["failed_steps"] == ["adult__raw_adult"]
     assert record.details["errors"] == ["UntrustedSourceError"]
     assert "attacker-bucket" not in record.to_json().decode()  # messages are not copied
 

@@ -66,7 +66,9 @@ def failed_run(tmp_path_factory, dev_keys) -> Failed:
             materialize(_strict(), instance,
                         ["raw_adult", "validated_adult", "features", "trained_model"],
                         raise_on_error=False)  # fmt: skip
-            event = instance.get_latest_materialization_event(dg.AssetKey("trained_model"))
+            event = instance.get_latest_materialization_event(
+                dg.AssetKey(["adult", "trained_model"])
+            )
             meta = {k: v.value for k, v in event.asset_materialization.metadata.items()}
     return Failed(home, str(meta["sha256"]), meta)
 
@@ -94,7 +96,9 @@ def _register(failed: Failed) -> dg.ExecuteInProcessResult:
         return materialize(_strict(), instance, ["registered_model"], raise_on_error=False)
 
 
-def _store_verdict(store, subject: str, signer, *, passed: bool, asset="trained_model") -> None:
+def _store_verdict(
+    store, subject: str, signer, *, passed: bool, asset="adult/trained_model"
+) -> None:
     document = verdict_statement(
         _strict(), asset=asset, check=PERFORMANCE, subject=subject, passed=passed,
         severity="ERROR", summary={"roc_auc": 0.99}, run_id="forged", trust_digest="",
@@ -110,7 +114,7 @@ def test_the_failed_model_is_refused_registration(failed) -> None:
     store = LocalSnapshotStore(failed.home / "store")
     [refusal] = [r for r in AuditLog(store).verified_records() if r.event == "registration.refused"]
     assert refusal.identity == "release"
-    assert "performance_meets_policy on trained_model failed" in str(refusal.details)
+    assert "performance_meets_policy on adult/trained_model failed" in str(refusal.details)
     assert not list(store.list_keys("attestations/registrations/"))
 
 
@@ -180,7 +184,7 @@ def test_verdicts_judged_under_another_policy_are_refused(reference_run, monkeyp
     monkeypatch.setenv("DAGSTER_HOME", str(reference_run.home))
     store = LocalSnapshotStore(reference_run.home / "store")
     with dg.DagsterInstance.get() as instance:
-        event = instance.get_latest_materialization_event(dg.AssetKey("trained_model"))
+        event = instance.get_latest_materialization_event(dg.AssetKey(["adult", "trained_model"]))
     meta = {k: v.value for k, v in event.asset_materialization.metadata.items()}
     pipeline = adult_pipeline()
     tightened = dataclasses.replace(
@@ -211,7 +215,9 @@ def reregistered(reference_run, dev_keys) -> dict:
         before = files()
         with dg.DagsterInstance.get() as instance:
             result = materialize(adult_pipeline(), instance, ["registered_model"])
-            event = instance.get_latest_materialization_event(dg.AssetKey("registered_model"))
+            event = instance.get_latest_materialization_event(
+                dg.AssetKey(["adult", "registered_model"])
+            )
         assert result.success
         after = files()
     return {

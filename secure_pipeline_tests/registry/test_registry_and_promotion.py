@@ -245,7 +245,7 @@ def test_a_pickled_model_file_is_refused_at_load_even_when_signed(bundle, state)
         if check["stage"] == "model":
             check["subject"] = digest
             document = verdict_statement(
-                adult_pipeline(), asset="trained_model", check=check["check"], subject=digest,
+                adult_pipeline(), asset="adult/trained_model", check=check["check"], subject=digest,
                 passed=True, severity=check["severity"], summary={}, run_id="r",
                 trust_digest="",
             )  # fmt: skip
@@ -483,7 +483,7 @@ def test_a_later_signed_failed_verdict_overturns_the_lineage(bundle, state, tmp_
 
     def evaluated(passed: bool, signer) -> None:
         document = verdict_statement(
-            adult_pipeline(), asset="trained_model", check="fairness_audit",
+            adult_pipeline(), asset="adult/trained_model", check="fairness_audit",
             subject=state.model_sha, passed=passed, severity="ERROR", summary={}, run_id="r",
             trust_digest="",
         )  # fmt: skip
@@ -536,7 +536,7 @@ def test_the_chain_sensors_start_the_next_stages_after_passed_gates(state) -> No
             ("adult_train_on_new_features", "features", "train", "adult_train"),
             ("adult_release_on_passed_model", "trained_model", "release", "adult_release"),
         ):
-            event = instance.get_latest_materialization_event(dg.AssetKey(upstream))
+            event = instance.get_latest_materialization_event(dg.AssetKey(["adult", upstream]))
             digest = event.asset_materialization.tags["dagster/data_version"]
             sensor = defs.resolve_sensor_def(sensor_name)
             tick = sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
@@ -567,7 +567,9 @@ def test_the_approval_sensor_promotes_once_a_valid_approval_arrives(
     resources = {"snapshot_store": defs.resources["snapshot_store"]}
     # The newest registered version (other modules may have registered the model again).
     with dg.DagsterInstance.get() as instance:
-        event = instance.get_latest_materialization_event(dg.AssetKey("registered_model"))
+        event = instance.get_latest_materialization_event(
+            dg.AssetKey(["adult", "registered_model"])
+        )
     meta = event.asset_materialization.metadata
     version, model_sha = str(meta["model_version"].value), str(meta["model_sha256"].value)
     bundle_digest = str(meta["bundle_digest"].value)
@@ -589,7 +591,7 @@ def test_the_approval_sensor_promotes_once_a_valid_approval_arrives(
         reason="reviewed the card"))  # fmt: skip
     [request] = tick().run_requests
     assert request.run_key.startswith(f"promote:{version}:")
-    assert request.asset_selection == [dg.AssetKey("promoted_model")]
+    assert request.asset_selection == [dg.AssetKey(["adult", "promoted_model"])]
     assert sensor.job_name == "adult_release"
     # seen again, the same approvals: the same run key, which Dagster launches once
     assert tick().run_requests[0].run_key == request.run_key
@@ -600,8 +602,8 @@ def test_the_approval_sensor_promotes_once_a_valid_approval_arrives(
         context = dg.build_sensor_context(instance, resources=resources)
         [request] = serving.evaluate_tick(context).run_requests
     assert request.asset_selection == [
-        dg.AssetKey("promoted_model"),
-        dg.AssetKey("canary_analysis"),
+        dg.AssetKey(["adult", "promoted_model"]),
+        dg.AssetKey(["adult", "canary_analysis"]),
     ]
     # once the gate signed that version champion, there is nothing left to do
     issue(

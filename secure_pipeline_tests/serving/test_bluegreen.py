@@ -113,7 +113,9 @@ def _admitted_challenger(home: Path) -> str:
 
     with dg.DagsterInstance.get() as instance:
         assert materialize(adult_pipeline(), instance, ["registered_model"]).success
-        event = instance.get_latest_materialization_event(dg.AssetKey("registered_model"))
+        event = instance.get_latest_materialization_event(
+            dg.AssetKey(["adult", "registered_model"])
+        )
     version = str(event.asset_materialization.metadata["model_version"].value)
     store = LocalSnapshotStore(home / "store")
     promote(adult_pipeline(), "adult", version, store=store, audit=AuditLog(store),
@@ -257,7 +259,7 @@ def test_a_healthy_challenger_passes_its_canary_through_the_asset(env) -> None:
     job = defs.resolve_implicit_global_asset_job_def()
     with dg.DagsterInstance.get() as instance:
         result = job.execute_in_process(
-            instance=instance, asset_selection=[dg.AssetKey("canary_analysis")]
+            instance=instance, asset_selection=[dg.AssetKey(["adult", "canary_analysis"])]
         )
     assert result.success
     assert alias_version(env.name, CHAMPION) == version

@@ -5,6 +5,7 @@ import io
 import pickle
 import zipfile
 
+import dagster as dg
 import joblib
 import numpy as np
 import pandas as pd
@@ -116,7 +117,7 @@ def test_model_spec_is_checked() -> None:
 
 def test_isolation_is_declared_on_the_training_step() -> None:
     defs = adult_pipeline().build_definitions()
-    tags = defs.resolve_assets_def("trained_model").op.tags
+    tags = defs.resolve_assets_def(dg.AssetKey(["adult", "trained_model"])).op.tags
     assert tags["secure_pipeline/k8s_namespace"] == "sp-train"
     config = tags["dagster-k8s/config"]
     config = config if isinstance(config, dict) else __import__("json").loads(config)
