@@ -14,6 +14,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -420,7 +421,13 @@ def test_access_log_records_requests_but_never_bodies_or_queries(env: Env) -> No
     body = json.dumps({"rows": [{"name": marker}]}).encode()
     assert env.request("alice", "POST", f"/predict?q={marker}", body)[0] == 200
     assert env.blue.received[0].body == body
+    before = len(env.gateway.access_log.read_text().splitlines())
     env.request("ops", "POST", "/predict", body, headers={"X-Note": marker})
+    # nginx writes a request's line after answering it: wait for the ops line to be written.
+    deadline = time.monotonic() + 5
+    while len(env.gateway.access_log.read_text().splitlines()) <= before:
+        assert time.monotonic() < deadline, "the ops request was never logged"
+        time.sleep(0.02)
     log = env.gateway.access_log.read_text()
     assert marker not in log
     last = json.loads(log.strip().splitlines()[-2])
