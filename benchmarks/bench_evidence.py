@@ -65,9 +65,9 @@ def main() -> None:
     try:
         import dagster as dg
 
-        from secure_pipeline.promotion.decisions import champion, decisions
-        from secure_pipeline.promotion.evidence import Evidence, check_decision, verified
         from secure_pipeline.reference.adult import adult_pipeline
+        from secure_pipeline.registry.decisions import champion, decisions
+        from secure_pipeline.registry.evidence import Evidence, check_decision, verify_reference
         from secure_pipeline.registry.registration import check_registration
         from secure_pipeline.registry.signing import verify_bundle
         from secure_pipeline.registry.verification import Resolved, resolve, verify_bundle_dir
@@ -107,7 +107,7 @@ def main() -> None:
             assert evidence.ok, evidence.problems
 
         def from_the_registry() -> None:
-            with verified("models:/adult@champion", pipeline=pipeline, trust=trust,
+            with verify_reference("models:/adult@champion", pipeline=pipeline, trust=trust,
                           store=store) as evidence:  # fmt: skip
                 assert evidence.ok, evidence.problems
 

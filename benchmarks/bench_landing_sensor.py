@@ -188,7 +188,7 @@ SCANS: list[Any] = []  # the ScanResult of every tick, in order
 def instrument() -> None:
     """Count the sensor's S3 calls and keep each tick's scan result (library code unchanged)."""
     import secure_pipeline.storage.s3 as s3
-    from secure_pipeline.orchestration.landing import LandingZone
+    from secure_pipeline.ingestion.landing import LandingZone
 
     make_client = s3.make_s3_client
     scan = LandingZone.scan
@@ -322,7 +322,7 @@ def incremental(
     Returns:
         The cursor after the last tick.
     """
-    from secure_pipeline.orchestration.landing import LandingCursor
+    from secure_pipeline.ingestion.landing import LandingCursor
 
     ticks: list[Tick] = []
     bare: list[float] = []
@@ -366,7 +366,7 @@ def drain(sensor: Any, instance: Any, cursor: str | None, max_ticks: int) -> lis
 
 def dense_zone(sensor: Any, instance: Any, raw: Any) -> None:
     """Run-budget bound: first tick, sampled backlog ticks, incremental ticks."""
-    from secure_pipeline.orchestration.landing import MAX_PENDING, LandingCursor
+    from secure_pipeline.ingestion.landing import MAX_PENDING, LandingCursor
 
     os.environ["SECURE_PIPELINE_LANDING_URI"] = f"s3://{DENSE_BUCKET}/{PREFIX}"
     print(f"\ndense zone: {DENSE_FOLDERS:,} complete batch folders x 3 keys "

@@ -284,7 +284,8 @@ class Direct:
         """features, feature_drift."""
         from secure_pipeline.features.drift import population_stability
         from secure_pipeline.features.engineering import build_features, feature_catalog
-        from secure_pipeline.promotion.gate import champion_lineage
+        from secure_pipeline.registry.evidence import champion_lineage
+        from secure_pipeline.trust.policy import trust_policy
 
         pipeline = self.pipeline
         with self.step("features"):
@@ -292,7 +293,7 @@ class Direct:
             features = self.table("features", table,
                                   {pipeline.validated_asset_name: validated.sha256})  # fmt: skip
         with self.step("features_feature_drift"):
-            champion = champion_lineage(pipeline, self.store, self.audit)
+            champion = champion_lineage(pipeline, self.store, trust_policy())
             assert champion is None  # a fresh home: the reference is the first snapshot
             current = self.frame(features)
             reference = self.frame(features)
@@ -477,7 +478,6 @@ class Direct:
         """registered_model (bundle, signing, verification, MLflow), signature_verifies."""
         import mlflow
 
-        from secure_pipeline.promotion.gate import verify_version
         from secure_pipeline.registry.bundle import (
             LINEAGE_FILE,
             build_lineage,
@@ -558,7 +558,13 @@ class Direct:
                               upstream={"trained_model": model_sha})  # fmt: skip
         with self.step("registered_model_signature_verifies"):
             value = json.loads(store.read_bytes(ref))
-            checked = verify_version(pipeline, value["name"], value["version"], store)
+            from secure_pipeline.registry.evidence import verify_reference
+            from secure_pipeline.trust.policy import trust_policy
+
+            with verify_reference(f"models:/{value['name']}/{value['version']}",
+                                  pipeline=pipeline, trust=trust_policy(),
+                                  store=store) as evidence:  # fmt: skip
+                checked = evidence.verification
             self.verdict("registered_model", "signature_verifies", checked.ok,
                          checked.model_sha256 or value.get("model_sha256"),
                          {"version": value["version"], "signer": checked.signer})  # fmt: skip

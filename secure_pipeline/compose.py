@@ -1,4 +1,4 @@
-"""Composition: any number of `SecurePipeline` specs as one code location's definitions.
+"""Composition: any number of pipeline specs as one code location's definitions.
 
 Each pipeline contributes its own assets (keys prefixed with its name), checks, stage jobs,
 schedule and sensors; the pipelines share the snapshot store, its IO manager and the executor
@@ -15,14 +15,14 @@ if TYPE_CHECKING:
     import dagster as dg
 
     from secure_pipeline.environment import Environment
-    from secure_pipeline.pipeline import SecurePipeline
+    from secure_pipeline.spec import PipelineSpec
 
 # Every pipeline built into definitions in this process, by name (the CLI's choice of pipeline).
-_BUILT: dict[str, "SecurePipeline"] = {}
+_BUILT: dict[str, "PipelineSpec"] = {}
 
 
 def build_definitions(
-    pipelines: Sequence["SecurePipeline"], environment: "Environment | None" = None
+    pipelines: Sequence["PipelineSpec"], environment: "Environment | None" = None
 ) -> "dg.Definitions":
     """The definitions of several pipelines in one code location.
 
@@ -76,7 +76,7 @@ def build_definitions(
     )
 
 
-def _pipeline_parts(pipeline: "SecurePipeline", environment: Any, mode: str) -> dict[str, Any]:
+def _pipeline_parts(pipeline: "PipelineSpec", environment: Any, mode: str) -> dict[str, Any]:
     from secure_pipeline.features.assets import build_features_stage
     from secure_pipeline.ingestion.assets import build_raw_asset
     from secure_pipeline.mlsec.checks import build_ml_checks
@@ -84,11 +84,12 @@ def _pipeline_parts(pipeline: "SecurePipeline", environment: Any, mode: str) -> 
     from secure_pipeline.orchestration.jobs import KUBERNETES, adhoc_executor_config
     from secure_pipeline.promotion.assets import build_promotion_stage
     from secure_pipeline.registry.assets import build_registry_stage
+    from secure_pipeline.registry.evidence import champion_lineage
     from secure_pipeline.training.assets import build_training_stage
     from secure_pipeline.validation.assets import build_validation_stage
 
     validated, validation_checks = build_validation_stage(pipeline)
-    features, feature_checks = build_features_stage(pipeline)
+    features, feature_checks = build_features_stage(pipeline, champion_lineage)
     registry, registry_checks = build_registry_stage(pipeline)
     assets = [
         build_raw_asset(pipeline),
@@ -113,6 +114,6 @@ def _pipeline_parts(pipeline: "SecurePipeline", environment: Any, mode: str) -> 
     }
 
 
-def pipelines_of() -> Mapping[str, "SecurePipeline"]:
+def pipelines_of() -> Mapping[str, "PipelineSpec"]:
     """The pipelines built into definitions in this process, by name."""
     return dict(_BUILT)

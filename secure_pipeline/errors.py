@@ -37,7 +37,7 @@ class PolicyViolation(SecurePipelineError):  # noqa: N818 - the name DESIGN.md g
 class TransientError(SecurePipelineError):
     """A dependency was unavailable for a moment; the same step may succeed when retried.
 
-    Only errors of this kind (and the network errors `secure_pipeline.orchestration.retries`
+    Only errors of this kind (and the network errors `secure_pipeline.retries`
     recognises) are retried. Every other error of this module is a refusal, and a refusal is
     never retried.
     """

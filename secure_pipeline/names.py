@@ -8,8 +8,10 @@ are constants here: a rename that misses a place fails at import, not at promoti
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
-import dagster as dg
+if TYPE_CHECKING:
+    import dagster as dg
 
 # Asset names (the last component of each key). The raw and validated assets are named after the
 # pipeline's source: raw_<source>, validated_<source>.
@@ -43,8 +45,11 @@ REQUIRED_CHECKS: dict[str, tuple[str, ...]] = {
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 
-# Asset tag naming the pipeline an asset belongs to.
+# Asset and job tags naming the pipeline and the stage something belongs to.
 PIPELINE_TAG = "secure_pipeline/pipeline"
+STAGE_TAG = "secure_pipeline/stage"
+# Op tag naming the identity whose key a step signs with.
+IDENTITY_TAG = "secure_pipeline/identity"
 
 
 @dataclass(frozen=True)
@@ -59,8 +64,15 @@ class PipelineNames:
     pipeline: str
     source: str
 
-    def key(self, asset: str) -> dg.AssetKey:
+    def asset_tags(self, stage: str) -> dict[str, str]:
+        """The tags of an asset of ``stage`` (``ingestion``, ``training``…) of this pipeline."""
+        return {STAGE_TAG: stage, PIPELINE_TAG: self.pipeline}
+
+    def key(self, asset: str) -> "dg.AssetKey":
         """The asset key of one of this pipeline's assets."""
+        # Imported here: the spec and the signing code read these names without loading Dagster.
+        import dagster as dg
+
         return dg.AssetKey([self.pipeline, asset])
 
     @property
@@ -74,41 +86,41 @@ class PipelineNames:
         return f"validated_{self.source}"
 
     @cached_property
-    def raw(self) -> dg.AssetKey:
+    def raw(self) -> "dg.AssetKey":
         """Key of the raw asset."""
         return self.key(self.raw_name)
 
     @cached_property
-    def validated(self) -> dg.AssetKey:
+    def validated(self) -> "dg.AssetKey":
         """Key of the validated asset."""
         return self.key(self.validated_name)
 
     @cached_property
-    def features(self) -> dg.AssetKey:
+    def features(self) -> "dg.AssetKey":
         """Key of the feature table."""
         return self.key(FEATURES)
 
     @cached_property
-    def trained_model(self) -> dg.AssetKey:
+    def trained_model(self) -> "dg.AssetKey":
         """Key of the trained model."""
         return self.key(TRAINED_MODEL)
 
     @cached_property
-    def registered_model(self) -> dg.AssetKey:
+    def registered_model(self) -> "dg.AssetKey":
         """Key of the registered model."""
         return self.key(REGISTERED_MODEL)
 
     @cached_property
-    def promoted_model(self) -> dg.AssetKey:
+    def promoted_model(self) -> "dg.AssetKey":
         """Key of the promotion gate's asset."""
         return self.key(PROMOTED_MODEL)
 
     @cached_property
-    def canary_analysis(self) -> dg.AssetKey:
+    def canary_analysis(self) -> "dg.AssetKey":
         """Key of the blue-green release."""
         return self.key(CANARY_ANALYSIS)
 
-    def stage_key(self, stage: str) -> dg.AssetKey:
+    def stage_key(self, stage: str) -> "dg.AssetKey":
         """The key of the asset whose snapshot a lineage stage names."""
         return {
             "raw": self.raw,

@@ -19,7 +19,7 @@ from secure_pipeline.storage.io_manager import AUDIT_RECORD, SHA256
 from secure_pipeline.storage.resources import SnapshotStoreResource
 
 if TYPE_CHECKING:
-    from secure_pipeline.pipeline import SecurePipeline
+    from secure_pipeline.spec import PipelineSpec
 
 VERDICTS = "verdicts"
 ATTESTATION = "attestation"
@@ -35,7 +35,7 @@ def judged_digest(instance: dg.DagsterInstance, asset_key: dg.AssetKey) -> str |
 
 
 def verdict_statement(
-    pipeline: "SecurePipeline",
+    pipeline: "PipelineSpec",
     *,
     asset: str,
     check: str,
@@ -72,7 +72,7 @@ def verdict_statement(
 def verdict(
     store: SnapshotStoreResource,
     *,
-    pipeline: "SecurePipeline",
+    pipeline: "PipelineSpec",
     identity: str,
     run_id: str,
     asset_key: dg.AssetKey,

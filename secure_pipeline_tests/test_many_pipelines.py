@@ -15,8 +15,8 @@ from secure_pipeline.compose import build_definitions, pipelines_of
 from secure_pipeline.environment import Environment
 from secure_pipeline.errors import ConfigurationError
 from secure_pipeline.pipeline import SecurePipeline, SourceFile
-from secure_pipeline.promotion.decisions import champion, decisions
 from secure_pipeline.reference.adult import DATA_DIR, adult_pipeline
+from secure_pipeline.registry.decisions import champion, decisions
 from secure_pipeline.storage.audit import AuditLog
 from secure_pipeline.storage.local import LocalSnapshotStore
 from secure_pipeline.trust.policy import trust_policy

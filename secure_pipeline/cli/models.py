@@ -103,7 +103,8 @@ def _pipeline_status(instance: Any, pipeline: Any, store: Any) -> list[str]:
 
 def _registry_status(name: str, store: Any) -> None:
     """The signed champion and the registry's aliases as they are now."""
-    from secure_pipeline.promotion.decisions import CHALLENGER, CHAMPION, champion, decisions
+    from secure_pipeline.names import CHALLENGER, CHAMPION
+    from secure_pipeline.registry.decisions import champion, decisions
     from secure_pipeline.registry.mlflow_registry import alias_version
 
     history, rejected = decisions(store, _trust(), name)
@@ -141,13 +142,13 @@ def verify(model_ref: str, pipeline_spec: str, offline: bool) -> None:
     as this version, and for @champion the gate's signed champion decision (the alias must agree
     with it), its approvals and the audit checkpoint. Exit 1 on any failure.
     """
-    from secure_pipeline.promotion.evidence import verified
+    from secure_pipeline.registry.evidence import verify_reference
 
     pipeline = _pipeline(pipeline_spec)
     store = None if offline else _store()
     trust = _trust()
     try:
-        with verified(model_ref, pipeline=pipeline, trust=trust, store=store) as evidence:
+        with verify_reference(model_ref, pipeline=pipeline, trust=trust, store=store) as evidence:
             resolved = evidence.resolved
             where = (
                 f"{resolved.name} version {resolved.version}"
@@ -178,14 +179,14 @@ def evidence(model_ref: str, pipeline_spec: str, as_json: bool) -> None:
     reference (models:/name@champion) shows the gate's champion decision too. Exit 1 when any
     link of the chain fails.
     """
-    from secure_pipeline.promotion.evidence import verified
+    from secure_pipeline.registry.evidence import verify_reference
     from secure_pipeline.trust import attestations
 
     pipeline = _pipeline(pipeline_spec)
     store = _store()
     trust = _trust()
     try:
-        with verified(model_ref, pipeline=pipeline, trust=trust, store=store) as found:
+        with verify_reference(model_ref, pipeline=pipeline, trust=trust, store=store) as found:
             verification = found.verification
             lines: list[str] = [f"trust policy {trust.digest} ({trust.established})"]
             rows: list[dict[str, Any]] = []
@@ -268,8 +269,8 @@ def approve(model_ref: str, key_path: str, reason: str, pipeline_spec: str) -> N
     The key must be an approver's of the trust policy; any other key is refused before
     anything is read or written.
     """
-    from secure_pipeline.promotion.approvals import sign_approval, store_approval
-    from secure_pipeline.promotion.evidence import verified
+    from secure_pipeline.registry.approvals import sign_approval, store_approval
+    from secure_pipeline.registry.evidence import verify_reference
     from secure_pipeline.storage.audit import AuditLog
     from secure_pipeline.trust.signers import approver_signer
 
@@ -281,7 +282,7 @@ def approve(model_ref: str, key_path: str, reason: str, pipeline_spec: str) -> N
     pipeline = _pipeline(pipeline_spec)
     store = _store()
     try:
-        with verified(model_ref, pipeline=pipeline, trust=trust, store=store) as found:
+        with verify_reference(model_ref, pipeline=pipeline, trust=trust, store=store) as found:
             result = found.verification
             report = found.report()
     except ConfigurationError as exc:

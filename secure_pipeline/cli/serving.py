@@ -109,7 +109,7 @@ def serving_up(
     certificates) is made in DIR/slot-pki when the deployment starts.
     """
     from secure_pipeline.promotion.bluegreen import up
-    from secure_pipeline.promotion.decisions import champion, decisions
+    from secure_pipeline.registry.decisions import champion, decisions
     from secure_pipeline.serving.gateway import DEFAULT_ROUTES, client_settings_from_environment
 
     pipeline = _pipeline(pipeline_spec)

@@ -1,23 +1,35 @@
 """The features stage as Dagster definitions: ``features`` and its ``feature_drift`` check."""
 
+from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
 
 from secure_pipeline.features.engineering import LABEL_COLUMN, feature_catalog
 from secure_pipeline.metadata import table
-from secure_pipeline.names import FEATURE_DRIFT, PIPELINE_TAG
-from secure_pipeline.orchestration.retries import retry_transient_io
-from secure_pipeline.pipeline import RESERVED_SPLIT_COLUMN, SecurePipeline
+from secure_pipeline.names import FEATURE_DRIFT
+from secure_pipeline.retries import retry_transient_io
+from secure_pipeline.spec import RESERVED_SPLIT_COLUMN, PipelineSpec
 from secure_pipeline.storage.io_manager import load_recorded, recorded_snapshot
 from secure_pipeline.storage.resources import SnapshotStoreResource
 from secure_pipeline.storage.snapshots import SnapshotStore, snapshot_key
 from secure_pipeline.trust.identities import INGEST
+from secure_pipeline.trust.policy import TrustPolicy
 from secure_pipeline.verdicts import verdict
+
+# Reads the current champion's verified lineage: ``(version, lineage)`` or None. The registry
+# provides it (`secure_pipeline.registry.evidence.champion_lineage`); composition passes it in,
+# because the registry sits above this stage.
+ChampionLineage = Callable[
+    [PipelineSpec, SnapshotStore, TrustPolicy], tuple[str, dict[str, Any]] | None
+]
 
 
 def drift_reference(
-    instance: dg.DagsterInstance, store: SnapshotStore, audit: Any, pipeline: SecurePipeline
+    instance: dg.DagsterInstance,
+    store: SnapshotStore,
+    pipeline: PipelineSpec,
+    champion_lineage: ChampionLineage,
 ) -> tuple[str, str, str]:
     """The features snapshot drift is measured against: ``(key, sha256, description)``.
 
@@ -31,15 +43,20 @@ def drift_reference(
         IntegrityError: When its lineage names something other than a features snapshot.
     """
     from secure_pipeline.errors import IntegrityError
-    from secure_pipeline.promotion.gate import champion_lineage
+    from secure_pipeline.trust.policy import trust_policy
 
-    champion = champion_lineage(pipeline, store, audit)
+    champion = champion_lineage(pipeline, store, trust_policy())
     if champion is not None:
         version, lineage = champion
         features = lineage["data"]["features"]
         key, sha = str(features["key"]), str(features["sha256"])
         if key != snapshot_key(pipeline.names.features.path, sha, "parquet"):
-            raise IntegrityError(f"the champion's lineage names {key} as its training features")
+            raise IntegrityError(
+                f"the champion's signed lineage names {key} as its training features, expected "
+                f"a snapshot under snapshots/{pipeline.name}/features/: the champion was made "
+                "before asset keys were scoped by pipeline (start a new home, see the README's "
+                "migration note) or belongs to another pipeline"
+            )
         return key, sha, f"the snapshot champion version {version} was trained on"
     features_key = pipeline.names.features
     result = instance.fetch_materializations(
@@ -52,12 +69,14 @@ def drift_reference(
 
 
 def build_features_stage(
-    pipeline: SecurePipeline,
+    pipeline: PipelineSpec, champion_lineage: ChampionLineage
 ) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
     """Build ``features`` and ``feature_drift``.
 
     Args:
         pipeline: The spec.
+        champion_lineage: Reads the champion's verified lineage (drift is measured against
+            the snapshot it was trained on).
 
     Returns:
         ``(assets, checks)``.
@@ -94,7 +113,7 @@ def build_features_stage(
             "immutable, content-addressed snapshot whose digest is the data version."
         ),
         metadata={"feature_catalog": catalog_table},
-        tags={"secure_pipeline/stage": "features", PIPELINE_TAG: pipeline.name},
+        tags=pipeline.names.asset_tags("features"),
         op_tags=pipeline.orchestration.ingest.dagster_tags(INGEST),
     )
     @retry_transient_io(pipeline.orchestration)
@@ -141,7 +160,7 @@ def build_features_stage(
         from secure_pipeline.storage.tables import parquet_to_table
 
         reference_key, reference_digest, reference_what = drift_reference(
-            context.instance, store, snapshot_store.get_audit_log(), pipeline
+            context.instance, store, pipeline, champion_lineage
         )
         current = load_recorded(store, current_record, features_key)
         reference = parquet_to_table(

@@ -5,71 +5,21 @@ in the schema's allowed values (-1 when missing), so the same value has the same
 snapshot and drift between snapshots is measured on comparable columns.
 """
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-from secure_pipeline.pipeline import RESERVED_SPLIT_COLUMN, SecurePipeline
+from secure_pipeline.spec import (
+    LABEL_COLUMN,
+    RESERVED_SPLIT_COLUMN,
+    Feature,
+    PipelineSpec,
+    feature_catalog,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
 
-LABEL_COLUMN = "label"
-FeatureKind = Literal["numeric", "categorical"]
 
-
-@dataclass(frozen=True)
-class Feature:
-    """One column of the feature table.
-
-    Attributes:
-        name: Column name.
-        kind: ``numeric`` (float) or ``categorical`` (integer codes, -1 missing).
-        source: The validated column it is derived from.
-        categories: For categorical features: what each code means, in code order.
-        sensitive: Whether it describes a protected group (for fairness audits).
-    """
-
-    name: str
-    kind: FeatureKind
-    source: str
-    categories: tuple[str, ...] = ()
-    sensitive: bool = False
-
-
-def feature_catalog(pipeline: SecurePipeline) -> list[Feature]:
-    """Every feature the pipeline's spec produces, in column order."""
-    spec, schema = pipeline.features, pipeline.schema
-    sensitive = set(pipeline.sensitive_features)
-    catalog: list[Feature] = []
-    for column in schema.columns:
-        if column.name == schema.label or column.name in spec.exclude:
-            continue
-        is_sensitive = column.name in sensitive
-        if column.dtype in ("int", "float", "bool"):
-            catalog.append(Feature(column.name, "numeric", column.name, sensitive=is_sensitive))
-        elif column.dtype == "category":
-            categories = tuple(column.allowed or ())
-            catalog.append(
-                Feature(column.name, "categorical", column.name, categories, is_sensitive)
-            )
-        # free-text columns are not features
-    for name, cuts in spec.bands.items():
-        labels = _band_labels(cuts)
-        catalog.append(
-            Feature(f"{name}_band", "categorical", name, labels, sensitive=name in sensitive)
-        )
-    for name in spec.log1p:
-        catalog.append(Feature(f"log1p_{name}", "numeric", name, sensitive=name in sensitive))
-    return catalog
-
-
-def _band_labels(cuts: tuple[float, ...]) -> tuple[str, ...]:
-    edges = [f"{c:g}" for c in cuts]
-    return (f"<{edges[0]}", *(f"{a}-{b}" for a, b in zip(edges, edges[1:], strict=False)),
-            f">={edges[-1]}")  # fmt: skip
-
-
-def build_features(frame: "pd.DataFrame", pipeline: SecurePipeline) -> "pd.DataFrame":
+def build_features(frame: "pd.DataFrame", pipeline: PipelineSpec) -> "pd.DataFrame":
     """Derive the feature table from validated rows.
 
     Args:
@@ -92,7 +42,7 @@ def build_features(frame: "pd.DataFrame", pipeline: SecurePipeline) -> "pd.DataF
     return pd.DataFrame(columns)
 
 
-def feature_column(feature: Feature, values: "pd.Series", pipeline: SecurePipeline) -> object:
+def feature_column(feature: Feature, values: "pd.Series", pipeline: PipelineSpec) -> object:
     """One feature's values from its validated source column (training and serving alike)."""
     import numpy as np
     import pandas as pd

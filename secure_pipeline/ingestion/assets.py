@@ -15,17 +15,16 @@ from secure_pipeline import environment as env
 from secure_pipeline.ingestion.connectors import connector_for, join_location
 from secure_pipeline.ingestion.provenance import ProvenanceRecord, provenance_document
 from secure_pipeline.metadata import table
-from secure_pipeline.names import PIPELINE_TAG
-from secure_pipeline.orchestration.retries import retry_transient_io
-from secure_pipeline.pipeline import SecurePipeline
 from secure_pipeline.redaction import redact_text, redact_uri
+from secure_pipeline.retries import retry_transient_io
+from secure_pipeline.spec import PipelineSpec
 from secure_pipeline.storage.io_manager import snapshot_metadata
 from secure_pipeline.storage.resources import SnapshotStoreResource
 from secure_pipeline.storage.snapshots import FILESET_FORMAT, SnapshotRef, utc_now
 from secure_pipeline.trust.identities import INGEST
 
 
-def declared_table_schema(pipeline: SecurePipeline) -> dg.TableSchema:
+def declared_table_schema(pipeline: PipelineSpec) -> dg.TableSchema:
     """The pipeline's declared schema as Dagster table metadata."""
     columns = []
     for column in pipeline.schema.columns:
@@ -49,7 +48,7 @@ def declared_table_schema(pipeline: SecurePipeline) -> dg.TableSchema:
     return dg.TableSchema(columns=columns)
 
 
-def source_location(pipeline: SecurePipeline) -> str:
+def source_location(pipeline: PipelineSpec) -> str:
     """The source location for this run: the override variable if set, else the default."""
     variable = pipeline.source.location_env_var
     if variable:
@@ -59,7 +58,7 @@ def source_location(pipeline: SecurePipeline) -> str:
     return pipeline.source.location
 
 
-def landing_location(pipeline: SecurePipeline) -> str | None:
+def landing_location(pipeline: PipelineSpec) -> str | None:
     """The landing zone (``s3://bucket/prefix/``) named by the spec's variable, if set."""
     variable = pipeline.orchestration.landing_env_var
     value = dg.EnvVar(variable).get_value() if variable else None
@@ -79,7 +78,7 @@ class SourceBatch(dg.Config):
 
 
 def batch_location(
-    pipeline: SecurePipeline, batch: SourceBatch
+    pipeline: PipelineSpec, batch: SourceBatch
 ) -> tuple[str, dict[str, dict[str, str]]]:
     """The location and object pins a run ingests, refusing anything outside the landing zone.
 
@@ -91,7 +90,7 @@ def batch_location(
             files the source does not have.
     """
     from secure_pipeline.errors import ConfigurationError, UntrustedSourceError
-    from secure_pipeline.orchestration.landing import parse_landing_uri
+    from secure_pipeline.ingestion.landing import parse_landing_uri
 
     if not batch.location:
         if batch.objects:
@@ -131,7 +130,7 @@ def batch_location(
     return f"s3://{bucket}/{prefix}", {m: dict(p) for m, p in batch.objects.items()}
 
 
-def build_raw_asset(pipeline: SecurePipeline) -> dg.AssetsDefinition:
+def build_raw_asset(pipeline: PipelineSpec) -> dg.AssetsDefinition:
     """Build the ``raw_<source>`` asset of a pipeline.
 
     Args:
@@ -165,7 +164,7 @@ def build_raw_asset(pipeline: SecurePipeline) -> dg.AssetsDefinition:
             "location_variable": source.location_env_var or "(none)",
             "max_bytes_per_file": source.max_bytes,
         },
-        tags={"secure_pipeline/stage": "ingestion", PIPELINE_TAG: pipeline.name},
+        tags=pipeline.names.asset_tags("ingestion"),
         op_tags=pipeline.orchestration.ingest.dagster_tags(INGEST),
     )
     @retry_transient_io(pipeline.orchestration)

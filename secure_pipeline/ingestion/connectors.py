@@ -164,7 +164,7 @@ class S3Connector:
         """
         from botocore.exceptions import ClientError
 
-        from secure_pipeline.orchestration.retries import is_transient
+        from secure_pipeline.retries import is_transient
 
         parts = urlsplit(uri)
         bucket, key = parts.netloc, unquote(parts.path.lstrip("/"))

@@ -14,8 +14,8 @@ import dagster as dg
 
 from secure_pipeline.metadata import table
 from secure_pipeline.names import FAIRNESS, MEMBERSHIP, PERFORMANCE, ROBUSTNESS
-from secure_pipeline.orchestration.retries import retry_transient_io
-from secure_pipeline.pipeline import SecurePipeline
+from secure_pipeline.retries import retry_transient_io
+from secure_pipeline.spec import PipelineSpec
 from secure_pipeline.storage.io_manager import recorded_snapshot
 from secure_pipeline.storage.resources import SnapshotStoreResource
 from secure_pipeline.storage.snapshots import snapshot_key
@@ -50,7 +50,7 @@ class Judged:
 
 
 def judge(
-    instance: dg.DagsterInstance, store: SnapshotStoreResource, pipeline: SecurePipeline
+    instance: dg.DagsterInstance, store: SnapshotStoreResource, pipeline: PipelineSpec
 ) -> Judged:
     """Load the latest model and its training data, verifying both.
 
@@ -105,7 +105,7 @@ def judge(
 
 
 def _track(
-    pipeline: SecurePipeline,
+    pipeline: PipelineSpec,
     judged: Judged,
     check: str,
     metrics: dict[str, float],
@@ -122,7 +122,7 @@ def _track(
             mlflow.log_figure(figure, f"plots/{check}.png")
 
 
-def build_ml_checks(pipeline: SecurePipeline) -> list[dg.AssetChecksDefinition]:
+def build_ml_checks(pipeline: PipelineSpec) -> list[dg.AssetChecksDefinition]:
     """Build the four blocking gates of ``trained_model``.
 
     Args:

@@ -13,7 +13,7 @@ from secure_pipeline.orchestration.jobs import (
     build_jobs,
     local_executor,
 )
-from secure_pipeline.pipeline import SecurePipeline
+from secure_pipeline.spec import PipelineSpec
 
 
 @dataclass
@@ -44,7 +44,7 @@ def blocking_checks(definitions: Sequence[Any], key: dg.AssetKey) -> list[str]:
 
 
 def build_orchestration(
-    pipeline: SecurePipeline,
+    pipeline: PipelineSpec,
     definitions: Sequence[Any],
     environment: Environment,
     executor: str,
@@ -62,7 +62,7 @@ def build_orchestration(
             S3 folder.
     """
     from secure_pipeline.ingestion.assets import landing_location
-    from secure_pipeline.orchestration.landing import parse_landing_uri
+    from secure_pipeline.ingestion.landing import parse_landing_uri
     from secure_pipeline.orchestration.sensors import (
         approval_sensor,
         chain_sensor,

@@ -14,12 +14,13 @@ from typing import Any
 
 import dagster as dg
 
-from secure_pipeline.pipeline import (
+from secure_pipeline.names import PIPELINE_TAG, STAGE_TAG
+from secure_pipeline.spec import (
     CONTAINER_SECURITY_CONTEXT,
     POD_SECURITY_CONTEXT,
     IsolationSpec,
     OrchestrationSpec,
-    SecurePipeline,
+    PipelineSpec,
 )
 
 # Imported once per run by the forkserver of the multiprocess executor, so the step processes
@@ -34,8 +35,6 @@ PRELOAD_MODULES = (
     "fairlearn.metrics", "matplotlib", "model_signing.signing", "model_signing.verifying",
     "scipy.stats",
 )  # fmt: skip
-STAGE_TAG = "secure_pipeline/stage"
-PIPELINE_TAG = "secure_pipeline/pipeline"
 KUBERNETES = "kubernetes"
 
 
@@ -56,7 +55,7 @@ class Stage:
     isolation: IsolationSpec
 
 
-def stages(pipeline: SecurePipeline) -> tuple[Stage, ...]:
+def stages(pipeline: PipelineSpec) -> tuple[Stage, ...]:
     """The three stage jobs of a pipeline, upstream first."""
     from secure_pipeline.promotion.assets import serving_directory
 
@@ -71,7 +70,7 @@ def stages(pipeline: SecurePipeline) -> tuple[Stage, ...]:
     )
 
 
-def job_name(pipeline: SecurePipeline, stage: str) -> str:
+def job_name(pipeline: PipelineSpec, stage: str) -> str:
     """Name of a stage's job, e.g. ``adult_ingest``."""
     return f"{pipeline.name}_{stage}"
 
@@ -168,7 +167,7 @@ def run_pod_tags(spec: OrchestrationSpec) -> dict[str, Any]:
     }
 
 
-def build_jobs(pipeline: SecurePipeline, executor: str) -> dict[str, Any]:
+def build_jobs(pipeline: PipelineSpec, executor: str) -> dict[str, Any]:
     """The stage jobs, keyed by stage name.
 
     Args:

@@ -24,7 +24,7 @@ from typing import Any
 import dagster as dg
 
 from secure_pipeline.errors import ConfigurationError
-from secure_pipeline.pipeline import SecurePipeline
+from secure_pipeline.spec import PipelineSpec
 from secure_pipeline.storage.resources import SnapshotStoreResource
 
 
@@ -154,7 +154,7 @@ def chain_sensor(
     return sensor
 
 
-def landing_sensor(pipeline: SecurePipeline, job: Any, production: bool) -> dg.SensorDefinition:
+def landing_sensor(pipeline: PipelineSpec, job: Any, production: bool) -> dg.SensorDefinition:
     """The ingest job once per complete batch arriving in the S3 landing zone."""
     from secure_pipeline.ingestion.assets import landing_location
 
@@ -173,7 +173,7 @@ def landing_sensor(pipeline: SecurePipeline, job: Any, production: bool) -> dg.S
     )
     def sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
         from secure_pipeline import environment as env
-        from secure_pipeline.orchestration.landing import LandingCursor, LandingZone
+        from secure_pipeline.ingestion.landing import LandingCursor, LandingZone
         from secure_pipeline.storage.s3 import make_s3_client
 
         zone_uri = landing_location(pipeline)
@@ -222,7 +222,7 @@ def landing_sensor(pipeline: SecurePipeline, job: Any, production: bool) -> dg.S
     return sensor
 
 
-def approval_sensor(pipeline: SecurePipeline, job: Any, production: bool) -> dg.SensorDefinition:
+def approval_sensor(pipeline: PipelineSpec, job: Any, production: bool) -> dg.SensorDefinition:
     """Promotion of the newest registered version once its approvals are enough."""
     from secure_pipeline.promotion.assets import serving_directory
 
@@ -245,8 +245,8 @@ def approval_sensor(pipeline: SecurePipeline, job: Any, production: bool) -> dg.
     def sensor(
         context: dg.SensorEvaluationContext, snapshot_store: SnapshotStoreResource
     ) -> dg.SensorResult | dg.SkipReason:
-        from secure_pipeline.promotion.approvals import verified_approvals
-        from secure_pipeline.promotion.decisions import champion, decisions
+        from secure_pipeline.registry.approvals import verified_approvals
+        from secure_pipeline.registry.decisions import champion, decisions
         from secure_pipeline.trust.policy import trust_policy
 
         if needed == 0:
@@ -284,7 +284,7 @@ def approval_sensor(pipeline: SecurePipeline, job: Any, production: bool) -> dg.
     return sensor
 
 
-def _runs_for(run: Any, pipeline: SecurePipeline) -> bool:
+def _runs_for(run: Any, pipeline: PipelineSpec) -> bool:
     """Whether a run belongs to ``pipeline``: one of its jobs, or ad hoc over its assets."""
     if str(run.job_name).startswith(f"{pipeline.name}_"):
         return True
@@ -295,7 +295,7 @@ def _runs_for(run: Any, pipeline: SecurePipeline) -> bool:
     return any(key.asset_key.path[:1] == [pipeline.name] for key in checks)
 
 
-def failure_sensor(pipeline: SecurePipeline, production: bool) -> dg.SensorDefinition:
+def failure_sensor(pipeline: PipelineSpec, production: bool) -> dg.SensorDefinition:
     """An audit event for every failed run of this code location.
 
     Only the job, run, failed step keys and error class names are recorded: error messages

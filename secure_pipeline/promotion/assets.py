@@ -14,9 +14,8 @@ from typing import Any
 
 import dagster as dg
 
-from secure_pipeline.names import PIPELINE_TAG
-from secure_pipeline.orchestration.retries import retry_transient_io
-from secure_pipeline.pipeline import SecurePipeline
+from secure_pipeline.retries import retry_transient_io
+from secure_pipeline.spec import PipelineSpec
 from secure_pipeline.storage.resources import SnapshotStoreResource
 from secure_pipeline.trust.identities import GATE
 
@@ -29,7 +28,7 @@ def serving_directory() -> Path | None:
     return Path(value) if value else None
 
 
-def build_promotion_stage(pipeline: SecurePipeline) -> list[dg.AssetsDefinition]:
+def build_promotion_stage(pipeline: PipelineSpec) -> list[dg.AssetsDefinition]:
     """``promoted_model``, and ``canary_analysis`` when a serving deployment is configured."""
     promoted_key = pipeline.names.promoted_model
     owners = list(pipeline.owners) or None
@@ -51,7 +50,7 @@ def build_promotion_stage(pipeline: SecurePipeline) -> list[dg.AssetsDefinition]
             "champion recorded for `secure-pipeline rollback`); the MLflow aliases mirror it. "
             "Every step is a signed audit event."
         ),
-        tags={"secure_pipeline/stage": "promotion", PIPELINE_TAG: pipeline.name},
+        tags=pipeline.names.asset_tags("promotion"),
         op_tags=pipeline.orchestration.registry.dagster_tags(GATE),
     )
     @retry_transient_io(pipeline.orchestration)
@@ -90,7 +89,7 @@ def build_promotion_stage(pipeline: SecurePipeline) -> list[dg.AssetsDefinition]
     return assets
 
 
-def build_canary_asset(pipeline: SecurePipeline) -> dg.AssetsDefinition:
+def build_canary_asset(pipeline: PipelineSpec) -> dg.AssetsDefinition:
     """The ``canary_analysis`` asset of a pipeline."""
     canary_key = pipeline.names.canary_analysis
     policy = pipeline.canary
@@ -110,14 +109,15 @@ def build_canary_asset(pipeline: SecurePipeline) -> dg.AssetsDefinition:
             "distribution). Pass: all traffic and the champion alias move to it. Fail: traffic "
             "back to the live slot, champion unchanged, audited."
         ),
-        tags={"secure_pipeline/stage": "promotion", PIPELINE_TAG: pipeline.name},
+        tags=pipeline.names.asset_tags("promotion"),
         op_tags=pipeline.orchestration.registry.dagster_tags(GATE),
     )
     def canary_analysis(
         context: dg.AssetExecutionContext, snapshot_store: SnapshotStoreResource
     ) -> dg.MaterializeResult[Any]:
+        from secure_pipeline.names import CHALLENGER
         from secure_pipeline.promotion.bluegreen import BlueGreen
-        from secure_pipeline.promotion.decisions import CHALLENGER, decisions
+        from secure_pipeline.registry.decisions import decisions
         from secure_pipeline.trust.policy import trust_policy
 
         directory = serving_directory()

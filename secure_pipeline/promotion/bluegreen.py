@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 from secure_pipeline.errors import ConfigurationError, PolicyViolation
-from secure_pipeline.pipeline import SecurePipeline
 from secure_pipeline.promotion.canary import CanaryPolicy, CanaryVerdict, SlotMetrics, judge
 from secure_pipeline.serving.certs import (
     CONTROLLER_IDENTITY,
@@ -49,6 +48,7 @@ from secure_pipeline.serving.certs import (
     ensure_slot_pki,
 )
 from secure_pipeline.serving.server import SLOTS, ServingLimits
+from secure_pipeline.spec import PipelineSpec
 
 STATE_FILE = "deployment.json"
 SLOT_PKI_DIR = "slot-pki"
@@ -391,7 +391,7 @@ class BlueGreen:
     """
 
     def __init__(
-        self, directory: Path, pipeline: SecurePipeline, policy: CanaryPolicy | None = None
+        self, directory: Path, pipeline: PipelineSpec, policy: CanaryPolicy | None = None
     ) -> None:
         self.directory = Path(directory)
         self.pipeline = pipeline
@@ -433,8 +433,8 @@ class BlueGreen:
                 ready or the canary failed (audited; traffic is back on the live slot and the
                 champion is unchanged).
         """
-        from secure_pipeline.promotion.evidence import verified
         from secure_pipeline.promotion.gate import make_champion
+        from secure_pipeline.registry.evidence import verify_reference
         from secure_pipeline.trust.identities import GATE
         from secure_pipeline.trust.policy import trust_policy
         from secure_pipeline.trust.signers import signer_for
@@ -445,8 +445,8 @@ class BlueGreen:
         model_ref = f"models:/{name}/{version}"
         signer = signer_for(GATE)
         details = {"name": name, "version": version, "slot": idle, "live": live}
-        with verified(model_ref, pipeline=self.pipeline, trust=trust_policy(), store=audit.store,
-                      require="promoted") as evidence:  # fmt: skip
+        with verify_reference(model_ref, pipeline=self.pipeline, trust=trust_policy(),
+                              store=audit.store, require="promoted") as evidence:  # fmt: skip
             subject = evidence.verification.model_sha256
             if not evidence.ok:
                 reason = ("; ".join(evidence.problems))[:900]
@@ -514,7 +514,7 @@ class BlueGreen:
 
 def up(
     directory: Path,
-    pipeline: SecurePipeline,
+    pipeline: PipelineSpec,
     *,
     model_ref: str,
     listen: str,

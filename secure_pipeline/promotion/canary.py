@@ -19,52 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from secure_pipeline.spec import CanaryPolicy
+
 PREDICT = "/predict"
-
-
-@dataclass(frozen=True)
-class CanaryPolicy:
-    """When a canary may take all the traffic.
-
-    Attributes:
-        canary_weight: Share of traffic (percent) the new slot gets while it is judged.
-        min_requests: Canary ``/predict`` requests needed before judging.
-        observe_seconds: Longest wait for that traffic; then the canary fails as inconclusive.
-        max_error_rate: Largest share of non-2xx canary answers.
-        max_error_rate_increase: Largest increase of that share over the live slot's.
-        max_p95_ratio: Largest canary p95 latency as a multiple of the live slot's ...
-        min_p95_slack_seconds: ... ignored while the canary's p95 is within this of the live
-            one (a few milliseconds of bucket noise is not a regression).
-        max_score_psi: Largest population stability index between the slots' score
-            distributions.
-        ready_timeout_seconds: How long the new slot may take to verify and load its model.
-    """
-
-    canary_weight: int = 10
-    min_requests: int = 100
-    observe_seconds: float = 600.0
-    max_error_rate: float = 0.01
-    max_error_rate_increase: float = 0.005
-    max_p95_ratio: float = 1.5
-    min_p95_slack_seconds: float = 0.010
-    max_score_psi: float = 0.1
-    ready_timeout_seconds: float = 180.0
-
-    def problems(self) -> list[str]:
-        """What is inconsistent in these settings."""
-        found = []
-        if not 1 <= self.canary_weight <= 50:
-            found.append(f"canary_weight must be 1..50 percent, found {self.canary_weight}")
-        if self.min_requests < 1:
-            found.append(f"min_requests must be at least 1, found {self.min_requests}")
-        for name in ("max_error_rate", "max_error_rate_increase"):
-            if not 0 <= getattr(self, name) <= 1:
-                found.append(f"{name} must be a share in [0, 1]")
-        if self.max_p95_ratio < 1:
-            found.append(f"max_p95_ratio must be >= 1, found {self.max_p95_ratio}")
-        if self.observe_seconds <= 0 or self.ready_timeout_seconds <= 0:
-            found.append("observe_seconds and ready_timeout_seconds must be positive")
-        return found
 
 
 @dataclass(frozen=True)

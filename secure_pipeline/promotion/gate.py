@@ -4,7 +4,7 @@ Promotion never relies on checks having run in the same Dagster run: it download
 back from the registry and re-verifies the release signature, every file, the signed verdicts
 of its lineage under today's policy, and the release identity's signed registration of exactly
 this bundle as this version; then it requires the policy's number of signed approvals. Only then
-does the gate sign its decision (`secure_pipeline.promotion.decisions`): ``challenger`` (passed
+does the gate sign its decision (`secure_pipeline.registry.decisions`): ``challenger`` (passed
 the gate) or ``champion``. The MLflow aliases ``challenger`` and ``champion`` mirror those
 decisions for the UI; nothing reads them as evidence.
 """
@@ -13,86 +13,45 @@ import hashlib
 from typing import Any
 
 from secure_pipeline.errors import PolicyViolation
-from secure_pipeline.pipeline import SecurePipeline
-from secure_pipeline.promotion.approvals import Approval, verified_approvals
-from secure_pipeline.promotion.decisions import (
-    CHALLENGER,
-    CHAMPION,
-    Decision,
-    by_digest,
-    champion,
-    decisions,
-    for_version,
-    issue,
-)
+from secure_pipeline.names import CHALLENGER, CHAMPION
+from secure_pipeline.registry.approvals import Approval, verified_approvals
+from secure_pipeline.registry.decisions import Decision, by_digest, champion, decisions, issue
+from secure_pipeline.registry.evidence import Evidence, Requirement, verify_reference
 from secure_pipeline.registry.mlflow_registry import alias_version, set_alias, tag_version
-from secure_pipeline.registry.verification import Verification, resolve, verify_registered
+from secure_pipeline.registry.verification import Verification
+from secure_pipeline.spec import PipelineSpec
 from secure_pipeline.storage.audit import AuditLog
 from secure_pipeline.storage.snapshots import SnapshotStore
 from secure_pipeline.trust.identities import GATE
 from secure_pipeline.trust.policy import TrustPolicy, trust_policy
 from secure_pipeline.trust.signers import IdentitySigner, signer_for
 
-__all__ = ["CHALLENGER", "CHAMPION", "champion_lineage", "make_champion", "promote", "rollback"]
+__all__ = ["CHALLENGER", "CHAMPION", "make_champion", "promote", "rollback"]
 
 # Characters of a refusal reason kept in its audit record (the record limit is 1024).
 _REASON_CHARS = 900
 
 
-def verify_version(
-    pipeline: SecurePipeline | None,
+def _verify(
+    pipeline: PipelineSpec,
     name: str,
     version: str,
     store: SnapshotStore,
-    trust: TrustPolicy | None = None,
-) -> Verification:
-    """Download a registered version and verify everything about it, from those bytes.
+    trust: TrustPolicy,
+    require: Requirement = None,
+) -> Evidence:
+    """`verify_reference` of ``models:/name/version``.
 
-    Args:
-        pipeline: Today's spec; None skips only the today's-policy step.
-        name: Registered model name.
-        version: Version.
-        store: The snapshot store (snapshots, signed verdicts and registrations).
-        trust: The trust policy (default: the environment's).
+    The bundle's files are only read inside it; the gate keeps the digests and steps found.
     """
-    trust = trust or trust_policy()
-    with resolve(f"models:/{name}/{version}") as resolved:
-        return verify_registered(
-            resolved.directory, trust=trust, pipeline=pipeline, store=store, name=name,
-            version=str(version), source=str(resolved.source),
-        )  # fmt: skip
-
-
-def champion_lineage(
-    pipeline: SecurePipeline, store: SnapshotStore, audit: AuditLog | None = None
-) -> tuple[str, dict[str, Any]] | None:
-    """The current champion's version and verified lineage, or None when there is none.
-
-    The champion is the latest signed champion decision (not the alias); its bundle is
-    downloaded and verified. Today's policy is not required: the lineage is only read.
-
-    Raises:
-        PolicyViolation: When the champion does not verify.
-    """
-    trust = trust_policy()
-    current = champion(decisions(store, trust, pipeline.name)[0])
-    if current is None:
-        return None
-    verification = verify_version(None, pipeline.name, current.version, store, trust)
-    if (
-        not verification.ok
-        or verification.lineage is None
-        or verification.bundle_digest != current.bundle_digest
-    ):
-        raise PolicyViolation(
-            f"champion version {current.version} of {pipeline.name} does not verify: "
-            + ("; ".join(verification.problems) or "its bundle is not the one the gate admitted")
-        )
-    return current.version, verification.lineage
+    with verify_reference(
+        f"models:/{name}/{version}", pipeline=pipeline, trust=trust, store=store, require=require
+    ) as evidence:
+        return evidence
 
 
 def _approvals(
-    pipeline: SecurePipeline,
+    pipeline: PipelineSpec,
     verification: Verification,
     store: SnapshotStore,
     trust: TrustPolicy,
@@ -160,7 +119,7 @@ def _mirror_champion(name: str, version: str, previous: Decision | None) -> None
 
 
 def promote(
-    pipeline: SecurePipeline,
+    pipeline: PipelineSpec,
     name: str,
     version: str,
     *,
@@ -183,7 +142,7 @@ def promote(
     """
     trust, signer = trust_policy(), signer_for(GATE)
     refuse = _refuser(audit, signer, actor, run_id)
-    verification = verify_version(pipeline, name, version, store, trust)
+    verification = _verify(pipeline, name, version, store, trust).verification
     subject = verification.model_sha256
     if not verification.ok:
         refuse(subject, f"version {version} of {name} failed verification: "
@@ -243,7 +202,7 @@ def promote(
 
 
 def make_champion(
-    pipeline: SecurePipeline,
+    pipeline: PipelineSpec,
     name: str,
     version: str,
     *,
@@ -264,28 +223,18 @@ def make_champion(
     Raises:
         PolicyViolation: When the version does not verify or the gate never admitted it.
     """
-    from secure_pipeline.promotion.evidence import Evidence, check_decision
-    from secure_pipeline.registry.verification import Resolved
-
     trust, signer = trust_policy(), signer_for(GATE)
     refuse = _refuser(audit, signer, actor, run_id)
-    verification = verify_version(pipeline, name, version, store, trust)
-    if not verification.ok:
-        refuse(verification.model_sha256, f"version {version} of {name} failed verification: "
-               + "; ".join(verification.problems))  # fmt: skip
-    history = decisions(store, trust, name)[0]
-    admitted = for_version(history, str(version), str(verification.bundle_digest))
-    if admitted is None:
-        refuse(verification.model_sha256,
-               f"version {version} of {name} was never admitted by the gate (no signed "
-               "promotion decision for its bundle); promote it first")  # fmt: skip
-    assert admitted is not None
-    evidence = Evidence(Resolved(verification.directory, name, str(version)), verification,
-                        admitted)  # fmt: skip
-    check_decision(evidence, pipeline, trust, store)
+    # The whole chain, as every other use checks it: the bundle, its registration, the gate's
+    # decision for exactly this bundle, the approvals it cites under today's policy.
+    evidence = _verify(pipeline, name, version, store, trust, require="promoted")
+    verification = evidence.verification
     if not evidence.ok:
-        refuse(verification.model_sha256, f"the gate's decision for version {version} no "
-               "longer holds: " + "; ".join(evidence.problems))  # fmt: skip
+        refuse(verification.model_sha256, f"version {version} of {name} cannot be crowned: "
+               + "; ".join(evidence.problems))  # fmt: skip
+    admitted = evidence.decision
+    assert admitted is not None
+    history = decisions(store, trust, name)[0]
     previous = champion(history)
     if (
         previous is not None
@@ -316,7 +265,7 @@ def make_champion(
 
 
 def rollback(
-    pipeline: SecurePipeline, name: str, *, store: SnapshotStore, audit: AuditLog, actor: str
+    pipeline: PipelineSpec, name: str, *, store: SnapshotStore, audit: AuditLog, actor: str
 ) -> dict[str, Any]:
     """Make the previous champion champion again, after verifying it and its approvals again.
 
@@ -345,7 +294,7 @@ def rollback(
                "has no valid signed champion decision in the store; refusing to roll back to "
                "it")  # fmt: skip
     assert previous is not None
-    verification = verify_version(pipeline, name, previous.version, store, trust)
+    verification = _verify(pipeline, name, previous.version, store, trust).verification
     if not verification.ok or verification.bundle_digest != previous.bundle_digest:
         refuse(verification.model_sha256,
                f"cannot roll back to version {previous.version}: "

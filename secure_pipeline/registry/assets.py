@@ -12,9 +12,9 @@ from typing import Any
 
 import dagster as dg
 
-from secure_pipeline.names import FAIRNESS, MEMBERSHIP, PIPELINE_TAG, ROBUSTNESS, SIGNATURE_VERIFIES
-from secure_pipeline.orchestration.retries import retry_transient_io
-from secure_pipeline.pipeline import SecurePipeline
+from secure_pipeline.names import FAIRNESS, MEMBERSHIP, ROBUSTNESS, SIGNATURE_VERIFIES
+from secure_pipeline.retries import retry_transient_io
+from secure_pipeline.spec import PipelineSpec
 from secure_pipeline.storage.io_manager import load_recorded, recorded_snapshot
 from secure_pipeline.storage.resources import SnapshotStoreResource
 from secure_pipeline.storage.snapshots import sha256_hex
@@ -42,7 +42,7 @@ def _check_results(run_id: str | None) -> dict[str, Any]:
 
 
 def registered(
-    instance: dg.DagsterInstance, store: SnapshotStoreResource, pipeline: SecurePipeline
+    instance: dg.DagsterInstance, store: SnapshotStoreResource, pipeline: PipelineSpec
 ) -> dict[str, Any]:
     """What the latest materialization of ``registered_model`` registered (name, version...)."""
     key = pipeline.names.registered_model
@@ -53,7 +53,7 @@ def registered(
 
 
 def build_registry_stage(
-    pipeline: SecurePipeline,
+    pipeline: PipelineSpec,
 ) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
     """Build ``registered_model`` (+ ``signature_verifies``) and ``promoted_model``."""
     model_key, registered_key = pipeline.names.trained_model, pipeline.names.registered_model
@@ -74,7 +74,7 @@ def build_registry_stage(
             "model_signing into a Sigstore bundle. Registered as a new MLflow model version "
             "tagged with the model digest, bundle digest and signer."
         ),
-        tags={"secure_pipeline/stage": "registry", PIPELINE_TAG: pipeline.name},
+        tags=pipeline.names.asset_tags("registry"),
         op_tags=pipeline.orchestration.registry.dagster_tags(RELEASE),
     )
     @retry_transient_io(pipeline.orchestration)
@@ -231,12 +231,15 @@ def build_registry_stage(
     def signature_verifies(
         context: dg.AssetCheckExecutionContext, snapshot_store: SnapshotStoreResource
     ) -> dg.AssetCheckResult:
-        from secure_pipeline.promotion.gate import verify_version
+        from secure_pipeline.registry.evidence import verify_reference
+        from secure_pipeline.trust.policy import trust_policy
 
         value = registered(context.instance, snapshot_store, pipeline)
-        verification = verify_version(
-            pipeline, value["name"], value["version"], snapshot_store.get_store()
-        )
+        with verify_reference(
+            f"models:/{value['name']}/{value['version']}", pipeline=pipeline,
+            trust=trust_policy(), store=snapshot_store.get_store(),
+        ) as evidence:  # fmt: skip
+            verification = evidence.verification
         return verdict(
             snapshot_store,
             pipeline=pipeline,

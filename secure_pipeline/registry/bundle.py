@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from secure_pipeline.errors import IntegrityError, SecurePipelineError, SignatureError
-from secure_pipeline.names import REQUIRED_CHECKS
-from secure_pipeline.pipeline import SecurePipeline
+from secure_pipeline.names import FAIRNESS, MEMBERSHIP, REQUIRED_CHECKS, ROBUSTNESS
 from secure_pipeline.registry.signing import SIGNATURE_FILE
+from secure_pipeline.spec import PipelineSpec
 from secure_pipeline.storage.snapshots import SnapshotStore, sha256_hex, snapshot_key, utc_now
 from secure_pipeline.trust import attestations
 from secure_pipeline.trust.identities import VERDICT_IDENTITY
@@ -55,7 +55,7 @@ class LineageError(SecurePipelineError):
     """A bundle's lineage does not hold: a missing or changed snapshot, or a missing verdict."""
 
 
-def policy_fingerprint(pipeline: SecurePipeline) -> str:
+def policy_fingerprint(pipeline: PipelineSpec) -> str:
     """SHA-256 of the pipeline's judging thresholds (see `SecurityPolicy.fingerprint`)."""
     return pipeline.policy.fingerprint()
 
@@ -80,7 +80,7 @@ def required_checks(trust: TrustPolicy) -> dict[str, tuple[str, ...]]:
     return {stage: tuple(names) for stage, names in REQUIRED_CHECKS.items()}
 
 
-def stage_assets(pipeline: SecurePipeline) -> dict[str, Any]:
+def stage_assets(pipeline: PipelineSpec) -> dict[str, Any]:
     """Asset key of each lineage stage."""
     return {stage: pipeline.names.stage_key(stage) for stage in REQUIRED_CHECKS}
 
@@ -131,7 +131,7 @@ def signed_verdicts(
 
 
 def _collect_verdicts(
-    pipeline: SecurePipeline,
+    pipeline: PipelineSpec,
     store: SnapshotStore,
     trust: TrustPolicy,
     subjects: Mapping[str, tuple[str, str]],
@@ -191,7 +191,7 @@ def verdict_problems(verdicts: list[Mapping[str, Any]]) -> list[str]:
 
 
 def build_lineage(
-    pipeline: SecurePipeline,
+    pipeline: PipelineSpec,
     store: SnapshotStore,
     trust: TrustPolicy,
     *,
@@ -262,7 +262,7 @@ def build_lineage(
 
 
 def model_card(
-    pipeline: SecurePipeline, lineage: Mapping[str, Any], results: Mapping[str, Any]
+    pipeline: PipelineSpec, lineage: Mapping[str, Any], results: Mapping[str, Any]
 ) -> str:
     """The model card (Markdown) for people reading the bundle or the registry."""
     metrics = lineage["metrics"]
@@ -313,7 +313,7 @@ def model_card(
         ),
         "",
     ]
-    robustness = results.get("adversarial_robustness")
+    robustness = results.get(ROBUSTNESS)
     if robustness:
         lines += [
             "## Robustness",
@@ -324,7 +324,7 @@ def model_card(
             f"(limit: a drop of {policy['max_robustness_drop']}).",
             "",
         ]
-    privacy = results.get("membership_inference_risk")
+    privacy = results.get(MEMBERSHIP)
     if privacy:
         lines += [
             "## Privacy risk",
@@ -334,7 +334,7 @@ def model_card(
             f"{policy['max_membership_advantage']}).",
             "",
         ]
-    fairness = results.get("fairness_audit")
+    fairness = results.get(FAIRNESS)
     if fairness:
         lines += [
             "## Fairness",
@@ -466,7 +466,7 @@ def verify_lineage(
     *,
     trust: TrustPolicy,
     store: SnapshotStore | None,
-    pipeline: SecurePipeline | None,
+    pipeline: PipelineSpec | None,
 ) -> list[str]:
     """Check a bundle's lineage and its signed verdicts; return every problem (empty: holds).
 

@@ -14,7 +14,6 @@ from tempfile import TemporaryDirectory
 from typing import Any
 
 from secure_pipeline.errors import ConfigurationError, SignatureError
-from secure_pipeline.pipeline import SecurePipeline
 from secure_pipeline.registry.bundle import (
     CARD_FILE,
     EVIDENCE_DIR,
@@ -27,6 +26,7 @@ from secure_pipeline.registry.bundle import (
     verify_lineage,
 )
 from secure_pipeline.registry.signing import SIGNATURE_FILE, signed_digests, verify_bundle
+from secure_pipeline.spec import PipelineSpec
 from secure_pipeline.storage.snapshots import SnapshotStore
 from secure_pipeline.trust.attestations import Attestation
 from secure_pipeline.trust.policy import TrustPolicy
@@ -101,7 +101,7 @@ def verify_bundle_dir(
     directory: Path,
     *,
     trust: TrustPolicy,
-    pipeline: SecurePipeline | None,
+    pipeline: PipelineSpec | None,
     store: SnapshotStore | None,
 ) -> Verification:
     """Verify a bundle directory; never raises for a failed check, reports it.
@@ -167,7 +167,7 @@ def _lineage(
     directory: Path,
     trust: TrustPolicy,
     store: SnapshotStore | None,
-    pipeline: SecurePipeline | None,
+    pipeline: PipelineSpec | None,
 ) -> tuple[dict[str, Any] | None, list[str]]:
     """The lineage document and its problems (None and the reason when it is unreadable)."""
     try:
@@ -190,7 +190,7 @@ def verify_registered(
     directory: Path,
     *,
     trust: TrustPolicy,
-    pipeline: SecurePipeline | None,
+    pipeline: PipelineSpec | None,
     store: SnapshotStore,
     name: str,
     version: str,

@@ -2,7 +2,7 @@
 
 `load_evidence` loads the model of a reference whose whole chain of evidence verified (bundle,
 signed verdicts, signed registration, the gate's signed decision: see
-`secure_pipeline.promotion.evidence`); `load_verified` a bundle directory that verified on its
+`secure_pipeline.registry.evidence`); `load_verified` a bundle directory that verified on its
 own. Both load only from a verification that passed every step, from the skops file with the
 explicit trusted-type list. There is no path that loads without verifying.
 """
@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from secure_pipeline.errors import PolicyViolation
-from secure_pipeline.pipeline import SecurePipeline
 from secure_pipeline.registry.bundle import MODEL_FILE
 from secure_pipeline.registry.verification import Verification, verify_bundle_dir
+from secure_pipeline.spec import PipelineSpec
 from secure_pipeline.trust.policy import TrustPolicy
 
 if TYPE_CHECKING:
-    from secure_pipeline.promotion.evidence import Evidence
+    from secure_pipeline.registry.evidence import Evidence
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def load_verified(
     directory: Path,
     *,
     trust: TrustPolicy,
-    pipeline: SecurePipeline | None,
+    pipeline: PipelineSpec | None,
     store: Any = None,
 ) -> VerifiedModel:
     """Verify a bundle directory, then load its model.

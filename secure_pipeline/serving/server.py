@@ -2,7 +2,7 @@
 
 The slot is pinned to a model reference (``models:/adult/3``). At start-up it downloads that
 version and loads it only after its whole chain of evidence verified
-(`secure_pipeline.promotion.evidence`: release signature, every file's digest, the signed
+(`secure_pipeline.registry.evidence`: release signature, every file's digest, the signed
 verdicts of its lineage, the signed registration, the gate's signed decision admitting exactly
 this bundle and the approvals it cites, no pickle); until that succeeded ``/readyz`` and
 ``/predict`` answer 503, and a model that fails verification never becomes ready, so a gateway
@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from secure_pipeline.errors import ConfigurationError
-from secure_pipeline.pipeline import SecurePipeline
+from secure_pipeline.spec import PipelineSpec
 
 if TYPE_CHECKING:
     import ssl
@@ -227,7 +227,7 @@ def _shown(value: Any) -> Any:
     return str(value)[:_SHOWN_CHARS]
 
 
-def input_fields(pipeline: SecurePipeline, inputs: Sequence[str]) -> list[InputField]:
+def input_fields(pipeline: PipelineSpec, inputs: Sequence[str]) -> list[InputField]:
     """The raw columns the model's input features derive from, in schema order."""
     from secure_pipeline.features.engineering import feature_catalog
 
@@ -247,7 +247,7 @@ def input_fields(pipeline: SecurePipeline, inputs: Sequence[str]) -> list[InputF
 
 
 def rows_to_frame(
-    rows: Any, fields: Sequence[InputField], pipeline: SecurePipeline, inputs: Sequence[str],
+    rows: Any, fields: Sequence[InputField], pipeline: PipelineSpec, inputs: Sequence[str],
     limits: ServingLimits,
 ) -> "pd.DataFrame":  # fmt: skip
     """Validate a request's rows and derive the model's input features from them.
@@ -300,7 +300,7 @@ def rows_to_frame(
     )
 
 
-def _feature_values(feature: Any, values: list[Any], pipeline: SecurePipeline) -> Any:
+def _feature_values(feature: Any, values: list[Any], pipeline: PipelineSpec) -> Any:
     """`feature_column` for a request's validated values, without pandas per column.
 
     Pandas categoricals per column were a third of a single-row request. The encodings are the
@@ -336,7 +336,7 @@ class ModelService:
 
     def __init__(
         self,
-        pipeline: SecurePipeline,
+        pipeline: PipelineSpec,
         model_ref: str,
         slot: str,
         limits: ServingLimits | None = None,
@@ -389,7 +389,7 @@ class ModelService:
 
     def _load(self) -> None:
         from secure_pipeline import environment as env
-        from secure_pipeline.promotion.evidence import verified as verify_reference
+        from secure_pipeline.registry.evidence import verify_reference
         from secure_pipeline.serving.loader import load_evidence
         from secure_pipeline.storage.resources import store_resource
         from secure_pipeline.trust.policy import trust_policy
@@ -629,7 +629,7 @@ def serve(
     tls: SlotTls,
     host: str = "127.0.0.1",
     port: int = 8001,
-    pipeline: SecurePipeline,
+    pipeline: PipelineSpec,
     limits: ServingLimits | None = None,
 ) -> None:
     """Run one slot until interrupted (the ``secure-pipeline serve`` command).

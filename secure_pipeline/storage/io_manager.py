@@ -16,6 +16,7 @@ from typing import Any
 import dagster as dg
 
 from secure_pipeline.errors import ConfigurationError, IntegrityError
+from secure_pipeline.names import IDENTITY_TAG
 from secure_pipeline.storage.resources import SnapshotStoreResource
 from secure_pipeline.storage.snapshots import (
     FILESET_FORMAT,
@@ -24,7 +25,6 @@ from secure_pipeline.storage.snapshots import (
     canonical_json,
     snapshot_key,
 )
-from secure_pipeline.trust.identities import IDENTITY_TAG
 
 SNAPSHOT_KEY = "snapshot_key"
 SHA256 = "sha256"

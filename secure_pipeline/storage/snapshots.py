@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
 
+from secure_pipeline.canonical import canonical_json, sha256_hex
 from secure_pipeline.errors import IntegrityError
 
 SNAPSHOT_PREFIX = "snapshots"
@@ -42,22 +43,9 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _MAX_PARTITION_CHARS = 200
 
 
-def sha256_hex(data: bytes | bytearray | memoryview) -> str:
-    """Return the hex SHA-256 of ``data``."""
-    return hashlib.sha256(data).hexdigest()
-
-
 def sha256_b64(hex_digest: str) -> str:
     """Convert a hex SHA-256 to the base64 form S3 uses in ``x-amz-checksum-sha256``."""
     return base64.b64encode(bytes.fromhex(hex_digest)).decode("ascii")
-
-
-def canonical_json(obj: Any) -> bytes:
-    """Serialize ``obj`` as canonical JSON (sorted keys, no spaces, UTF-8).
-
-    Canonical form makes equal documents byte-identical, so they hash and deduplicate equally.
-    """
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def utc_now() -> str:

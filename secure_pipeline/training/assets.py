@@ -4,9 +4,8 @@ from typing import Any
 
 import dagster as dg
 
-from secure_pipeline.names import PIPELINE_TAG
-from secure_pipeline.orchestration.retries import retry_transient_io
-from secure_pipeline.pipeline import SecurePipeline
+from secure_pipeline.retries import retry_transient_io
+from secure_pipeline.spec import PipelineSpec
 from secure_pipeline.storage.io_manager import (
     EXTENSION_METADATA,
     load_recorded,
@@ -17,12 +16,12 @@ from secure_pipeline.storage.snapshots import sha256_hex
 from secure_pipeline.trust.identities import TRAIN
 
 
-def experiment_name(pipeline: SecurePipeline) -> str:
+def experiment_name(pipeline: PipelineSpec) -> str:
     """The MLflow experiment of a pipeline's training runs."""
     return pipeline.names.experiment
 
 
-def build_training_stage(pipeline: SecurePipeline) -> list[dg.AssetsDefinition]:
+def build_training_stage(pipeline: PipelineSpec) -> list[dg.AssetsDefinition]:
     """Build ``trained_model``.
 
     Args:
@@ -66,7 +65,7 @@ def build_training_stage(pipeline: SecurePipeline) -> list[dg.AssetsDefinition]:
             "k8s_namespace": pipeline.orchestration.train.namespace,
             "k8s_service_account": pipeline.orchestration.train.service_account,
         },
-        tags={"secure_pipeline/stage": "training", PIPELINE_TAG: pipeline.name},
+        tags=pipeline.names.asset_tags("training"),
         op_tags=pipeline.orchestration.train.dagster_tags(TRAIN),
     )
     @retry_transient_io(pipeline.orchestration)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from secure_pipeline.features.engineering import LABEL_COLUMN, Feature, feature_catalog
-from secure_pipeline.pipeline import RESERVED_SPLIT_COLUMN, SecurePipeline
+from secure_pipeline.spec import RESERVED_SPLIT_COLUMN, PipelineSpec
 
 if TYPE_CHECKING:
     import numpy as np
@@ -35,7 +35,7 @@ class ModelInputs:
         return [*self.numeric, *self.categorical]
 
 
-def model_inputs(pipeline: SecurePipeline) -> tuple[ModelInputs, dict[str, Feature]]:
+def model_inputs(pipeline: PipelineSpec) -> tuple[ModelInputs, dict[str, Feature]]:
     """The model's input features and the catalog they come from."""
     catalog = {f.name: f for f in feature_catalog(pipeline)}
     names = [n for n in catalog if n not in pipeline.model.exclude_features]
@@ -48,7 +48,7 @@ def model_inputs(pipeline: SecurePipeline) -> tuple[ModelInputs, dict[str, Featu
     )
 
 
-def build_model(pipeline: SecurePipeline) -> Any:
+def build_model(pipeline: PipelineSpec) -> Any:
     """An unfitted model pipeline for the spec."""
     from sklearn.compose import ColumnTransformer
     from sklearn.pipeline import Pipeline
@@ -127,7 +127,7 @@ class Splits:
         return self.test if len(self.test) else self.holdout
 
 
-def split_rows(features: "pd.DataFrame", pipeline: SecurePipeline) -> Splits:
+def split_rows(features: "pd.DataFrame", pipeline: PipelineSpec) -> Splits:
     """Deterministic, stratified split of the feature table."""
     import numpy as np
     from sklearn.model_selection import train_test_split
@@ -178,7 +178,7 @@ def classification_metrics(y: "np.ndarray", scores: "np.ndarray") -> dict[str, f
     }
 
 
-def train(features: "pd.DataFrame", pipeline: SecurePipeline) -> TrainedModel:
+def train(features: "pd.DataFrame", pipeline: PipelineSpec) -> TrainedModel:
     """Fit the spec's model on the training rows and score it on the held-out rows.
 
     Args:

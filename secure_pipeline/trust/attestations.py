@@ -14,12 +14,12 @@ that verifies, and cannot change one without breaking its signature.
 
 import base64
 import json
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from secure_pipeline.canonical import canonical_json, sha256_hex
 from secure_pipeline.errors import SignatureError
-from secure_pipeline.storage.snapshots import SnapshotStore, canonical_json, sha256_hex
 from secure_pipeline.trust.policy import TrustPolicy
 from secure_pipeline.trust.signers import IdentitySigner
 
@@ -181,14 +181,30 @@ def key_for(kind: str, scope: str, data: bytes) -> str:
     return f"{PREFIX}{kind}/{scope}/{sha256_hex(data)}.json"
 
 
-def store_envelope(store: SnapshotStore, kind: str, scope: str, data: bytes) -> str:
+class ObjectStore(Protocol):
+    """The three operations of a snapshot store that attestations use.
+
+    A protocol rather than an import: storage signs its audit trail with this package.
+    """
+
+    def create_object(self, key: str, data: bytes) -> Any:
+        """Store ``data`` under ``key`` create-only."""
+
+    def list_keys(self, prefix: str) -> Iterable[str]:
+        """Every key under ``prefix``."""
+
+    def read_object(self, key: str) -> bytes:
+        """The bytes stored under ``key``."""
+
+
+def store_envelope(store: ObjectStore, kind: str, scope: str, data: bytes) -> str:
     """Store an envelope create-only; returns its key."""
     key = key_for(kind, scope, data)
     store.create_object(key, data)
     return key
 
 
-def stored_envelopes(store: SnapshotStore, kind: str, scope: str) -> Iterator[tuple[str, bytes]]:
+def stored_envelopes(store: ObjectStore, kind: str, scope: str) -> Iterator[tuple[str, bytes]]:
     """Every object stored under ``attestations/<kind>/<scope>/`` (unverified)."""
     for key in store.list_keys(f"{PREFIX}{kind}/{scope}/"):
         try:

@@ -17,8 +17,6 @@ MONITOR = "monitor"
 # Order matters only for display (the trust policy, `trust init`, error messages).
 STAGE_IDENTITIES: tuple[str, ...] = (INGEST, TRAIN, RELEASE, GATE, MONITOR)
 APPROVER_PREFIX = "approver:"
-# Op tag naming the identity whose key a step signs with.
-IDENTITY_TAG = "secure_pipeline/identity"
 
 # Events each identity may append to the audit trail.
 EVENTS: Mapping[str, frozenset[str]] = {

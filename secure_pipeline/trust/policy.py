@@ -42,8 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from secure_pipeline import environment as env
+from secure_pipeline.canonical import canonical_json, sha256_hex
 from secure_pipeline.errors import ConfigurationError, SignatureError
-from secure_pipeline.storage.snapshots import canonical_json, sha256_hex
 from secure_pipeline.trust import keys as keyfiles
 from secure_pipeline.trust.identities import (
     APPROVER_PREFIX,

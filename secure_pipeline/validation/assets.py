@@ -1,4 +1,4 @@
-"""The validation stage as Dagster definitions, built from a `SecurePipeline` spec.
+"""The validation stage as Dagster definitions, built from a `PipelineSpec`.
 
 On ``raw_<source>``:
   * ``provenance_complete`` (blocking): the stored provenance record is complete and matches
@@ -25,13 +25,12 @@ import dagster as dg
 from secure_pipeline.metadata import bullets, table
 from secure_pipeline.names import (
     EXPECTATIONS_MET,
-    PIPELINE_TAG,
     PROVENANCE_COMPLETE,
     REJECT_RATE,
     SCHEMA_CONFORMS,
 )
-from secure_pipeline.orchestration.retries import retry_transient_io
-from secure_pipeline.pipeline import RESERVED_SPLIT_COLUMN, SecurePipeline
+from secure_pipeline.retries import retry_transient_io
+from secure_pipeline.spec import RESERVED_SPLIT_COLUMN, PipelineSpec
 from secure_pipeline.storage.io_manager import load_recorded, recorded_snapshot, store_snapshot
 from secure_pipeline.storage.resources import SnapshotStoreResource
 from secure_pipeline.storage.snapshots import canonical_json
@@ -58,7 +57,7 @@ def _failure_table(failures: dict[str, dict[str, int]]) -> dg.TableMetadataValue
 
 
 def build_validation_stage(
-    pipeline: SecurePipeline,
+    pipeline: PipelineSpec,
 ) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
     """Build ``validated_<source>`` and the checks of the raw and validated assets.
 
@@ -203,7 +202,7 @@ def build_validation_stage(
                 ),
             )
         ],
-        tags={"secure_pipeline/stage": "validation", PIPELINE_TAG: pipeline.name},
+        tags=pipeline.names.asset_tags("validation"),
         op_tags=pipeline.orchestration.ingest.dagster_tags(INGEST),
     )
     @retry_transient_io(pipeline.orchestration)

@@ -12,7 +12,7 @@ great_expectations takes seconds to import, so it is imported only inside `run_e
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from secure_pipeline.pipeline import DatasetSchema
+from secure_pipeline.spec import DatasetSchema
 
 if TYPE_CHECKING:
     import pandas as pd

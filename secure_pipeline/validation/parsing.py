@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from secure_pipeline.pipeline import RESERVED_SPLIT_COLUMN, Column, DatasetSchema
+from secure_pipeline.spec import RESERVED_SPLIT_COLUMN, Column, DatasetSchema
 
 if TYPE_CHECKING:
     import pandas as pd

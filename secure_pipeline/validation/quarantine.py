@@ -2,7 +2,7 @@
 
 from typing import TYPE_CHECKING
 
-from secure_pipeline.pipeline import RESERVED_SPLIT_COLUMN
+from secure_pipeline.spec import RESERVED_SPLIT_COLUMN
 from secure_pipeline.validation.parsing import ParsedBatch
 from secure_pipeline.validation.schema import SchemaReport
 

@@ -17,7 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from secure_pipeline.pipeline import RESERVED_SPLIT_COLUMN, DatasetSchema
+from secure_pipeline.spec import RESERVED_SPLIT_COLUMN, DatasetSchema
 from secure_pipeline.validation.parsing import ParsedBatch
 
 if TYPE_CHECKING:

@@ -15,8 +15,9 @@ from dagster_k8s.job import (
 )
 
 from secure_pipeline.environment import Environment
+from secure_pipeline.names import IDENTITY_TAG
 from secure_pipeline.reference.adult import adult_pipeline
-from secure_pipeline.trust.identities import IDENTITY_TAG, STAGE_IDENTITIES, signer_variable
+from secure_pipeline.trust.identities import STAGE_IDENTITIES, signer_variable
 from secure_pipeline_tests.deploy.rendering import of_kind
 from secure_pipeline_tests.test_environment import PRODUCTION
 

@@ -17,7 +17,7 @@ import dagster as dg
 import pytest
 
 from secure_pipeline.errors import PolicyViolation
-from secure_pipeline.promotion.decisions import CHAMPION
+from secure_pipeline.names import CHAMPION
 from secure_pipeline.reference.adult import adult_pipeline
 from secure_pipeline.registry.bundle import LineageError, build_lineage, verdict_problems
 from secure_pipeline.registry.mlflow_registry import set_alias, version_source

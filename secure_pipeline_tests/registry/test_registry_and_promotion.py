@@ -19,12 +19,13 @@ import dagster as dg
 import pytest
 
 from secure_pipeline.errors import PolicyViolation
-from secure_pipeline.promotion.approvals import sign_approval, store_approval
-from secure_pipeline.promotion.decisions import CHAMPION, champion, decisions, issue
-from secure_pipeline.promotion.evidence import verified
+from secure_pipeline.names import CHAMPION
 from secure_pipeline.promotion.gate import promote, rollback
 from secure_pipeline.reference.adult import adult_pipeline
+from secure_pipeline.registry.approvals import sign_approval, store_approval
 from secure_pipeline.registry.bundle import EVIDENCE_DIR, LINEAGE_FILE, MODEL_FILE
+from secure_pipeline.registry.decisions import champion, decisions, issue
+from secure_pipeline.registry.evidence import verify_reference
 from secure_pipeline.registry.mlflow_registry import alias_version, set_alias, version_tags
 from secure_pipeline.registry.signing import Signer, sign_bundle, signer_from_environment
 from secure_pipeline.registry.verification import resolve, verify_bundle_dir
@@ -260,7 +261,7 @@ def test_a_pickled_model_file_is_refused_at_load_even_when_signed(bundle, state)
 
 
 def test_serving_loads_the_verified_champion(state, store) -> None:
-    with verified(f"models:/{state.name}@champion", pipeline=adult_pipeline(),
+    with verify_reference(f"models:/{state.name}@champion", pipeline=adult_pipeline(),
                   trust=trust_policy(), store=store) as evidence:  # fmt: skip
         loaded = load_evidence(evidence)
     assert loaded.model_sha256 == state.model_sha
@@ -273,7 +274,7 @@ def test_todays_stricter_policy_refuses_the_champion(state, store) -> None:
     stricter = dataclasses.replace(
         pipeline, policy=dataclasses.replace(pipeline.policy, max_robustness_drop=0.01)
     )
-    with verified(f"models:/{state.name}@champion", pipeline=stricter, trust=trust_policy(),
+    with verify_reference(f"models:/{state.name}@champion", pipeline=stricter, trust=trust_policy(),
                   store=store) as evidence:  # fmt: skip
         assert not evidence.ok
         assert any("different policy than today's" in p for p in evidence.problems)
@@ -520,10 +521,11 @@ def test_checks_refuse_a_model_trained_on_another_split(state, store) -> None:
 
 def test_drift_is_measured_against_the_champions_training_data(state, store, bundle) -> None:
     from secure_pipeline.features.assets import drift_reference
+    from secure_pipeline.registry.evidence import champion_lineage
 
     lineage = json.loads((bundle / LINEAGE_FILE).read_text())
     with dg.DagsterInstance.get() as instance:
-        key, sha, what = drift_reference(instance, store, AuditLog(store), adult_pipeline())
+        key, sha, what = drift_reference(instance, store, adult_pipeline(), champion_lineage)
     assert sha == lineage["data"]["features"]["sha256"]
     assert key == lineage["data"]["features"]["key"]
     assert "champion version" in what

@@ -35,10 +35,10 @@ from secure_pipeline.promotion.bluegreen import (
     up,
 )
 from secure_pipeline.promotion.canary import CanaryPolicy
-from secure_pipeline.promotion.decisions import champion, decisions
 from secure_pipeline.promotion.gate import CHALLENGER, CHAMPION
 from secure_pipeline.reference.adult import adult_pipeline
 from secure_pipeline.registry.bundle import MODEL_FILE
+from secure_pipeline.registry.decisions import champion, decisions
 from secure_pipeline.registry.mlflow_registry import alias_version, set_alias
 from secure_pipeline.serving.certs import (
     CONTROLLER_IDENTITY,

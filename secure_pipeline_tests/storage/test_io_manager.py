@@ -8,6 +8,7 @@ import pyarrow as pa
 import pytest
 
 from secure_pipeline.errors import IntegrityError
+from secure_pipeline.names import IDENTITY_TAG
 from secure_pipeline.storage.io_manager import SnapshotIOManager
 from secure_pipeline.storage.local import LocalSnapshotStore
 from secure_pipeline.storage.resources import (
@@ -16,7 +17,7 @@ from secure_pipeline.storage.resources import (
     SnapshotStoreResource,
 )
 from secure_pipeline.storage.tables import table_to_parquet, to_arrow
-from secure_pipeline.trust.identities import IDENTITY_TAG, INGEST
+from secure_pipeline.trust.identities import INGEST
 from secure_pipeline_tests.conftest import overwrite_raw
 
 VERSION = {"n": 0}

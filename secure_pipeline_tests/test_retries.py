@@ -10,8 +10,8 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from secure_pipeline.errors import IntegrityError, SourceUnavailableError, UntrustedSourceError
-from secure_pipeline.orchestration.retries import is_transient
 from secure_pipeline.reference.adult import DATA_DIR, adult_pipeline
+from secure_pipeline.retries import is_transient
 from secure_pipeline_tests.helpers import materialize
 from secure_pipeline_tests.tls_server import serve
 

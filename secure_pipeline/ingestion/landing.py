@@ -30,8 +30,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from secure_pipeline.errors import ConfigurationError
-from secure_pipeline.pipeline import SourceFile
 from secure_pipeline.redaction import redact_text
+from secure_pipeline.spec import SourceFile
 
 # Pending (incomplete) batches remembered at most: each costs HEAD requests every tick.
 MAX_PENDING = 50

@@ -1,29 +1,24 @@
 """The chain of evidence of a model, verified at every use.
 
-One sequence, used by ``secure-pipeline verify`` and ``evidence``, the model server, blue-green
-releases, rollback and promotion: resolve the reference, verify the bundle (release signature,
-every file, no pickle, the signed verdicts in its lineage), the release identity's signed
-registration of exactly this bundle as this version, and — when a promotion is required — the
-gate's signed decision admitting it, the approvals that decision cites, and the audit trail's
-signed checkpoint at the moment of the decision. Nothing here reads a registry tag or alias as
-evidence: an alias that disagrees with the signed champion decision is refused.
+One sequence, `verify_reference`, used by ``secure-pipeline verify`` and ``evidence``, the model
+server, blue-green releases, the gate (promotion, crowning, rollback) and the drift check:
+resolve the reference, verify the bundle (release signature, every file, no pickle, the signed
+verdicts in its lineage), the release identity's signed registration of exactly this bundle as
+this version, and — when a promotion is required — the gate's signed decision admitting it, the
+approvals that decision cites, and the audit trail's signed checkpoint at the moment of the
+decision. Nothing here reads a registry tag or alias as evidence: an alias that disagrees with
+the signed champion decision is refused.
 """
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-from secure_pipeline.errors import SignatureError
-from secure_pipeline.pipeline import SecurePipeline
-from secure_pipeline.promotion.approvals import Approval, open_approval
-from secure_pipeline.promotion.decisions import (
-    CHAMPION,
-    Decision,
-    champion,
-    decisions,
-    for_version,
-)
+from secure_pipeline.errors import PolicyViolation, SignatureError
+from secure_pipeline.names import CHAMPION
+from secure_pipeline.registry.approvals import Approval, open_approval
+from secure_pipeline.registry.decisions import Decision, champion, decisions, for_version
 from secure_pipeline.registry.verification import (
     Resolved,
     Verification,
@@ -31,6 +26,7 @@ from secure_pipeline.registry.verification import (
     verify_bundle_dir,
     verify_registered,
 )
+from secure_pipeline.spec import PipelineSpec
 from secure_pipeline.storage.audit import AuditLog
 from secure_pipeline.storage.snapshots import SnapshotStore, sha256_hex
 from secure_pipeline.trust.identities import APPROVER_PREFIX
@@ -81,10 +77,10 @@ class Evidence:
 
 
 @contextmanager
-def verified(
+def verify_reference(
     reference: str,
     *,
-    pipeline: SecurePipeline,
+    pipeline: PipelineSpec | None,
     trust: TrustPolicy,
     store: SnapshotStore | None,
     require: Requirement = None,
@@ -96,7 +92,8 @@ def verified(
 
     Args:
         reference: ``models:/name@alias``, ``models:/name/N`` or a bundle directory.
-        pipeline: Today's spec (today's policy and approvals apply).
+        pipeline: Today's spec (today's policy and approvals apply); None skips only the
+            today's-policy step and cannot be combined with a required promotion.
         trust: The trust policy.
         store: The snapshot store; None verifies the bundle alone, offline (and then no
             promotion can be required).
@@ -123,7 +120,11 @@ def verified(
             )
         evidence = Evidence(resolved, verification)
         if require is not None and verification.bundle_digest is not None:
-            if store is None:
+            if pipeline is None:
+                evidence.fail(
+                    "promotion", "a promotion decision is checked against today's policy: no spec"
+                )
+            elif store is None:
                 evidence.fail(
                     "promotion", "a promotion decision cannot be checked offline (no store)"
                 )
@@ -134,7 +135,7 @@ def verified(
 
 def _check_promotion(
     evidence: Evidence,
-    pipeline: SecurePipeline,
+    pipeline: PipelineSpec,
     trust: TrustPolicy,
     store: SnapshotStore,
     require: str,
@@ -184,7 +185,7 @@ def _check_promotion(
 
 
 def check_decision(
-    evidence: Evidence, pipeline: SecurePipeline, trust: TrustPolicy, store: SnapshotStore
+    evidence: Evidence, pipeline: PipelineSpec, trust: TrustPolicy, store: SnapshotStore
 ) -> None:
     """Check a decision against the verified bundle, its approvals and the audit checkpoint."""
     decision, verification = evidence.decision, evidence.verification
@@ -212,7 +213,7 @@ def check_decision(
 
 
 def _check_approvals(
-    evidence: Evidence, pipeline: SecurePipeline, trust: TrustPolicy, store: SnapshotStore
+    evidence: Evidence, pipeline: PipelineSpec, trust: TrustPolicy, store: SnapshotStore
 ) -> None:
     decision = evidence.decision
     assert decision is not None
@@ -289,3 +290,34 @@ def _check_checkpoint(evidence: Evidence, trust: TrustPolicy, store: SnapshotSto
         "audit checkpoint",
         f"signed checkpoint at record {checkpoint[0]}; the decision's record {count} is intact",
     )
+
+
+def champion_lineage(
+    pipeline: PipelineSpec, store: SnapshotStore, trust: TrustPolicy
+) -> tuple[str, dict[str, Any]] | None:
+    """The current champion's version and verified lineage, or None when there is none.
+
+    The champion is the latest signed champion decision (not the alias); its bundle is
+    downloaded and verified. Today's policy is not required: the lineage is only read.
+
+    Raises:
+        PolicyViolation: When the champion does not verify.
+    """
+    name = pipeline.names.model_name
+    current = champion(decisions(store, trust, name)[0])
+    if current is None:
+        return None
+    with verify_reference(
+        f"models:/{name}/{current.version}", pipeline=None, trust=trust, store=store
+    ) as evidence:
+        verification = evidence.verification
+    if (
+        not verification.ok
+        or verification.lineage is None
+        or verification.bundle_digest != current.bundle_digest
+    ):
+        raise PolicyViolation(
+            f"champion version {current.version} of {name} does not verify: "
+            + ("; ".join(verification.problems) or "its bundle is not the one the gate admitted")
+        )
+    return current.version, verification.lineage

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from secure_pipeline.errors import SignatureError
+from secure_pipeline.names import CHALLENGER, CHAMPION
 from secure_pipeline.storage.snapshots import SnapshotStore, utc_now
 from secure_pipeline.trust import attestations
 from secure_pipeline.trust.identities import GATE
@@ -26,8 +27,6 @@ from secure_pipeline.trust.policy import TrustPolicy
 from secure_pipeline.trust.signers import IdentitySigner
 
 PROMOTIONS = "promotions"
-CHALLENGER = "challenger"
-CHAMPION = "champion"
 VERIFIER_ID = "https://secure-pipeline.dev/promotion-gate"
 LEVELS = {CHALLENGER: "SECURE_PIPELINE_GATE_PASSED", CHAMPION: "SECURE_PIPELINE_CHAMPION"}
 

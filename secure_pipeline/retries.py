@@ -19,7 +19,7 @@ import dagster as dg
 from secure_pipeline.errors import SecurePipelineError, TransientError
 
 if TYPE_CHECKING:
-    from secure_pipeline.pipeline import OrchestrationSpec
+    from secure_pipeline.spec import OrchestrationSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
 

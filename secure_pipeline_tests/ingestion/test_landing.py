@@ -8,7 +8,7 @@ import dagster as dg
 import pytest
 
 from secure_pipeline.errors import ConfigurationError
-from secure_pipeline.orchestration.landing import LandingCursor, LandingZone
+from secure_pipeline.ingestion.landing import LandingCursor, LandingZone
 from secure_pipeline.reference.adult import DATA_DIR, adult_pipeline
 from secure_pipeline.storage.local import LocalSnapshotStore
 
@@ -105,7 +105,7 @@ def test_a_tick_stops_at_its_run_budget_and_the_next_continues(s3_client, s3_buc
 
 
 def test_a_tick_stops_at_its_time_budget(s3_client, s3_bucket, monkeypatch) -> None:
-    import secure_pipeline.orchestration.landing as landing
+    import secure_pipeline.ingestion.landing as landing
 
     monkeypatch.setattr(landing, "_PAGE", 2)  # two keys (one batch) per page
     zone = _zone(s3_client, s3_bucket)

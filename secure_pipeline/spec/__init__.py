@@ -1,0 +1,49 @@
+"""The pipeline spec: frozen dataclasses that describe a pipeline, at the bottom of the layers.
+
+Nothing here imports a stage, Dagster or anything heavy: a spec is built and validated (every
+problem listed at once) before any stage code is loaded. The stages read a `PipelineSpec`;
+composition (`secure_pipeline.SecurePipeline`, the component) turns one into definitions.
+"""
+
+from secure_pipeline.spec.catalog import LABEL_COLUMN, Feature, feature_catalog
+from secure_pipeline.spec.data import (
+    RESERVED_SPLIT_COLUMN,
+    Column,
+    ColumnType,
+    DatasetSchema,
+    SourceFile,
+    SourceSpec,
+)
+from secure_pipeline.spec.pipeline import PipelineSpec
+from secure_pipeline.spec.policy import CanaryPolicy, SecurityPolicy
+from secure_pipeline.spec.stages import (
+    CONTAINER_SECURITY_CONTEXT,
+    POD_SECURITY_CONTEXT,
+    Estimator,
+    FeatureSpec,
+    IsolationSpec,
+    ModelSpec,
+    OrchestrationSpec,
+)
+
+__all__ = [
+    "CONTAINER_SECURITY_CONTEXT",
+    "LABEL_COLUMN",
+    "POD_SECURITY_CONTEXT",
+    "RESERVED_SPLIT_COLUMN",
+    "CanaryPolicy",
+    "Column",
+    "ColumnType",
+    "DatasetSchema",
+    "Estimator",
+    "Feature",
+    "FeatureSpec",
+    "IsolationSpec",
+    "ModelSpec",
+    "OrchestrationSpec",
+    "PipelineSpec",
+    "SecurityPolicy",
+    "SourceFile",
+    "SourceSpec",
+    "feature_catalog",
+]

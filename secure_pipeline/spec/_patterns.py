@@ -1,0 +1,8 @@
+"""Name patterns the spec validates against (shared by its modules)."""
+
+import re
+
+# snake_case names: pipeline, source and member names become asset keys, job and file names.
+NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
+K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")

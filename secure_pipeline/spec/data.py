@@ -1,0 +1,132 @@
+"""What the data is: its columns and where its files come from."""
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+# The column ingestion adds to name the file member a row came from.
+RESERVED_SPLIT_COLUMN = "split"
+
+ColumnType = Literal["int", "float", "string", "category", "bool"]
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column the data must have.
+
+    Attributes:
+        name: Column name after parsing (snake_case).
+        dtype: Logical type: ``int``, ``float``, ``string``, ``category`` or ``bool``.
+        nullable: Whether missing values are allowed.
+        allowed: For categories: the complete set of allowed values.
+        minimum: Smallest allowed value (numeric columns).
+        maximum: Largest allowed value (numeric columns).
+        description: What the column means.
+        aliases: Raw spellings mapped to their canonical value before validation, e.g. the
+            Adult test file's ``<=50K.`` for ``<=50K``. Listed explicitly so that nothing is
+            normalised by accident.
+        max_null_fraction: Largest share of missing values a batch may have (a statistical
+            expectation; per-row nullability is ``nullable``).
+        mean_between: Range the batch mean of a numeric column must fall in.
+    """
+
+    name: str
+    dtype: ColumnType
+    nullable: bool = False
+    allowed: tuple[str, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    description: str = ""
+    aliases: tuple[tuple[str, str], ...] = ()
+    max_null_fraction: float | None = None
+    mean_between: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class DatasetSchema:
+    """The columns of a dataset, in file order, and how its files are written.
+
+    Attributes:
+        name: Schema name, recorded in provenance.
+        columns: Columns in the order they appear in a header-less file.
+        label: The target column, if the data is labelled.
+        positive_label: The label value encoded as 1 in the features.
+        missing_values: Tokens that mean "missing" in the raw files (Adult uses ``?``).
+        delimiter: Field separator of the raw files.
+        has_header: Whether each file starts with a header row naming the columns; the names
+            must then match ``columns`` exactly (any order).
+        comment_prefix: Lines starting with this are comments (the Adult test file's first
+            line), dropped before parsing and counted.
+        min_rows: Fewest rows a batch may have.
+        max_rows: Most rows a batch may have.
+    """
+
+    name: str
+    columns: tuple[Column, ...]
+    label: str | None = None
+    positive_label: str | None = None
+    missing_values: tuple[str, ...] = ()
+    delimiter: str = ","
+    has_header: bool = False
+    comment_prefix: str | None = None
+    min_rows: int = 1
+    max_rows: int | None = None
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        """Names of the columns, in order."""
+        return tuple(c.name for c in self.columns)
+
+    @property
+    def version(self) -> str:
+        """A fingerprint of the whole schema: any change to it gives a new version."""
+        digest = hashlib.sha256(
+            json.dumps(asdict(self), sort_keys=True, default=list).encode()
+        ).hexdigest()
+        return f"{self.name}@{digest[:12]}"
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One file of a source.
+
+    Attributes:
+        member: Logical name of the file within the source (``train``, ``test``).
+        path: Path of the file relative to the source location.
+    """
+
+    member: str
+    path: str
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Where a dataset comes from.
+
+    The location is a directory-like URI (``file://``, ``https://``, ``s3://``); each file's
+    path is resolved against it. At run time the variable ``location_env_var``, when set,
+    replaces ``location``, so a deployment points the same pipeline at its own data.
+
+    Attributes:
+        name: Source name; the raw asset is ``raw_<name>``.
+        files: The files to ingest.
+        location: Default location of the files.
+        location_env_var: Variable that overrides ``location`` (required in production).
+        format: Format of the files, recorded in manifests and used as key extension.
+        max_bytes: Largest accepted file; a larger one is refused before it is stored.
+        description: What the data is, shown in the Dagster UI.
+        tls_pins: SHA-256 fingerprints of the https server certificates to accept (on top of
+            normal verification); ``SECURE_PIPELINE_SOURCE_TLS_PINS`` adds more at run time.
+        read_timeout_seconds: How long one network read may wait (https, s3).
+    """
+
+    name: str
+    files: tuple[SourceFile, ...]
+    location: str
+    location_env_var: str | None = None
+    format: str = "csv"
+    max_bytes: int = 512 * 1024 * 1024
+    description: str = ""
+    tls_pins: tuple[str, ...] = ()
+    read_timeout_seconds: float = 60.0

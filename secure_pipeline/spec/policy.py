@@ -1,0 +1,152 @@
+"""The thresholds of every gate, and when a blue-green canary may take all the traffic."""
+
+import functools
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class SecurityPolicy:
+    """Thresholds every gate of the pipeline applies, shown in the Dagster UI.
+
+    Each threshold states what it means; none is a number fitted to a particular model.
+
+    Attributes:
+        max_reject_rate: Largest share of rows that may be quarantined before the batch fails.
+        drift_warn_psi: Population stability index at which a feature's drift is a warning.
+        drift_fail_psi: Population stability index at which drift fails the batch.
+        drift_bins: Quantile bins per numeric feature for the stability index.
+        min_roc_auc: Smallest ROC AUC on the evaluation set (0.5 is a coin flip).
+        min_balanced_accuracy: Smallest balanced accuracy (0.5 is predicting one class).
+        robustness_epsilon: Perturbation budget of the evasion attack, in standard deviations
+            of each numeric model input, all perturbed at once (L-infinity). Categorical
+            inputs are not perturbed.
+        max_robustness_drop: Largest loss of accuracy under that attack (absolute).
+        robustness_sample_cap: Evaluation rows attacked.
+        max_membership_auc: Largest ROC AUC of the membership-inference attack (0.5: the
+            attacker cannot tell training rows from others).
+        max_membership_advantage: Largest attack advantage (max TPR - FPR).
+        privacy_sample_cap: Member and non-member rows each given to the attack.
+        max_equalized_odds_difference: Largest gap in true- or false-positive rate between
+            groups of a gated sensitive feature, beyond sampling error.
+        max_parity_amplification: How much the model's demographic-parity difference may
+            exceed the one already in the labels (the model must not widen the gap).
+        fairness_min_group_size: Positives and negatives a group needs to be gated (smaller
+            groups are reported, their rates being too noisy to judge).
+        fairness_confidence: Confidence of the interval a gap must clear to fail the gate.
+        fairness_report_only: Sensitive features that are audited and shown but do not gate.
+        approvals_required: Signed approvals (by distinct approver keys of the trust policy)
+            a model needs before promotion.
+    """
+
+    max_reject_rate: float = 0.01
+    drift_warn_psi: float = 0.1
+    drift_fail_psi: float = 0.25
+    drift_bins: int = 10
+    min_roc_auc: float = 0.80
+    min_balanced_accuracy: float = 0.70
+    robustness_epsilon: float = 0.1
+    max_robustness_drop: float = 0.05
+    robustness_sample_cap: int = 2000
+    max_membership_auc: float = 0.60
+    max_membership_advantage: float = 0.10
+    privacy_sample_cap: int = 2000
+    max_equalized_odds_difference: float = 0.10
+    max_parity_amplification: float = 0.02
+    fairness_min_group_size: int = 50
+    fairness_confidence: float = 0.95
+    fairness_report_only: tuple[str, ...] = ()
+    approvals_required: int = 0
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the judging thresholds: two policies match only if every one does.
+
+        ``approvals_required`` is left out: it applies when a model is promoted, not when it is
+        judged, so changing it does not make earlier verdicts stale.
+        """
+        return _fingerprint(self)
+
+    def problems(self) -> list[str]:
+        """Contradictions in the policy, one line each."""
+        found = []
+        for name in ("min_roc_auc", "min_balanced_accuracy", "max_membership_auc"):
+            if not 0.5 <= getattr(self, name) <= 1:
+                found.append(f"{name} must be in [0.5, 1], found {getattr(self, name)}")
+        for name in ("max_robustness_drop", "max_membership_advantage",
+                     "max_equalized_odds_difference", "max_parity_amplification"):  # fmt: skip
+            if not 0 <= getattr(self, name) <= 1:
+                found.append(f"{name} must be in [0, 1], found {getattr(self, name)}")
+        if self.robustness_epsilon <= 0:
+            found.append("robustness_epsilon must be positive")
+        for name in ("robustness_sample_cap", "privacy_sample_cap", "fairness_min_group_size"):
+            if getattr(self, name) < 1:
+                found.append(f"{name} must be at least 1")
+        if self.approvals_required < 0:
+            found.append("approvals_required must not be negative")
+        if not 0.5 < self.fairness_confidence < 1:
+            found.append("fairness_confidence must be between 0.5 and 1")
+        if not 0 <= self.max_reject_rate < 1:
+            found.append(f"max_reject_rate must be in [0, 1), found {self.max_reject_rate}")
+        if not 0 < self.drift_warn_psi <= self.drift_fail_psi:
+            found.append(
+                "drift thresholds must satisfy 0 < drift_warn_psi <= drift_fail_psi, found "
+                f"{self.drift_warn_psi} and {self.drift_fail_psi}"
+            )
+        if self.drift_bins < 2:
+            found.append(f"drift_bins must be at least 2, found {self.drift_bins}")
+        return found
+
+
+@functools.lru_cache(maxsize=64)
+def _fingerprint(policy: SecurityPolicy) -> str:
+    # Cached: every verdict and every verification asks for it, and the policy is frozen.
+    thresholds = {k: v for k, v in asdict(policy).items() if k != "approvals_required"}
+    return hashlib.sha256(
+        json.dumps(thresholds, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    ).hexdigest()
+
+
+@dataclass(frozen=True)
+class CanaryPolicy:
+    """When a canary may take all the traffic.
+
+    Attributes:
+        canary_weight: Share of traffic (percent) the new slot gets while it is judged.
+        min_requests: Canary ``/predict`` requests needed before judging.
+        observe_seconds: Longest wait for that traffic; then the canary fails as inconclusive.
+        max_error_rate: Largest share of non-2xx canary answers.
+        max_error_rate_increase: Largest increase of that share over the live slot's.
+        max_p95_ratio: Largest canary p95 latency as a multiple of the live slot's ...
+        min_p95_slack_seconds: ... ignored while the canary's p95 is within this of the live
+            one (a few milliseconds of bucket noise is not a regression).
+        max_score_psi: Largest population stability index between the slots' score
+            distributions.
+        ready_timeout_seconds: How long the new slot may take to verify and load its model.
+    """
+
+    canary_weight: int = 10
+    min_requests: int = 100
+    observe_seconds: float = 600.0
+    max_error_rate: float = 0.01
+    max_error_rate_increase: float = 0.005
+    max_p95_ratio: float = 1.5
+    min_p95_slack_seconds: float = 0.010
+    max_score_psi: float = 0.1
+    ready_timeout_seconds: float = 180.0
+
+    def problems(self) -> list[str]:
+        """What is inconsistent in these settings."""
+        found = []
+        if not 1 <= self.canary_weight <= 50:
+            found.append(f"canary_weight must be 1..50 percent, found {self.canary_weight}")
+        if self.min_requests < 1:
+            found.append(f"min_requests must be at least 1, found {self.min_requests}")
+        for name in ("max_error_rate", "max_error_rate_increase"):
+            if not 0 <= getattr(self, name) <= 1:
+                found.append(f"{name} must be a share in [0, 1]")
+        if self.max_p95_ratio < 1:
+            found.append(f"max_p95_ratio must be >= 1, found {self.max_p95_ratio}")
+        if self.observe_seconds <= 0 or self.ready_timeout_seconds <= 0:
+            found.append("observe_seconds and ready_timeout_seconds must be positive")
+        return found
