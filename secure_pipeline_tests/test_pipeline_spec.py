@@ -70,3 +70,10 @@ def test_the_readme_example_builds() -> None:
         "loans/registered_model",
         "loans/promoted_model",
     }
+
+
+def test_a_band_without_cut_points_is_a_listed_problem_not_a_crash() -> None:
+    from secure_pipeline.pipeline import FeatureSpec
+
+    with pytest.raises(ConfigurationError, match="band cut points of 'age' must be strictly"):
+        dataclasses.replace(adult_pipeline(), features=FeatureSpec(bands={"age": ()}))
