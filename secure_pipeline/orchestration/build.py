@@ -1,5 +1,6 @@
 """Turn a pipeline spec's orchestration settings into jobs, a schedule and sensors."""
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +14,7 @@ from secure_pipeline.orchestration.jobs import (
     build_jobs,
     local_executor,
 )
-from secure_pipeline.spec import PipelineSpec
+from secure_pipeline.spec import OrchestrationSpec, PipelineSpec
 
 
 @dataclass
@@ -119,11 +120,27 @@ def build_orchestration(
     ]
     if spec.landing_env_var:
         sensors.insert(0, landing_sensor(pipeline, jobs["ingest"], production))
-    executor_def = local_executor()
-    if executor == KUBERNETES:
+    executor_def = adhoc_k8s_executor(spec) if executor == KUBERNETES else local_executor()
+    return Orchestration(list(jobs.values()), schedules, sensors, executor_def)
+
+
+# The ad-hoc executors built in this process, by configuration.
+_ADHOC_EXECUTORS: dict[str, dg.ExecutorDefinition] = {}
+
+
+def adhoc_k8s_executor(spec: OrchestrationSpec) -> dg.ExecutorDefinition:
+    """The Kubernetes executor of ad-hoc runs: one object per configuration.
+
+    Dagster merges the definitions of several components (one per pipeline of a defs folder)
+    only when they share the very same executor object, so pipelines that send ad-hoc runs to
+    the same place get the same executor, named for no pipeline in particular.
+    """
+    config = adhoc_executor_config(spec)
+    key = json.dumps(config, sort_keys=True)
+    if key not in _ADHOC_EXECUTORS:
         from dagster_k8s import k8s_job_executor
 
-        executor_def = k8s_job_executor.configured(
-            adhoc_executor_config(spec), name=f"{pipeline.name}_adhoc_k8s"
+        _ADHOC_EXECUTORS[key] = k8s_job_executor.configured(
+            config, name="secure_pipeline_adhoc_k8s"
         )
-    return Orchestration(list(jobs.values()), schedules, sensors, executor_def)
+    return _ADHOC_EXECUTORS[key]
