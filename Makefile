@@ -14,7 +14,10 @@ export UV_COMPILE_BYTECODE := 1
 # The embedded default: Dagster's SQLite instance and the snapshot store live here.
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: demo test lint check-defs ui bench sync clean
+.PHONY: demo test prerequisites lint check-defs ui bench sync clean
+# Targets run in the order listed, so `make test` checks the system packages before any Python
+# work even under -j.
+.NOTPARALLEL:
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -30,14 +33,18 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	@mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $@
 
-## demo: materialize the reference pipeline on the embedded default and show what it produced
+## demo: run the reference pipeline's stage jobs on the embedded default, show what they made
 demo: sync $(DAGSTER_HOME)/dagster.yaml
-	$(RUN) dg launch --assets '*'
-	$(RUN) secure-pipeline status
+	$(RUN) python scripts/demo.py
 
-## test: lint, validate the code location, run the test suite
-test: lint check-defs
+## test: check the system packages, lint, validate the code location, run the test suite
+test: prerequisites lint check-defs
 	$(RUN) pytest
+
+## prerequisites: the Debian packages the tests start (nginx + njs, PostgreSQL, OpenSSL);
+## installed as root with apt-get, else the one command to run is printed
+prerequisites:
+	@PYTHON=$(PYTHON) bash scripts/test-prerequisites.sh
 
 lint: sync
 	$(RUN) ruff check .
@@ -54,6 +61,7 @@ ui: sync $(DAGSTER_HOME)/dagster.yaml
 ## bench: the performance figures (ratios against baselines run in the same process)
 bench: sync
 	$(RUN) python benchmarks/bench_import.py
+	$(RUN) python benchmarks/bench_code_location.py
 	$(RUN) python benchmarks/bench_local_store.py
 	$(RUN) python benchmarks/bench_s3_store.py
 	$(RUN) python benchmarks/bench_validation.py
