@@ -49,6 +49,7 @@ prerequisites:
 lint: sync
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
+	$(RUN) lint-imports --no-cache
 
 check-defs: sync $(DAGSTER_HOME)/dagster.yaml
 	$(RUN) dagster definitions validate -w workspace.yaml
