@@ -119,7 +119,7 @@ def test_every_problem_is_listed_with_its_yaml_path(tmp_path, monkeypatch) -> No
         "attributes.source.files[0].path: source file path '../loans.csv' must be relative",
         "attributes.schema.has_header: must be true or false, found 'maybe' (line 13)",
         "attributes.schema.columns[2].dtype: must be one of 'int', 'float', 'string', "
-        "'category' or 'bool', found 'decimal' (line 17)",
+        "'category', 'bool', 'date' or 'datetime', found 'decimal' (line 17)",
         "attributes.policy.min_roc_auc: must be in [0.5, 1], found 2 (line 19)",
         "attributes.model.holdout_fraction: model holdout_fraction must be between 0 and 1",
         "attributes.orchestration.ingest.namespace: ingest namespace 'Bad_Namespace' is not a "
@@ -349,7 +349,15 @@ def test_the_yaml_schema_is_the_spec() -> None:
     assert set(schema["properties"]) == {f.name for f in dataclasses.fields(SecurePipeline)}
     assert schema["required"] == ["name", "source", "schema"]
     column = schema["$defs"]["ColumnYaml"]
-    assert column["properties"]["dtype"]["enum"] == ["int", "float", "string", "category", "bool"]
+    assert column["properties"]["dtype"]["enum"] == [
+        "int",
+        "float",
+        "string",
+        "category",
+        "bool",
+        "date",
+        "datetime",
+    ]
     assert column["properties"]["aliases"]["type"] == "object"
     assert "Raw spellings" in column["properties"]["aliases"]["description"]
     for definition in schema["$defs"].values():

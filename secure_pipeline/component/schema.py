@@ -24,6 +24,7 @@ from pydantic_core import PydanticCustomError
 
 from secure_pipeline.pipeline import (
     Column,
+    DerivedColumn,
     SecurePipeline,
 )
 
@@ -55,6 +56,7 @@ class _Form(NamedTuple):
 _FORMS: dict[tuple[type, str], _Form] = {
     # A mapping reads better than a list of pairs, and cannot map one raw spelling twice.
     (Column, "aliases"): _Form(dict[StrictStr, StrictStr], lambda m: tuple(m.items()), dict),
+    (DerivedColumn, "values"): _Form(dict[StrictStr, StrictStr], lambda m: tuple(m.items()), dict),
 }
 
 

@@ -7,8 +7,10 @@ composition (`secure_pipeline.SecurePipeline`, the component) turns one into def
 
 from secure_pipeline.spec.catalog import LABEL_COLUMN, Feature, feature_catalog
 from secure_pipeline.spec.data import (
+    DROPPED_AT_ENTRY,
     RESERVED_SPLIT_COLUMN,
     Column,
+    ColumnRole,
     ColumnType,
     DatasetSchema,
     SourceFile,
@@ -17,8 +19,10 @@ from secure_pipeline.spec.data import (
 from secure_pipeline.spec.pipeline import PipelineSpec
 from secure_pipeline.spec.policy import CanaryPolicy, SecurityPolicy
 from secure_pipeline.spec.stages import (
+    BUILTIN_ESTIMATORS,
     CONTAINER_SECURITY_CONTEXT,
     POD_SECURITY_CONTEXT,
+    DerivedColumn,
     Estimator,
     FeatureSpec,
     IsolationSpec,
@@ -27,14 +31,18 @@ from secure_pipeline.spec.stages import (
 )
 
 __all__ = [
+    "BUILTIN_ESTIMATORS",
     "CONTAINER_SECURITY_CONTEXT",
+    "DROPPED_AT_ENTRY",
     "LABEL_COLUMN",
     "POD_SECURITY_CONTEXT",
     "RESERVED_SPLIT_COLUMN",
     "CanaryPolicy",
     "Column",
+    "ColumnRole",
     "ColumnType",
     "DatasetSchema",
+    "DerivedColumn",
     "Estimator",
     "Feature",
     "FeatureSpec",

@@ -8,7 +8,10 @@ from typing import Literal
 # The column ingestion adds to name the file member a row came from.
 RESERVED_SPLIT_COLUMN = "split"
 
-ColumnType = Literal["int", "float", "string", "category", "bool"]
+ColumnType = Literal["int", "float", "string", "category", "bool", "date", "datetime"]
+ColumnRole = Literal["feature", "label", "sensitive", "identifier", "personal", "ignore"]
+# Roles whose values never reach `validated_*` (unless a personal column is pseudonymised).
+DROPPED_AT_ENTRY: tuple[str, ...] = ("personal", "ignore")
 
 
 @dataclass(frozen=True)
@@ -17,7 +20,8 @@ class Column:
 
     Attributes:
         name: Column name after parsing (snake_case).
-        dtype: Logical type: ``int``, ``float``, ``string``, ``category`` or ``bool``.
+        dtype: Logical type: ``int``, ``float``, ``string``, ``category``, ``bool``, ``date``
+            or ``datetime``.
         nullable: Whether missing values are allowed.
         allowed: For categories: the complete set of allowed values.
         minimum: Smallest allowed value (numeric columns).
@@ -29,6 +33,27 @@ class Column:
         max_null_fraction: Largest share of missing values a batch may have (a statistical
             expectation; per-row nullability is ``nullable``).
         mean_between: Range the batch mean of a numeric column must fall in.
+        role: What the column is for. ``feature`` (the default: a model input when its type
+            allows), ``label`` (the target; same as naming it the schema's ``label``),
+            ``sensitive`` (a protected attribute: audited for fairness, same as listing it in
+            the pipeline's ``sensitive_features``), ``identifier`` (kept for joins and erasure,
+            never a model input), ``personal`` (a direct identifier such as a name: checked
+            while parsing, then dropped before ``validated_*`` unless ``pseudonymise``) or
+            ``ignore`` (its presence in the header is checked; its values are dropped at entry,
+            unread).
+        source: The column's name in the file header when it differs from ``name`` (awkward
+            or duplicated header names). Header files only.
+        occurrence: Which occurrence of ``source`` this is when the header repeats a name
+            (1 for the first).
+        pseudonymise: For a ``personal`` column the pipeline needs (for joins): keep it as a
+            keyed hash (HMAC-SHA256 with the pipeline's pseudonymisation key), never the value.
+        format: How ``date``/``datetime`` values are written, as a ``strptime`` format
+            (``%d/%m/%Y``); unset means ISO 8601 (``2013-08-14``, ``2013-08-14 06:03:42``).
+        earliest: Earliest allowed ``date``/``datetime``, in ISO 8601.
+        latest: Latest allowed ``date``/``datetime``, in ISO 8601.
+        min_length: Fewest characters a ``string`` value may have.
+        max_length: Most characters a ``string`` value may have.
+        pattern: Regular expression every ``string`` value must match in full.
     """
 
     name: str
@@ -41,6 +66,26 @@ class Column:
     aliases: tuple[tuple[str, str], ...] = ()
     max_null_fraction: float | None = None
     mean_between: tuple[float, float] | None = None
+    role: ColumnRole = "feature"
+    source: str | None = None
+    occurrence: int = 1
+    pseudonymise: bool = False
+    format: str | None = None
+    earliest: str | None = None
+    latest: str | None = None
+    min_length: int | None = None
+    max_length: int | None = None
+    pattern: str | None = None
+
+    @property
+    def header_name(self) -> str:
+        """The name the file header gives this column."""
+        return self.source if self.source is not None else self.name
+
+    @property
+    def kept(self) -> bool:
+        """Whether the column reaches ``validated_*`` (personal ones only as keyed hashes)."""
+        return self.role != "ignore" and (self.role != "personal" or self.pseudonymise)
 
 
 @dataclass(frozen=True)
@@ -55,7 +100,8 @@ class DatasetSchema:
         missing_values: Tokens that mean "missing" in the raw files (Adult uses ``?``).
         delimiter: Field separator of the raw files.
         has_header: Whether each file starts with a header row naming the columns; the names
-            must then match ``columns`` exactly (any order).
+            must then match the columns' header names exactly (any order; a repeated name
+            once per declared ``occurrence``).
         comment_prefix: Lines starting with this are comments (the Adult test file's first
             line), dropped before parsing and counted.
         min_rows: Fewest rows a batch may have.
@@ -73,10 +119,30 @@ class DatasetSchema:
     min_rows: int = 1
     max_rows: int | None = None
 
+    def __post_init__(self) -> None:
+        # A column marked as the label names the label when the schema does not: both
+        # spellings mean the same, and the pipeline spec checks that they agree.
+        marked = [c.name for c in self.columns if c.role == "label"]
+        if self.label is None and len(marked) == 1:
+            object.__setattr__(self, "label", marked[0])
+
     @property
     def column_names(self) -> tuple[str, ...]:
         """Names of the columns, in order."""
         return tuple(c.name for c in self.columns)
+
+    @property
+    def kept_columns(self) -> tuple[Column, ...]:
+        """The columns ``validated_*`` holds, in order.
+
+        ``ignore`` columns and ``personal`` ones not pseudonymised are dropped at entry.
+        """
+        return tuple(c for c in self.columns if c.kept)
+
+    @property
+    def kept_names(self) -> tuple[str, ...]:
+        """Names of `kept_columns`."""
+        return tuple(c.name for c in self.kept_columns)
 
     @property
     def version(self) -> str:

@@ -1,14 +1,24 @@
 """`PipelineSpec`: one declarative description of a secure ML pipeline, validated as a whole."""
 
+import datetime as _dt
+import re
 from dataclasses import dataclass, field
 
 from secure_pipeline.errors import ConfigurationError
 from secure_pipeline.names import PipelineNames
+from secure_pipeline.spec._imports import import_path_problem
 from secure_pipeline.spec._patterns import ENV_NAME, NAME
 from secure_pipeline.spec.catalog import feature_catalog
 from secure_pipeline.spec.data import RESERVED_SPLIT_COLUMN, DatasetSchema, SourceSpec
 from secure_pipeline.spec.policy import CanaryPolicy, SecurityPolicy
-from secure_pipeline.spec.stages import FeatureSpec, ModelSpec, OrchestrationSpec
+from secure_pipeline.spec.stages import (
+    BUILTIN_ESTIMATORS,
+    FeatureSpec,
+    ModelSpec,
+    OrchestrationSpec,
+)
+
+_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 
 
 @dataclass(frozen=True)
@@ -22,8 +32,9 @@ class PipelineSpec:
         name: Pipeline name (snake_case); used in job names and audit records.
         source: Where the data comes from.
         schema: What the data must look like.
-        sensitive_features: Columns that identify protected groups (for fairness audits);
-            they are never written to logs or the audit trail.
+        sensitive_features: Columns (or derived features) that identify protected groups,
+            for fairness audits; they are never written to logs or the audit trail. Columns
+            with role ``sensitive`` and derived features marked ``sensitive`` are added.
         owners: Dagster owners (``team:...`` or e-mail addresses) shown on every asset.
         description: What the pipeline does.
         code_version: Version of the pipeline's code, recorded in every manifest; assets are
@@ -49,6 +60,11 @@ class PipelineSpec:
     canary: CanaryPolicy = field(default_factory=CanaryPolicy)
 
     def __post_init__(self) -> None:
+        marked = [c.name for c in self.schema.columns if c.role == "sensitive"]
+        marked += [d.name for d in self.features.derived if d.sensitive]
+        merged = tuple(dict.fromkeys((*self.sensitive_features, *marked)))
+        if merged != tuple(self.sensitive_features):
+            object.__setattr__(self, "sensitive_features", merged)
         problems = self._problems()
         if problems:
             raise ConfigurationError(
@@ -83,38 +99,17 @@ class PipelineSpec:
             found.append("source max_bytes must be positive")
         names = self.schema.column_names
         if len(set(names)) != len(names):
-            found.append(f"schema column names must be unique, found {list(names)}")
+            duplicated = sorted({n for n in names if names.count(n) > 1})
+            found.append(
+                f"schema column names must be unique; duplicated: {', '.join(duplicated)} "
+                "(to read a header that repeats a name, give each column its own name and "
+                "map it with source and occurrence)"
+            )
         if not names:
             found.append("the schema has no columns")
-        if self.schema.label is not None and self.schema.label not in names:
-            found.append(f"label {self.schema.label!r} is not a column of the schema")
-        for feature in self.sensitive_features:
-            if feature not in names:
-                found.append(
-                    f"sensitive feature {feature!r} is not a column of the schema "
-                    f"(columns: {', '.join(names)})"
-                )
         by_name = {c.name: c for c in self.schema.columns}
-        for column in self.schema.columns:
-            if column.allowed is not None and column.dtype != "category":
-                found.append(f"column {column.name!r}: allowed values need dtype 'category'")
-            if column.dtype == "category" and not column.allowed:
-                found.append(f"category column {column.name!r} must list its allowed values")
-            numeric = column.dtype in ("int", "float")
-            if not numeric and (
-                column.minimum is not None
-                or column.maximum is not None
-                or column.mean_between is not None
-            ):
-                found.append(f"column {column.name!r}: ranges and means need a numeric dtype")
-            if column.max_null_fraction is not None and not column.nullable:
-                found.append(f"column {column.name!r}: max_null_fraction needs nullable=True")
-            for raw, canonical in column.aliases:
-                if column.allowed is not None and canonical not in column.allowed:
-                    found.append(
-                        f"column {column.name!r}: alias {raw!r} maps to {canonical!r}, which is "
-                        "not an allowed value"
-                    )
+        found.extend(self._column_problems(by_name))
+        found.extend(self._sensitive_problems(by_name))
         if RESERVED_SPLIT_COLUMN in by_name:
             found.append(f"column name {RESERVED_SPLIT_COLUMN!r} is reserved for the file member")
         label = by_name.get(self.schema.label or "")
@@ -132,6 +127,12 @@ class PipelineSpec:
         for name in (*self.features.exclude, *self.features.bands, *self.features.log1p):
             if name not in by_name:
                 found.append(f"feature setting names {name!r}, which is not a column")
+            elif not by_name[name].kept or by_name[name].role == "personal":
+                found.append(
+                    f"feature setting names {name!r}, a {by_name[name].role} column, which "
+                    "never reaches the feature table"
+                )
+        found.extend(self._derived_problems(by_name))
         for name, cuts in self.features.bands.items():
             if name in by_name and by_name[name].dtype not in ("int", "float"):
                 found.append(f"band column {name!r} must be numeric")
@@ -143,6 +144,198 @@ class PipelineSpec:
         found.extend(self._model_problems())
         return found
 
+    def _column_problems(self, by_name: dict) -> list[str]:
+        found: list[str] = []
+        schema = self.schema
+        marked_labels = [c.name for c in schema.columns if c.role == "label"]
+        if len(marked_labels) > 1:
+            found.append(f"only one column may have role 'label', found {marked_labels}")
+        elif marked_labels and schema.label != marked_labels[0]:
+            found.append(
+                f"column {marked_labels[0]!r} has role 'label' but the schema's label is "
+                f"{schema.label!r}: name one label"
+            )
+        if schema.label is not None and schema.label not in by_name:
+            found.append(f"label {schema.label!r} is not a column of the schema")
+        elif schema.label is not None and by_name[schema.label].role not in ("feature", "label"):
+            found.append(
+                f"label {schema.label!r} has role {by_name[schema.label].role!r}: the label "
+                "must reach the feature table"
+            )
+        headers: dict[tuple[str, int], str] = {}
+        for column in schema.columns:
+            name = column.name
+            key = (column.header_name, column.occurrence)
+            if key in headers:
+                found.append(
+                    f"columns {headers[key]!r} and {name!r} both read header name "
+                    f"{column.header_name!r} occurrence {column.occurrence}"
+                )
+            headers[key] = name
+            if column.source is not None and not schema.has_header:
+                found.append(
+                    f"column {name!r}: source names a header column, but has_header is False"
+                )
+            if column.occurrence < 1:
+                found.append(f"column {name!r}: occurrence counts from 1")
+            if column.pseudonymise and column.role != "personal":
+                found.append(f"column {name!r}: pseudonymise applies to personal columns")
+            if column.role == "personal" and column.dtype not in ("string", "category", "int",
+                                                                   "date"):  # fmt: skip
+                found.append(f"personal column {name!r} must be a string, category, int or date")
+            if column.allowed is not None and column.dtype != "category":
+                found.append(f"column {name!r}: allowed values need dtype 'category'")
+            if column.dtype == "category" and not column.allowed:
+                found.append(f"category column {name!r} must list its allowed values")
+            numeric = column.dtype in ("int", "float")
+            if not numeric and (
+                column.minimum is not None
+                or column.maximum is not None
+                or column.mean_between is not None
+            ):
+                found.append(f"column {name!r}: ranges and means need a numeric dtype")
+            if column.max_null_fraction is not None and not column.nullable:
+                found.append(f"column {name!r}: max_null_fraction needs nullable=True")
+            for raw, canonical in column.aliases:
+                if column.allowed is not None and canonical not in column.allowed:
+                    found.append(
+                        f"column {name!r}: alias {raw!r} maps to {canonical!r}, which is "
+                        "not an allowed value"
+                    )
+            found.extend(_date_problems(column))
+            found.extend(_string_problems(column))
+        # Each repeated header name must be declared once per occurrence, 1..n.
+        occurrences: dict[str, list[int]] = {}
+        for header, occurrence in headers:
+            occurrences.setdefault(header, []).append(occurrence)
+        for header, seen in occurrences.items():
+            if sorted(seen) != list(range(1, len(seen) + 1)):
+                found.append(
+                    f"header name {header!r} is declared for occurrences {sorted(seen)}: "
+                    f"declare occurrences 1 to {max(seen)}, one column each"
+                )
+        return found
+
+    def _sensitive_problems(self, by_name: dict) -> list[str]:
+        found: list[str] = []
+        derived = {d.name: d for d in self.features.derived}
+        for feature in self.sensitive_features:
+            column = by_name.get(feature)
+            if column is None and feature not in derived:
+                found.append(
+                    f"sensitive feature {feature!r} is not a column or derived feature "
+                    f"(columns: {', '.join(by_name)})"
+                )
+                continue
+            if column is None:
+                if derived[feature].kind == "date_difference":
+                    found.append(
+                        f"sensitive feature {feature!r} is a date difference: audit a band of "
+                        "it instead (a derived band)"
+                    )
+                continue
+            if column.role in ("identifier", "personal", "ignore"):
+                found.append(
+                    f"sensitive feature {feature!r} has role {column.role!r}: a protected "
+                    "attribute must reach the feature table to be audited"
+                )
+            elif column.dtype in ("string", "date", "datetime", "bool"):
+                found.append(
+                    f"sensitive feature {feature!r} is a {column.dtype} column: the fairness "
+                    "audit needs groups; declare it a category with its allowed values, or "
+                    "derive a value map or band from it"
+                )
+            elif column.dtype in ("int", "float") and feature not in self.features.bands:
+                found.append(
+                    f"sensitive feature {feature!r} is numeric: give it bands in the feature "
+                    "spec (features.bands) so that the audit has groups"
+                )
+            if feature in self.features.exclude:
+                found.append(
+                    f"sensitive feature {feature!r} is excluded from the feature table "
+                    "(features.exclude), so it cannot be audited; to keep it out of the model "
+                    "only, list it in model.exclude_features"
+                )
+        return found
+
+    def _derived_problems(self, by_name: dict) -> list[str]:
+        found: list[str] = []
+        columns = set(by_name)
+        generated = {f"{n}_band" for n in self.features.bands}
+        generated |= {f"log1p_{n}" for n in self.features.log1p}
+        seen: set[str] = set()
+        for derived in self.features.derived:
+            name = derived.name
+            if not NAME.match(name):
+                found.append(f"derived feature name {name!r} must be snake_case")
+            if name in columns or name in generated or name in seen:
+                found.append(f"derived feature {name!r} clashes with a column or feature name")
+            seen.add(name)
+            for source in derived.sources:
+                column = by_name.get(source)
+                if column is None:
+                    found.append(f"derived feature {name!r} reads {source!r}, not a column")
+                elif not column.kept or column.role == "personal":
+                    found.append(
+                        f"derived feature {name!r} reads {source!r}, a {column.role} column, "
+                        "which never reaches the feature table"
+                    )
+            source = by_name.get(derived.source)
+            if derived.kind == "map":
+                if not derived.values:
+                    found.append(f"derived map {name!r} lists no values")
+                keys = [k for k, _ in derived.values]
+                if len(set(keys)) != len(keys):
+                    found.append(f"derived map {name!r} maps a source value twice")
+                unknown = [v for _, v in derived.values if v not in derived.output_categories]
+                if derived.default is not None and derived.default not in (
+                    derived.output_categories
+                ):
+                    unknown.append(derived.default)
+                if unknown:
+                    found.append(
+                        f"derived map {name!r}: {sorted(set(unknown))} not among its "
+                        f"categories {list(derived.output_categories)}"
+                    )
+                if source is not None and source.dtype in ("float", "date", "datetime"):
+                    found.append(f"derived map {name!r}: a {source.dtype} source cannot be mapped")
+                if source is not None and source.dtype == "category":
+                    allowed = set(source.allowed or ())
+                    strays = [k for k in keys if k not in allowed]
+                    if strays:
+                        found.append(
+                            f"derived map {name!r} maps {strays}, not allowed values of "
+                            f"{source.name!r}"
+                        )
+                    unmapped = [a for a in source.allowed or () if a not in keys]
+                    if unmapped and derived.default is None:
+                        found.append(
+                            f"derived map {name!r} leaves {unmapped} of {source.name!r} "
+                            "unmapped: map them, or give a default"
+                        )
+            elif derived.values or derived.default is not None or derived.categories:
+                found.append(f"derived {derived.kind} {name!r}: values and categories are for maps")
+            if derived.kind == "band":
+                if source is not None and source.dtype not in ("int", "float"):
+                    found.append(f"derived band {name!r} needs a numeric source")
+                if not derived.cuts or list(derived.cuts) != sorted(set(derived.cuts)):
+                    found.append(f"derived band {name!r}: cut points must be strictly ascending")
+            elif derived.cuts:
+                found.append(f"derived {derived.kind} {name!r}: cuts are for bands")
+            if derived.kind == "date_difference":
+                if derived.end is None:
+                    found.append(f"date difference {name!r} needs an end column")
+                for column_name in derived.sources:
+                    column = by_name.get(column_name)
+                    if column is not None and column.dtype not in ("date", "datetime"):
+                        found.append(
+                            f"date difference {name!r} reads {column_name!r}, a {column.dtype} "
+                            "column (expected date or datetime)"
+                        )
+            elif derived.end is not None:
+                found.append(f"derived {derived.kind} {name!r}: end is for date differences")
+        return found
+
     def _model_problems(self) -> list[str]:
         found: list[str] = []
         if self.schema.label is None or self.schema.positive_label is None:
@@ -151,6 +344,30 @@ class PipelineSpec:
                 "and a positive_label"
             )
             return found
+        label = next((c for c in self.schema.columns if c.name == self.schema.label), None)
+        if label is not None and label.allowed is not None and len(label.allowed) != 2:
+            found.append(
+                f"label {label.name!r} has {len(label.allowed)} allowed values "
+                f"({', '.join(label.allowed)}): the pipeline trains binary classifiers and "
+                "refuses to treat a multiclass label as one-vs-rest silently. Declare the two "
+                "classes as allowed values and map the others onto them with aliases "
+                "(e.g. medium: high)"
+            )
+        estimator = self.model.estimator_path
+        problem = import_path_problem(estimator)
+        if problem is not None:
+            builtins = ", ".join(BUILTIN_ESTIMATORS)
+            found.append(
+                f"model estimator {self.model.estimator!r}: {problem}. Use a built-in name "
+                f"({builtins}) or the import path of a scikit-learn classifier"
+            )
+        for trusted in self.model.trusted_types:
+            if not _DOTTED.match(trusted):
+                found.append(f"model trusted type {trusted!r} is not a dotted type name")
+        if self.model.folds < 2:
+            found.append("model folds must be at least 2")
+        if self.model.cross_validation_below < 0:
+            found.append("model cross_validation_below must not be negative")
         # The catalog names a band's labels by its cut points: with a band that has none (a
         # problem already listed) the features are unknown, so they are not checked.
         if all(self.features.bands.values()):
@@ -195,3 +412,62 @@ class PipelineSpec:
                 "files (https:// or s3://)."
             }
         return {}
+
+
+def _iso(value: str, dtype: str) -> "_dt.date | _dt.datetime | None":
+    try:
+        parsed = _dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed.date() if dtype == "date" else parsed
+
+
+def _date_problems(column) -> list[str]:  # noqa: ANN001 - a Column
+    found: list[str] = []
+    dated = column.dtype in ("date", "datetime")
+    if not dated:
+        if column.format is not None or column.earliest is not None or column.latest is not None:
+            found.append(f"column {column.name!r}: format, earliest and latest need a date type")
+        return found
+    if column.format is not None:
+        try:
+            _dt.datetime.now().strftime(column.format)
+        except ValueError as exc:
+            found.append(f"column {column.name!r}: format {column.format!r} is invalid ({exc})")
+        if "%" not in column.format:
+            found.append(f"column {column.name!r}: format {column.format!r} has no % directive")
+    bounds = []
+    for label in ("earliest", "latest"):
+        value = getattr(column, label)
+        if value is None:
+            continue
+        parsed = _iso(value, column.dtype)
+        if parsed is None:
+            found.append(
+                f"column {column.name!r}: {label} {value!r} is not an ISO 8601 "
+                f"{column.dtype} (e.g. 2013-01-01)"
+            )
+        bounds.append(parsed)
+    if len(bounds) == 2 and None not in bounds and bounds[0] > bounds[1]:
+        found.append(f"column {column.name!r}: earliest is after latest")
+    return found
+
+
+def _string_problems(column) -> list[str]:  # noqa: ANN001 - a Column
+    found: list[str] = []
+    rules = (column.min_length, column.max_length, column.pattern)
+    if column.dtype != "string":
+        if any(r is not None for r in rules):
+            found.append(f"column {column.name!r}: lengths and patterns need dtype 'string'")
+        return found
+    if column.min_length is not None and column.min_length < 0:
+        found.append(f"column {column.name!r}: min_length must not be negative")
+    if (column.min_length is not None and column.max_length is not None
+            and column.min_length > column.max_length):  # fmt: skip
+        found.append(f"column {column.name!r}: min_length is above max_length")
+    if column.pattern is not None:
+        try:
+            re.compile(column.pattern)
+        except re.error as exc:
+            found.append(f"column {column.name!r}: pattern {column.pattern!r} is invalid ({exc})")
+    return found

@@ -27,6 +27,10 @@ class SecurityPolicy:
         max_membership_auc: Largest ROC AUC of the membership-inference attack (0.5: the
             attacker cannot tell training rows from others).
         max_membership_advantage: Largest attack advantage (max TPR - FPR).
+        membership_confidence: Confidence of the interval the attack's AUC and advantage must
+            clear to fail the gate: the attack is judged beyond its sampling error, which is
+            large when few records are attacked (a chance-level attack on 100 vs 100 records
+            often shows an advantage of 0.15).
         privacy_sample_cap: Member and non-member rows each given to the attack.
         max_equalized_odds_difference: Largest gap in true- or false-positive rate between
             groups of a gated sensitive feature, beyond sampling error.
@@ -38,6 +42,11 @@ class SecurityPolicy:
         fairness_report_only: Sensitive features that are audited and shown but do not gate.
         approvals_required: Signed approvals (by distinct approver keys of the trust policy)
             a model needs before promotion.
+        poisoning_screen: Whether the poisoning screen gates the features (label issues and
+            outliers found from cross-validated predictions).
+        max_suspected_poisoning: Largest share of training rows the screen may flag as
+            suspected label issues before the features fail (clean tabular data has some
+            label noise of its own; set this above the share your clean data shows).
     """
 
     max_reject_rate: float = 0.01
@@ -58,6 +67,9 @@ class SecurityPolicy:
     fairness_confidence: float = 0.95
     fairness_report_only: tuple[str, ...] = ()
     approvals_required: int = 0
+    membership_confidence: float = 0.95
+    poisoning_screen: bool = True
+    max_suspected_poisoning: float = 0.05
 
     def fingerprint(self) -> str:
         """SHA-256 of the judging thresholds: two policies match only if every one does.
@@ -84,8 +96,13 @@ class SecurityPolicy:
                 found.append(f"{name} must be at least 1")
         if self.approvals_required < 0:
             found.append("approvals_required must not be negative")
-        if not 0.5 < self.fairness_confidence < 1:
-            found.append("fairness_confidence must be between 0.5 and 1")
+        for name in ("fairness_confidence", "membership_confidence"):
+            if not 0.5 < getattr(self, name) < 1:
+                found.append(f"{name} must be between 0.5 and 1")
+        if not 0 <= self.max_suspected_poisoning <= 1:
+            found.append(
+                f"max_suspected_poisoning must be in [0, 1], found {self.max_suspected_poisoning}"
+            )
         if not 0 <= self.max_reject_rate < 1:
             found.append(f"max_reject_rate must be in [0, 1), found {self.max_reject_rate}")
         if not 0 < self.drift_warn_psi <= self.drift_fail_psi:

@@ -7,6 +7,60 @@ from typing import Any, Literal
 from secure_pipeline.names import IDENTITY_TAG
 from secure_pipeline.spec._patterns import ENV_NAME, K8S_NAME
 
+DerivationKind = Literal["map", "band", "date_difference"]
+
+
+@dataclass(frozen=True)
+class DerivedColumn:
+    """A feature computed from validated columns, by the same code in training and serving.
+
+    Attributes:
+        name: Name of the derived feature (snake_case, unlike any column or other feature).
+        kind: ``map`` (a value map: each source value to a category), ``band`` (a numeric
+            source cut into bands at ``cuts``) or ``date_difference`` (``end`` minus
+            ``source``, two date or datetime columns, in ``unit``).
+        source: The validated column it is computed from (the earlier date for
+            ``date_difference``).
+        values: For ``map``: source value (as written after parsing) to derived category, e.g.
+            ``A91`` to ``male``.
+        default: For ``map``: the category of a source value not listed (unset: missing).
+            A category source must then list every allowed value, so that a typo is caught.
+        categories: For ``map``: the categories in code order (unset: the mapped values in the
+            order first listed).
+        cuts: For ``band``: ascending cut points; band ``i`` holds values in
+            ``[cuts[i-1], cuts[i])``.
+        end: For ``date_difference``: the later date column.
+        unit: For ``date_difference``: ``days`` or ``years`` (365.25 days).
+        sensitive: Whether it describes a protected group (same as naming it in the
+            pipeline's ``sensitive_features``).
+        description: What it means, shown in the feature catalog.
+    """
+
+    name: str
+    kind: DerivationKind
+    source: str
+    values: tuple[tuple[str, str], ...] = ()
+    default: str | None = None
+    categories: tuple[str, ...] = ()
+    cuts: tuple[float, ...] = ()
+    end: str | None = None
+    unit: Literal["days", "years"] = "days"
+    sensitive: bool = False
+    description: str = ""
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """Every validated column it reads."""
+        return (self.source, self.end) if self.end is not None else (self.source,)
+
+    @property
+    def output_categories(self) -> tuple[str, ...]:
+        """For ``map``: the categories in code order."""
+        if self.categories:
+            return self.categories
+        found = [*(v for _, v in self.values), *([self.default] if self.default else [])]
+        return tuple(dict.fromkeys(found))
+
 
 @dataclass(frozen=True)
 class FeatureSpec:
@@ -21,11 +75,13 @@ class FeatureSpec:
         bands: Numeric column to ascending cut points; adds ``<column>_band`` (integer band
             index), e.g. age bands as a sensitive-attribute view for fairness audits.
         log1p: Numeric columns also given as ``log1p_<column>`` (heavy-tailed amounts).
+        derived: Declarative derived features (value maps, bands, date differences).
     """
 
     exclude: tuple[str, ...] = ()
     bands: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
     log1p: tuple[str, ...] = ()
+    derived: tuple[DerivedColumn, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -182,8 +238,15 @@ class OrchestrationSpec:
         return found
 
 
-Estimator = Literal["logistic_regression", "hist_gradient_boosting", "random_forest",
-                    "decision_tree"]  # fmt: skip
+# A built-in estimator name, or the import path of any scikit-learn-compatible classifier.
+Estimator = str
+BUILTIN_ESTIMATORS: Mapping[str, str] = {
+    "logistic_regression": "sklearn.linear_model.LogisticRegression",
+    "hist_gradient_boosting": "sklearn.ensemble.HistGradientBoostingClassifier",
+    "random_forest": "sklearn.ensemble.RandomForestClassifier",
+    "decision_tree": "sklearn.tree.DecisionTreeClassifier",
+}
+Evaluation = Literal["auto", "holdout", "cross_validation"]
 
 
 @dataclass(frozen=True)
@@ -191,21 +254,51 @@ class ModelSpec:
     """How ``trained_model`` is trained.
 
     Attributes:
-        estimator: The scikit-learn estimator after the shared preprocessing (scaling of
-            numeric features, one-hot encoding of categorical codes).
-        params: Its hyperparameters.
+        estimator: The classifier after the shared preprocessing (scaling of numeric
+            features, one-hot encoding of categorical codes): a built-in name
+            (``logistic_regression``, ``hist_gradient_boosting``, ``random_forest``,
+            ``decision_tree``) or the import path of any scikit-learn-compatible classifier
+            with ``predict_proba`` (``sklearn.ensemble.ExtraTreesClassifier``,
+            ``lightgbm.LGBMClassifier``). The path is resolved when the spec is built, without
+            importing the estimator.
+        params: Its hyperparameters (``random_state`` is set from ``seed`` when it has one).
+        trusted_types: Types beyond the project's own that the saved model contains and
+            that loading may therefore accept (skops refuses every other type); shown in the
+            model card. A library estimator's internal classes, e.g.
+            ``lightgbm.basic.Booster``.
         exclude_features: Features the model must not see (protected attributes, redundant
             views). They stay available to the fairness audit.
         train_member: Source file whose rows train the model (the rest of it is held out).
         test_member: Source file used as the external test set, if any.
         holdout_fraction: Share of the training file held out for evaluation.
         seed: Seed of every random choice (split, estimator, attacks).
+        evaluation: How the gates judge the model: ``holdout`` (on the evaluation rows),
+            ``cross_validation`` (stratified k-fold over every training row, so small data gets
+            a verdict from all its rows) or ``auto`` (cross-validation when the training file
+            has fewer than ``cross_validation_below`` rows).
+        folds: Folds of the cross-validation.
+        cross_validation_below: Training rows below which ``auto`` cross-validates.
     """
 
     estimator: Estimator = "logistic_regression"
     params: Mapping[str, Any] = field(default_factory=dict)
+    trusted_types: tuple[str, ...] = ()
     exclude_features: tuple[str, ...] = ()
     train_member: str = "train"
     test_member: str | None = "test"
     holdout_fraction: float = 0.2
     seed: int = 0
+    evaluation: Evaluation = "auto"
+    folds: int = 5
+    cross_validation_below: int = 20_000
+
+    @property
+    def estimator_path(self) -> str:
+        """Import path of the estimator class (a built-in name resolved)."""
+        return BUILTIN_ESTIMATORS.get(self.estimator, self.estimator)
+
+    def cross_validates(self, training_rows: int) -> bool:
+        """Whether the gates judge by cross-validation for a training file of this size."""
+        if self.evaluation == "auto":
+            return training_rows < self.cross_validation_below
+        return self.evaluation == "cross_validation"
