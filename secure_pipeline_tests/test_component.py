@@ -444,3 +444,45 @@ def test_dg_lists_and_checks_the_project() -> None:
     assert defs.returncode == 0, defs.stderr
     jobs = {job["name"] for job in json.loads(defs.stdout)["jobs"]}
     assert jobs == {"adult_ingest", "adult_train", "adult_release"}
+
+
+def test_roles_sources_and_derived_columns_read_from_yaml() -> None:
+    attributes = _document("loans")["attributes"]
+    attributes["schema"]["columns"] = [
+        {"name": "applicant", "dtype": "string", "role": "personal", "source": "Name"},
+        {"name": "applied", "dtype": "date", "format": "%d/%m/%Y", "earliest": "2000-01-01"},
+        {"name": "amount", "dtype": "float", "minimum": 0},
+        {"name": "region", "dtype": "category", "allowed": ["north", "south", "east", "west"]},
+        {"name": "approved", "dtype": "category", "allowed": ["yes", "no"], "role": "label"},
+    ]
+    del attributes["schema"]["label"]
+    attributes["sensitive_features"] = []
+    attributes["features"] = {
+        "derived": [
+            {
+                "name": "coast",
+                "kind": "map",
+                "source": "region",
+                "values": {"north": "inland", "south": "coast", "east": "coast", "west": "inland"},
+                "sensitive": True,
+            }
+        ]
+    }
+    attributes["model"]["estimator"] = "sklearn.ensemble.HistGradientBoostingClassifier"
+    attributes["model"]["exclude_features"] = ["coast"]
+    pipeline = pipeline_from_attributes(attributes, prefix=("attributes",))
+    assert pipeline.schema.label == "approved"
+    assert pipeline.sensitive_features == ("coast",)
+    assert pipeline.features.derived[0].values[1] == ("south", "coast")
+    assert "applicant" not in pipeline.schema.kept_names
+
+    broken = copy.deepcopy(attributes)
+    broken["features"]["derived"][0]["values"]["nort"] = broken["features"]["derived"][0][
+        "values"
+    ].pop("north")
+    broken["model"]["estimator"] = "sklearn.ensemble.HistGradientBoostingClasifier"
+    with pytest.raises(ConfigurationError) as refused:
+        pipeline_from_attributes(broken, prefix=("attributes",))
+    message = str(refused.value)
+    assert "attributes.features.derived[0].values: derived map 'coast' maps ['nort']" in message
+    assert "attributes.model.estimator: model estimator" in message

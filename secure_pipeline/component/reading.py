@@ -30,6 +30,7 @@ from secure_pipeline.errors import ConfigurationError
 from secure_pipeline.pipeline import (
     Column,
     DatasetSchema,
+    DerivedColumn,
     SecurePipeline,
     SourceFile,
     SourceSpec,
@@ -360,9 +361,29 @@ def _locate(message: str, spec: dict[str, Any]) -> _Located | None:
         return at("schema", "columns", involves=["schema"])
     if message.startswith("label "):
         return at("schema", "label", involves=["schema"])
-    if (name := quoted(r"^sensitive feature <v> is not")) is not None:
+    if (name := quoted(r"^sensitive feature <v> ")) is not None:
         i = _index(spec.get("sensitive_features", ()), lambda f: f == name)
-        return at("sensitive_features", i, involves=["sensitive_features", "schema"])
+        if i is not None:
+            return at("sensitive_features", i, involves=["sensitive_features", "schema"])
+        j = _index(columns, lambda c: c.name == name)
+        if j is not None:  # marked by its role
+            return at("schema", "columns", j, "role", involves=["schema", "features"])
+        return at("features", "derived", involves=["features", "schema"])
+    if (name := quoted(r"^(personal )?columns? <v> (has role|and|must be)")) is not None:
+        i = _index(columns, lambda c: c.name == name)
+        field = (
+            "role"
+            if " has role " in message
+            else "source"
+            if " both read " in message
+            else ("dtype")
+        )
+        if " both read " in message:  # the second of the two is the one to change
+            second = quoted(r"^columns .*? and <v> both")
+            i = _index(columns, lambda c: c.name == second)
+        return at("schema", "columns", i, field, involves=["schema"])
+    if message.startswith("only one column may have role") or message.startswith("header name "):
+        return at("schema", "columns", involves=["schema"])
     if (name := quoted(r"^category column <v> must list")) is not None:
         i = _index(columns, lambda c: c.name == name)
         return at("schema", "columns", i, "allowed", involves=["schema"])
@@ -403,6 +424,19 @@ def _locate(message: str, spec: dict[str, Any]) -> _Located | None:
         return at("model", match.group(1), involves=["model", "source"])
     if message.startswith("model holdout_fraction"):
         return at("model", "holdout_fraction", involves=["model"])
+    derived_name = quoted(r"^(derived (feature|map|band|date_difference)|date difference) <v>")
+    if features is not None and derived_name is not None:
+        i = _index(features.derived, lambda d: d.name == derived_name)
+        rest = message.split(repr(derived_name), 1)[-1]
+        field = (
+            "values" if rest.startswith((" maps", " leaves")) else _first_field(rest, DerivedColumn)
+        )
+        return at("features", "derived", i, field, involves=["features", "schema"])
+    if model is not None and (match := re.match(
+        r"^model (estimator|trusted type|folds|cross_validation_below)", message
+    )):  # fmt: skip
+        field = match.group(1).replace("trusted type", "trusted_types")
+        return at("model", field, involves=["model"])
     if (name := quoted(r"^fairness_report_only names <v>")) is not None:
         policy = spec.get("policy")
         i = _index(policy.fairness_report_only, lambda f: f == name) if policy else None

@@ -129,8 +129,8 @@ class PipelineSpec:
                 found.append(f"feature setting names {name!r}, which is not a column")
             elif not by_name[name].kept or by_name[name].role == "personal":
                 found.append(
-                    f"feature setting names {name!r}, a {by_name[name].role} column, which "
-                    "never reaches the feature table"
+                    f"feature setting names {name!r}, a column with role "
+                    f"{by_name[name].role!r}, which never reaches the feature table"
                 )
         found.extend(self._derived_problems(by_name))
         for name, cuts in self.features.bands.items():
@@ -277,8 +277,8 @@ class PipelineSpec:
                     found.append(f"derived feature {name!r} reads {source!r}, not a column")
                 elif not column.kept or column.role == "personal":
                     found.append(
-                        f"derived feature {name!r} reads {source!r}, a {column.role} column, "
-                        "which never reaches the feature table"
+                        f"derived feature {name!r} reads {source!r}, a column with role "
+                        f"{column.role!r}, which never reaches the feature table"
                     )
             source = by_name.get(derived.source)
             if derived.kind == "map":
