@@ -48,16 +48,25 @@ attributes:
       - {{name: amount, dtype: float, minimum: 0, description: Requested amount.}}
       - {{name: region, dtype: category, allowed: [north, south, east, west]}}
       - {{name: approved, dtype: category, allowed: ["yes", "no"]}}
+      # Roles: identifier (kept, never an input), personal (dropped at entry, or kept as a
+      # keyed hash with pseudonymise: true), ignore (presence checked, never read):
+      # - {{name: applicant, dtype: string, role: personal, source: "Applicant Name"}}
+      # - {{name: applied, dtype: date, format: "%d/%m/%Y", earliest: "2000-01-01"}}
 
   # Columns naming protected groups: audited for fairness, never logged.
   sensitive_features: [region]
+
+  # features:
+  #   derived:  # computed the same way in training and serving
+  #     - {{name: coast, kind: map, source: region, sensitive: true,
+  #        values: {{north: inland, south: coast, east: coast, west: inland}}}}
 
   policy:  # thresholds of the gates (the rest keep their defaults)
     max_reject_rate: 0.01
     min_roc_auc: 0.8
 
   model:
-    estimator: logistic_regression
+    estimator: logistic_regression  # or an import path: sklearn.ensemble.ExtraTreesClassifier
     exclude_features: [region]  # audited, not an input
     train_member: main
     test_member: null  # judged on the rows held out of the training file
