@@ -5,7 +5,11 @@ from typing import Any
 
 import dagster as dg
 
-from secure_pipeline.features.engineering import LABEL_COLUMN, feature_catalog
+from secure_pipeline.features.engineering import (
+    LABEL_COLUMN,
+    describe_derivation,
+    feature_catalog,
+)
 from secure_pipeline.metadata import table
 from secure_pipeline.names import FEATURE_DRIFT
 from secure_pipeline.retries import retry_transient_io
@@ -89,14 +93,15 @@ def build_features_stage(
             {
                 "feature": f.name,
                 "kind": f.kind,
-                "from": f.source,
+                "from": ", ".join(f.sources),
+                "derivation": describe_derivation(f, pipeline)[:300],
                 "codes": ", ".join(f"{i}={c}" for i, c in enumerate(f.categories))[:300],
                 "sensitive": f.sensitive,
             }
             for f in catalog
         ),
-        {"feature": "string", "kind": "string", "from": "string", "codes": "string",
-         "sensitive": "bool"},
+        {"feature": "string", "kind": "string", "from": "string", "derivation": "string",
+         "codes": "string", "sensitive": "bool"},
     )  # fmt: skip
 
     @dg.asset(
@@ -109,8 +114,10 @@ def build_features_stage(
         description=(
             "The feature table: numeric columns as floats, categories as stable integer codes "
             "(the schema's order; -1 missing), bands of numeric columns as a sensitive-attribute "
-            "view for fairness audits, log-amounts, the 0/1 label and the split. Stored as an "
-            "immutable, content-addressed snapshot whose digest is the data version."
+            "view for fairness audits, log-amounts, the declared derived features (value maps, "
+            "bands, date differences: the same code the model server runs), the 0/1 label and "
+            "the split. Stored as an immutable, content-addressed snapshot whose digest is the "
+            "data version. The feature catalog says how each feature is derived."
         ),
         metadata={"feature_catalog": catalog_table},
         tags=pipeline.names.asset_tags("features"),

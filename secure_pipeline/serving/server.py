@@ -28,10 +28,13 @@ and a TLS 1.2 client all fail in the handshake and never reach a route. There is
 mode.
 """
 
+import datetime as dt
+import functools
 import json
 import logging
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -40,7 +43,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from secure_pipeline.errors import ConfigurationError
-from secure_pipeline.spec import PipelineSpec
+from secure_pipeline.features.engineering import (
+    Feature,
+    feature_catalog,
+    feature_values,
+    request_values,
+)
+from secure_pipeline.spec import Column, PipelineSpec
 
 if TYPE_CHECKING:
     import ssl
@@ -70,6 +79,9 @@ SCORE_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 # message can quote the request).
 EXPECTED_BODY = 'a UTF-8 JSON object {"rows": [{...}, ...]} with finite numbers'
 _SHOWN_CHARS = 64
+# How a date without a declared format is written (ISO 8601's calendar date), as validation
+# reads it.
+_ISO_DATE = "%Y-%m-%d"
 
 
 @dataclass(frozen=True)
@@ -151,7 +163,20 @@ class ServingLimits:
 
 @dataclass(frozen=True)
 class InputField:
-    """One raw column a caller sends, as the pipeline's schema declares it."""
+    """One raw column a caller sends, as the pipeline's schema declares it.
+
+    Dates and datetimes are read as validation reads them: strings in the column's
+    ``strptime`` format, or ISO 8601 without one (``2013-08-14`` for a date,
+    ``2013-08-14T06:03:42`` for a datetime); a value with a UTC offset is converted to UTC, one
+    without is taken as written, and a date may not carry a time of day. ``earliest`` and
+    ``latest`` are inclusive.
+
+    A free-text (``string``) value is cleaned as validation cleans the file's values before
+    it is checked and mapped: surrounding whitespace trimmed, ``aliases`` applied, a
+    ``missing`` token taken as null. Otherwise ``"new car "`` would be mapped to a value map's
+    default at serving where training saw ``"new car"``. (Other types are refused unless
+    written exactly as validation leaves them, so nothing is encoded differently.)
+    """
 
     name: str
     dtype: str
@@ -159,9 +184,27 @@ class InputField:
     allowed: tuple[str, ...] | None
     minimum: float | None
     maximum: float | None
+    format: str | None = None
+    earliest: str | None = None
+    latest: str | None = None
+    min_length: int | None = None
+    max_length: int | None = None
+    pattern: str | None = None
+    aliases: tuple[tuple[str, str], ...] = ()
+    missing: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, column: Column, missing: tuple[str, ...] = ()) -> "InputField":
+        """The field of a schema column (``missing``: the schema's missing-value tokens)."""
+        return cls(column.name, column.dtype, column.nullable, column.allowed, column.minimum,
+                   column.maximum, column.format, column.earliest, column.latest,
+                   column.min_length, column.max_length, column.pattern, column.aliases,
+                   missing)  # fmt: skip
 
     def check(self, value: Any) -> str | None:
         """Why ``value`` is not acceptable for this field, or None."""
+        if self.dtype == "string" and isinstance(value, str):
+            value = self._cleaned(value)
         if value is None:
             return None if self.nullable else "a value (this field may not be null)"
         if self.dtype in ("int", "float"):
@@ -183,11 +226,98 @@ class InputField:
         if self.dtype == "bool":
             return None if isinstance(value, bool) else "true or false"
         if not isinstance(value, str):
-            return "a string"
+            return self._written if self.dtype in ("date", "datetime") else "a string"
+        if self.dtype in ("date", "datetime"):
+            return self._date_problem(value)
         if self.allowed is not None and value not in self.allowed:
             shown = ", ".join(self.allowed[:12]) + (", ..." if len(self.allowed) > 12 else "")
             return f"one of: {shown}"
+        if self.dtype == "string":
+            return self._string_problem(value)
         return None
+
+    def values(self, values: Sequence[Any]) -> Any:
+        """Checked values of this field, one per row, in the numpy form features read."""
+        if self.dtype in ("date", "datetime"):
+            values = [None if v is None else self._moment(v) for v in values]
+        elif self.dtype == "string":
+            values = [None if v is None else self._cleaned(v) for v in values]
+        return request_values(values, self.dtype)
+
+    def _cleaned(self, value: str) -> str | None:
+        """A text value as validation cleans it: trimmed, aliases applied, missing as None."""
+        value = value.strip()
+        if value in self.missing:
+            return None
+        for raw, canonical in self.aliases:  # in order, as validation applies them
+            if value == raw:
+                value = canonical
+        return value
+
+    @functools.cached_property
+    def _written(self) -> str:
+        if self.format is not None:
+            return f"a {self.dtype} string in the format {self.format}"
+        example = "2013-08-14" if self.dtype == "date" else "2013-08-14T06:03:42"
+        return f"an ISO 8601 {self.dtype} string such as {example}"
+
+    @functools.cached_property
+    def _bounds(self) -> tuple["dt.datetime | None", "dt.datetime | None"]:
+        # ISO 8601: the spec refused any other bound when it was built.
+        return (_bound(self.earliest) if self.earliest is not None else None,
+                _bound(self.latest) if self.latest is not None else None)  # fmt: skip
+
+    @functools.cached_property
+    def _regex(self) -> "re.Pattern[str] | None":
+        return re.compile(self.pattern) if self.pattern is not None else None
+
+    def _moment(self, value: str) -> "dt.datetime | None":
+        """The date or datetime ``value`` writes (a date as its midnight), or None."""
+        try:
+            if self.format is not None:
+                moment = dt.datetime.strptime(value, self.format)
+            elif self.dtype == "date":
+                moment = dt.datetime.strptime(value, _ISO_DATE)
+            else:
+                moment = dt.datetime.fromisoformat(value)
+            moment = _naive(moment)
+        except (ValueError, OverflowError):  # overflow: an offset moving year 1 or 9999 out
+            return None
+        if self.dtype == "date" and moment.time() != dt.time():
+            return None  # a time of day is not a date
+        return moment
+
+    def _date_problem(self, value: str) -> str | None:
+        moment = self._moment(value)
+        if moment is None:
+            return self._written
+        earliest, latest = self._bounds
+        if earliest is not None and moment < earliest:
+            return f"a {self.dtype} on or after {self.earliest}"
+        if latest is not None and moment > latest:
+            return f"a {self.dtype} on or before {self.latest}"
+        return None
+
+    def _string_problem(self, value: str) -> str | None:
+        if self.min_length is not None and len(value) < self.min_length:
+            return f"a string of at least {self.min_length} characters"
+        if self.max_length is not None and len(value) > self.max_length:
+            return f"a string of at most {self.max_length} characters"
+        if self._regex is not None and self._regex.fullmatch(value) is None:
+            return f"a string matching {self.pattern}"
+        return None
+
+
+def _bound(value: str) -> "dt.datetime":
+    """An ``earliest``/``latest`` bound (ISO 8601) as validation compares with it."""
+    return _naive(dt.datetime.fromisoformat(value))
+
+
+def _naive(moment: "dt.datetime") -> "dt.datetime":
+    """``moment`` without a time zone: in UTC when it has an offset, else as written."""
+    if moment.tzinfo is None:
+        return moment
+    return moment.astimezone(dt.UTC).replace(tzinfo=None)
 
 
 class RequestError(ValueError):
@@ -229,8 +359,6 @@ def _shown(value: Any) -> Any:
 
 def input_fields(pipeline: PipelineSpec, inputs: Sequence[str]) -> list[InputField]:
     """The raw columns the model's input features derive from, in schema order."""
-    from secure_pipeline.features.engineering import feature_catalog
-
     catalog = {f.name: f for f in feature_catalog(pipeline)}
     unknown = [name for name in inputs if name not in catalog]
     if unknown:
@@ -238,12 +366,10 @@ def input_fields(pipeline: PipelineSpec, inputs: Sequence[str]) -> list[InputFie
             f"the model's inputs {unknown} are not features of pipeline {pipeline.name!r}: "
             "serve it with the pipeline spec it was trained under"
         )
-    sources = {catalog[name].source for name in inputs}
-    return [
-        InputField(c.name, c.dtype, c.nullable, c.allowed, c.minimum, c.maximum)
-        for c in pipeline.schema.columns
-        if c.name in sources
-    ]
+    # Every column a feature reads: both dates of a date difference, the source of a map.
+    sources = {source for name in inputs for source in catalog[name].sources}
+    missing = pipeline.schema.missing_values
+    return [InputField.of(c, missing) for c in pipeline.schema.columns if c.name in sources]
 
 
 def rows_to_frame(
@@ -257,8 +383,6 @@ def rows_to_frame(
             and what was found.
     """
     import pandas as pd
-
-    from secure_pipeline.features.engineering import feature_catalog
 
     if not isinstance(rows, list) or not rows:
         raise RequestError(400, "expected a JSON object {\"rows\": [ {...}, ... ]} with at "
@@ -290,37 +414,23 @@ def rows_to_frame(
                              problems=problems[:20],
                              fields={f.name: f.dtype for f in fields})  # fmt: skip
     catalog = {f.name: f for f in feature_catalog(pipeline)}
-    return pd.DataFrame(
-        {
-            name: _feature_values(
-                catalog[name], [row[catalog[name].source] for row in rows], pipeline
-            )
-            for name in inputs
-        }  # fmt: skip
-    )
+    return pd.DataFrame(_feature_values([catalog[name] for name in inputs], rows, fields,
+                                        pipeline))  # fmt: skip
 
 
-def _feature_values(feature: Any, values: list[Any], pipeline: PipelineSpec) -> Any:
-    """`feature_column` for a request's validated values, without pandas per column.
+def _feature_values(
+    features: Sequence[Feature], rows: list[dict[str, Any]], fields: Sequence[InputField],
+    pipeline: PipelineSpec,
+) -> dict[str, Any]:  # fmt: skip
+    """The input features of a request's validated rows: the training code, on numpy arrays.
 
-    Pandas categoricals per column were a third of a single-row request. The encodings are the
-    training ones (category index, -1 when missing; bands by a right-closed search, -1 when
-    missing; log1p of the amount clipped at 0); the serving tests compare predictions with the
-    training-time path on the same rows.
+    The training path (`build_features`) and this one both call `feature_values` on the same
+    numpy forms of their columns, so every encoding (category codes, bands, log amounts, value
+    maps, date differences) is one implementation. No pandas per column: pandas categoricals
+    per column were a third of a single-row request.
     """
-    import numpy as np
-
-    if feature.kind == "categorical" and feature.name == feature.source:
-        index = {category: code for code, category in enumerate(feature.categories)}
-        return np.array([index.get(v, -1) for v in values], dtype="int16")
-    numbers = np.array([np.nan if v is None else float(v) for v in values], dtype="float64")
-    if feature.name == feature.source:
-        return numbers
-    if feature.kind == "categorical":  # a band
-        cuts = np.asarray(pipeline.features.bands[feature.source], dtype="float64")
-        band = np.searchsorted(cuts, numbers, side="right").astype("int16")
-        return np.where(np.isnan(numbers), -1, band).astype("int16")
-    return np.log1p(np.clip(numbers, 0, None))
+    columns = {field.name: field.values([row[field.name] for row in rows]) for field in fields}
+    return {f.name: feature_values(f, columns, pipeline) for f in features}
 
 
 class ModelService:
@@ -403,7 +513,7 @@ class ModelService:
             self.model_ref, pipeline=self.pipeline, trust=trust_policy(environment),
             store=store, require="promoted",
         ) as evidence:  # fmt: skip
-            verified = load_evidence(evidence)
+            verified = load_evidence(evidence, trusted=self.pipeline.model.trusted_types)
             version = evidence.resolved.version or (
                 evidence.decision.version if evidence.decision else None
             )
