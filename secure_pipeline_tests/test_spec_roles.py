@@ -204,6 +204,14 @@ def test_derived_columns_are_checked_against_their_sources() -> None:
     message = _problems(features=FeatureSpec(derived=(typo,)))
     assert "maps ['A9'], not allowed values of 'personal_status'" in message
     assert "leaves ['A92', 'A93', 'A94'] of 'personal_status' unmapped" in message
+    flags = _columns(Column("flag", "bool"))
+    never = (
+        DerivedColumn("flag_word", "map", "flag", values=(("True", "yes"),), default="no"),
+        DerivedColumn("months", "map", "duration", values=(("01", "one"),), default="many"),
+    )
+    message = _problems(schema=flags, features=FeatureSpec(derived=never))
+    assert "maps ['True'], which no bool value of 'flag' is written as" in message
+    assert "maps ['01'], which no int value of 'duration' is written as" in message
     defaulted = DerivedColumn(
         "single", "map", "personal_status", values=(("A93", "yes"),), default="no"
     )

@@ -299,6 +299,18 @@ class PipelineSpec:
                     )
                 if source is not None and source.dtype in ("float", "date", "datetime"):
                     found.append(f"derived map {name!r}: a {source.dtype} source cannot be mapped")
+                if source is not None and source.dtype in ("int", "bool"):
+                    # keys are the value as text: decimal integers, or true/false
+                    if source.dtype == "int":
+                        strays = [k for k in keys if not re.fullmatch(r"-?(0|[1-9][0-9]*)", k)]
+                    else:
+                        strays = [k for k in keys if k not in ("true", "false")]
+                    if strays:
+                        written = "decimal integers" if source.dtype == "int" else "true or false"
+                        found.append(
+                            f"derived map {name!r} maps {strays}, which no {source.dtype} value "
+                            f"of {source.name!r} is written as (keys are {written})"
+                        )
                 if source is not None and source.dtype == "category":
                     allowed = set(source.allowed or ())
                     strays = [k for k in keys if k not in allowed]
