@@ -135,6 +135,13 @@ SETTINGS: tuple[Setting, ...] = (
         for identity in ("ingest", "train", "release", "gate", "monitor")
     ),
     Setting(
+        "SECURE_PIPELINE_PSEUDONYM_KEY",
+        "Secret (hex or base64, at least 32 bytes) from which each pipeline's pseudonymisation "
+        "key is derived (personal columns kept as keyed hashes). Production refuses to "
+        "pseudonymise without it; locally unset means a random per-pipeline key generated "
+        "beside the development keys.",
+    ),
+    Setting(
         "SECURE_PIPELINE_EXECUTOR",
         "`kubernetes` (the production default: each stage job's steps run as pods in the "
         "stage's namespace) or `multiprocess` (the local default; a single-host deployment).",

@@ -17,17 +17,35 @@ from secure_pipeline.ingestion.provenance import ProvenanceRecord, provenance_do
 from secure_pipeline.metadata import table
 from secure_pipeline.redaction import redact_text, redact_uri
 from secure_pipeline.retries import retry_transient_io
-from secure_pipeline.spec import PipelineSpec
+from secure_pipeline.spec import RESERVED_SPLIT_COLUMN, PipelineSpec
 from secure_pipeline.storage.io_manager import snapshot_metadata
 from secure_pipeline.storage.resources import SnapshotStoreResource
 from secure_pipeline.storage.snapshots import FILESET_FORMAT, SnapshotRef, utc_now
 from secure_pipeline.trust.identities import INGEST
 
+# What each role means for the column, shown with it in the Dagster UI.
+_ROLE_NOTES = {
+    "identifier": "identifier: kept for joins and erasure, never a model input",
+    "personal": "personal: checked at entry, then dropped (never in validated_*)",
+    "ignore": "ignore: presence checked, values never read",
+}
 
-def declared_table_schema(pipeline: PipelineSpec) -> dg.TableSchema:
-    """The pipeline's declared schema as Dagster table metadata."""
+
+def declared_table_schema(pipeline: PipelineSpec, *, validated: bool = False) -> dg.TableSchema:
+    """The pipeline's declared schema as Dagster table metadata, with each column's role.
+
+    Args:
+        pipeline: The spec.
+        validated: Only the columns ``validated_*`` holds, typed as it holds them
+            (pseudonymised columns as hex strings), then ``split``; default: every column of
+            the raw files.
+
+    Returns:
+        The table schema; each column carries a ``role`` tag and its rules as constraints.
+    """
+    schema = pipeline.schema
     columns = []
-    for column in pipeline.schema.columns:
+    for column in schema.kept_columns if validated else schema.columns:
         other = []
         if column.allowed is not None:
             other.append(f"one of {len(column.allowed)} values")
@@ -35,14 +53,50 @@ def declared_table_schema(pipeline: PipelineSpec) -> dg.TableSchema:
             other.append(f">= {column.minimum:g}")
         if column.maximum is not None:
             other.append(f"<= {column.maximum:g}")
+        if column.earliest is not None:
+            other.append(f"not before {column.earliest}")
+        if column.latest is not None:
+            other.append(f"not after {column.latest}")
+        if column.dtype in ("date", "datetime"):
+            other.append(f"format {column.format}" if column.format else "ISO 8601")
+        if column.min_length is not None:
+            other.append(f"at least {column.min_length} characters")
+        if column.max_length is not None:
+            other.append(f"at most {column.max_length} characters")
+        if column.pattern is not None:
+            other.append(f"matches {column.pattern}")
+        if column.source is not None or column.occurrence != 1:
+            other.append(f"header {column.header_name!r}, occurrence {column.occurrence}")
         if column.name in pipeline.sensitive_features:
             other.append("sensitive")
+        role = column.role
+        if column.name == schema.label:
+            role = "label"  # either spelling of the label: the role or the schema's field
+        elif role == "feature" and column.name in pipeline.sensitive_features:
+            role = "sensitive"
+        dtype = column.dtype
+        if column.role == "personal" and column.pseudonymise:
+            other.append("personal: kept only as a keyed pseudonym (HMAC-SHA256 hex)")
+            dtype = "string" if validated else dtype
+        elif role in _ROLE_NOTES:
+            other.append(_ROLE_NOTES[role])
         columns.append(
             dg.TableColumn(
                 column.name,
-                column.dtype,
+                dtype,
                 description=column.description or None,
                 constraints=dg.TableColumnConstraints(nullable=column.nullable, other=other),
+                tags={"role": role},
+            )
+        )
+    if validated:
+        columns.append(
+            dg.TableColumn(
+                RESERVED_SPLIT_COLUMN,
+                "string",
+                description="The source file member the row came from.",
+                constraints=dg.TableColumnConstraints(nullable=False),
+                tags={"role": "split"},
             )
         )
     return dg.TableSchema(columns=columns)

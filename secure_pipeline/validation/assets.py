@@ -8,7 +8,9 @@ On ``raw_<source>``:
 
 ``validated_<source>``: the rows that pass, as a Parquet snapshot; rejected rows go to an
 immutable quarantine snapshot with the reason for each. Its check ``reject_rate_within_limit``
-(blocking) is decided in the same step.
+(blocking) is decided in the same step. Both hold only the schema's kept columns: ``ignore``
+and ``personal`` columns end at entry, a pseudonymised one continues as its keyed hash (the
+pipeline's key: production refuses to run without ``SECURE_PIPELINE_PSEUDONYM_KEY``).
 
 On ``validated_<source>``:
   * ``expectations_met`` (blocking): the Great Expectations suite; the full result document is
@@ -45,6 +47,17 @@ def _latest(instance: dg.DagsterInstance, key: dg.AssetKey) -> Any:
     return record
 
 
+def _dropped_note(schema: Any) -> str:
+    dropped = [c.name for c in schema.columns if not c.kept]
+    hashed = [c.name for c in schema.kept_columns if c.role == "personal"]
+    note = ""
+    if dropped:
+        note += f" Dropped at entry (personal or ignored): {', '.join(dropped)}."
+    if hashed:
+        note += f" Kept only as keyed pseudonyms (HMAC-SHA256): {', '.join(hashed)}."
+    return note
+
+
 def _failure_table(failures: dict[str, dict[str, int]]) -> dg.TableMetadataValue:
     return table(
         (
@@ -54,6 +67,15 @@ def _failure_table(failures: dict[str, dict[str, int]]) -> dg.TableMetadataValue
         ),
         {"column": "string", "check": "string", "failures": "int"},
     )
+
+
+def _pseudonym_key(pipeline: PipelineSpec) -> bytes | None:
+    """The pipeline's pseudonymisation key, when a column is kept as a pseudonym."""
+    if not any(c.role == "personal" for c in pipeline.schema.kept_columns):
+        return None
+    from secure_pipeline.validation.pseudonyms import pseudonym_key
+
+    return pseudonym_key(pipeline.name)
 
 
 def build_validation_stage(
@@ -190,6 +212,7 @@ def build_validation_stage(
             "typed, with a `split` column naming the file each came from. Rejected rows are "
             "kept as an immutable quarantine snapshot with the reason for each; the batch is "
             f"held back when more than {policy.max_reject_rate:.2%} of rows are rejected."
+            + _dropped_note(schema)
         ),
         check_specs=[
             dg.AssetCheckSpec(
@@ -209,10 +232,13 @@ def build_validation_stage(
     def validated(
         context: dg.AssetExecutionContext, raw: dict, snapshot_store: SnapshotStoreResource
     ):  # no return annotation: with a check spec, dagster reads one as per-output types
+        from secure_pipeline.ingestion.assets import declared_table_schema
         from secure_pipeline.validation.parsing import parse_fileset
         from secure_pipeline.validation.quarantine import quarantine_table
-        from secure_pipeline.validation.schema import validate_batch
+        from secure_pipeline.validation.schema import validate_batch, validated_rows
 
+        # First: without its key (production must configure it) nothing is parsed at all.
+        key = _pseudonym_key(pipeline)
         batch = parse_fileset(raw, schema)
         report = validate_batch(batch, schema)
         if report.structural:
@@ -224,11 +250,13 @@ def build_validation_stage(
                 metadata={"structural_problems": bullets(report.structural)},
             )
         assert report.rejected is not None
-        kept = batch.frame[~report.rejected].reset_index(drop=True)
+        # Only the kept columns go on: ignored and personal ones end here (pseudonymised ones
+        # as keyed hashes), in validated_* and in the quarantine alike.
+        kept = validated_rows(batch, report, schema, key)
         store = snapshot_store.get_store()
         raw_record = context.instance.get_latest_materialization_event(raw_key)
         raw_digest = recorded_snapshot(raw_record, raw_key)[1] if raw_record else None
-        quarantine = quarantine_table(batch, report)
+        quarantine = quarantine_table(batch, report, schema, key)
         from secure_pipeline.storage.tables import schema_summary, table_to_parquet, to_arrow
 
         # Stored here, not by the IO manager: the reject-rate verdict must name the digest of
@@ -246,6 +274,9 @@ def build_validation_stage(
             run_id=context.run.run_id,
             code_version=pipeline.code_version,
             identity=INGEST,
+        )
+        validated_metadata["dagster/column_schema"] = declared_table_schema(
+            pipeline, validated=True
         )
 
         quarantined = store.put_bytes(

@@ -10,11 +10,18 @@ those is declared in the `DatasetSchema` and applied explicitly:
 4. each column is converted to its declared type; a value that does not convert is a row-level
    type failure (the row is rejected later), never silently nulled.
 
+A header is verified against the columns' header names as a multiset: a name the header
+repeats is read once per declared ``occurrence``, each column from its own occurrence. Columns
+with role ``ignore`` are counted (header, number of fields) but their values are never
+converted, nor kept; values of ``personal`` columns are converted and checked, but never quoted
+in a problem, an example or an unparseable line's text.
+
 pyarrow's multi-threaded CSV reader does the splitting; conversions are vectorized.
 """
 
 import csv
 import io
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -30,6 +37,11 @@ _FLOAT = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 _TRUE = ("true", "t", "yes", "y", "1")
 _FALSE = ("false", "f", "no", "n", "0")
 _EXAMPLE_CHARS = 80
+# Shown instead of a value that must not leave the parser: a personal column's, or a whole
+# unparseable line of a file that has personal or ignored columns.
+WITHHELD = "(withheld: personal or ignored data)"
+# ISO 8601 when a date column declares no format: a date is exactly YYYY-MM-DD.
+_ISO_DATE = "%Y-%m-%d"
 
 
 @dataclass(frozen=True)
@@ -54,18 +66,21 @@ class ParsedBatch:
     """All files of a raw fileset, parsed and typed.
 
     Attributes:
-        frame: One row per accepted line, columns in schema order plus ``split`` (the member).
-            Typed per the schema; a value that failed conversion is null here and flagged in
-            ``type_failures``.
+        frame: One row per accepted line, columns in schema order plus ``split`` (the member),
+            without ``ignore`` columns. Typed per the schema (dates as ``datetime64``); a value
+            that failed conversion is null here and flagged in ``type_failures``. Personal
+            columns are still here, to be checked: `validated_rows` drops them.
         type_failures: Column name to a boolean mask of rows whose value did not convert: the
             wrong type, or a category outside the allowed values.
-        type_examples: Column name to a few raw values that did not convert.
+        type_examples: Column name to a few raw values that did not convert (`WITHHELD` for
+            a personal column).
         rejected_lines: Lines that did not have the declared number of fields.
         problems: File-level problems; any one fails the batch.
         comment_lines: Comment lines dropped, by member.
         raw_rows: Rows read per member (accepted lines, before validation).
         text: The same rows as text (trimmed, aliases applied, before conversion), so that a
-            quarantined row shows the value that failed rather than a null.
+            quarantined row shows the value that failed rather than a null. It holds personal
+            columns too (pseudonyms are made from it): the quarantine drops or hashes them.
     """
 
     frame: "pd.DataFrame"
@@ -119,20 +134,68 @@ def _utf8_problem(member: str, data: bytes) -> str:
 
 
 def _header_problem(member: str, found: list[str], schema: DatasetSchema) -> str | None:
-    expected = list(schema.column_names)
-    if sorted(found) == sorted(expected) and len(set(found)) == len(found):
+    """What is wrong with a header, or None when it names exactly the declared header names.
+
+    The comparison is of multisets: order does not matter, and a name the header repeats must
+    be declared once per occurrence.
+    """
+    expected = Counter(c.header_name for c in schema.columns)
+    seen = Counter(found)
+    if seen == expected:
         return None
-    missing = [n for n in expected if n not in found]
-    unexpected = [n for n in found if n not in expected]
-    duplicated = sorted({n for n in found if found.count(n) > 1})
-    parts = [f"file {member!r} has columns {found!r}; expected exactly {expected!r}"]
+    declared = list(dict.fromkeys(c.header_name for c in schema.columns))
+    missing = [n for n in declared if n not in seen]
+    unexpected = [n for n in dict.fromkeys(found) if n not in expected]
+    duplicated = [n for n in dict.fromkeys(found) if seen[n] > expected[n] > 0]
+    short = [n for n in declared if 0 < seen[n] < expected[n]]
+    parts = [
+        f"file {member!r}: the header ({len(found)} columns) does not match the "
+        f"{len(schema.columns)} declared columns"
+    ]
     if missing:
         parts.append(f"missing: {missing!r}")
     if unexpected:
         parts.append(f"unexpected: {unexpected!r}")
     if duplicated:
-        parts.append(f"duplicated: {duplicated!r}")
+        counts = ", ".join(f"{n!r} {seen[n]} times (declared {expected[n]})" for n in duplicated)
+        example = duplicated[0]
+        parts.append(
+            f"duplicated: {duplicated!r}: the header repeats {counts}. To read a repeated "
+            "name, declare one column per occurrence, each with its own name, "
+            f"source={example!r} and occurrence=1, 2, ... (role 'ignore' for a copy that "
+            "is not needed)"
+        )
+    if short:
+        counts = ", ".join(f"{n!r} {seen[n]} of {expected[n]} times" for n in short)
+        parts.append(f"fewer occurrences than declared: {counts}")
     return "; ".join(parts) + " (renamed or added columns are schema drift: update the schema)"
+
+
+def _header_names(member: str, found: list[str], schema: DatasetSchema) -> tuple[list[str], str]:
+    """The column name of each header position, and a problem (empty when there is none).
+
+    The n-th ``x`` of the header is the column that reads ``x``, occurrence n.
+    """
+    by_header = {(c.header_name, c.occurrence): c.name for c in schema.columns}
+    counts: Counter[str] = Counter()
+    names = []
+    for header in found:
+        counts[header] += 1
+        name = by_header.get((header, counts[header]))
+        if name is None:
+            declared = sorted(o for h, o in by_header if h == header)
+            return [], (
+                f"file {member!r}: header name {header!r} occurrence {counts[header]} is not "
+                f"declared (declared occurrences: {declared}); declare occurrences 1 to "
+                f"{found.count(header)}, one column each"
+            )
+        names.append(name)
+    return names, ""
+
+
+def _withholds(schema: DatasetSchema) -> bool:
+    """Whether the schema has columns whose values must not be quoted."""
+    return any(c.role in ("personal", "ignore") for c in schema.columns)
 
 
 def _read_member(
@@ -154,22 +217,28 @@ def _read_member(
         # Names exactly as written: surrounding whitespace in a name is drift too.
         found = next(csv.reader([first], delimiter=schema.delimiter), [])
         problem = _header_problem(member, found, schema)
+        if not problem:
+            # The reader gets one unique name per position (a header may repeat a name) and
+            # skips the header row it has just been checked against.
+            names, problem = _header_names(member, found, schema)
         if problem:
             batch.problems.append(problem)
             return None
-        names = found
         skip = 1
+    # Ignored columns count as fields, but their values are never converted nor kept.
+    read = [c.name for c in schema.columns if c.role != "ignore"]
     try:
-        table, rejected = _read_csv(member, data, schema, names, skip, threads=True)
+        table, rejected = _read_csv(member, data, schema, names, read, skip, threads=True)
         if rejected:
             # The threaded reader cannot number rejected lines; the rare file that has any is
             # read again on one thread so the quarantine can say where each line was.
-            table, rejected = _read_csv(member, data, schema, names, skip, threads=False)
+            table, rejected = _read_csv(member, data, schema, names, read, skip, threads=False)
     except pa.ArrowInvalid as exc:
         # pyarrow checks UTF-8 as it converts; decode only now to say where it broke.
         batch.problems.append(
             _utf8_problem(member, data)
-            or f"file {member!r} could not be parsed as {schema.name} CSV: {exc}"
+            or f"file {member!r} could not be parsed as {schema.name} CSV: "
+            + (WITHHELD if _withholds(schema) else str(exc))
         )
         return None
     batch.rejected_lines.extend(rejected)
@@ -180,11 +249,17 @@ def _read_member(
         )
         return None
     batch.raw_rows[member] = table.num_rows
-    return table.select(list(schema.column_names))
+    return table.select(read)
 
 
 def _read_csv(
-    member: str, data: bytes, schema: DatasetSchema, names: list[str], skip: int, threads: bool
+    member: str,
+    data: bytes,
+    schema: DatasetSchema,
+    names: list[str],
+    read: list[str],
+    skip: int,
+    threads: bool,
 ) -> tuple["pa.Table", list[RejectedLine]]:
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -192,6 +267,9 @@ def _read_csv(
     rejected: list[RejectedLine] = []
 
     comment = schema.comment_prefix
+    # A line that does not split cannot be told apart into columns: with personal or ignored
+    # columns in the file, its text may hold their values.
+    withhold = _withholds(schema)
 
     def on_invalid(row: Any) -> str:
         if comment is not None and row.text == comment:
@@ -201,7 +279,7 @@ def _read_csv(
                 member,
                 row.number if row.number is not None else -1,
                 f"expected {row.expected_columns} fields, found {row.actual_columns}",
-                (row.text or "")[:_EXAMPLE_CHARS],
+                WITHHELD if withhold else (row.text or "")[:_EXAMPLE_CHARS],
             )
         )
         return "skip"
@@ -213,7 +291,8 @@ def _read_csv(
             delimiter=schema.delimiter, invalid_row_handler=on_invalid
         ),
         convert_options=pacsv.ConvertOptions(
-            column_types={n: pa.string() for n in names},
+            include_columns=read,
+            column_types={n: pa.string() for n in read},
             strings_can_be_null=False,
             quoted_strings_can_be_null=False,
         ),
@@ -284,10 +363,48 @@ def _convert(values: Any, spec: Column) -> tuple["pd.Series", Any]:
         bad = pc.and_(present, pc.is_null(codes))
         filled = np.asarray(pc.fill_null(codes, -1).to_numpy(zero_copy_only=False), dtype="int32")
         series = pd.Series(pd.Categorical.from_codes(filled, categories=list(spec.allowed or ())))
+    elif spec.dtype in ("date", "datetime"):
+        return _convert_dates(values, spec)
     else:  # free text
         series = values.to_pandas().astype("string")
         return series, np.zeros(len(values), dtype=bool)
     return series, np.asarray(bad.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _convert_dates(values: Any, spec: Column) -> tuple["pd.Series", Any]:
+    """Parse dates with the column's ``strptime`` format, or ISO 8601 when it declares none.
+
+    A value with a UTC offset is converted to UTC; one without is taken as written; both are
+    stored without a zone. A ``date`` that carries a time of day is not a date.
+    """
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    # Each distinct text is parsed once: dates repeat (a million dates of birth have a few
+    # tens of thousands of values), and pandas' strict parser costs about a microsecond each.
+    # (pyarrow's strptime is faster but rolls 31/02 over into March.)
+    encoded = pc.dictionary_encode(values)
+    distinct = pd.Series(encoded.dictionary.to_numpy(zero_copy_only=False), dtype=object)
+    if spec.format is not None:
+        fmt = spec.format
+    else:
+        fmt = _ISO_DATE if spec.dtype == "date" else "ISO8601"
+    exact = {} if fmt == "ISO8601" else {"exact": True}  # ISO 8601 is always whole-value
+    # coerce: a value that does not parse (or names a day that does not exist) becomes NaT
+    # here and a type failure below.
+    parsed = pd.to_datetime(distinct, format=fmt, errors="coerce", utc=True, **exact)
+    parsed = parsed.dt.tz_localize(None).astype("datetime64[us]")
+    if spec.dtype == "date":
+        parsed = parsed.where(parsed == parsed.dt.normalize())
+    lookup = np.append(parsed.to_numpy(dtype="datetime64[us]"), np.datetime64("NaT", "us"))
+    indices = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False)
+    dates = lookup[indices]  # -1, a missing value, picks the NaT appended last
+    bad = (indices >= 0) & np.isnat(dates)
+    return pd.Series(dates, dtype="datetime64[us]"), bad
 
 
 def parse_fileset(files: Mapping[str, bytes], schema: DatasetSchema) -> ParsedBatch:
@@ -322,12 +439,17 @@ def parse_fileset(files: Mapping[str, bytes], schema: DatasetSchema) -> ParsedBa
     columns: dict[str, Any] = {}
     texts: dict[str, Any] = {}
     for spec in schema.columns:
+        if spec.role == "ignore":
+            continue  # counted as a field, never read
         cleaned = _clean(table.column(spec.name), spec, schema.missing_values)
         texts[spec.name] = cleaned
         series, bad = _convert(cleaned, spec)
         columns[spec.name] = series
         if bad.any():
             batch.type_failures[spec.name] = bad
+            if spec.role == "personal":
+                batch.type_examples[spec.name] = [WITHHELD]
+                continue
             text = cleaned.to_numpy(zero_copy_only=False)
             batch.type_examples[spec.name] = [str(v)[:_EXAMPLE_CHARS] for v in text[bad][:5]]
     columns[RESERVED_SPLIT_COLUMN] = pd.Series(

@@ -1,8 +1,13 @@
-"""The quarantine table: every rejected row, as it arrived, with the reason it was rejected."""
+"""The quarantine table: every rejected row, as it arrived, with the reason it was rejected.
+
+It holds no more personal data than ``validated_*``: ignored and personal columns are left
+out, a pseudonymised one shows its keyed hash, and an unparseable line of a file with such
+columns shows no text (parsing withholds it).
+"""
 
 from typing import TYPE_CHECKING
 
-from secure_pipeline.spec import RESERVED_SPLIT_COLUMN
+from secure_pipeline.spec import RESERVED_SPLIT_COLUMN, DatasetSchema
 from secure_pipeline.validation.parsing import ParsedBatch
 from secure_pipeline.validation.schema import SchemaReport
 
@@ -10,16 +15,21 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 
-def quarantine_table(batch: ParsedBatch, report: SchemaReport) -> "pa.Table":
+def quarantine_table(
+    batch: ParsedBatch, report: SchemaReport, schema: DatasetSchema, key: bytes | None = None
+) -> "pa.Table":
     """Build the quarantine table of a validated batch.
 
     Columns: ``split`` (the file), ``line`` (for lines that could not be parsed), ``reason``,
-    ``text`` (the start of an unparseable line), then every schema column as text — the value
-    that arrived, not the null it became after a failed conversion.
+    ``text`` (the start of an unparseable line), then every kept schema column as text — the
+    value that arrived, not the null it became after a failed conversion (a pseudonymised
+    column: the keyed hash of that value).
 
     Args:
         batch: The parsed batch.
         report: Its validation report.
+        schema: The declared schema.
+        key: The pipeline's pseudonymisation key; needed when a column is pseudonymised.
 
     Returns:
         The table (possibly empty, with the same columns).
@@ -27,14 +37,29 @@ def quarantine_table(batch: ParsedBatch, report: SchemaReport) -> "pa.Table":
     import numpy as np
     import pyarrow as pa
 
-    names = [n for n in (batch.text.column_names if batch.text is not None else [])
-             if n != RESERVED_SPLIT_COLUMN]  # fmt: skip
+    from secure_pipeline.errors import ConfigurationError
+    from secure_pipeline.validation.pseudonyms import pseudonymise
+
+    present = set(batch.text.column_names) if batch.text is not None else set()
+    names = [n for n in schema.kept_names if n in present]
+    hashed = {c.name for c in schema.kept_columns if c.role == "personal"}
+    if hashed and key is None:
+        raise ConfigurationError(
+            f"columns {sorted(hashed)} are pseudonymised, but no pseudonymisation key was given"
+        )
     positions = (
         np.flatnonzero(report.rejected) if report.rejected is not None else np.array([], int)
     )
     parts = []
     if batch.text is not None and len(positions):
         rows = batch.text.take(pa.array(positions))
+
+        def text(name: str) -> "pa.Array":
+            values = rows.column(name).cast(pa.string())
+            if name in hashed:
+                return pa.array(pseudonymise(values.to_pylist(), key or b""), pa.string())
+            return values
+
         parts.append(
             pa.table(
                 {
@@ -44,7 +69,7 @@ def quarantine_table(batch: ParsedBatch, report: SchemaReport) -> "pa.Table":
                         ["; ".join(report.reasons.get(int(p), [])) for p in positions], pa.string()
                     ),
                     "text": pa.nulls(len(positions), pa.string()),
-                    **{n: rows.column(n).cast(pa.string()) for n in names},
+                    **{n: text(n) for n in names},
                 }
             )
         )

@@ -11,6 +11,11 @@ combined with what parsing already found (rejected lines, values of the wrong ty
   file looks exactly like that);
 * **row-level** failures send those rows to quarantine, with the reason for each; whether the
   batch may proceed is the reject-rate gate's decision.
+
+Dates outside ``earliest``/``latest`` and strings outside their length or pattern rules are
+row-level failures whose reason names the column and the rule. Values of personal columns are
+checked like any other but never quoted as examples; `validated_rows` then keeps exactly the
+schema's kept columns, pseudonymised ones as keyed hashes.
 """
 
 from collections import defaultdict
@@ -18,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from secure_pipeline.spec import RESERVED_SPLIT_COLUMN, DatasetSchema
-from secure_pipeline.validation.parsing import ParsedBatch
+from secure_pipeline.validation.parsing import WITHHELD, ParsedBatch
 
 if TYPE_CHECKING:
     import numpy as np
@@ -28,44 +33,82 @@ _EXAMPLES = 3
 
 
 _RANGE_CHECK = "in_declared_range"
+_CHECKS = frozenset({_RANGE_CHECK, "not_before", "not_after", "length_within", "full_match"})
 
 
-def _register_range_check() -> None:
-    """Register a range check that costs one min/max pass when every value is in range.
+def _register_checks() -> None:
+    """Register the row checks the generated models use (once per process).
 
-    pandera's ``ge``/``le`` build a boolean mask over every row; for clean batches (the usual
-    case) the column's min and max already prove the rule, and only a batch with failures needs
-    the per-row mask that names the failing rows.
+    Each costs one pass over the column's values or less: a range is proven by the column's
+    min and max when every value is in range (the usual case), and only a batch with failures
+    needs the per-row mask that names the failing rows. Missing values pass every one of them:
+    nullability is a separate check.
     """
+    import pandas as pd
     from pandera import extensions
 
-    if _RANGE_CHECK in getattr(extensions, "_registered_range_checks", set()):
+    if getattr(extensions, "_secure_pipeline_checks", set()) >= _CHECKS:
         return
 
     @extensions.register_check_method(statistics=["minimum", "maximum"])
     def in_declared_range(series: Any, *, minimum: float | None, maximum: float | None) -> Any:
-        low, high = series.min(), series.max()  # missing values are skipped
-        if series.isna().all() or (
-            (minimum is None or low >= minimum) and (maximum is None or high <= maximum)
-        ):
-            return True
-        inside = series.notna()
-        if minimum is not None:
-            inside &= series >= minimum
-        if maximum is not None:
-            inside &= series <= maximum
-        return inside | series.isna()  # nullability is a separate check
+        return _within(series, minimum, maximum)
 
-    extensions._registered_range_checks = {_RANGE_CHECK}  # type: ignore[attr-defined]
-    assert in_declared_range is not None
+    def instant(text: str) -> Any:
+        # As parsing stores values: a bound with a UTC offset is compared in UTC.
+        bound = pd.Timestamp(text)
+        return bound.tz_convert("UTC").tz_localize(None) if bound.tzinfo else bound
+
+    @extensions.register_check_method(statistics=["earliest"])
+    def not_before(series: Any, *, earliest: str) -> Any:
+        return _within(series, instant(earliest), None)
+
+    @extensions.register_check_method(statistics=["latest"])
+    def not_after(series: Any, *, latest: str) -> Any:
+        return _within(series, None, instant(latest))
+
+    @extensions.register_check_method(statistics=["min_length", "max_length"])
+    def length_within(series: Any, *, min_length: int | None, max_length: int | None) -> Any:
+        return _within(series.str.len(), min_length, max_length)
+
+    @extensions.register_check_method(statistics=["pattern"])
+    def full_match(series: Any, *, pattern: str) -> Any:
+        import re
+
+        compiled = re.compile(pattern)
+        # Judged once per distinct value: codes and identifiers repeat.
+        verdicts = {v: compiled.fullmatch(v) is not None for v in series.dropna().unique()}
+        if all(verdicts.values()):
+            return True
+        return series.map(verdicts).fillna(True).astype(bool)
+
+    extensions._secure_pipeline_checks = set(_CHECKS)  # type: ignore[attr-defined]
+    assert None not in (in_declared_range, not_before, not_after, length_within, full_match)
+
+
+def _within(series: Any, minimum: Any, maximum: Any) -> Any:
+    """True when every present value is in [minimum, maximum], else a per-row mask."""
+    low, high = series.min(), series.max()  # missing values are skipped
+    if series.isna().all() or (
+        (minimum is None or low >= minimum) and (maximum is None or high <= maximum)
+    ):
+        return True
+    inside = series.notna()
+    if minimum is not None:
+        inside &= series >= minimum
+    if maximum is not None:
+        inside &= series <= maximum
+    return inside | series.isna()  # nullability is a separate check
 
 
 def dataframe_model(schema: DatasetSchema) -> Any:
     """Generate the pandera ``DataFrameModel`` class for a schema.
 
     Category columns are typed with exactly the declared categories, so the dtype check is the
-    allowed-values check (values outside them were flagged while parsing); numeric ranges use a
-    check that needs only min and max when the batch is clean.
+    allowed-values check (values outside them were flagged while parsing); numeric ranges and
+    date bounds use checks that need only min and max when the batch is clean; strings get
+    their length and full-match pattern checks. ``ignore`` columns are not in the model (they
+    are never read); personal ones are, as parsed.
 
     Args:
         schema: The declared schema.
@@ -75,25 +118,43 @@ def dataframe_model(schema: DatasetSchema) -> Any:
     """
     import pandas as pd
     import pandera.pandas as pa
+    from pandera.engines import pandas_engine
     from pandera.typing import Series
 
-    _register_range_check()
+    _register_checks()
     dtypes = {
         "int": pd.Int64Dtype,
         "float": float,
         "string": pd.StringDtype,
         "category": pd.CategoricalDtype,
         "bool": pd.BooleanDtype,
+        "date": pandas_engine.DateTime,
+        "datetime": pandas_engine.DateTime,
     }
     annotations: dict[str, Any] = {}
     fields: dict[str, Any] = {}
     for column in schema.columns:
+        if column.role == "ignore":
+            continue
         annotations[column.name] = Series[dtypes[column.dtype]]  # type: ignore[index]
         options: dict[str, Any] = {}
         if column.minimum is not None or column.maximum is not None:
             options[_RANGE_CHECK] = {"minimum": column.minimum, "maximum": column.maximum}
         if column.allowed is not None:
             options["dtype_kwargs"] = {"categories": list(column.allowed), "ordered": False}
+        if column.dtype in ("date", "datetime"):
+            options["dtype_kwargs"] = {"unit": "us"}  # as parsing.py stores them
+            if column.earliest is not None:
+                options["not_before"] = {"earliest": column.earliest}
+            if column.latest is not None:
+                options["not_after"] = {"latest": column.latest}
+        if column.min_length is not None or column.max_length is not None:
+            options["length_within"] = {
+                "min_length": column.min_length,
+                "max_length": column.max_length,
+            }
+        if column.pattern is not None:
+            options["full_match"] = {"pattern": column.pattern}
         fields[column.name] = pa.Field(nullable=column.nullable, **options)
     annotations[RESERVED_SPLIT_COLUMN] = Series[pd.StringDtype]
     fields[RESERVED_SPLIT_COLUMN] = pa.Field()
@@ -165,12 +226,15 @@ def validate_batch(batch: ParsedBatch, schema: DatasetSchema) -> SchemaReport:
     reasons: dict[int, list[str]] = defaultdict(list)
     counts: dict[str, dict[str, int]] = defaultdict(dict)
     expected = {c.name: c.dtype for c in schema.columns}
+    formats = {c.name: _date_format(c) for c in schema.columns if c.dtype in ("date", "datetime")}
     for name, mask in batch.type_failures.items():
         category = expected[name] == "category"
         check = "isin(allowed values)" if category else f"dtype({expected[name]})"
         reason = (
             f"{name}: not an allowed value" if category else f"{name}: not a valid {expected[name]}"
         )
+        if name in formats:
+            reason += f" ({formats[name]})"
         counts[name][check] = int(mask.sum())
         report.examples[name] = batch.type_examples.get(name, [])[:_EXAMPLES]
         rejected |= mask
@@ -180,7 +244,8 @@ def validate_batch(batch: ParsedBatch, schema: DatasetSchema) -> SchemaReport:
         # inplace: the frame is ours and validation only reads it; a copy would cost time
         dataframe_model(schema).validate(frame, lazy=True, inplace=True)
     except pa.errors.SchemaErrors as errors:
-        _collect(errors.failure_cases, batch, report, rejected, reasons, counts)
+        personal = {c.name for c in schema.columns if c.role == "personal"}
+        _collect(errors.failure_cases, batch, report, rejected, reasons, counts, personal)
     for name, checks in counts.items():
         for check, count in checks.items():
             if count == len(frame) and len(frame) > 1:
@@ -202,7 +267,9 @@ def _collect(
     rejected: "np.ndarray",
     reasons: dict[int, list[str]],
     counts: dict[str, dict[str, int]],
+    personal: set[str],
 ) -> None:
+    """Merge pandera's failure cases into the report; personal values are never quoted."""
     positions = {label: i for i, label in enumerate(batch.frame.index)}
     for (column, check), group in cases.groupby(["column", "check"], dropna=False, sort=False):
         name = str(column) if column == column else "(table)"
@@ -215,16 +282,69 @@ def _collect(
             indexed = indexed[[not mistyped[positions[i]] for i in indexed["index"]]]
             if indexed.empty:
                 continue
+        source = group if indexed.empty else indexed
+        failing = source["failure_case"].head(_EXAMPLES)
+        shown = [WITHHELD] if name in personal else [str(v) for v in failing]
         if indexed.empty:  # a table- or column-level failure: no row to blame
-            values = ", ".join(str(v) for v in group["failure_case"].head(_EXAMPLES))
-            report.structural.append(f"{name}: {check_name} failed ({values})")
+            report.structural.append(f"{name}: {check_name} failed ({', '.join(shown)})")
             continue
         counts[name][check_name] = counts[name].get(check_name, 0) + len(indexed)
-        report.examples.setdefault(name, [])
-        for value in indexed["failure_case"].head(_EXAMPLES):
-            if len(report.examples[name]) < _EXAMPLES:
-                report.examples[name].append(str(value))
+        examples = report.examples.setdefault(name, [])
+        for value in shown:
+            if len(examples) < _EXAMPLES and not (value == WITHHELD and WITHHELD in examples):
+                examples.append(value)
         for label in indexed["index"]:
             position = positions[label]
             rejected[position] = True
             reasons[position].append(f"{name}: {check_name}")
+
+
+def _date_format(column: Any) -> str:
+    if column.format is not None:
+        return f"format {column.format}"
+    return "ISO 8601, YYYY-MM-DD" if column.dtype == "date" else "ISO 8601"
+
+
+def validated_rows(
+    batch: ParsedBatch, report: SchemaReport, schema: DatasetSchema, key: bytes | None = None
+) -> "pd.DataFrame":
+    """The rows that passed, as ``validated_*`` holds them.
+
+    Exactly the schema's kept columns (``schema.kept_names``) and ``split``: ignored and
+    personal columns are dropped, pseudonymised ones are replaced by the keyed hash of their
+    cleaned value (`pseudonymise`; missing values stay missing).
+
+    Args:
+        batch: The parsed batch.
+        report: Its validation report (without structural problems).
+        schema: The declared schema.
+        key: The pipeline's pseudonymisation key; needed when a column is pseudonymised.
+
+    Returns:
+        The validated frame, index reset.
+
+    Raises:
+        ConfigurationError: When a column is pseudonymised and no key is given.
+    """
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    from secure_pipeline.errors import ConfigurationError
+    from secure_pipeline.validation.pseudonyms import pseudonymise
+
+    assert report.rejected is not None, "validated_rows needs a report without structural problems"
+    keep = ~report.rejected
+    frame = batch.frame.loc[keep, [*schema.kept_names, RESERVED_SPLIT_COLUMN]]
+    frame = frame.reset_index(drop=True)
+    hashed = [c.name for c in schema.kept_columns if c.role == "personal"]
+    if hashed and key is None:
+        raise ConfigurationError(
+            f"columns {hashed} are pseudonymised, but no pseudonymisation key was given"
+        )
+    if hashed and batch.text is not None:
+        rows = pa.array(np.flatnonzero(keep))
+        for name in hashed:
+            text = batch.text.column(name).take(rows).to_pylist()
+            frame[name] = pd.Series(pseudonymise(text, key or b""), dtype="string")
+    return frame
