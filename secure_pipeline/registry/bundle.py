@@ -230,7 +230,7 @@ def build_lineage(
         "features": (features["asset"], features["sha256"]),
         "model": (model["asset"], model_sha256),
     }
-    from secure_pipeline.training.serialization import TRUSTED_TYPES
+    from secure_pipeline.training.serialization import TRUSTED_TYPES, allowed_types
 
     checks, evidence = _collect_verdicts(pipeline, store, trust, subjects)
     return {
@@ -244,12 +244,16 @@ def build_lineage(
             **model,
             "file": MODEL_FILE,
             "estimator": pipeline.model.estimator,
+            "estimator_path": pipeline.model.estimator_path,
             "params": dict(pipeline.model.params),
             "seed": pipeline.model.seed,
             "split": model_metadata.get("split"),
             "inputs": list(model_metadata.get("inputs", [])),
             "excluded_inputs": list(pipeline.model.exclude_features),
-            "trusted_types": list(TRUSTED_TYPES),
+            # Every type loading accepts (the project's plus the spec's), and the spec's alone.
+            "trusted_types": allowed_types(pipeline.model.trusted_types),
+            "project_trusted_types": list(TRUSTED_TYPES),
+            "declared_trusted_types": list(pipeline.model.trusted_types),
             "mlflow_run_id": model_metadata.get("mlflow_run_id"),
         },
         "data": {"raw": raw, "validated": validated, "features": features},
@@ -280,6 +284,7 @@ def model_card(
         "about people should be reviewed by a person; the model is not meant for any other "
         "population than the one its data describes.",
         "",
+        *_model_section(lineage["model"]),
         "## Data",
         "",
         "| stage | snapshot | bytes |",
@@ -365,6 +370,31 @@ def model_card(
     return "\n".join(lines)
 
 
+def _model_section(model: Mapping[str, Any]) -> list[str]:
+    """The card's description of the estimator: what it is, how it was set, what it loads."""
+    params = model.get("params") or {}
+    declared = model.get("declared_trusted_types") or []
+    project = model.get("project_trusted_types") or []
+    return [
+        "## Model",
+        "",
+        f"Estimator `{model.get('estimator_path', model['estimator'])}` after the shared "
+        "preprocessing (standardised numbers, one-hot categories), seed "
+        f"{model.get('seed')}.",
+        "",
+        "Parameters: "
+        + (", ".join(f"`{k}={v!r}`" for k, v in sorted(params.items())) or "the defaults")
+        + ".",
+        "",
+        "Types loading accepts beyond skops's defaults (every other type is refused): "
+        + (", ".join(f"`{t}`" for t in project) or "none")
+        + " (the project's); "
+        + (", ".join(f"`{t}`" for t in declared) or "none")
+        + " (declared by the pipeline spec's model.trusted_types).",
+        "",
+    ]
+
+
 def bundle_files(directory: Path) -> list[tuple[str, Path]]:
     """Every file of a bundle as ``(relative POSIX path, path)``, sorted by relative path."""
     import os
@@ -412,13 +442,16 @@ def write_bundle(
     env.configure_mlflow()  # before MLflow is imported: pickle deserialization stays off
     import mlflow.sklearn
 
-    from secure_pipeline.training.serialization import TRUSTED_TYPES, load_model
+    from secure_pipeline.training.serialization import allowed_types, load_model
 
+    # The lineage was just built from the pipeline spec by the caller (not read from a record
+    # someone could have written): its declared types are the spec's model.trusted_types.
+    declared = lineage["model"].get("declared_trusted_types", [])
     mlflow.sklearn.save_model(
-        load_model(model_bytes),
+        load_model(model_bytes, trusted=declared),
         str(directory),
         serialization_format="skops",
-        skops_trusted_types=list(TRUSTED_TYPES),
+        skops_trusted_types=allowed_types(declared),
         # Listed, not inferred: inference imports the model in a subprocess.
         pip_requirements=_requirements(),
     )

@@ -8,6 +8,7 @@ explicit trusted-type list. There is no path that loads without verifying.
 """
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,21 +63,32 @@ def load_verified(
         UntrustedModelError: When the model file is not a trusted skops file.
     """
     verification = verify_bundle_dir(directory, trust=trust, pipeline=pipeline, store=store)
-    return load_from(verification)
+    # Without a spec only the project's own types load (fail closed).
+    return load_from(verification, trusted=pipeline.model.trusted_types if pipeline else ())
 
 
-def load_evidence(evidence: "Evidence") -> VerifiedModel:
+def load_evidence(evidence: "Evidence", *, trusted: Sequence[str] = ()) -> VerifiedModel:
     """Load the model of a reference whose whole chain of evidence verified.
+
+    Args:
+        evidence: The verified reference.
+        trusted: The serving pipeline spec's ``model.trusted_types``.
 
     Raises:
         PolicyViolation: With every failed step, when any failed.
         UntrustedModelError: When the model file is not a trusted skops file.
     """
-    return load_from(evidence.verification)
+    return load_from(evidence.verification, trusted=trusted)
 
 
-def load_from(verification: Verification) -> VerifiedModel:
+def load_from(verification: Verification, *, trusted: Sequence[str] = ()) -> VerifiedModel:
     """Load the model of a verification that passed every step; refuse any other.
+
+    Args:
+        verification: The bundle's verification.
+        trusted: The pipeline spec's ``model.trusted_types``, accepted beyond the project's
+            own types. They come from the spec (code), never from the bundle's lineage: a
+            record in the registry must not widen what loading accepts.
 
     Raises:
         PolicyViolation: With every failed step, when any failed.
@@ -91,7 +103,7 @@ def load_from(verification: Verification) -> VerifiedModel:
     data = (directory / MODEL_FILE).read_bytes()
     if hashlib.sha256(data).hexdigest() != verification.model_sha256:
         raise PolicyViolation(f"{MODEL_FILE} changed after it was verified; not loaded")
-    model = load_model(data, source=str(directory / MODEL_FILE))
+    model = load_model(data, source=str(directory / MODEL_FILE), trusted=trusted)
     return VerifiedModel(
         model=model,
         model_sha256=str(verification.model_sha256),

@@ -57,7 +57,9 @@ def build_training_stage(pipeline: PipelineSpec) -> list[dg.AssetsDefinition]:
         metadata={
             EXTENSION_METADATA: "skops",
             "estimator": spec.estimator,
+            "estimator_path": spec.estimator_path,
             "params": dg.MetadataValue.json(dict(spec.params)),
+            "trusted_types": dg.MetadataValue.json(_trusted_types(pipeline)),
             "excluded_inputs": ", ".join(spec.exclude_features) or "none",
             "policy": dg.MetadataValue.json(
                 {k: v for k, v in vars(policy).items() if not k.startswith("_")}
@@ -73,7 +75,7 @@ def build_training_stage(pipeline: PipelineSpec) -> list[dg.AssetsDefinition]:
         context: dg.AssetExecutionContext, snapshot_store: SnapshotStoreResource
     ) -> dg.MaterializeResult[Any]:
         from secure_pipeline.training.models import train
-        from secure_pipeline.training.serialization import dump_model
+        from secure_pipeline.training.serialization import dump_model, require_declared_types
         from secure_pipeline.training.tracking import run_link, tracked_run
 
         record = context.instance.get_latest_materialization_event(features_key)
@@ -83,6 +85,9 @@ def build_training_stage(pipeline: PipelineSpec) -> list[dg.AssetsDefinition]:
         features = load_recorded(snapshot_store.get_store(), record, features_key)
         trained = train(features, pipeline)
         data = dump_model(trained.model)
+        # Fail here, naming the types to declare, rather than at the first check or server
+        # that loads the model and refuses them.
+        require_declared_types(data, spec.trusted_types, source=f"the trained {spec.estimator}")
         model_sha = sha256_hex(data)
         with tracked_run(
             experiment_name(pipeline), run_name=f"dagster {context.run.run_id[:8]}"
@@ -91,6 +96,7 @@ def build_training_stage(pipeline: PipelineSpec) -> list[dg.AssetsDefinition]:
             mlflow.log_params(
                 {
                     "estimator": spec.estimator,
+                    "estimator_path": spec.estimator_path,
                     **{f"param.{k}": v for k, v in spec.params.items()},
                     "seed": spec.seed,
                     "holdout_fraction": spec.holdout_fraction,
@@ -122,6 +128,7 @@ def build_training_stage(pipeline: PipelineSpec) -> list[dg.AssetsDefinition]:
             details={
                 "pipeline": pipeline.name,
                 "estimator": spec.estimator,
+                "estimator_path": spec.estimator_path,
                 "features_sha256": features_sha,
                 "mlflow_run_id": run_id,
                 "test_roc_auc": trained.metrics.get("test_roc_auc"),
@@ -137,6 +144,9 @@ def build_training_stage(pipeline: PipelineSpec) -> list[dg.AssetsDefinition]:
                 "model_sha256": model_sha,
                 "features_sha256": features_sha,
                 "features_key": features_ref,
+                "estimator_path": spec.estimator_path,
+                "params": dg.MetadataValue.json(dict(spec.params)),
+                "trusted_types": dg.MetadataValue.json(_trusted_types(pipeline)),
                 "inputs": dg.MetadataValue.json(trained.inputs.columns),
                 "rows": dg.MetadataValue.json(
                     {
@@ -163,3 +173,10 @@ def build_training_stage(pipeline: PipelineSpec) -> list[dg.AssetsDefinition]:
         )
 
     return [trained_model]
+
+
+def _trusted_types(pipeline: PipelineSpec) -> dict[str, list[str]]:
+    """The skops types loading the model accepts: the project's and the spec's declared ones."""
+    from secure_pipeline.training.serialization import TRUSTED_TYPES
+
+    return {"project": list(TRUSTED_TYPES), "declared": list(pipeline.model.trusted_types)}

@@ -9,8 +9,9 @@ the same features snapshot and spec give the same model bytes.
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from secure_pipeline.errors import ConfigurationError
 from secure_pipeline.features.engineering import LABEL_COLUMN, Feature, feature_catalog
-from secure_pipeline.spec import RESERVED_SPLIT_COLUMN, PipelineSpec
+from secure_pipeline.spec import RESERVED_SPLIT_COLUMN, ModelSpec, PipelineSpec
 
 if TYPE_CHECKING:
     import numpy as np
@@ -72,28 +73,118 @@ def build_model(pipeline: PipelineSpec) -> Any:
             ),
         ]
     )
-    estimator = _estimator(spec.estimator, spec.params, spec.seed)
+    estimator = _estimator(spec)
     return Pipeline([("preprocess", preprocess), ("model", estimator)])
 
 
-def _estimator(name: str, params: Any, seed: int) -> Any:
-    if name == "logistic_regression":
-        from sklearn.linear_model import LogisticRegression
+# Estimators whose ``n_jobs`` no longer does anything (scikit-learn 1.8 deprecated it and warns
+# when it is set): leaving it unset keeps a recorded model's bytes reproducible.
+_IGNORED_N_JOBS = frozenset({"sklearn.linear_model.LogisticRegression"})
 
-        return LogisticRegression(random_state=seed, **params)
-    if name == "hist_gradient_boosting":
-        from sklearn.ensemble import HistGradientBoostingClassifier
 
-        return HistGradientBoostingClassifier(random_state=seed, **params)
-    if name == "random_forest":
-        from sklearn.ensemble import RandomForestClassifier
+def _estimator(spec: ModelSpec) -> Any:
+    """The spec's unfitted classifier: its class imported by path, its params, seeded.
 
-        return RandomForestClassifier(random_state=seed, n_jobs=1, **params)
-    if name == "decision_tree":
-        from sklearn.tree import DecisionTreeClassifier
+    ``random_state`` is set from the spec's seed and ``n_jobs`` to 1 whenever the estimator has
+    them and the params do not set them: the same snapshot must give the same model bytes, and
+    the training pods are small.
 
-        return DecisionTreeClassifier(random_state=seed, **params)
-    raise ValueError(f"unknown estimator {name!r}")
+    Raises:
+        ConfigurationError: When the class cannot be imported, is not a classifier, has no
+            ``predict_proba``, or does not accept a parameter the spec gives it.
+    """
+    path, params = spec.estimator_path, dict(spec.params)
+    where = f"model estimator {spec.estimator!r}" + (f" ({path})" if path != spec.estimator else "")
+    cls = _import_class(path, where)
+    try:
+        estimator = cls(**params)
+    except TypeError as exc:
+        # An unknown keyword is the usual cause; name it against what the class accepts.
+        accepted = _accepted_params(cls)
+        unknown = sorted(set(params) - accepted) if accepted else []
+        if unknown:
+            raise _unknown_params(where, unknown, accepted) from None
+        raise ConfigurationError(
+            f"{where} could not be created with params {params}: {exc}. Correct model.params."
+        ) from None
+    if not (hasattr(estimator, "get_params") and hasattr(estimator, "set_params")):
+        raise ConfigurationError(
+            f"{where}: expected a scikit-learn-compatible estimator (with get_params and "
+            f"set_params), found {type(estimator).__name__} without them. Use a classifier "
+            "that follows the scikit-learn estimator API."
+        )
+    accepted = set(estimator.get_params(deep=False))
+    unknown = sorted(set(params) - accepted)
+    if unknown:  # an estimator taking **kwargs may accept a name it would then ignore
+        raise _unknown_params(where, unknown, accepted)
+    _require_classifier(estimator, where)
+    defaults = {"random_state": spec.seed}
+    if path not in _IGNORED_N_JOBS:
+        defaults["n_jobs"] = 1
+    estimator.set_params(**{k: v for k, v in defaults.items() if k in accepted and k not in params})
+    return estimator
+
+
+def _import_class(path: str, where: str) -> type:
+    import importlib
+
+    module, _, name = path.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), name)
+    except Exception as exc:  # noqa: BLE001 - any import failure is reported the same way
+        raise ConfigurationError(
+            f"{where}: expected an importable class {path!r}, but importing it failed "
+            f"({type(exc).__name__}: {exc}). Install the package that provides it in the "
+            "training and serving images, or correct the path."
+        ) from None
+    if not isinstance(found, type):
+        raise ConfigurationError(
+            f"{where}: expected a classifier class, found {type(found).__name__} {path!r}. "
+            "Name the class itself (module.Class)."
+        )
+    return found
+
+
+def _accepted_params(cls: type) -> set[str]:
+    """Parameter names the class's constructor takes (what its ``get_params`` would list)."""
+    import inspect
+
+    try:
+        signature = inspect.signature(cls.__init__)
+    except (TypeError, ValueError):
+        return set()
+    return {
+        name
+        for name, parameter in signature.parameters.items()
+        if name != "self"
+        and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+    }
+
+
+def _unknown_params(where: str, unknown: list[str], accepted: set[str]) -> ConfigurationError:
+    return ConfigurationError(
+        f"{where} does not accept the parameter(s) {', '.join(unknown)} given in model.params. "
+        f"It accepts: {', '.join(sorted(accepted))}. Correct or remove them."
+    )
+
+
+def _require_classifier(estimator: Any, where: str) -> None:
+    from sklearn.base import is_classifier
+
+    if not is_classifier(estimator):
+        raise ConfigurationError(
+            f"{where}: expected a classifier (the pipeline predicts the probability of the "
+            f"positive label), found {type(estimator).__name__}, which scikit-learn does not "
+            "tag as a classifier. Use a classifier class (e.g. "
+            "sklearn.ensemble.HistGradientBoostingClassifier), not a regressor or transformer."
+        )
+    if not hasattr(estimator, "predict_proba"):
+        raise ConfigurationError(
+            f"{where}: expected a classifier with predict_proba (every security check and the "
+            f"server score probabilities), found {type(estimator).__name__} without it with "
+            "these params. Use a probabilistic classifier, or the params that enable "
+            "probabilities (e.g. probability=True for sklearn.svm.SVC)."
+        )
 
 
 @dataclass
