@@ -12,8 +12,17 @@ questions of each gated feature:
 * **Demographic parity**: does the model widen the gap in positive rates already present in the
   labels by more than the policy allows? (A perfect classifier reproduces the labels' gap; the
   gate forbids amplifying it.)
+
+Each feature's outcome is ``passed``, ``failed`` or ``cannot_be_judged``: the last when fewer
+than two groups have enough positives and negatives among the evaluated rows. It still fails a
+gating feature (a gate that cannot judge must not pass), but it is a distinct outcome, and for
+every group too small to gate the audit states how many evaluated rows it would take, at the
+group's share of positives or negatives, to reach the policy's minimum: ``min_group_size`` /
+that share. The message says what to do: evaluate on more rows (more data, or cross-validation,
+which evaluates every training row), merge small groups, or report the feature only.
 """
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -21,6 +30,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import numpy as np
+
+PASSED, FAILED, CANNOT_BE_JUDGED = "passed", "failed", "cannot_be_judged"
 
 
 @dataclass(frozen=True)
@@ -61,7 +72,14 @@ class FeatureAudit:
         label_parity_difference: The same gap in the labels themselves.
         equalized_odds_difference: fairlearn's equalized-odds difference (gated groups).
         gap_beyond_noise: Largest lower confidence bound of a TPR/FPR gap (gated groups).
-        problems: Why the feature fails, if it does.
+        problems: Why the feature fails, if it does (including why it cannot be judged).
+        evaluated_rows: Rows the audit evaluated.
+        unjudged: Why equalized odds cannot be judged, when it cannot.
+        rows_needed: Per group too small to gate: evaluated rows it would take, at its share of
+            positives or negatives, to reach the policy's minimum (None: the group has no
+            positives or no negatives at all, so more rows of the same mix never will).
+        rows_needed_for_verdict: Evaluated rows at which two groups would be gated (None when
+            fewer than two groups ever could be).
     """
 
     feature: str
@@ -73,6 +91,17 @@ class FeatureAudit:
     equalized_odds_difference: float = 0.0
     gap_beyond_noise: float = 0.0
     problems: list[str] = field(default_factory=list)
+    evaluated_rows: int = 0
+    unjudged: str | None = None
+    rows_needed: dict[str, int | None] = field(default_factory=dict)
+    rows_needed_for_verdict: int | None = None
+
+    @property
+    def outcome(self) -> str:
+        """``failed`` (a problem shown), ``cannot_be_judged`` (only that) or ``passed``."""
+        if any(p != self.unjudged for p in self.problems):
+            return FAILED
+        return CANNOT_BE_JUDGED if self.unjudged else PASSED
 
 
 @dataclass
@@ -89,6 +118,19 @@ class FairnessResult:
     def passed(self) -> bool:
         """True when no gating feature has a problem."""
         return not any(a.problems for a in self.audits if a.gating)
+
+    @property
+    def outcome(self) -> str:
+        """The outcome over the gating features.
+
+        ``failed`` if one fails, else ``cannot_be_judged`` if one cannot be judged, else
+        ``passed``.
+        """
+        outcomes = {a.outcome for a in self.audits if a.gating}
+        for outcome in (FAILED, CANNOT_BE_JUDGED):
+            if outcome in outcomes:
+                return outcome
+        return PASSED
 
 
 def audit_fairness(
@@ -147,6 +189,7 @@ def audit_fairness(
             sensitive_features=labels,
         )
         audit = FeatureAudit(feature, column, feature not in report_only)
+        audit.evaluated_rows = int(len(y_true))
         for group, row in frame.by_group.iterrows():
             members = labels == group
             positives = int(y_true[members].sum())
@@ -185,13 +228,11 @@ def audit_fairness(
                     f"exceeds the labels' own gap {audit.label_parity_difference:.3f} by "
                     f"{amplification:.3f} (limit {max_parity_amplification})"
                 )
+        _rows_needed(audit, min_group_size)
         if len(gated) < 2:
             # A gate that cannot judge must not pass: too few people with each label per group.
-            audit.problems.append(
-                f"{feature}: fewer than two groups have {min_group_size} positives and "
-                f"{min_group_size} negatives in the evaluation set; equalized odds cannot be "
-                "judged. Evaluate on more data, or report this feature only."
-            )
+            audit.unjudged = _unjudged(audit, feature, min_group_size)
+            audit.problems.append(audit.unjudged)
         else:
             keep = np.isin(labels, [g.group for g in gated])
             audit.equalized_odds_difference = float(
@@ -208,6 +249,50 @@ def audit_fairness(
                 )
         audits.append(audit)
     return FairnessResult(audits)
+
+
+def _rows_needed(audit: FeatureAudit, min_group_size: int) -> None:
+    """Evaluated rows each group needs to be gated, at its share of its rarer label."""
+    total = audit.evaluated_rows
+    needs = []
+    for g in audit.groups:
+        rarer = min(g.positives, g.rows - g.positives)
+        need = math.ceil(min_group_size * total / rarer) if rarer else None
+        if need is not None:
+            needs.append(need)
+        if not g.gated:
+            audit.rows_needed[g.group] = need
+    audit.rows_needed_for_verdict = sorted(needs)[1] if len(needs) >= 2 else None
+
+
+def _unjudged(audit: FeatureAudit, feature: str, min_group_size: int) -> str:
+    """Why equalized odds cannot be judged, with what it would take."""
+    short = []
+    for g in audit.groups:
+        if g.gated:
+            continue
+        need = audit.rows_needed.get(g.group)
+        negatives = g.rows - g.positives
+        short.append(
+            f"{g.group!r} has {g.positives} positives and {negatives} negatives"
+            + (
+                f" (about {need} evaluated rows at its share)"
+                if need is not None
+                else f" (no {'positives' if not g.positives else 'negatives'}: merge it)"
+            )
+        )
+    if audit.rows_needed_for_verdict is not None:
+        more = f"evaluate on at least {audit.rows_needed_for_verdict} rows"
+    else:
+        more = "evaluate on more rows"
+    return (
+        f"{feature}: cannot be judged: fewer than two groups have {min_group_size} positives "
+        f"and {min_group_size} negatives in the evaluation set ({audit.evaluated_rows} rows; "
+        f"{'; '.join(short)}), so equalized odds cannot be judged. To judge it, {more} (more "
+        "data, or model.evaluation: cross_validation, which evaluates every training row), "
+        "merge small groups into fewer categories, or list the feature in "
+        "fairness_report_only."
+    )
 
 
 def _gap_beyond_noise(groups: list[GroupRates], z: float) -> tuple[float, str]:
