@@ -19,6 +19,9 @@ from secure_pipeline.errors import ConfigurationError, SecurePipelineError
 # Everything skops does not trust by default that the built-in model pipelines contain. A
 # model that needs more than this and the spec's declared types was not built by this project.
 TRUSTED_TYPES: tuple[str, ...] = (
+    # The imputer of numeric inputs that may be missing records the dtype it was fitted on; a
+    # dtype is rebuilt from its name and runs no code.
+    "numpy.dtype",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "sklearn.tree._tree.Tree",
 )

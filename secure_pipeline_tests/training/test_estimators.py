@@ -389,3 +389,47 @@ def test_an_estimator_whose_import_fails_is_refused(tmp_path: Path, monkeypatch)
     assert "ModuleNotFoundError" in message
     assert "a_package_that_is_not_installed" in message
     assert "Install the package that provides it" in message
+
+
+def test_numbers_that_may_be_missing_are_imputed_for_any_estimator() -> None:
+    """A nullable number (or a date difference with a missing date) reaches every estimator
+    as a value plus a missing-indicator, never as NaN that a linear model refuses."""
+    import numpy as np
+    import pandas as pd
+
+    from secure_pipeline.pipeline import (
+        Column,
+        DatasetSchema,
+        ModelSpec,
+        SecurePipeline,
+        SourceFile,
+        SourceSpec,
+    )
+    from secure_pipeline.training.models import build_model
+    from secure_pipeline.training.serialization import dump_model, load_model
+
+    def spec(nullable: bool) -> SecurePipeline:
+        columns = (
+            Column("a", "float", nullable=nullable),
+            Column("b", "float"),
+            Column("y", "category", allowed=("n", "p")),
+        )
+        return SecurePipeline(
+            name="t",
+            source=SourceSpec("t", (SourceFile("train", "t.csv"),), "file:///data/"),
+            schema=DatasetSchema("t", columns, label="y", positive_label="p"),
+            model=ModelSpec(test_member=None),
+        )
+
+    rng = np.random.default_rng(0)
+    x = pd.DataFrame({"a": rng.normal(size=300), "b": rng.normal(size=300)})
+    x.loc[rng.random(300) < 0.2, "a"] = np.nan
+    y = (x["b"] > 0).astype(int)
+    model = build_model(spec(nullable=True)).fit(x, y)
+    data = dump_model(model)
+    assert data == dump_model(build_model(spec(nullable=True)).fit(x, y))  # reproducible
+    scores = load_model(data).predict_proba(x)[:, 1]
+    assert np.isfinite(scores).all()
+    # a spec whose numbers are never missing keeps the plain scaler (and its model bytes)
+    steps = build_model(spec(nullable=False)).named_steps["preprocess"].transformers
+    assert type(steps[0][1]).__name__ == "StandardScaler"
