@@ -27,17 +27,20 @@ SCHEMA_CONFORMS = "schema_conforms"
 REJECT_RATE = "reject_rate_within_limit"
 EXPECTATIONS_MET = "expectations_met"
 FEATURE_DRIFT = "feature_drift"
+POISONING_SCREEN = "poisoning_screen"
 PERFORMANCE = "performance_meets_policy"
 ROBUSTNESS = "adversarial_robustness"
 MEMBERSHIP = "membership_inference_risk"
 FAIRNESS = "fairness_audit"
 SIGNATURE_VERIFIES = "signature_verifies"
 
-# The checks whose verdicts a model needs, by the stage whose snapshot they judge.
+# The checks whose verdicts a model needs, by the stage whose snapshot they judge. The poisoning
+# screen is always among them: a policy that turns it off gets a signed "turned off" verdict
+# (which its fingerprint, in every verdict, records), never a missing one.
 REQUIRED_CHECKS: dict[str, tuple[str, ...]] = {
     "raw": (PROVENANCE_COMPLETE, SCHEMA_CONFORMS),
     "validated": (REJECT_RATE, EXPECTATIONS_MET),
-    "features": (FEATURE_DRIFT,),
+    "features": (FEATURE_DRIFT, POISONING_SCREEN),
     "model": (PERFORMANCE, ROBUSTNESS, MEMBERSHIP, FAIRNESS),
 }
 

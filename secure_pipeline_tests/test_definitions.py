@@ -53,6 +53,7 @@ def test_defs_is_lazy_and_loads_the_reference_graph() -> None:
         ("adult/validated_adult", "reject_rate_within_limit"),
         ("adult/validated_adult", "expectations_met"),
         ("adult/features", "feature_drift"),
+        ("adult/features", "poisoning_screen"),
         ("adult/trained_model", "performance_meets_policy"),
         ("adult/trained_model", "adversarial_robustness"),
         ("adult/trained_model", "membership_inference_risk"),

@@ -66,7 +66,7 @@ def _pipeline_status(instance: Any, pipeline: Any, store: Any) -> list[str]:
     rows = [
         (keys.raw, (names.PROVENANCE_COMPLETE, names.SCHEMA_CONFORMS)),
         (keys.validated, (names.REJECT_RATE, names.EXPECTATIONS_MET)),
-        (keys.features, (names.FEATURE_DRIFT,)),
+        (keys.features, names.REQUIRED_CHECKS["features"]),
         (keys.trained_model, names.REQUIRED_CHECKS["model"]),
         (keys.registered_model, (names.SIGNATURE_VERIFIES,)),
         (keys.promoted_model, ()),

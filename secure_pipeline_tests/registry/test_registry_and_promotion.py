@@ -132,7 +132,7 @@ def test_lineage_names_every_snapshot_and_signed_verdict(bundle, state) -> None:
     assert set(lineage["data"]) == {"raw", "validated", "features"}
     assert {c["check"] for c in lineage["checks"]} == {
         "provenance_complete", "schema_conforms", "reject_rate_within_limit",
-        "expectations_met", "feature_drift", "performance_meets_policy",
+        "expectations_met", "feature_drift", "poisoning_screen", "performance_meets_policy",
         "adversarial_robustness", "membership_inference_risk", "fairness_audit",
     }  # fmt: skip
     model_checks = [c for c in lineage["checks"] if c["stage"] == "model"]

@@ -125,6 +125,7 @@ def test_reference_pipeline_passes_every_gate(instance, isolated_env) -> None:
         ("validated_adult", "reject_rate_within_limit"),
         ("validated_adult", "expectations_met"),
         ("features", "feature_drift"),
+        ("features", "poisoning_screen"),
         ("trained_model", "performance_meets_policy"),
         ("trained_model", "adversarial_robustness"),
         ("trained_model", "membership_inference_risk"),
@@ -165,6 +166,7 @@ def test_second_pipeline_gets_the_same_controls(instance, tmp_path) -> None:
         ("reject_rate_within_limit", True),
         ("expectations_met", True),
         ("feature_drift", True),
+        ("poisoning_screen", False),  # ten rows cannot be judged: a warning, blocking nothing
     }
 
 
