@@ -41,6 +41,7 @@ def build_definitions(
 
     from secure_pipeline import environment as env
     from secure_pipeline.storage.resources import build_resources
+    from secure_pipeline.validation.pseudonyms import pseudonym_key
 
     names = [p.name for p in pipelines]
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -55,6 +56,13 @@ def build_definitions(
     for pipeline in pipelines:
         variables.update(pipeline.source_variables())
     checked = env.validate(environment, source_variables=variables)
+    for pipeline in pipelines:
+        # Checked when the code location loads, not first when validated_* runs: a missing or
+        # malformed secret is refused here (locally the key is generated on first use).
+        if checked is env.Environment.PRODUCTION and any(
+            c.pseudonymise for c in pipeline.schema.columns
+        ):
+            pseudonym_key(pipeline.name, checked)
     mode = env.executor_mode(checked)
     parts = [_pipeline_parts(p, checked, mode) for p in pipelines]
     executors = {repr(part["executor_config"]) for part in parts}
@@ -80,6 +88,7 @@ def _pipeline_parts(pipeline: "PipelineSpec", environment: Any, mode: str) -> di
     from secure_pipeline.features.assets import build_features_stage
     from secure_pipeline.ingestion.assets import build_raw_asset
     from secure_pipeline.mlsec.checks import build_ml_checks
+    from secure_pipeline.mlsec.poisoning import build_poisoning_check
     from secure_pipeline.orchestration.build import build_orchestration
     from secure_pipeline.orchestration.jobs import KUBERNETES, adhoc_executor_config
     from secure_pipeline.promotion.assets import build_promotion_stage
@@ -99,7 +108,13 @@ def _pipeline_parts(pipeline: "PipelineSpec", environment: Any, mode: str) -> di
         *registry,
         *build_promotion_stage(pipeline),
     ]
-    checks = [*validation_checks, *feature_checks, *build_ml_checks(pipeline), *registry_checks]
+    checks = [
+        *validation_checks,
+        *feature_checks,
+        build_poisoning_check(pipeline),
+        *build_ml_checks(pipeline),
+        *registry_checks,
+    ]
     orchestration = build_orchestration(pipeline, [*assets, *checks], environment, mode)
     return {
         "assets": assets,

@@ -164,3 +164,30 @@ def test_pickle_deserialization_off_without_a_warning(monkeypatch, caplog, value
         env.configure_mlflow()
     assert MLFLOW_ALLOW_PICKLE_DESERIALIZATION.get() is False
     assert caplog.text == ""
+
+
+def test_production_needs_the_pseudonym_key_when_a_pipeline_pseudonymises(monkeypatch) -> None:
+    """Refused when the code location loads, not first when validated_* runs."""
+    import dataclasses
+
+    from secure_pipeline.pipeline import Column
+
+    for name, value in PRODUCTION.items():
+        monkeypatch.setenv(name, value)
+    reference = adult_pipeline()
+    columns = (
+        *reference.schema.columns,
+        Column("applicant", "string", role="personal", pseudonymise=True),
+    )
+    pipeline = dataclasses.replace(
+        reference, schema=dataclasses.replace(reference.schema, columns=columns)
+    )
+    monkeypatch.delenv("SECURE_PIPELINE_PSEUDONYM_KEY", raising=False)
+    with pytest.raises(ConfigurationError, match="SECURE_PIPELINE_PSEUDONYM_KEY is not set"):
+        pipeline.build_definitions()
+    monkeypatch.setenv("SECURE_PIPELINE_PSEUDONYM_KEY", "ab" * 8)
+    with pytest.raises(ConfigurationError, match="holds 8 bytes"):
+        pipeline.build_definitions()
+    monkeypatch.setenv("SECURE_PIPELINE_PSEUDONYM_KEY", "ab" * 32)
+    pipeline.build_definitions()
+    adult_pipeline().build_definitions()  # a pipeline without pseudonyms needs no key
