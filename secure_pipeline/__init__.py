@@ -22,6 +22,7 @@ from secure_pipeline.errors import (
 from secure_pipeline.pipeline import (
     Column,
     DatasetSchema,
+    DerivedColumn,
     FeatureSpec,
     IsolationSpec,
     ModelSpec,
@@ -37,6 +38,7 @@ __all__ = [
     "Column",
     "ConfigurationError",
     "DatasetSchema",
+    "DerivedColumn",
     "FeatureSpec",
     "IntegrityError",
     "IsolationSpec",
