@@ -68,6 +68,8 @@ bench: sync
 	$(RUN) python benchmarks/bench_validation.py
 	$(RUN) python benchmarks/bench_https_ingest.py
 	$(RUN) python benchmarks/bench_ml_checks.py
+	$(RUN) python benchmarks/bench_small_data_gates.py
+	$(RUN) python benchmarks/bench_poisoning.py
 	$(RUN) python benchmarks/bench_signing.py
 	$(RUN) python benchmarks/bench_evidence.py
 	$(RUN) python benchmarks/bench_landing_sensor.py

@@ -29,7 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from secure_pipeline.errors import IntegrityError, SecurePipelineError, SignatureError
-from secure_pipeline.names import FAIRNESS, MEMBERSHIP, REQUIRED_CHECKS, ROBUSTNESS
+from secure_pipeline.names import (
+    FAIRNESS,
+    MEMBERSHIP,
+    POISONING_SCREEN,
+    REQUIRED_CHECKS,
+    ROBUSTNESS,
+)
 from secure_pipeline.registry.signing import SIGNATURE_FILE
 from secure_pipeline.spec import PipelineSpec
 from secure_pipeline.storage.snapshots import SnapshotStore, sha256_hex, snapshot_key, utc_now
@@ -181,6 +187,16 @@ def verdict_problems(verdicts: list[Mapping[str, Any]]) -> list[str]:
     problems = []
     for verdict in verdicts:
         if verdict["passed"]:
+            continue
+        if verdict["check"] == POISONING_SCREEN and verdict["severity"] == "WARN":
+            # The screen warns only when it could not judge the data (too few rows of a
+            # class): the batch may flow on for people to look at, but no model trained on
+            # unscreened data is let through; the policy can turn the screen off (signed).
+            problems.append(
+                f"{POISONING_SCREEN} could not judge {verdict['asset']} "
+                f"{verdict['subject'][:12]} (too few rows of a class): add rows, or set the "
+                "policy's poisoning_screen to false to train without the screen"
+            )
             continue
         if verdict["stage"] in _WARNING_ACCEPTED and verdict["severity"] == "WARN":
             continue

@@ -309,3 +309,19 @@ def test_small_batch_warns_that_it_cannot_be_judged(tmp_path, instance) -> None:
     assert evaluation.metadata["outcome"].value == "cannot be judged"
     assert evaluation.metadata["rows_needed_per_class"].value == MIN_CLASS_ROWS
     assert "more rows of the smaller class" in evaluation.description
+
+
+def test_a_model_is_not_let_through_on_data_the_screen_could_not_judge() -> None:
+    """The unjudged screen warns at features (people may look), but registration, promotion
+    and serving, which all ask the same question, refuse a model trained on that data."""
+    from secure_pipeline.registry.bundle import verdict_problems
+
+    def verdict(check: str, passed: bool, severity: str) -> dict:
+        return {"stage": "features", "asset": "applications/features", "check": check,
+                "subject": "ab" * 32, "passed": passed, "severity": severity}  # fmt: skip
+
+    assert verdict_problems([verdict("feature_drift", False, "WARN")]) == []  # mild drift
+    (problem,) = verdict_problems([verdict(POISONING_SCREEN, False, "WARN")])
+    assert "could not judge applications/features" in problem
+    assert "poisoning_screen to false" in problem
+    assert verdict_problems([verdict(POISONING_SCREEN, True, "ERROR")]) == []
