@@ -42,6 +42,10 @@ ATTACK = "ART MembershipInferenceBlackBox (predictions + labels, random-forest a
 MIN_ATTACK_RECORDS = 50
 
 
+# Records the attack trains on from which its forest has 100 trees rather than 50.
+_FULL_FOREST_RECORDS = 1_000
+
+
 @dataclass(frozen=True)
 class PrivacyResult:
     """Outcome of the membership-inference attack.
@@ -179,7 +183,12 @@ def evaluate_membership(
         )
         # ART builds its random forest unseeded (and cannot take an unfitted forest as
         # argument: its parameter check tests the model's truth value); swap in a seeded one.
-        attack.attack_model = RandomForestClassifier(n_estimators=100, random_state=seed, n_jobs=1)
+        # A forest over two or three attack features (the scores and the label): past 50
+        # trees, more trees only cost time on a few hundred records; 100 from a thousand on.
+        trees = 100 if len(mt) + len(ot) >= _FULL_FOREST_RECORDS else 50
+        attack.attack_model = RandomForestClassifier(
+            n_estimators=trees, random_state=seed, n_jobs=1
+        )
         attack.fit(x=xm[mt], y=ym[mt], test_x=xo[ot], test_y=yo[ot])
         member_scores[ms] = _membership(attack.infer(xm[ms], ym[ms], probabilities=True))
         other_scores[os_] = _membership(attack.infer(xo[os_], yo[os_], probabilities=True))

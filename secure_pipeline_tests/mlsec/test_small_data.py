@@ -224,3 +224,38 @@ def test_cross_validation_scores_every_training_row_with_a_model_that_never_saw_
     again = cross_validate(features, pipeline)
     assert np.array_equal(again.fold, cv.fold)
     assert np.array_equal(again.scores, cv.scores)
+
+
+def test_gaps_read_from_the_group_rates_equal_fairlearns_own() -> None:
+    """The audit reads the parity and equalized-odds differences from its MetricFrame's group
+    rates; they must be exactly what fairlearn's functions compute on the same rows."""
+    from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
+
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        codes = rng.integers(-1, 4, 3000)
+        y = (rng.random(3000) < 0.3 + 0.05 * codes).astype(int)
+        predicted = (rng.random(3000) < 0.3 + 0.08 * codes).astype(int)
+        (audit,) = audit_fairness(
+            y, predicted, {"g": ("g", codes, ("a", "b", "c", "d"))},
+            max_equalized_odds_difference=0.1, max_parity_amplification=0.02,
+            min_group_size=50, confidence=0.95, report_only=(),
+        ).audits  # fmt: skip
+        labels = np.asarray(["a", "b", "c", "d", "missing"], dtype=object)[codes]
+        sizable = np.isin(labels, [g.group for g in audit.groups if g.rows >= 50])
+        gated = np.isin(labels, [g.group for g in audit.groups if g.gated])
+        assert audit.demographic_parity_difference == pytest.approx(
+            demographic_parity_difference(
+                y[sizable], predicted[sizable], sensitive_features=labels[sizable]
+            ), abs=1e-12,
+        )  # fmt: skip
+        assert audit.label_parity_difference == pytest.approx(
+            demographic_parity_difference(
+                y[sizable], y[sizable], sensitive_features=labels[sizable]
+            ), abs=1e-12,
+        )  # fmt: skip
+        assert audit.equalized_odds_difference == pytest.approx(
+            equalized_odds_difference(
+                y[gated], predicted[gated], sensitive_features=labels[gated]
+            ), abs=1e-12,
+        )  # fmt: skip
