@@ -93,7 +93,7 @@ def _pipeline_parts(pipeline: "PipelineSpec", environment: Any, mode: str) -> di
     from secure_pipeline.orchestration.jobs import KUBERNETES, adhoc_executor_config
     from secure_pipeline.promotion.assets import build_promotion_stage
     from secure_pipeline.registry.assets import build_registry_stage
-    from secure_pipeline.registry.evidence import champion_lineage
+    from secure_pipeline.registry.evidence import champion_lineage, champion_verdict
     from secure_pipeline.training.assets import build_training_stage
     from secure_pipeline.validation.assets import build_validation_stage
 
@@ -111,7 +111,7 @@ def _pipeline_parts(pipeline: "PipelineSpec", environment: Any, mode: str) -> di
     checks = [
         *validation_checks,
         *feature_checks,
-        build_poisoning_check(pipeline),
+        build_poisoning_check(pipeline, champion_verdict),
         *build_ml_checks(pipeline),
         *registry_checks,
     ]

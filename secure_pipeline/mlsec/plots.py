@@ -33,7 +33,13 @@ def robustness_figure(result: RobustnessResult) -> Any:
 
 
 def fairness_figure(result: FairnessResult) -> Any:
-    """Per-group selection rate, TPR and FPR, one panel per sensitive feature."""
+    """Per-group selection rate, TPR and FPR, one panel per sensitive feature.
+
+    Returns:
+        The figure; None for a pipeline that declares no sensitive feature (nothing to draw).
+    """
+    if not result.audits:
+        return None
     plt = _pyplot()
     figure, axes = plt.subplots(
         len(result.audits), 1, figsize=(8, 3 * len(result.audits)), squeeze=False

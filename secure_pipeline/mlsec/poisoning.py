@@ -43,7 +43,7 @@ records the choice, and a model still needs the verdict). A training member with
 kept in the lineage, blocking nothing) saying how many rows it would need.
 """
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +62,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from secure_pipeline.storage.snapshots import SnapshotStore
+
+# Reads the signed verdict of a check on the champion's snapshot (registry, injected).
+ChampionVerdict = Callable[..., "tuple[str, dict[str, Any]] | None"]
 
 SCREEN_FOLDS = 3
 # Rows of each class the training member needs to be screened at all.
@@ -466,11 +469,17 @@ def _member_table(result: ScreenResult, limit: float) -> dg.TableMetadataValue:
     )  # fmt: skip
 
 
-def build_poisoning_check(pipeline: PipelineSpec) -> dg.AssetChecksDefinition:
+def build_poisoning_check(
+    pipeline: PipelineSpec, champion_verdict: ChampionVerdict | None = None
+) -> dg.AssetChecksDefinition:
     """The blocking ``poisoning_screen`` check of a pipeline's ``features``.
 
     Args:
-        pipeline: The spec (its policy's ``poisoning_screen`` and ``max_suspected_poisoning``).
+        pipeline: The spec (its policy's ``poisoning_screen``, ``max_suspected_poisoning`` and
+            ``max_poisoning_increase``).
+        champion_verdict: Reads the signed verdict of a check on the champion's snapshot
+            (`secure_pipeline.registry.evidence.champion_verdict`, passed in by composition,
+            which sits above the registry); needed for ``max_poisoning_increase``.
 
     Returns:
         The check, judged and signed by the ingest identity.
@@ -478,6 +487,9 @@ def build_poisoning_check(pipeline: PipelineSpec) -> dg.AssetChecksDefinition:
     features_key = pipeline.names.features
     policy = pipeline.policy
     limit = policy.max_suspected_poisoning
+    increase_limit = policy.max_poisoning_increase
+    if increase_limit is not None and champion_verdict is None:
+        raise ValueError("max_poisoning_increase needs the champion's verdicts to compare with")
 
     @dg.asset_check(
         asset=features_key,
@@ -489,6 +501,12 @@ def build_poisoning_check(pipeline: PipelineSpec) -> dg.AssetChecksDefinition:
             "training data (nearest-neighbour outliers). Fails when the suspected share of any "
             f"source member exceeds {limit}: more labels than clean data explains may have been "
             "flipped or rows injected, and no model may learn from the batch without review."
+            + (
+                f" Also fails when that share exceeds the one found in the champion's training "
+                f"data by more than {increase_limit}."
+                if increase_limit is not None
+                else ""
+            )
             + ("" if policy.poisoning_screen else " Turned off by the policy: passes, saying so.")
         ),
         op_tags=pipeline.orchestration.ingest.dagster_tags(INGEST),
@@ -565,6 +583,9 @@ def build_poisoning_check(pipeline: PipelineSpec) -> dg.AssetChecksDefinition:
         worst = result.worst
         share = worst.share if worst else 0.0
         passed = share <= limit
+        reference = _reference_share(store) if increase_limit is not None else None
+        increased = reference is not None and share - reference[1] > increase_limit
+        passed = passed and not increased
         metadata: dict[str, Any] = {
             "screened": True,
             "rows": result.rows,
@@ -590,6 +611,15 @@ def build_poisoning_check(pipeline: PipelineSpec) -> dg.AssetChecksDefinition:
             "result_uri": document.uri,
             "result_sha256": document.sha256,
         }
+        if increase_limit is not None:
+            metadata["max_poisoning_increase"] = increase_limit
+            metadata["champion_reference"] = (
+                f"version {reference[0]}: share {reference[1]:.6f} (signed verdict)"
+                if reference is not None
+                else "no champion yet: only max_suspected_poisoning applies"
+            )
+            if reference is not None:
+                metadata["increase_over_champion"] = round(share - reference[1], 6)
         batch = _landing_batch(context.instance, store, pipeline, key, subject)
         if batch is not None:
             metadata["rates_by_batch"] = table(
@@ -613,7 +643,16 @@ def build_poisoning_check(pipeline: PipelineSpec) -> dg.AssetChecksDefinition:
             metadata=metadata,
             description=None
             if passed
-            else f"{worst.suspected if worst else 0} of {worst.rows if worst else 0} rows of "
+            else (
+                f"suspected share {share:.3f} is {share - reference[1]:.3f} above the "
+                f"{reference[1]:.3f} of champion version {reference[0]}'s training data (limit "
+                f"+{increase_limit}): more labels are contradicted than in the data the champion "
+                "learnt from. Review the rows listed in the stored result before any model "
+                "learns from this batch"
+                if increased and reference is not None and share <= limit
+                else ""
+            )
+            or f"{worst.suspected if worst else 0} of {worst.rows if worst else 0} rows of "
             f"{worst.member if worst else '?'} suspected of poisoning ({share:.3f}, limit "
             f"{limit}): label issues {worst.label_issues if worst else 0}, outliers "
             f"{worst.outliers if worst else 0}. Review the rows listed in the stored result "
@@ -622,5 +661,24 @@ def build_poisoning_check(pipeline: PipelineSpec) -> dg.AssetChecksDefinition:
             "own, so set policy.max_suspected_poisoning above it (that share plus the margin "
             "of flipped labels you accept)",
         )
+
+    def _reference_share(store: "SnapshotStore") -> tuple[str, float] | None:
+        """The champion's version and the share its training data was screened at.
+
+        Read from the signed verdict the champion's lineage names; None without a screened
+        champion.
+        """
+        from secure_pipeline.trust.policy import trust_policy
+
+        assert champion_verdict is not None  # checked when the check was built
+        found = champion_verdict(pipeline, store, trust_policy(), stage="features",
+                                 check=POISONING_SCREEN)  # fmt: skip
+        if found is None:
+            return None
+        version, predicate = found
+        metrics = predicate.get("metrics") or {}
+        if not metrics.get("screened") or "worst_member_share" not in metrics:
+            return None  # the champion's data was not screened: nothing to compare with
+        return version, float(metrics["worst_member_share"])
 
     return poisoning_screen

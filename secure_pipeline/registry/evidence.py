@@ -18,6 +18,7 @@ from typing import Any, Literal
 from secure_pipeline.errors import PolicyViolation, SignatureError
 from secure_pipeline.names import CHAMPION
 from secure_pipeline.registry.approvals import Approval, open_approval
+from secure_pipeline.registry.bundle import signed_verdicts
 from secure_pipeline.registry.decisions import Decision, champion, decisions, for_version
 from secure_pipeline.registry.verification import (
     Resolved,
@@ -321,3 +322,42 @@ def champion_lineage(
             + ("; ".join(verification.problems) or "its bundle is not the one the gate admitted")
         )
     return current.version, verification.lineage
+
+
+def champion_verdict(
+    pipeline: PipelineSpec, store: SnapshotStore, trust: TrustPolicy, *, stage: str, check: str
+) -> tuple[str, dict[str, Any]] | None:
+    """The signed verdict of ``check`` on the champion's ``stage`` snapshot.
+
+    The verdict is the very attestation the champion's verified lineage names (by digest), read
+    from the store and verified as signed by the identity that judges ``stage``.
+
+    Returns:
+        The champion's version and the verdict's predicate; None when there is no champion or
+        its lineage holds no such verdict (a champion from before the check existed).
+
+    Raises:
+        PolicyViolation: When the champion does not verify, or the attestation its lineage
+            names is not in the store as a verified verdict.
+    """
+    found = champion_lineage(pipeline, store, trust)
+    if found is None:
+        return None
+    version, lineage = found
+    entry = next(
+        (c for c in lineage.get("checks", []) if c["stage"] == stage and c["check"] == check),
+        None,
+    )
+    if entry is None:
+        return None
+    verdicts, _ = signed_verdicts(
+        store, trust, stage=stage, asset=entry["asset"], digest=entry["subject"]
+    )
+    named = next((v for v in verdicts if v.sha256 == entry["attestation_sha256"]), None)
+    if named is None:
+        raise PolicyViolation(
+            f"the {check} verdict champion version {version} was admitted with "
+            f"({str(entry['attestation_sha256'])[:12]}) is not in the store as a verified "
+            "verdict: the store's evidence does not match the champion's lineage"
+        )
+    return version, dict(named.predicate)

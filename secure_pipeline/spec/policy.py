@@ -47,6 +47,11 @@ class SecurityPolicy:
         max_suspected_poisoning: Largest share of training rows the screen may flag as
             suspected label issues before the features fail (clean tabular data has some
             label noise of its own; set this above the share your clean data shows).
+        max_poisoning_increase: When set, a batch also fails when its suspected share exceeds
+            the share the screen found in the current champion's training data (read from that
+            snapshot's signed verdict) by more than this: where the inputs decide the label only
+            weakly, the data's own share is large, and an increase is what tells poisoning
+            apart. Without a champion only ``max_suspected_poisoning`` applies.
     """
 
     max_reject_rate: float = 0.01
@@ -70,6 +75,7 @@ class SecurityPolicy:
     membership_confidence: float = 0.95
     poisoning_screen: bool = True
     max_suspected_poisoning: float = 0.05
+    max_poisoning_increase: float | None = None
 
     def fingerprint(self) -> str:
         """SHA-256 of the judging thresholds: two policies match only if every one does.
@@ -99,6 +105,10 @@ class SecurityPolicy:
         for name in ("fairness_confidence", "membership_confidence"):
             if not 0.5 < getattr(self, name) < 1:
                 found.append(f"{name} must be between 0.5 and 1")
+        if self.max_poisoning_increase is not None and not 0 <= self.max_poisoning_increase <= 1:
+            found.append(
+                f"max_poisoning_increase must be in [0, 1], found {self.max_poisoning_increase}"
+            )
         if not 0 <= self.max_suspected_poisoning <= 1:
             found.append(
                 f"max_suspected_poisoning must be in [0, 1], found {self.max_suspected_poisoning}"

@@ -325,3 +325,44 @@ def test_a_model_is_not_let_through_on_data_the_screen_could_not_judge() -> None
     assert "could not judge applications/features" in problem
     assert "poisoning_screen to false" in problem
     assert verdict_problems([verdict(POISONING_SCREEN, True, "ERROR")]) == []
+
+
+def test_an_increase_over_the_champions_data_fails_though_under_the_limit(
+    tmp_path, instance
+) -> None:
+    """Where the data's own share is what it is, what poisoning changes is the share: measured
+    against the champion's training data through the signed verdict its lineage names."""
+    from secure_pipeline_tests.helpers import materialize_all
+
+    folder = tmp_path / "landing"
+    folder.mkdir()
+    _table(2000, 1).to_csv(folder / "train.csv", index=False)
+    _table(1000, 2).to_csv(folder / "test.csv", index=False)
+    pipeline = _pipeline(folder.as_uri() + "/", max_poisoning_increase=0.01)
+    first = materialize_all(pipeline, instance)
+    assert first.success, [e.message for e in first.all_events if e.is_failure]
+    assert instance.get_latest_materialization_event(pipeline.names.promoted_model) is not None
+
+    # A later batch with 3 % of its labels flipped: within the 0.05 limit, yet well above the
+    # (near zero) share of the data the champion learnt from.
+    train, _ = _flip(_table(2000, 5), 0.03, seed=6)
+    train.to_csv(folder / "train.csv", index=False)
+    _table(1000, 7).to_csv(folder / "test.csv", index=False)
+    assets = [pipeline.raw_asset_name, "validated_applications", "features"]
+    result = materialize(pipeline, instance, assets=assets, raise_on_error=False)
+    (screen,) = [e for e in result.get_asset_check_evaluations()
+                 if e.asset_check_key.name == POISONING_SCREEN]  # fmt: skip
+    assert not screen.passed
+    share = screen.metadata["worst_member_share"].value
+    assert share <= pipeline.policy.max_suspected_poisoning  # the absolute limit alone passes
+    assert screen.metadata["champion_reference"].value.startswith("version 1: share")
+    assert screen.metadata["increase_over_champion"].value > 0.01
+    assert "above the" in screen.description
+    assert "champion version 1" in screen.description
+
+    # Without the comparison the same batch passes: the control is what refused it.
+    plain = _pipeline(folder.as_uri() + "/")
+    again = materialize(plain, instance, assets=assets, raise_on_error=False)
+    (screen,) = [e for e in again.get_asset_check_evaluations()
+                 if e.asset_check_key.name == POISONING_SCREEN]  # fmt: skip
+    assert screen.passed
