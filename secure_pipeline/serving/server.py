@@ -178,35 +178,25 @@ class InputField:
     written exactly as validation leaves them, so nothing is encoded differently.)
     """
 
-    name: str
-    dtype: str
-    nullable: bool
-    allowed: tuple[str, ...] | None
-    minimum: float | None
-    maximum: float | None
-    format: str | None = None
-    earliest: str | None = None
-    latest: str | None = None
-    min_length: int | None = None
-    max_length: int | None = None
-    pattern: str | None = None
-    aliases: tuple[tuple[str, str], ...] = ()
-    missing: tuple[str, ...] = ()
+    column: Column
+    missing: tuple[str, ...] = ()  # the schema's missing-value tokens
 
-    @classmethod
-    def of(cls, column: Column, missing: tuple[str, ...] = ()) -> "InputField":
-        """The field of a schema column (``missing``: the schema's missing-value tokens)."""
-        return cls(column.name, column.dtype, column.nullable, column.allowed, column.minimum,
-                   column.maximum, column.format, column.earliest, column.latest,
-                   column.min_length, column.max_length, column.pattern, column.aliases,
-                   missing)  # fmt: skip
+    @property
+    def name(self) -> str:
+        """The field's name (the column's)."""
+        return self.column.name
+
+    @property
+    def dtype(self) -> str:
+        """The column's type."""
+        return self.column.dtype
 
     def check(self, value: Any) -> str | None:
         """Why ``value`` is not acceptable for this field, or None."""
         if self.dtype == "string" and isinstance(value, str):
             value = self._cleaned(value)
         if value is None:
-            return None if self.nullable else "a value (this field may not be null)"
+            return None if self.column.nullable else "a value (this field may not be null)"
         if self.dtype in ("int", "float"):
             if isinstance(value, bool) or not isinstance(value, int | float):
                 return f"a number ({self.dtype})"
@@ -218,10 +208,10 @@ class InputField:
                 return "a finite number"
             if self.dtype == "int" and float(value) != int(value):
                 return "a whole number"
-            if self.minimum is not None and value < self.minimum:
-                return f"a number >= {self.minimum:g}"
-            if self.maximum is not None and value > self.maximum:
-                return f"a number <= {self.maximum:g}"
+            if self.column.minimum is not None and value < self.column.minimum:
+                return f"a number >= {self.column.minimum:g}"
+            if self.column.maximum is not None and value > self.column.maximum:
+                return f"a number <= {self.column.maximum:g}"
             return None
         if self.dtype == "bool":
             return None if isinstance(value, bool) else "true or false"
@@ -229,8 +219,9 @@ class InputField:
             return self._written if self.dtype in ("date", "datetime") else "a string"
         if self.dtype in ("date", "datetime"):
             return self._date_problem(value)
-        if self.allowed is not None and value not in self.allowed:
-            shown = ", ".join(self.allowed[:12]) + (", ..." if len(self.allowed) > 12 else "")
+        allowed = self.column.allowed
+        if allowed is not None and value not in allowed:
+            shown = ", ".join(allowed[:12]) + (", ..." if len(allowed) > 12 else "")
             return f"one of: {shown}"
         if self.dtype == "string":
             return self._string_problem(value)
@@ -249,33 +240,33 @@ class InputField:
         value = value.strip()
         if value in self.missing:
             return None
-        for raw, canonical in self.aliases:  # in order, as validation applies them
+        for raw, canonical in self.column.aliases:  # in order, as validation applies them
             if value == raw:
                 value = canonical
         return value
 
     @functools.cached_property
     def _written(self) -> str:
-        if self.format is not None:
-            return f"a {self.dtype} string in the format {self.format}"
+        if self.column.format is not None:
+            return f"a {self.dtype} string in the format {self.column.format}"
         example = "2013-08-14" if self.dtype == "date" else "2013-08-14T06:03:42"
         return f"an ISO 8601 {self.dtype} string such as {example}"
 
     @functools.cached_property
     def _bounds(self) -> tuple["dt.datetime | None", "dt.datetime | None"]:
         # ISO 8601: the spec refused any other bound when it was built.
-        return (_bound(self.earliest) if self.earliest is not None else None,
-                _bound(self.latest) if self.latest is not None else None)  # fmt: skip
+        return (_bound(self.column.earliest) if self.column.earliest is not None else None,
+                _bound(self.column.latest) if self.column.latest is not None else None)  # fmt: skip
 
     @functools.cached_property
     def _regex(self) -> "re.Pattern[str] | None":
-        return re.compile(self.pattern) if self.pattern is not None else None
+        return re.compile(self.column.pattern) if self.column.pattern is not None else None
 
     def _moment(self, value: str) -> "dt.datetime | None":
         """The date or datetime ``value`` writes (a date as its midnight), or None."""
         try:
-            if self.format is not None:
-                moment = dt.datetime.strptime(value, self.format)
+            if self.column.format is not None:
+                moment = dt.datetime.strptime(value, self.column.format)
             elif self.dtype == "date":
                 moment = dt.datetime.strptime(value, _ISO_DATE)
             else:
@@ -293,18 +284,18 @@ class InputField:
             return self._written
         earliest, latest = self._bounds
         if earliest is not None and moment < earliest:
-            return f"a {self.dtype} on or after {self.earliest}"
+            return f"a {self.dtype} on or after {self.column.earliest}"
         if latest is not None and moment > latest:
-            return f"a {self.dtype} on or before {self.latest}"
+            return f"a {self.dtype} on or before {self.column.latest}"
         return None
 
     def _string_problem(self, value: str) -> str | None:
-        if self.min_length is not None and len(value) < self.min_length:
-            return f"a string of at least {self.min_length} characters"
-        if self.max_length is not None and len(value) > self.max_length:
-            return f"a string of at most {self.max_length} characters"
+        if self.column.min_length is not None and len(value) < self.column.min_length:
+            return f"a string of at least {self.column.min_length} characters"
+        if self.column.max_length is not None and len(value) > self.column.max_length:
+            return f"a string of at most {self.column.max_length} characters"
         if self._regex is not None and self._regex.fullmatch(value) is None:
-            return f"a string matching {self.pattern}"
+            return f"a string matching {self.column.pattern}"
         return None
 
 
@@ -369,7 +360,7 @@ def input_fields(pipeline: PipelineSpec, inputs: Sequence[str]) -> list[InputFie
     # Every column a feature reads: both dates of a date difference, the source of a map.
     sources = {source for name in inputs for source in catalog[name].sources}
     missing = pipeline.schema.missing_values
-    return [InputField.of(c, missing) for c in pipeline.schema.columns if c.name in sources]
+    return [InputField(c, missing) for c in pipeline.schema.columns if c.name in sources]
 
 
 def rows_to_frame(

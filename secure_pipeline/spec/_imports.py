@@ -11,10 +11,9 @@ import functools
 import importlib
 import importlib.machinery
 import importlib.util
-import re
 import sys
 
-_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+from secure_pipeline.spec._patterns import DOTTED_NAME
 
 
 @functools.lru_cache(maxsize=128)
@@ -27,7 +26,7 @@ def import_path_problem(path: str) -> str | None:
     Returns:
         A sentence naming what was expected and what was found, or None.
     """
-    if not _DOTTED.match(path):
+    if not DOTTED_NAME.match(path):
         return f"{path!r} is not an import path (expected module.Class)"
     module, _, name = path.rpartition(".")
     spec, missing = _find_module(module)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from secure_pipeline.errors import ConfigurationError
 from secure_pipeline.names import PipelineNames
 from secure_pipeline.spec._imports import import_path_problem
-from secure_pipeline.spec._patterns import ENV_NAME, NAME
+from secure_pipeline.spec._patterns import DOTTED_NAME, ENV_NAME, NAME
 from secure_pipeline.spec.catalog import feature_catalog
 from secure_pipeline.spec.data import RESERVED_SPLIT_COLUMN, DatasetSchema, SourceSpec
 from secure_pipeline.spec.policy import CanaryPolicy, SecurityPolicy
@@ -17,8 +17,6 @@ from secure_pipeline.spec.stages import (
     ModelSpec,
     OrchestrationSpec,
 )
-
-_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 
 
 @dataclass(frozen=True)
@@ -374,7 +372,7 @@ class PipelineSpec:
                 f"({builtins}) or the import path of a scikit-learn classifier"
             )
         for trusted in self.model.trusted_types:
-            if not _DOTTED.match(trusted):
+            if not DOTTED_NAME.match(trusted):
                 found.append(f"model trusted type {trusted!r} is not a dotted type name")
         if self.model.folds < 2:
             found.append("model folds must be at least 2")

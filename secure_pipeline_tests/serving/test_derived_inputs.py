@@ -23,6 +23,7 @@ from secure_pipeline.serving.server import (
     input_fields,
     rows_to_frame,
 )
+from secure_pipeline.spec import Column
 from secure_pipeline.training.models import build_model, model_inputs
 from secure_pipeline.validation.parsing import parse_fileset
 from secure_pipeline_tests.features.test_derived import (
@@ -88,7 +89,7 @@ def test_inputs_are_every_column_the_features_read_in_schema_order() -> None:
     # a date difference reads both of its dates; a map its source, a string column
     assert [f.name for f in input_fields(PIPELINE, ["age_years"])] == ["dob", "screening_date"]
     assert [f.name for f in input_fields(PIPELINE, ["purpose_group"])] == ["purpose"]
-    purpose = input_fields(PIPELINE, ["purpose_group"])[0]
+    purpose = input_fields(PIPELINE, ["purpose_group"])[0].column
     assert (purpose.min_length, purpose.max_length, purpose.pattern) == (2, 20, "[a-z ]+")
     # only what the model reads: without the derived sex and the code it is mapped from, the
     # request carries no personal status
@@ -222,8 +223,8 @@ def test_string_rules_apply_to_a_mapped_string_column() -> None:
 
 def test_an_input_source_may_not_be_null_when_the_column_is_not_nullable() -> None:
     """A non-nullable date refuses null like any other field."""
-    field = InputField.of(next(c for c in PIPELINE.schema.columns if c.name == "dob"))
-    strict = InputField("dob", "date", False, None, None, None, earliest=field.earliest)
+    dob = next(c for c in PIPELINE.schema.columns if c.name == "dob")
+    strict = InputField(Column("dob", "date", earliest=dob.earliest))
     assert strict.check(None) == "a value (this field may not be null)"
     assert strict.check("1899-12-31") == "a date on or after 1900-01-01"
     assert strict.check("1950-06-01") is None
