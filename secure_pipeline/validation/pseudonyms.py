@@ -29,6 +29,7 @@ from pathlib import Path
 
 from secure_pipeline import environment as env
 from secure_pipeline.errors import ConfigurationError
+from secure_pipeline.spec import DatasetSchema
 
 KEY_VARIABLE = "SECURE_PIPELINE_PSEUDONYM_KEY"
 MIN_KEY_BYTES = 32
@@ -62,6 +63,20 @@ def pseudonymise(values: Iterable[str | None], key: bytes) -> list[str | None]:
             digest = seen[value] = mac.hexdigest()
         out.append(digest)
     return out
+
+
+def pseudonymised_columns(schema: DatasetSchema, key: bytes | None) -> list[str]:
+    """The columns ``validated_*`` keeps as pseudonyms, in schema order.
+
+    Raises:
+        ConfigurationError: When there are some and no key was given.
+    """
+    names = [c.name for c in schema.columns if c.kept and c.role == "personal"]
+    if names and key is None:
+        raise ConfigurationError(
+            f"columns {names} are pseudonymised, but no pseudonymisation key was given"
+        )
+    return names
 
 
 def pseudonym_key(pipeline_name: str, environment: env.Environment | None = None) -> bytes:

@@ -37,16 +37,11 @@ def quarantine_table(
     import numpy as np
     import pyarrow as pa
 
-    from secure_pipeline.errors import ConfigurationError
-    from secure_pipeline.validation.pseudonyms import pseudonymise
+    from secure_pipeline.validation.pseudonyms import pseudonymise, pseudonymised_columns
 
     present = set(batch.text.column_names) if batch.text is not None else set()
     names = [n for n in schema.kept_names if n in present]
-    hashed = {c.name for c in schema.kept_columns if c.role == "personal"}
-    if hashed and key is None:
-        raise ConfigurationError(
-            f"columns {sorted(hashed)} are pseudonymised, but no pseudonymisation key was given"
-        )
+    hashed = set(pseudonymised_columns(schema, key))
     positions = (
         np.flatnonzero(report.rejected) if report.rejected is not None else np.array([], int)
     )

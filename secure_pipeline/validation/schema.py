@@ -330,18 +330,13 @@ def validated_rows(
     import pandas as pd
     import pyarrow as pa
 
-    from secure_pipeline.errors import ConfigurationError
-    from secure_pipeline.validation.pseudonyms import pseudonymise
+    from secure_pipeline.validation.pseudonyms import pseudonymise, pseudonymised_columns
 
     assert report.rejected is not None, "validated_rows needs a report without structural problems"
     keep = ~report.rejected
     frame = batch.frame.loc[keep, [*schema.kept_names, RESERVED_SPLIT_COLUMN]]
     frame = frame.reset_index(drop=True)
-    hashed = [c.name for c in schema.kept_columns if c.role == "personal"]
-    if hashed and key is None:
-        raise ConfigurationError(
-            f"columns {hashed} are pseudonymised, but no pseudonymisation key was given"
-        )
+    hashed = pseudonymised_columns(schema, key)
     if hashed and batch.text is not None:
         rows = pa.array(np.flatnonzero(keep))
         for name in hashed:
