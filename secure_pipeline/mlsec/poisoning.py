@@ -131,6 +131,12 @@ class MemberRate:
         """Suspected share of the member's rows (0 for a member without rows)."""
         return self.suspected / self.rows if self.rows else 0.0
 
+    def record(self) -> dict[str, Any]:
+        """The counts and share as one row (the stored result and the metadata table)."""
+        return {"member": self.member, "rows": self.rows, "label_issues": self.label_issues,
+                "outliers": self.outliers, "suspected": self.suspected,
+                "share": round(self.share, 6)}  # fmt: skip
+
 
 @dataclass(frozen=True)
 class ScreenResult:
@@ -396,17 +402,7 @@ def screen_document(result: ScreenResult, pipeline: PipelineSpec) -> dict[str, A
         "folds": result.folds,
         "fit_rows": result.fit_rows,
         "max_suspected_poisoning": pipeline.policy.max_suspected_poisoning,
-        "members": [
-            {
-                "member": m.member,
-                "rows": m.rows,
-                "label_issues": m.label_issues,
-                "outliers": m.outliers,
-                "suspected": m.suspected,
-                "share": round(m.share, 6),
-            }
-            for m in result.members
-        ],
+        "members": [m.record() for m in result.members],
         "label_issue_rows": [int(r) for r in result.label_issues],
         "outlier_rows": [int(r) for r in result.outliers],
     }
@@ -452,18 +448,7 @@ def _landing_batch(
 
 def _member_table(result: ScreenResult, limit: float) -> dg.TableMetadataValue:
     return table(
-        (
-            {
-                "member": m.member,
-                "rows": m.rows,
-                "label_issues": m.label_issues,
-                "outliers": m.outliers,
-                "suspected": m.suspected,
-                "share": round(m.share, 6),
-                "within_limit": m.share <= limit,
-            }
-            for m in result.members
-        ),
+        ({**m.record(), "within_limit": m.share <= limit} for m in result.members),
         {"member": "string", "rows": "int", "label_issues": "int", "outliers": "int",
          "suspected": "int", "share": "float", "within_limit": "bool"},
     )  # fmt: skip

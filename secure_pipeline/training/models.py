@@ -58,7 +58,9 @@ def build_model(pipeline: PipelineSpec) -> Any:
     inputs, catalog = model_inputs(pipeline)
     spec = pipeline.model
     numeric: Any = StandardScaler()
-    if any(_may_be_missing(pipeline, catalog[n]) for n in inputs.numeric):
+    nullable = {c.name for c in pipeline.schema.columns if c.nullable}
+    # A number may be missing when a column it is computed from may be.
+    if any(nullable.intersection(catalog[n].sources) for n in inputs.numeric):
         from sklearn.impute import SimpleImputer
 
         # Only then: most estimators refuse NaN, and a spec whose numbers are never missing
@@ -88,12 +90,6 @@ def build_model(pipeline: PipelineSpec) -> Any:
     )
     estimator = _estimator(spec)
     return Pipeline([("preprocess", preprocess), ("model", estimator)])
-
-
-def _may_be_missing(pipeline: PipelineSpec, feature: Feature) -> bool:
-    """Whether a numeric feature can hold NaN: a source column that may be missing."""
-    columns = {c.name: c for c in pipeline.schema.columns}
-    return any(columns[s].nullable for s in feature.sources if s in columns)
 
 
 # Estimators whose ``n_jobs`` no longer does anything (scikit-learn 1.8 deprecated it and warns
