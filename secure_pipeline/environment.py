@@ -132,7 +132,18 @@ SETTINGS: tuple[Setting, ...] = (
             "`awskms:<key>`, ...); its public key must be the trust policy's. Locally unset "
             "means its development key.",
         )
-        for identity in ("ingest", "train", "release", "gate", "monitor")
+        for identity in ("ingest", "train", "release", "gate", "monitor", "privacy")
+    ),
+    Setting(
+        "SECURE_PIPELINE_DATA_KEYRING",
+        "Where the keys of encrypted snapshots (those holding personal data) are kept: `kms` "
+        "(AWS KMS, one key per snapshot; the production default and the only choice there) or "
+        "`local` (the embedded default: key files beside the development keys).",
+    ),
+    Setting(
+        "SECURE_PIPELINE_KMS_ENDPOINT",
+        "Custom AWS KMS endpoint URL for the data keyring (https; plain http only to a "
+        "loopback address in `local`).",
     ),
     Setting(
         "SECURE_PIPELINE_PSEUDONYM_KEY",

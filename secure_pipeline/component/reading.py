@@ -454,11 +454,11 @@ def _locate_own(section: str, message: str, value: Any, written: Any) -> YamlPat
         written: The section as written (to point at a setting the user wrote).
     """
     if section == "orchestration":
-        stage = re.match(r"^(ingest|train|registry) (namespace|service account) ", message)
+        stage = re.match(r"^(ingest|train|registry|privacy) (namespace|service account) ", message)
         if stage:
             return (section, stage.group(1), stage.group(2).replace(" ", "_"))
         if message.startswith("each stage needs its own Kubernetes namespace"):
-            stages = ("ingest", "train", "registry")
+            stages = ("ingest", "train", "registry", "privacy")
             namespaces = [getattr(value, stage).namespace for stage in stages]
             clashing = [
                 stage
@@ -483,7 +483,9 @@ def _without_field(path: YamlPath, message: str) -> str:
 
 
 # Sections that check themselves (``problems()``); the spec repeats their problems.
-_OWN_PROBLEMS: dict[str, str] = {"policy": "", "orchestration": "", "canary": "canary: "}
+_OWN_PROBLEMS: dict[str, str] = {
+    "policy": "", "orchestration": "", "canary": "canary: ", "privacy": "",
+}  # fmt: skip
 
 
 class _Reading:

@@ -17,7 +17,7 @@ from secure_pipeline.spec.data import (
     SourceSpec,
 )
 from secure_pipeline.spec.pipeline import PipelineSpec
-from secure_pipeline.spec.policy import CanaryPolicy, SecurityPolicy
+from secure_pipeline.spec.policy import CanaryPolicy, PrivacySpec, SecurityPolicy
 from secure_pipeline.spec.stages import (
     BUILTIN_ESTIMATORS,
     CONTAINER_SECURITY_CONTEXT,
@@ -50,6 +50,7 @@ __all__ = [
     "ModelSpec",
     "OrchestrationSpec",
     "PipelineSpec",
+    "PrivacySpec",
     "SecurityPolicy",
     "SourceFile",
     "SourceSpec",

@@ -140,6 +140,20 @@ class DatasetSchema:
         return tuple(c for c in self.columns if c.kept)
 
     @property
+    def identifier_columns(self) -> tuple[Column, ...]:
+        """The ``identifier`` columns: what the subject index and erasure key on."""
+        return tuple(c for c in self.columns if c.role == "identifier")
+
+    @property
+    def holds_personal_data(self) -> bool:
+        """Whether rows can be tied to a person: some column is ``identifier`` or ``personal``.
+
+        Every row-level snapshot of such data (raw files, validated rows, quarantine, features)
+        is envelope-encrypted, so that erasure can crypto-shred it under immutable storage.
+        """
+        return any(c.role in ("identifier", "personal") for c in self.columns)
+
+    @property
     def kept_names(self) -> tuple[str, ...]:
         """Names of `kept_columns`."""
         return tuple(c.name for c in self.kept_columns)
@@ -185,6 +199,9 @@ class SourceSpec:
         tls_pins: SHA-256 fingerprints of the https server certificates to accept (on top of
             normal verification); ``SECURE_PIPELINE_SOURCE_TLS_PINS`` adds more at run time.
         read_timeout_seconds: How long one network read may wait (https, s3).
+        retention_days: How long raw snapshots of this source (and the snapshots derived from
+            them) stay readable; older ones have their data keys destroyed by the daily privacy
+            job (storage limitation, GDPR Art. 5(1)(e)). None keeps them until erased.
     """
 
     name: str
@@ -196,3 +213,4 @@ class SourceSpec:
     description: str = ""
     tls_pins: tuple[str, ...] = ()
     read_timeout_seconds: float = 60.0
+    retention_days: int | None = None

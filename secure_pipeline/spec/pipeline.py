@@ -10,7 +10,7 @@ from secure_pipeline.spec._imports import import_path_problem
 from secure_pipeline.spec._patterns import DOTTED_NAME, ENV_NAME, NAME
 from secure_pipeline.spec.catalog import feature_catalog
 from secure_pipeline.spec.data import RESERVED_SPLIT_COLUMN, DatasetSchema, SourceSpec
-from secure_pipeline.spec.policy import CanaryPolicy, SecurityPolicy
+from secure_pipeline.spec.policy import CanaryPolicy, PrivacySpec, SecurityPolicy
 from secure_pipeline.spec.stages import (
     BUILTIN_ESTIMATORS,
     FeatureSpec,
@@ -42,6 +42,7 @@ class PipelineSpec:
         model: How the model is trained.
         orchestration: Stage jobs, their isolation, schedules and sensors.
         canary: When a blue-green release's canary may take all the traffic.
+        privacy: The record of processing and the erasure and retention policy.
     """
 
     name: str
@@ -56,6 +57,12 @@ class PipelineSpec:
     model: ModelSpec = field(default_factory=ModelSpec)
     orchestration: OrchestrationSpec = field(default_factory=OrchestrationSpec)
     canary: CanaryPolicy = field(default_factory=CanaryPolicy)
+    privacy: PrivacySpec = field(default_factory=PrivacySpec)
+
+    @property
+    def holds_personal_data(self) -> bool:
+        """Whether its row-level snapshots are envelope-encrypted (see `DatasetSchema`)."""
+        return self.schema.holds_personal_data
 
     def __post_init__(self) -> None:
         marked = [c.name for c in self.schema.columns if c.role == "sensitive"]
@@ -138,6 +145,11 @@ class PipelineSpec:
                 found.append(f"band cut points of {name!r} must be strictly ascending")
         found.extend(self.policy.problems())
         found.extend(self.orchestration.problems())
+        found.extend(self.privacy.problems())
+        if self.source.retention_days is not None and self.source.retention_days < 1:
+            found.append(
+                f"source retention_days must be at least 1, found {self.source.retention_days}"
+            )
         found.extend(f"canary: {p}" for p in self.canary.problems())
         found.extend(self._model_problems())
         return found

@@ -4,6 +4,7 @@ import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -176,4 +177,62 @@ class CanaryPolicy:
             found.append(f"max_p95_ratio must be >= 1, found {self.max_p95_ratio}")
         if self.observe_seconds <= 0 or self.ready_timeout_seconds <= 0:
             found.append("observe_seconds and ready_timeout_seconds must be positive")
+        return found
+
+
+ErasedDataModels = Literal["refuse", "warn"]
+
+
+@dataclass(frozen=True)
+class PrivacySpec:
+    """How the pipeline processes personal data: the record of processing and erasure policy.
+
+    The descriptive fields feed the GDPR Art. 30 record (``secure-pipeline privacy record``);
+    the categories of personal data come from the column roles, the retention from the source.
+
+    Attributes:
+        purpose: Why the data is processed (Art. 30(1)(b)).
+        controller: Who decides the purpose: name and contact of the controller (and of its
+            data protection officer).
+        legal_basis: The lawful basis (Art. 6), e.g. ``contract`` or ``legitimate interests``.
+        data_subjects: Categories of data subjects, e.g. ``loan applicants``.
+        recipients: Recipients beyond the pipeline's own stages and the model's callers.
+        erased_data_models: What promotion and serving do with a model trained on data that
+            was since erased or expired: ``refuse`` (default: it may not be promoted or served
+            until a retrained model replaces it) or ``warn`` (allowed, with a warning step in
+            its evidence).
+        retention_overrides_champion: Whether retention also expires snapshots the current
+            champion was trained on (its model is then flagged as trained on erased data);
+            by default those are kept until a newer champion replaces it.
+        key_deletion_window_days: Waiting period of a KMS key deletion (7 to 30 days); the
+            key is unusable from the moment it is scheduled.
+        enforce_cron: Cron schedule of the privacy job that completes pending erasures and
+            applies retention (None: no schedule).
+    """
+
+    purpose: str = ""
+    controller: str = ""
+    legal_basis: str = ""
+    data_subjects: tuple[str, ...] = ()
+    recipients: tuple[str, ...] = ()
+    erased_data_models: ErasedDataModels = "refuse"
+    retention_overrides_champion: bool = False
+    key_deletion_window_days: int = 7
+    enforce_cron: str | None = "30 3 * * *"
+
+    def problems(self) -> list[str]:
+        """What is wrong with these settings, one line each."""
+        found = []
+        if self.erased_data_models not in ("refuse", "warn"):
+            found.append(
+                f"privacy erased_data_models must be 'refuse' or 'warn', found "
+                f"{self.erased_data_models!r}"
+            )
+        if not 7 <= self.key_deletion_window_days <= 30:
+            found.append(
+                "privacy key_deletion_window_days must be between 7 and 30 (the waiting "
+                f"period AWS KMS allows), found {self.key_deletion_window_days}"
+            )
+        if self.enforce_cron is not None and len(self.enforce_cron.split()) != 5:
+            found.append(f"privacy enforce_cron {self.enforce_cron!r} must have five fields")
         return found

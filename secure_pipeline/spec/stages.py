@@ -162,6 +162,8 @@ class OrchestrationSpec:
         train: Isolation of the train job (the model and its ML security checks).
         registry: Isolation of the release job (signing, registration, promotion): the only
             stage given the signing key and registry write access.
+        privacy: Isolation of the privacy job (completing erasures, retention): the only stage
+            that may destroy data keys.
         control_namespace: Namespace of Dagster itself and of run pods, which only launch
             step pods; an ad-hoc run outside the stage jobs has its steps placed here, where
             no stage's credentials exist, so it fails closed instead of borrowing them.
@@ -192,6 +194,10 @@ class OrchestrationSpec:
         memory_request="1Gi", cpu_limit="1", memory_limit="2Gi",
         env_secrets=("sp-registry-env", "sp-registry-signing"),
     )  # fmt: skip
+    privacy: IsolationSpec = IsolationSpec(
+        namespace="sp-privacy", service_account="sp-privacy", cpu_request="250m",
+        memory_request="512Mi", cpu_limit="1", memory_limit="1Gi", env_secrets=("sp-privacy-env",),
+    )  # fmt: skip
     control_namespace: str = "sp-dagster"
     run_service_account: str = "sp-run"
     image: str | None = None
@@ -210,7 +216,8 @@ class OrchestrationSpec:
     def problems(self) -> list[str]:
         """What is wrong with these settings, one line each."""
         found = []
-        stages = {"ingest": self.ingest, "train": self.train, "registry": self.registry}
+        stages = {"ingest": self.ingest, "train": self.train, "registry": self.registry,
+                  "privacy": self.privacy}  # fmt: skip
         namespaces = [s.namespace for s in stages.values()]
         if len(set(namespaces)) != len(namespaces) or self.control_namespace in namespaces:
             found.append(

@@ -13,9 +13,10 @@ TRAIN = "train"
 RELEASE = "release"
 GATE = "gate"
 MONITOR = "monitor"
+PRIVACY = "privacy"
 
 # Order matters only for display (the trust policy, `trust init`, error messages).
-STAGE_IDENTITIES: tuple[str, ...] = (INGEST, TRAIN, RELEASE, GATE, MONITOR)
+STAGE_IDENTITIES: tuple[str, ...] = (INGEST, TRAIN, RELEASE, GATE, MONITOR, PRIVACY)
 APPROVER_PREFIX = "approver:"
 
 # Events each identity may append to the audit trail.
@@ -40,6 +41,8 @@ EVENTS: Mapping[str, frozenset[str]] = {
         }
     ),
     MONITOR: frozenset({"run.failed"}),
+    # Erasure requests and the destruction of data keys (erasure completion, retention).
+    PRIVACY: frozenset({"privacy.erasure", "privacy.shredded", "snapshot.stored"}),
 }
 APPROVER_EVENTS = frozenset({"approval.recorded"})
 
