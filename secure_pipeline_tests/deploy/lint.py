@@ -38,6 +38,24 @@ KEY_USE_ACTIONS = {
     "kms:UpdatePrimaryRegion",
     "kms:ImportKeyMaterial",
 }
+# Snapshot data keys: one symmetric KMS key per encrypted snapshot, created (and tagged) by the
+# ingest stage, used to wrap and unwrap that snapshot's data key, destroyed by the privacy stage.
+PURPOSE_TAG = "secure-pipeline:purpose"
+ASSET_TAG = "secure-pipeline:asset"
+DATA_KEY_PURPOSE = "snapshot-data-key"
+DATA_KEY_ACTIONS = {
+    "kms:CreateKey",
+    "kms:TagResource",
+    "kms:GenerateDataKey",
+    "kms:DescribeKey",
+    "kms:Decrypt",
+    "kms:ScheduleKeyDeletion",
+}
+# What every data-key statement pins about the key itself: a symmetric AWS_KMS key, so no signing
+# key (ECC, SIGN_VERIFY) can be used or destroyed through these grants whatever its tags say.
+DATA_KEY_PROPERTIES = {"kms:KeySpec": "SYMMETRIC_DEFAULT", "kms:KeyOrigin": "AWS_KMS"}
+# The encryption context of every wrapped data key (storage/encryption.py).
+CONTEXT_KEYS = [ASSET_TAG]
 DESTRUCTIVE_ACTIONS = {
     "s3:DeleteObject",
     "s3:DeleteObjectVersion",
@@ -106,12 +124,84 @@ def _signing_problems(
     return problems
 
 
+def _tag_problems(name: str, condition: dict[str, Any]) -> list[str]:
+    """The request-tag rules of a statement that creates or tags a snapshot data key."""
+    problems = []
+    request = f"aws:RequestTag/{PURPOSE_TAG}"
+    if condition.get("StringEquals", {}).get(request) != DATA_KEY_PURPOSE:
+        problems.append(f"{name}: without {request} = {DATA_KEY_PURPOSE} (StringEquals)")
+    if str(condition.get("Null", {}).get(f"aws:RequestTag/{ASSET_TAG}")).lower() != "false":
+        problems.append(f"{name}: without a required aws:RequestTag/{ASSET_TAG}")
+    keys = condition.get("ForAllValues:StringEquals", {}).get("aws:TagKeys")
+    if not keys or not set(as_list(keys)) <= {PURPOSE_TAG, ASSET_TAG}:
+        problems.append(f"{name}: aws:TagKeys not limited to {PURPOSE_TAG} and {ASSET_TAG}")
+    return problems
+
+
+def _data_key_problems(
+    name: str, statement: dict[str, Any], allowed: set[str], data_keys: str | None
+) -> list[str]:
+    """Rules for a statement on snapshot data keys (one statement, all its actions)."""
+    problems = []
+    actions = set(as_list(statement.get("Action")))
+    resources = as_list(statement.get("Resource"))
+    condition = statement.get("Condition", {})
+    for action in sorted(actions - allowed):
+        problems.append(f"{name}: {action} on snapshot data keys is not this role's to use")
+    if "kms:CreateKey" in actions:
+        if actions != {"kms:CreateKey"}:
+            problems.append(f"{name}: kms:CreateKey shares a statement with other actions")
+        if resources != ["*"]:
+            problems.append(f"{name}: kms:CreateKey takes Resource '*', found {resources}")
+        problems.extend(_tag_problems(name, condition))
+        pinned = condition.get("StringEquals", {})
+        for key, value in {**DATA_KEY_PROPERTIES, "kms:KeyUsage": "ENCRYPT_DECRYPT"}.items():
+            if pinned.get(key) != value:
+                problems.append(f"{name}: kms:CreateKey without {key} = {value}")
+        if str(condition.get("Bool", {}).get("kms:MultiRegion")).lower() != "false":
+            problems.append(f"{name}: kms:CreateKey without kms:MultiRegion = false")
+        return problems
+    if resources != [data_keys]:
+        problems.append(f"{name}: snapshot data keys must be {data_keys}, found {resources}")
+    if "kms:TagResource" in actions:
+        if actions != {"kms:TagResource"}:
+            problems.append(f"{name}: kms:TagResource shares a statement with other actions")
+        return [*problems, *_tag_problems(name, condition)]
+    tag = f"aws:ResourceTag/{PURPOSE_TAG}"
+    strict = condition.get("StringEquals", {}).get(tag) == DATA_KEY_PURPOSE
+    relaxed = condition.get("StringEqualsIfExists", {}).get(tag) == DATA_KEY_PURPOSE
+    if not (strict or relaxed):
+        problems.append(f"{name}: use of data keys without {tag} = {DATA_KEY_PURPOSE}")
+    pinned = condition.get("StringEquals", {})
+    for key, value in DATA_KEY_PROPERTIES.items():
+        if pinned.get(key) != value:
+            problems.append(f"{name}: use of data keys without {key} = {value} (StringEquals)")
+    if "kms:ScheduleKeyDeletion" in actions:
+        if actions != {"kms:ScheduleKeyDeletion"}:
+            problems.append(f"{name}: kms:ScheduleKeyDeletion shares a statement with others")
+        if not strict:
+            # A key whose tags are not (yet) visible must never be destroyable.
+            problems.append(f"{name}: kms:ScheduleKeyDeletion needs {tag} in StringEquals")
+    if actions & {"kms:GenerateDataKey", "kms:Decrypt"}:
+        if "kms:DescribeKey" in actions:
+            problems.append(
+                f"{name}: kms:DescribeKey carries no encryption context; give it its own statement"
+            )
+        keys = condition.get("ForAllValues:StringEquals", {}).get("kms:EncryptionContextKeys")
+        present = str(condition.get("Null", {}).get("kms:EncryptionContextKeys")).lower()
+        if as_list(keys) != CONTEXT_KEYS or present != "false":
+            problems.append(f"{name}: wrapping or unwrapping without the context {CONTEXT_KEYS}")
+    return problems
+
+
 def lint_role_policy(
     document: dict[str, Any],
     *,
     write_resources: Iterable[str],
     kms_key: str,
     signing_keys: Iterable[str] = (),
+    data_keys: str | None = None,
+    data_key_actions: Iterable[str] = (),
 ) -> list[str]:
     """Rules for a role's identity policy.
 
@@ -121,18 +211,28 @@ def lint_role_policy(
         kms_key: The only KMS key it may use for SSE-KMS (through S3 only).
         signing_keys: The only KMS keys it may sign with: those of the identities acting as
             this role (none for a role that signs nothing).
+        data_keys: ARN pattern of the snapshot data keys (``arn:aws:kms:R:A:key/*``).
+        data_key_actions: What the role may do with them (none: it never touches one).
     """
     problems = lint_document(document)
     allowed_writes = set(write_resources)
     own_signing_keys = set(signing_keys)
+    allowed_data_key_actions = set(data_key_actions)
     for index, statement in enumerate(_statements(document)):
         name = statement.get("Sid", f"#{index}")
         actions = as_list(statement.get("Action"))
         resources = as_list(statement.get("Resource"))
         if statement.get("Effect") != "Allow":
-            problems.append(f"{name}: a role policy only grants; put denials in the bucket policy")
-        if "*" in resources:
+            # A denial can only narrow the grants; only KMS denials on named keys belong here
+            # (the bucket's denials are in the bucket policy).
+            if not actions or any(not a.startswith("kms:") for a in actions):
+                problems.append(f"{name}: a role policy only denies KMS actions on named keys")
+            if not resources or any("*" in r for r in resources):
+                problems.append(f"{name}: a denial must name its keys, found {resources}")
+            continue
+        if "*" in resources and actions != ["kms:CreateKey"]:
             problems.append(f"{name}: Resource '*'")
+        data_key_statement = False
         for action in actions:
             service = action.split(":", 1)[0]
             if service not in ("s3", "kms"):
@@ -153,16 +253,91 @@ def lint_role_policy(
                     problems.append(f"{name}: s3:ListBucket without an s3:prefix condition")
             if action in SIGN_ACTIONS:
                 problems.extend(_signing_problems(name, statement, resources, own_signing_keys))
-            elif service == "kms":
+            elif service == "kms" and resources == [kms_key]:
                 if action not in KMS_ACTIONS:
                     problems.append(
                         f"{name}: KMS action {action!r} is not needed for SSE-KMS or signing"
                     )
-                if resources != [kms_key]:
-                    problems.append(f"{name}: KMS must be scoped to {kms_key}, found {resources}")
                 via = statement.get("Condition", {}).get("StringEquals", {}).get("kms:ViaService")
                 if not (isinstance(via, str) and via.startswith("s3.")):
                     problems.append(f"{name}: KMS use must be limited to S3 (kms:ViaService)")
+            elif (
+                service == "kms"
+                and action in DATA_KEY_ACTIONS
+                and (resources == [data_keys] or (action == "kms:CreateKey" and data_keys))
+            ):
+                data_key_statement = True
+            elif service == "kms":
+                if action not in KMS_ACTIONS | DATA_KEY_ACTIONS:
+                    problems.append(
+                        f"{name}: KMS action {action!r} is not needed for SSE-KMS, signing or "
+                        "snapshot data keys"
+                    )
+                else:
+                    problems.append(
+                        f"{name}: KMS must be scoped to {kms_key} (SSE, through S3) or to the "
+                        f"snapshot data keys {data_keys}, found {resources}"
+                    )
+        if data_key_statement:
+            problems.extend(
+                _data_key_problems(name, statement, allowed_data_key_actions, data_keys)
+            )
+    return problems
+
+
+def data_key_grants(document: dict[str, Any], *, kms_key: str) -> set[str]:
+    """The KMS actions an identity policy allows on keys other than the SSE key and signing.
+
+    That is everything a role may do with snapshot data keys, however it is scoped.
+    """
+    return {
+        action
+        for statement in _statements(document)
+        if statement.get("Effect") == "Allow" and as_list(statement.get("Resource")) != [kms_key]
+        for action in as_list(statement.get("Action"))
+        if action.startswith("kms:") and action not in SIGN_ACTIONS
+    }
+
+
+def lint_key_destruction(policies: Mapping[str, dict[str, Any]], *, shredder: str) -> list[str]:
+    """Across all roles: only ``shredder`` may destroy KMS keys, and only snapshot data keys.
+
+    Destroying a data key erases a snapshot for good (crypto-shredding under Object Lock), so
+    the grant is checked whichever document carries it, and however it is written.
+
+    Args:
+        policies: Role name -> its identity policy.
+        shredder: The one role that completes erasures and retention.
+    """
+    problems = []
+    tag = f"aws:ResourceTag/{PURPOSE_TAG}"
+    for role, document in sorted(policies.items()):
+        granted = [
+            s
+            for s in _statements(document)
+            if s.get("Effect") == "Allow"
+            and any(
+                a == "kms:ScheduleKeyDeletion" or (a.startswith("kms:") and "*" in a)
+                for a in as_list(s.get("Action"))
+            )
+        ]
+        if role != shredder:
+            for statement in granted:
+                problems.append(
+                    f"{role} may destroy KMS keys ({statement.get('Sid')}): only {shredder} may"
+                )
+            continue
+        if not granted:
+            problems.append(f"{shredder} cannot destroy snapshot data keys: erasure cannot end")
+        for statement in granted:
+            pinned = statement.get("Condition", {}).get("StringEquals", {})
+            if pinned.get(tag) != DATA_KEY_PURPOSE:
+                problems.append(
+                    f"{shredder} may destroy keys not tagged {PURPOSE_TAG}={DATA_KEY_PURPOSE} "
+                    f"({statement.get('Sid')})"
+                )
+    if shredder not in policies:
+        problems.append(f"the shredder {shredder} has no policy")
     return problems
 
 

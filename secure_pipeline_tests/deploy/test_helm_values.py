@@ -24,12 +24,17 @@ from secure_pipeline.pipeline import (
     IsolationSpec,
     OrchestrationSpec,
 )
-from secure_pipeline.trust.identities import MONITOR, STAGE_IDENTITIES, signer_variable
+from secure_pipeline.trust.identities import MONITOR, PRIVACY, STAGE_IDENTITIES, signer_variable
 from secure_pipeline_tests.deploy.k8s_strict import validate_manifest
 from secure_pipeline_tests.deploy.rendering import DEPLOY, ROOT, SAMPLE, helm_values, of_kind
 
 SPEC = OrchestrationSpec()
-STAGES = {"ingest": SPEC.ingest, "train": SPEC.train, "release": SPEC.registry}
+STAGES = {
+    "ingest": SPEC.ingest,
+    "train": SPEC.train,
+    "release": SPEC.registry,
+    "privacy": SPEC.privacy,
+}
 IMAGE = f"{SAMPLE['SP_IMAGE_REPOSITORY']}:{SAMPLE['SP_IMAGE_TAG']}"
 RUN_K8S_KEYS = {
     "containerConfig": "container_config",
@@ -341,7 +346,12 @@ def test_run_pods_run_as_the_run_account_in_the_control_namespace(launcher) -> N
 
 
 # The identities whose signer each stage's step pods are given (deploy/k8s/40-configmaps.yaml).
-STAGE_SIGNERS = {"ingest": {"ingest"}, "train": {"train"}, "release": {"release", "gate"}}
+STAGE_SIGNERS = {
+    "ingest": {"ingest"},
+    "train": {"train"},
+    "release": {"release", "gate"},
+    "privacy": {PRIVACY},
+}
 
 
 def _signers_seen(namespace: str, container: dict[str, Any]) -> set[str]:

@@ -12,13 +12,18 @@ from secure_pipeline.environment import SETTINGS
 from secure_pipeline.orchestration.jobs import step_executor_config
 from secure_pipeline.pipeline import OrchestrationSpec
 from secure_pipeline.serving.server import SERVING_REQUIRED
-from secure_pipeline.trust.identities import MONITOR, STAGE_IDENTITIES, signer_variable
+from secure_pipeline.trust.identities import MONITOR, PRIVACY, STAGE_IDENTITIES, signer_variable
 from secure_pipeline_tests.deploy.k8s_strict import ManifestError, validate_manifest
 from secure_pipeline_tests.deploy.lint import lint_irsa_trust, signing_grants
 from secure_pipeline_tests.deploy.rendering import DEPLOY, SAMPLE, manifests, of_kind, rendered_json
 
 SPEC = OrchestrationSpec()
-STAGES = {"ingest": SPEC.ingest, "train": SPEC.train, "release": SPEC.registry}
+STAGES = {
+    "ingest": SPEC.ingest,
+    "train": SPEC.train,
+    "release": SPEC.registry,
+    "privacy": SPEC.privacy,
+}
 SERVE_NAMESPACE = "sp-serve"
 NAMESPACES = {SPEC.control_namespace, *(s.namespace for s in STAGES.values()), SERVE_NAMESPACE}
 PIPELINE_NAMESPACES = NAMESPACES - {SERVE_NAMESPACE}
@@ -125,6 +130,31 @@ def test_training_reaches_only_dns_event_log_s3_sts_kms_and_mlflow() -> None:
         "kube-system",
         SAMPLE["SP_MLFLOW_NAMESPACE"],
     }
+
+
+def test_privacy_reaches_only_dns_event_log_s3_sts_and_kms() -> None:
+    # No MLflow (models are found in the audit trail), no source, no internet.
+    allowed = {SAMPLE[v] for v in ("SP_PG_CIDR", "SP_S3_CIDR", "SP_STS_CIDR", "SP_KMS_CIDR")}
+    cidrs, namespaces = set(), set()
+    for rule in _egress_rules(SPEC.privacy.namespace):
+        for peer in rule["to"]:
+            if "ipBlock" in peer:
+                cidrs.add(peer["ipBlock"]["cidr"])
+                assert not peer["ipBlock"].get("except")
+            else:
+                namespaces.add(
+                    peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                )
+    assert cidrs == allowed
+    assert namespaces == {"kube-system"}
+
+
+def test_every_namespace_that_handles_snapshots_uses_kms_data_keys() -> None:
+    # Production refuses the local keyring; the setting is explicit wherever snapshots are read
+    # or written, so a pod never falls back to key files it would not find.
+    maps = _config_map_data()
+    for namespace in PIPELINE_NAMESPACES:
+        assert maps[(namespace, "sp-common-env")]["SECURE_PIPELINE_DATA_KEYRING"] == "kms"
 
 
 def test_stage_policies_select_the_step_pods_the_code_labels() -> None:
@@ -250,6 +280,7 @@ NAMESPACE_SIGNERS = {
     SPEC.ingest.namespace: {"ingest"},
     SPEC.train.namespace: {"train"},
     SPEC.registry.namespace: {"release", "gate"},
+    SPEC.privacy.namespace: {PRIVACY},
 }
 
 

@@ -9,9 +9,11 @@ import pytest
 
 from secure_pipeline.trust.identities import STAGE_IDENTITIES
 from secure_pipeline_tests.deploy.lint import (
+    data_key_grants,
     lint_bucket_policy,
     lint_document,
     lint_irsa_trust,
+    lint_key_destruction,
     lint_object_lock,
     lint_role_policy,
     lint_signing_key_policy,
@@ -22,7 +24,7 @@ from secure_pipeline_tests.deploy.rendering import DEPLOY, SAMPLE, rendered, ren
 
 BUCKET = f"arn:aws:s3:::{SAMPLE['SP_BUCKET']}"
 KMS_KEY = SAMPLE["SP_KMS_KEY_ARN"]
-CREATE_ONLY = ("snapshots/", "audit/", "approvals/", "attestations/")
+CREATE_ONLY = ("snapshots/", "audit/", "approvals/", "attestations/", "privacy/")
 ATTESTATIONS = (
     "attestations/verdicts/*",
     "attestations/registrations/*",
@@ -38,6 +40,9 @@ def _objects(*prefixes: str, bucket: str = BUCKET) -> set[str]:
 # Signed verdicts go under attestations/verdicts/<digest>/ (ingest and train judge their
 # snapshots, release judges signature_verifies); registrations and promotions are the release
 # job's. Checkpoints of the audit trail are under audit/, which every writer already holds.
+# Ingestion writes the subject index of what it stored (privacy/<pipeline>/subjects/, and the
+# catalogue under privacy/<pipeline>/ingestions/); erasure entries and flags are the privacy
+# job's, which writes nothing else but audit records.
 WRITES: dict[str, set[str]] = {
     "sp-ingest": _objects(
         "snapshots/*/raw_*",
@@ -45,6 +50,8 @@ WRITES: dict[str, set[str]] = {
         "snapshots/*/features/*",
         "attestations/verdicts/*",
         "audit/*",
+        "privacy/*/subjects/*",
+        "privacy/*/ingestions/*",
     ),
     "sp-train": _objects("snapshots/*/trained_model/*", "attestations/verdicts/*", "audit/*"),
     "sp-registry": _objects(
@@ -53,6 +60,7 @@ WRITES: dict[str, set[str]] = {
     "sp-serve": set(),
     "sp-code-server": _objects("audit/*"),
     "sp-approver": _objects("approvals/*", "audit/*"),
+    "sp-privacy": _objects("privacy/*", "audit/*"),
     "sp-mlflow-server": _objects(
         "mlflow-artifacts/*", bucket=f"arn:aws:s3:::{SAMPLE['SP_MLFLOW_ARTIFACT_BUCKET']}"
     ),
@@ -64,26 +72,40 @@ LINEAGE = (
     "snapshots/*/trained_model/*",
     "snapshots/*/registered_model/*",
 )
+# Flags of models trained on erased data: every verifier of a model reference reads them.
+FLAGS = "privacy/*/flags/*"
 # What each role must be able to read, from what the code it runs verifies: the drift check
 # of ingest finds the champion (promotions) and verifies its bundle (verdicts, registration);
-# the approval sensor reads promotions and approvals; the model server verifies the gate's
-# decision, the approvals it cites and the audit checkpoint.
+# ingestion verifies every erasure entry; the approval sensor reads promotions and approvals;
+# the model server verifies the gate's decision, the approvals it cites and the audit
+# checkpoint; the privacy job reads snapshot headers and manifests, the champion's lineage,
+# the audit trail and its own records.
 READS: dict[str, set[str]] = {
-    "sp-ingest": _objects(*LINEAGE, *ATTESTATIONS, "audit/*"),
+    "sp-ingest": _objects(*LINEAGE, *ATTESTATIONS, "audit/*", "privacy/*/erasures/*", FLAGS),
     "sp-train": _objects("snapshots/*/features/*", "attestations/verdicts/*", "audit/*"),
-    "sp-registry": _objects(*LINEAGE, *ATTESTATIONS, "approvals/*", "audit/*"),
-    "sp-serve": _objects(*LINEAGE, *ATTESTATIONS, "approvals/*", "audit/*"),
+    "sp-registry": _objects(*LINEAGE, *ATTESTATIONS, "approvals/*", "audit/*", FLAGS),
+    "sp-serve": _objects(*LINEAGE, *ATTESTATIONS, "approvals/*", "audit/*", FLAGS),
     "sp-code-server": _objects("attestations/promotions/*", "approvals/*", "audit/*"),
-    "sp-approver": _objects(*LINEAGE, *ATTESTATIONS, "approvals/*", "audit/*"),
+    "sp-approver": _objects(*LINEAGE, *ATTESTATIONS, "approvals/*", "audit/*", FLAGS),
+    "sp-privacy": _objects(*LINEAGE, *ATTESTATIONS, "audit/*", "privacy/*"),
 }
-# Prefixes each role lists (stored_envelopes, the audit head, approvals of a model).
+# Prefixes each role lists (stored_envelopes, the audit head, approvals of a model, erasure
+# entries, flags, and for the privacy job the snapshots derived from an ingestion).
 LISTS: dict[str, set[str]] = {
-    "sp-ingest": {"audit/*", *ATTESTATIONS},
+    "sp-ingest": {"audit/*", *ATTESTATIONS, "privacy/*/erasures/*", FLAGS},
     "sp-train": {"audit/*"},
-    "sp-registry": {"audit/*", "approvals/*", *ATTESTATIONS},
-    "sp-serve": {"audit/*", *ATTESTATIONS},
+    "sp-registry": {"audit/*", "approvals/*", *ATTESTATIONS, FLAGS},
+    "sp-serve": {"audit/*", *ATTESTATIONS, FLAGS},
     "sp-code-server": {"audit/*", "approvals/*", "attestations/promotions/*"},
-    "sp-approver": {"audit/*", "approvals/*", *ATTESTATIONS},
+    "sp-approver": {"audit/*", "approvals/*", *ATTESTATIONS, FLAGS},
+    "sp-privacy": {
+        "audit/*",
+        *ATTESTATIONS,
+        "privacy/*",
+        "snapshots/*/raw_*",
+        "snapshots/*/validated_*",
+        "snapshots/*/features/*",
+    },
 }
 # The role acting as each signing identity: the release job (sp-registry) runs both the
 # release and the gate steps; the run-failure sensor runs in the code server.
@@ -93,6 +115,7 @@ SIGNER_ROLE = {
     "release": "sp-registry",
     "gate": "sp-registry",
     "monitor": "sp-code-server",
+    "privacy": "sp-privacy",
 }
 SIGNING_KEY = {
     identity: SAMPLE[f"SP_SIGNER_{identity.upper()}_KEY_ARN"] for identity in SIGNER_ROLE
@@ -106,8 +129,29 @@ SUBJECTS = {
     "sp-registry": ("sp-registry", "sp-registry"),
     "sp-serve": ("sp-serve", "sp-serve"),
     "sp-code-server": ("sp-dagster", "sp-code"),
+    "sp-privacy": ("sp-privacy", "sp-privacy"),
     "sp-mlflow-server": (SAMPLE["SP_MLFLOW_NAMESPACE"], SAMPLE["SP_MLFLOW_SERVICE_ACCOUNT"]),
 }
+# Snapshot data keys: one KMS key per encrypted snapshot (raw members, validated, quarantine,
+# features of a pipeline holding personal data). Ingest creates them and wraps and unwraps with
+# them; train and release unwrap; the privacy job destroys them and never unwraps; nobody else
+# touches them.
+DATA_KEYS = f"arn:aws:kms:{SAMPLE['SP_REGION']}:{SAMPLE['SP_ACCOUNT_ID']}:key/*"
+DATA_KEY_ACTIONS: dict[str, set[str]] = {
+    "sp-ingest": {
+        "kms:CreateKey",
+        "kms:TagResource",
+        "kms:GenerateDataKey",
+        "kms:DescribeKey",
+        "kms:Decrypt",
+    },
+    "sp-train": {"kms:DescribeKey", "kms:Decrypt"},
+    "sp-registry": {"kms:DescribeKey", "kms:Decrypt"},
+    "sp-privacy": {"kms:DescribeKey", "kms:ScheduleKeyDeletion"},
+}
+SHREDDER = "sp-privacy"
+# The keys of the deployment itself: SSE and every identity's signing key.
+DEPLOYMENT_KEYS = {KMS_KEY, *(SAMPLE[n] for n in SAMPLE if n.startswith("SP_SIGNER_"))}
 
 
 def _policy(role: str) -> dict[str, Any]:
@@ -124,12 +168,20 @@ def _own_keys(role: str) -> set[str]:
     return {key for key, owner in KEY_OWNER.items() if owner == role}
 
 
+def _lint(role: str, document: dict[str, Any] | None = None) -> list[str]:
+    return lint_role_policy(
+        _policy(role) if document is None else document,
+        write_resources=WRITES[role],
+        kms_key=KMS_KEY,
+        signing_keys=_own_keys(role),
+        data_keys=DATA_KEYS,
+        data_key_actions=DATA_KEY_ACTIONS.get(role, ()),
+    )
+
+
 @pytest.mark.parametrize("role", sorted(WRITES))
 def test_role_policy_is_least_privilege(role: str) -> None:
-    problems = lint_role_policy(
-        _policy(role), write_resources=WRITES[role], kms_key=KMS_KEY, signing_keys=_own_keys(role)
-    )
-    assert problems == []
+    assert _lint(role) == []
 
 
 def _statements_with(role: str, action: str) -> list[dict[str, Any]]:
@@ -178,6 +230,19 @@ def test_training_cannot_read_raw_or_validated_data() -> None:
     assert "raw_" not in reads
     assert "validated_" not in reads
     assert "approvals/" not in reads
+    assert "privacy/" not in reads
+
+
+def test_the_privacy_job_reads_no_data_and_writes_only_its_records() -> None:
+    text = json.dumps(_policy("sp-privacy"))
+    # It finds snapshots by their headers and manifests and destroys their keys: it never needs
+    # the plaintext, so it may not unwrap a data key (kms:Decrypt only through S3, for SSE).
+    assert data_key_grants(_policy("sp-privacy"), kms_key=KMS_KEY) == {
+        "kms:DescribeKey",
+        "kms:ScheduleKeyDeletion",
+    }
+    assert "mlflow" not in text
+    assert "approvals/" not in text
 
 
 @pytest.mark.parametrize("role", sorted(SUBJECTS))
@@ -221,9 +286,7 @@ def _grant(**changes: Any) -> dict[str, Any]:
     ids=lambda v: v if isinstance(v, str) else "",
 )
 def test_role_lint_reports_bad_policies(bad: dict[str, Any], message: str) -> None:
-    problems = lint_role_policy(
-        bad, write_resources=WRITES["sp-train"], kms_key=KMS_KEY, signing_keys=_own_keys("sp-train")
-    )
+    problems = _lint("sp-train", bad)
     assert any(message in p for p in problems), problems
 
 
@@ -441,9 +504,7 @@ def test_signing_separation_lint_reports_shared_keys(
     ],  # fmt: skip
 )
 def test_role_lint_reports_bad_signing_grants(bad: dict[str, Any], message: str) -> None:
-    problems = lint_role_policy(
-        bad, write_resources=WRITES["sp-train"], kms_key=KMS_KEY, signing_keys=_own_keys("sp-train")
-    )
+    problems = _lint("sp-train", bad)
     assert any(message in p for p in problems), problems
 
 
@@ -515,4 +576,268 @@ _TRAIN_ROLE = {"AWS": f"{ROLE_ARN}sp-train"}
 )
 def test_key_policy_lint_reports_other_signers(bad: dict[str, Any], message: str) -> None:
     problems = lint_signing_key_policy(bad, signer=f"{ROLE_ARN}sp-ingest")
+    assert any(message in p for p in problems), problems
+
+
+# -- snapshot data keys: created by ingest, read by train and release, destroyed by privacy ----
+
+
+@pytest.mark.parametrize("role", sorted(WRITES))
+def test_each_role_uses_data_keys_exactly_as_its_stage_needs(role: str) -> None:
+    assert data_key_grants(_policy(role), kms_key=KMS_KEY) == DATA_KEY_ACTIONS.get(role, set())
+
+
+def test_only_the_privacy_role_destroys_keys_and_only_tagged_data_keys() -> None:
+    policies = {role: _policy(role) for role in WRITES}
+    assert lint_key_destruction(policies, shredder=SHREDDER) == []
+    assert "kms:ScheduleKeyDeletion" not in json.dumps(policies["sp-ingest"])
+
+
+def test_the_deployments_own_keys_are_never_retagged_or_destroyed() -> None:
+    # A data-key grant is scoped by tag; so no role may put that tag on the SSE key or an
+    # identity key, and the role that destroys tagged keys is denied these keys outright.
+    def denied(role: str, action: str) -> set[str]:
+        return {
+            resource
+            for statement in _policy(role)["Statement"]
+            if statement["Effect"] == "Deny" and action in statement["Action"]
+            for resource in statement["Resource"]
+        }
+
+    assert denied("sp-ingest", "kms:TagResource") == DEPLOYMENT_KEYS
+    assert denied("sp-ingest", "kms:UntagResource") == DEPLOYMENT_KEYS
+    assert denied(SHREDDER, "kms:ScheduleKeyDeletion") == DEPLOYMENT_KEYS
+    tagging = {role for role in WRITES if "kms:TagResource" in json.dumps(_policy(role))}
+    assert tagging == {"sp-ingest"}
+
+
+def _changed(role: str, sid: str | None, change: Any) -> dict[str, Any]:
+    """``role``'s policy with statement ``sid`` changed in place (or a statement appended)."""
+    policy = copy.deepcopy(_policy(role))
+    if sid is None:
+        policy["Statement"].append(change)
+        return policy
+    (statement,) = [s for s in policy["Statement"] if s["Sid"] == sid]
+    change(statement)
+    return policy
+
+
+def _use(actions: Any, **condition: Any) -> dict[str, Any]:
+    return {
+        "Sid": "Bad",
+        "Effect": "Allow",
+        "Action": actions,
+        "Resource": DATA_KEYS,
+        "Condition": condition
+        or {
+            "StringEquals": {
+                "aws:ResourceTag/secure-pipeline:purpose": "snapshot-data-key",
+                "kms:KeySpec": "SYMMETRIC_DEFAULT",
+                "kms:KeyOrigin": "AWS_KMS",
+            }
+        },
+    }
+
+
+def _drop(*path: str) -> Any:
+    def change(statement: dict[str, Any]) -> None:
+        node = statement
+        for part in path[:-1]:
+            node = node[part]
+        del node[path[-1]]
+
+    return change
+
+
+def _relax_tag(statement: dict[str, Any]) -> None:
+    tag = "aws:ResourceTag/secure-pipeline:purpose"
+    value = statement["Condition"]["StringEquals"].pop(tag)
+    statement["Condition"]["StringEqualsIfExists"] = {tag: value}
+
+
+def _extra_tag_key(statement: dict[str, Any]) -> None:
+    statement["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"].append("owner")
+
+
+def _any_resource(statement: dict[str, Any]) -> None:
+    statement["Resource"] = "*"
+
+
+def _with_describe(statement: dict[str, Any]) -> None:
+    statement["Action"] = ["kms:ScheduleKeyDeletion", "kms:DescribeKey"]
+
+
+_REQUEST_TAG = "aws:RequestTag/secure-pipeline:purpose"
+_RESOURCE_TAG = "aws:ResourceTag/secure-pipeline:purpose"
+
+
+@pytest.mark.parametrize(
+    ("role", "bad", "message"),
+    [
+        ("sp-ingest", _changed("sp-ingest", None, _use("kms:ScheduleKeyDeletion")), "not this"),
+        ("sp-train", _changed("sp-train", None, _use("kms:GenerateDataKey")), "not this role's"),
+        ("sp-privacy", _changed("sp-privacy", None, _use("kms:Decrypt")), "not this role's"),
+        ("sp-serve", _changed("sp-serve", None, _use("kms:DescribeKey")), "not this role's"),
+        (
+            "sp-ingest",
+            _changed(
+                "sp-ingest",
+                "CreateSnapshotDataKeys",
+                _drop("Condition", "StringEquals", _REQUEST_TAG),
+            ),
+            f"without {_REQUEST_TAG}",
+        ),
+        (
+            "sp-ingest",
+            _changed("sp-ingest", "CreateSnapshotDataKeys", _extra_tag_key),
+            "aws:TagKeys not limited",
+        ),
+        (
+            "sp-ingest",
+            _changed("sp-ingest", "CreateSnapshotDataKeys", _drop("Condition", "Bool")),
+            "kms:MultiRegion",
+        ),
+        (
+            "sp-ingest",
+            _changed(
+                "sp-ingest",
+                "CreateSnapshotDataKeys",
+                _drop("Condition", "StringEquals", "kms:KeySpec"),
+            ),
+            "without kms:KeySpec",
+        ),
+        (
+            "sp-ingest",
+            _changed(
+                "sp-ingest",
+                "TagSnapshotDataKeysAtCreation",
+                _drop("Condition", "StringEquals", _REQUEST_TAG),
+            ),
+            f"without {_REQUEST_TAG}",
+        ),
+        (
+            "sp-ingest",
+            _changed("sp-ingest", "TagSnapshotDataKeysAtCreation", _any_resource),
+            "Resource '*'",
+        ),
+        (
+            "sp-train",
+            _changed(
+                "sp-train", "DecryptSnapshots", _drop("Condition", "StringEquals", _RESOURCE_TAG)
+            ),
+            f"without {_RESOURCE_TAG}",
+        ),
+        (
+            "sp-registry",
+            _changed(
+                "sp-registry",
+                "DescribeSnapshotDataKeys",
+                _drop("Condition", "StringEquals", "kms:KeySpec"),
+            ),
+            "without kms:KeySpec",
+        ),
+        (
+            "sp-train",
+            _changed("sp-train", "DecryptSnapshots", _drop("Condition", "Null")),
+            "without the context",
+        ),
+        (
+            "sp-train",
+            _changed("sp-train", "DecryptSnapshots", _any_resource),
+            "KMS must be scoped",
+        ),
+        (
+            "sp-privacy",
+            _changed("sp-privacy", "ShredSnapshotDataKeys", _relax_tag),
+            f"needs {_RESOURCE_TAG} in StringEquals",
+        ),
+        (
+            "sp-privacy",
+            _changed("sp-privacy", "ShredSnapshotDataKeys", _with_describe),
+            "shares a statement",
+        ),
+        (
+            "sp-ingest",
+            _changed("sp-ingest", None, _use("kms:UntagResource")),
+            "not needed",
+        ),
+        (
+            "sp-privacy",
+            _changed(
+                "sp-privacy",
+                None,
+                {"Sid": "Bad", "Effect": "Deny", "Action": "s3:GetObject", "Resource": "*"},
+            ),
+            "only denies KMS actions",
+        ),
+    ],
+    ids=[
+        "ingest-shreds",
+        "train-wraps",
+        "privacy-decrypts",
+        "serve-describes",
+        "create-untagged",
+        "create-other-tags",
+        "create-multi-region",
+        "create-any-spec",
+        "tag-untagged",
+        "tag-any-key",
+        "decrypt-any-tag",
+        "describe-any-spec",
+        "decrypt-without-context",
+        "decrypt-any-key",
+        "shred-untagged",
+        "shred-mixed",
+        "untag",
+        "s3-deny",
+    ],  # fmt: skip
+)
+def test_role_lint_reports_bad_data_key_grants(
+    role: str, bad: dict[str, Any], message: str
+) -> None:
+    problems = _lint(role, bad)
+    assert any(message in p for p in problems), problems
+
+
+def _shred_grant(role: str, resource: str = DATA_KEYS) -> dict[str, Any]:
+    return _changed(role, None, {**_use("kms:ScheduleKeyDeletion"), "Resource": resource})
+
+
+@pytest.mark.parametrize(
+    ("role", "bad", "message"),
+    [
+        ("sp-ingest", _shred_grant("sp-ingest"), "sp-ingest may destroy KMS keys"),
+        ("sp-registry", _shred_grant("sp-registry", KMS_KEY), "sp-registry may destroy"),
+        ("sp-train", _changed("sp-train", None, _use("kms:*")), "sp-train may destroy"),
+        (
+            "sp-privacy",
+            _changed("sp-privacy", "ShredSnapshotDataKeys", _relax_tag),
+            "may destroy keys not tagged",
+        ),
+        (
+            "sp-privacy",
+            _changed("sp-privacy", "ShredSnapshotDataKeys", _drop("Condition")),
+            "may destroy keys not tagged",
+        ),
+        (
+            "sp-privacy",
+            {
+                **_policy("sp-privacy"),
+                "Statement": [
+                    s
+                    for s in _policy("sp-privacy")["Statement"]
+                    if s["Sid"] != "ShredSnapshotDataKeys"
+                ],
+            },
+            "cannot destroy snapshot data keys",
+        ),
+    ],
+    ids=["ingest", "registry-sse-key", "wildcard", "if-exists", "untagged", "missing"],
+)
+def test_destruction_lint_reports_other_destroyers(
+    role: str, bad: dict[str, Any], message: str
+) -> None:
+    policies = {r: _policy(r) for r in WRITES}
+    policies[role] = bad
+    problems = lint_key_destruction(policies, shredder=SHREDDER)
     assert any(message in p for p in problems), problems

@@ -65,7 +65,13 @@ def test_renders_every_template_with_no_placeholder_left(tmp_path: Path) -> None
 
 
 def test_refuses_when_a_variable_is_missing(tmp_path: Path) -> None:
-    missing = ("SP_BUCKET", "SP_PG_CIDR", "SP_TRUST_ROOT", "SP_SIGNER_GATE_KEY_ARN")
+    missing = (
+        "SP_BUCKET",
+        "SP_PG_CIDR",
+        "SP_TRUST_ROOT",
+        "SP_SIGNER_GATE_KEY_ARN",
+        "SP_SIGNER_PRIVACY_KEY_ARN",
+    )
     values = {k: v for k, v in SAMPLE.items() if k not in missing}
     values["SP_REGION"] = ""  # empty counts as missing
     result = _run(tmp_path / "out", values)
@@ -101,6 +107,8 @@ def test_refuses_when_a_variable_is_missing(tmp_path: Path) -> None:
         ),
         ("SP_SIGNER_GATE_KEY_ARN", SAMPLE["SP_SIGNER_RELEASE_KEY_ARN"], "its own key"),
         ("SP_SIGNER_MONITOR_KEY_ARN", SAMPLE["SP_KMS_KEY_ARN"], "its own key"),
+        ("SP_SIGNER_PRIVACY_KEY_ARN", SAMPLE["SP_SIGNER_INGEST_KEY_ARN"], "its own key"),
+        ("SP_SIGNER_PRIVACY_KEY_ARN", "alias/sp-privacy", "KMS key ARN"),
     ],
 )
 def test_refuses_malformed_values(tmp_path: Path, name: str, value: str, message: str) -> None:
