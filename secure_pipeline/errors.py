@@ -45,3 +45,48 @@ class TransientError(SecurePipelineError):
 
 class SourceUnavailableError(UntrustedSourceError, TransientError):
     """A source could not be reached or broke off mid-transfer; nothing was stored."""
+
+
+class ErasedError(IntegrityError):
+    """A snapshot was crypto-shredded: its data key is destroyed, so its bytes can never be read.
+
+    Attributes:
+        provider: The keyring provider that held the key (``local``, ``kms``), if known.
+        key_id: The destroyed key's id, if known.
+        erased_at: When the key was destroyed (ISO-8601 UTC), if known.
+        reason: Why it was destroyed, as recorded at the time, if known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        key_id: str | None = None,
+        erased_at: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.key_id = key_id
+        self.erased_at = erased_at
+        self.reason = reason
+
+
+class KeyUnavailableError(IntegrityError):
+    """The key wrapping a snapshot's data key cannot be used here: wrong or missing keyring.
+
+    Nothing is changed when this is raised; the stored bytes stay as they are and the right
+    keyring still reads them.
+
+    Attributes:
+        provider: The keyring provider the snapshot names.
+        key_id: The key id the snapshot names.
+    """
+
+    def __init__(
+        self, message: str, *, provider: str | None = None, key_id: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.key_id = key_id

@@ -7,10 +7,15 @@ can never both succeed and a reader never sees a half-written object at a final 
 
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
+from secure_pipeline.storage import encryption as enc
 from secure_pipeline.storage.snapshots import CHUNK_SIZE, SnapshotStore
+
+if TYPE_CHECKING:
+    from secure_pipeline.storage.keyrings import Keyring
 
 _READ_ONLY = 0o444
 _SPOOL = ".spool"
@@ -23,12 +28,16 @@ class LocalSnapshotStore(SnapshotStore):
         root: Directory holding the store; created when missing.
         fsync: Flush each object to disk before it becomes visible. A crash must not leave a
             truncated object under a final key, which every later write would then refuse.
+        keyring: Holds the keys of encrypted snapshots (None: plaintext snapshots only).
     """
 
-    def __init__(self, root: Path | str, *, fsync: bool = True) -> None:
+    def __init__(
+        self, root: Path | str, *, fsync: bool = True, keyring: "Keyring | None" = None
+    ) -> None:
         self.root = Path(root).expanduser().resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self._fsync = fsync
+        self.keyring = keyring
 
     def __repr__(self) -> str:
         return f"LocalSnapshotStore({str(self.root)!r})"
@@ -65,17 +74,42 @@ class LocalSnapshotStore(SnapshotStore):
         return True
 
     def _create_from_bytes(
-        self, key: str, data: bytes, sha256: str, metadata: Mapping[str, str] | None = None
+        self,
+        key: str,
+        data: bytes | bytearray,
+        sha256: str | None,
+        metadata: Mapping[str, str] | None = None,
     ) -> tuple[bool, None]:
+        return self._create_spooled(key, lambda out: out.write(data))
+
+    def _create_encrypted(
+        self,
+        key: str,
+        data: bytes,
+        dek: bytes,
+        header: enc.EncryptionInfo,
+        metadata: Mapping[str, str] | None,
+    ) -> tuple[bool, None]:
+        """Encrypt straight into the spool file, one chunk at a time (no ciphertext copy)."""
+
+        def write(out: BinaryIO) -> None:
+            encryptor = enc.StreamEncryptor(dek, header, out.write)
+            encryptor.write(data)
+            encryptor.close()
+
+        return self._create_spooled(key, write)
+
+    def _create_spooled(self, key: str, write: Callable[[BinaryIO], object]) -> tuple[bool, None]:
+        """Write an object to a private spool file, flush it to disk, then publish it."""
         if self.exists(key):
             return False, None
         spool_dir = self._spool_dir()
         spool_dir.mkdir(parents=True, exist_ok=True)
-        spool = spool_dir / f"w-{os.getpid()}-{sha256[:16]}-{os.urandom(8).hex()}"
+        spool = spool_dir / f"w-{os.getpid()}-{os.urandom(12).hex()}"
         fd = os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "wb") as out:
-                out.write(data)
+                write(out)
                 out.flush()
                 if self._fsync:
                     os.fsync(out.fileno())
@@ -87,7 +121,7 @@ class LocalSnapshotStore(SnapshotStore):
         self,
         key: str,
         path: Path,
-        sha256: str,
+        sha256: str | None,
         size: int,
         metadata: Mapping[str, str] | None = None,
     ) -> tuple[bool, None]:
@@ -97,7 +131,7 @@ class LocalSnapshotStore(SnapshotStore):
         if path.parent != spool_dir:
             # A file from elsewhere may be on another filesystem: copy it in first.
             spool_dir.mkdir(parents=True, exist_ok=True)
-            copy = spool_dir / f"c-{os.getpid()}-{sha256[:16]}-{os.urandom(8).hex()}"
+            copy = spool_dir / f"c-{os.getpid()}-{os.urandom(12).hex()}"
             shutil.copyfile(path, copy)
             try:
                 return self._create_from_file(key, copy, sha256, size)
@@ -115,6 +149,10 @@ class LocalSnapshotStore(SnapshotStore):
 
     def _read_all(self, key: str) -> bytes:
         return self._path(key).read_bytes()
+
+    def _read_prefix(self, key: str, length: int) -> bytes:
+        with self._path(key).open("rb") as stored:
+            return stored.read(length)
 
     def exists(self, key: str) -> bool:
         """Whether an object is stored under ``key``."""

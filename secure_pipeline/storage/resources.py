@@ -2,10 +2,13 @@
 
 ``local`` uses a filesystem store under ``SECURE_PIPELINE_HOME`` unless a bucket is configured;
 ``production`` always uses S3, configured through ``dg.EnvVar`` so values are read in the run
-worker and never shown in the UI.
+worker and never shown in the UI. Either store gets the keyring of encrypted snapshots from
+`secure_pipeline.storage.keyrings.keyring_from_environment` when it is built (in the run
+worker); a resource field overrides the environment.
 """
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
@@ -14,17 +17,62 @@ from secure_pipeline import environment as env
 from secure_pipeline.storage.audit import AuditLog
 from secure_pipeline.storage.snapshots import SnapshotStore
 
+if TYPE_CHECKING:
+    from secure_pipeline.storage.keyrings import Keyring
+
 STORE_RESOURCE_KEY = "snapshot_store"
 
 
 class SnapshotStoreResource(dg.ConfigurableResource):
     """Base of the snapshot store resources: gives assets the store and its audit trail."""
 
+    data_keyring: str | None = Field(
+        default=None,
+        description="Keyring of encrypted snapshots, `local` or `kms`; default "
+        "SECURE_PIPELINE_DATA_KEYRING, else `local` (local) / `kms` (production).",
+    )
+    data_keys_dir: str | None = Field(
+        default=None,
+        description="Directory of the local keyring; default <dev keys dir>/data-keys.",
+    )
+    kms_endpoint_url: str | None = Field(
+        default=None,
+        description="Custom KMS endpoint (https); default SECURE_PIPELINE_KMS_ENDPOINT.",
+    )
+    key_deletion_window_days: int = Field(
+        default=7, description="Days KMS waits before deleting a shredded key (7..30)."
+    )
+
     _store: SnapshotStore | None = PrivateAttr(default=None)
     _audit: AuditLog | None = PrivateAttr(default=None)
 
     def _build_store(self) -> SnapshotStore:
         raise NotImplementedError
+
+    def _region(self) -> str | None:
+        return None
+
+    def build_keyring(self) -> "Keyring":
+        """The keyring the store uses: the environment's, with this resource's overrides."""
+        from secure_pipeline.storage.keyrings import (
+            KEYRING_VAR,
+            KMS_ENDPOINT_VAR,
+            keyring_from_environment,
+            read_setting,
+        )
+
+        overrides = {KEYRING_VAR: self.data_keyring, KMS_ENDPOINT_VAR: self.kms_endpoint_url}
+
+        def resolve(name: str) -> str | None:
+            return overrides.get(name) or read_setting(name)
+
+        return keyring_from_environment(
+            env.current_environment(),
+            resolve=resolve,
+            data_keys_dir=Path(self.data_keys_dir) if self.data_keys_dir else None,
+            region=self._region(),
+            deletion_window_days=self.key_deletion_window_days,
+        )
 
     def get_store(self) -> SnapshotStore:
         """The store, built once per resource instance."""
@@ -51,7 +99,7 @@ class LocalSnapshotStoreResource(SnapshotStoreResource):
     def _build_store(self) -> SnapshotStore:
         from secure_pipeline.storage.local import LocalSnapshotStore
 
-        return LocalSnapshotStore(self.root)
+        return LocalSnapshotStore(self.root, keyring=self.build_keyring())
 
 
 class S3SnapshotStoreResource(SnapshotStoreResource):
@@ -68,6 +116,9 @@ class S3SnapshotStoreResource(SnapshotStoreResource):
         default=64 * 1024 * 1024, description="Objects of at least this size go up in parts."
     )
 
+    def _region(self) -> str | None:
+        return self.region
+
     def _build_store(self) -> SnapshotStore:
         from secure_pipeline.storage.s3 import S3SnapshotStore
 
@@ -78,6 +129,7 @@ class S3SnapshotStoreResource(SnapshotStoreResource):
             kms_key_id=self.kms_key_id,
             allow_loopback_http=self.allow_loopback_http,
             multipart_threshold=self.multipart_threshold_bytes,
+            keyring=self.build_keyring(),
         )
 
 

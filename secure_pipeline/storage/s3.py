@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from secure_pipeline.environment import is_loopback_url
@@ -29,6 +29,9 @@ from secure_pipeline.storage.snapshots import (
     sha256_b64,
     sha256_hex,
 )
+
+if TYPE_CHECKING:
+    from secure_pipeline.storage.keyrings import Keyring
 
 DEFAULT_MULTIPART_THRESHOLD = 64 * 1024 * 1024
 DEFAULT_PART_SIZE = 16 * 1024 * 1024
@@ -126,6 +129,7 @@ class S3SnapshotStore(SnapshotStore):
         part_size: Size of each part.
         max_concurrency: Parts uploaded in parallel.
         spool_dir: Where streamed payloads are spooled before upload (system temp when None).
+        keyring: Holds the keys of encrypted snapshots (None: plaintext snapshots only).
 
     Raises:
         ConfigurationError: When the endpoint is not https and not an allowed loopback.
@@ -144,6 +148,7 @@ class S3SnapshotStore(SnapshotStore):
         part_size: int = DEFAULT_PART_SIZE,
         max_concurrency: int = 4,
         spool_dir: Path | None = None,
+        keyring: "Keyring | None" = None,
     ) -> None:
         if not bucket:
             raise ConfigurationError("S3 snapshot store needs a bucket name")
@@ -161,6 +166,7 @@ class S3SnapshotStore(SnapshotStore):
         self._concurrency = max_concurrency
         self._spool = spool_dir
         self._bucket_checked = False
+        self.keyring = keyring
 
     def __repr__(self) -> str:
         return f"S3SnapshotStore(bucket={self.bucket!r}, endpoint_url={self.endpoint_url!r})"
@@ -171,7 +177,11 @@ class S3SnapshotStore(SnapshotStore):
     # -- writes ------------------------------------------------------------------------------
 
     def _create_from_bytes(
-        self, key: str, data: bytes, sha256: str, metadata: Mapping[str, str] | None = None
+        self,
+        key: str,
+        data: bytes | bytearray,
+        sha256: str | None,
+        metadata: Mapping[str, str] | None = None,
     ) -> tuple[bool, str | None]:
         if len(data) >= self._threshold:
             view = memoryview(data)
@@ -181,6 +191,7 @@ class S3SnapshotStore(SnapshotStore):
                 lambda offset, length: bytes(view[offset : offset + length]),
                 metadata,
             )
+        checksum = sha256_b64(sha256 or sha256_hex(data))
         return self._conditional(
             lambda: self.client.put_object(
                 Bucket=self.bucket,
@@ -188,7 +199,7 @@ class S3SnapshotStore(SnapshotStore):
                 Body=data,
                 IfNoneMatch="*",
                 ChecksumAlgorithm="SHA256",
-                ChecksumSHA256=sha256_b64(sha256),
+                ChecksumSHA256=checksum,
                 Metadata=dict(metadata or {}),
                 **self._sse,
             )
@@ -198,7 +209,7 @@ class S3SnapshotStore(SnapshotStore):
         self,
         key: str,
         path: Path,
-        sha256: str,
+        sha256: str | None,
         size: int,
         metadata: Mapping[str, str] | None = None,
     ) -> tuple[bool, str | None]:
@@ -361,6 +372,28 @@ class S3SnapshotStore(SnapshotStore):
         body = self._get(key)["Body"]
         try:
             return body.read()
+        finally:
+            body.close()
+
+    def _read_prefix(self, key: str, length: int) -> bytes:
+        """A ranged GET of the first ``length`` bytes (the encryption header)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            response = self.client.get_object(
+                Bucket=self.bucket, Key=key, Range=f"bytes=0-{max(length, 1) - 1}"
+            )
+        except ClientError as exc:
+            if _error_code(exc) == "InvalidRange" or _http_status(exc) == 416:
+                return b""  # an empty object has no first byte to range over
+            if _error_code(exc) == "NoSuchBucket":
+                raise self._no_bucket() from None
+            if _error_code(exc) in ("NoSuchKey", "404") or _http_status(exc) == 404:
+                raise FileNotFoundError(self.uri(key)) from None
+            raise
+        body = response["Body"]
+        try:
+            return body.read()[:length]
         finally:
             body.close()
 
