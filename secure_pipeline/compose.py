@@ -58,9 +58,11 @@ def build_definitions(
     checked = env.validate(environment, source_variables=variables)
     for pipeline in pipelines:
         # Checked when the code location loads, not first when validated_* runs: a missing or
-        # malformed secret is refused here (locally the key is generated on first use).
-        if checked is env.Environment.PRODUCTION and any(
-            c.pseudonymise for c in pipeline.schema.columns
+        # malformed secret is refused here (locally the key is generated on first use). The
+        # subject index of identifier columns is keyed from the same secret.
+        if checked is env.Environment.PRODUCTION and (
+            any(c.pseudonymise for c in pipeline.schema.columns)
+            or pipeline.schema.identifier_columns
         ):
             pseudonym_key(pipeline.name, checked)
     mode = env.executor_mode(checked)

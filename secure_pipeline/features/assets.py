@@ -14,7 +14,7 @@ from secure_pipeline.metadata import table
 from secure_pipeline.names import FEATURE_DRIFT
 from secure_pipeline.retries import retry_transient_io
 from secure_pipeline.spec import RESERVED_SPLIT_COLUMN, PipelineSpec
-from secure_pipeline.storage.io_manager import load_recorded, recorded_snapshot
+from secure_pipeline.storage.io_manager import ENCRYPTED_METADATA, load_recorded, recorded_snapshot
 from secure_pipeline.storage.resources import SnapshotStoreResource
 from secure_pipeline.storage.snapshots import SnapshotStore, snapshot_key
 from secure_pipeline.trust.identities import INGEST
@@ -119,7 +119,11 @@ def build_features_stage(
             "the split. Stored as an immutable, content-addressed snapshot whose digest is the "
             "data version. The feature catalog says how each feature is derived."
         ),
-        metadata={"feature_catalog": catalog_table},
+        metadata={
+            "feature_catalog": catalog_table,
+            # A feature row is still a person's row when the source identifies people.
+            ENCRYPTED_METADATA: pipeline.holds_personal_data,
+        },
         tags=pipeline.names.asset_tags("features"),
         op_tags=pipeline.orchestration.ingest.dagster_tags(INGEST),
     )

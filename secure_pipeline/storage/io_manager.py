@@ -33,6 +33,9 @@ URI = "uri"
 SIZE = "bytes"
 AUDIT_RECORD = "audit_record"
 EXTENSION_METADATA = "secure_pipeline/extension"
+# Definition metadata of an asset whose rows can be tied to a person: its snapshots are
+# envelope-encrypted, so that erasure and retention can crypto-shred them.
+ENCRYPTED_METADATA = "secure_pipeline/encrypted"
 
 
 def snapshot_metadata(
@@ -78,6 +81,7 @@ def store_snapshot(
     run_id: str | None = None,
     code_version: str | None = None,
     identity: str,
+    encrypt: bool = False,
 ) -> tuple[SnapshotRef, dict[str, Any]]:
     """Store an asset's serialized value, audit it, and build its materialization metadata.
 
@@ -98,6 +102,8 @@ def store_snapshot(
         run_id: The run storing it.
         code_version: The code version that computed it.
         identity: The stage identity that signs the ``snapshot.stored`` record.
+        encrypt: Envelope-encrypt the snapshot under a data key of its own (rows that can be
+            tied to a person).
 
     Returns:
         The stored snapshot and its metadata.
@@ -115,6 +121,7 @@ def store_snapshot(
         run_id=run_id,
         code_version=code_version,
         extra={"rows": rows} if rows is not None else {},
+        encrypt=encrypt,
     )
     record = store.get_audit_log().append(
         "snapshot.stored",
@@ -122,9 +129,11 @@ def store_snapshot(
         actor=f"asset:{asset_key.to_user_string()}",
         run_id=run_id,
         subject=ref.sha256,
-        details={"key": ref.key, "format": fmt, "bytes": ref.size, "new": ref.created},
-    )
+        details={"key": ref.key, "format": fmt, "bytes": ref.size, "new": ref.created,
+                 "encrypted": encrypt},
+    )  # fmt: skip
     metadata = snapshot_metadata(ref, fmt, (record.seq, record.hash))
+    metadata["encrypted"] = encrypt
     if rows is not None:
         metadata["dagster/row_count"] = rows
     if schema is not None:
@@ -278,6 +287,7 @@ class SnapshotIOManager(dg.ConfigurableIOManager):
             run_id=context.run_id,
             code_version=context.version,
             identity=str(identity),
+            encrypt=bool((context.definition_metadata or {}).get(ENCRYPTED_METADATA, False)),
         )
         context.add_output_metadata(metadata)
         # Our digest *is* the data version: unchanged content shows as up to date in the UI.

@@ -274,6 +274,7 @@ def build_validation_stage(
             run_id=context.run.run_id,
             code_version=pipeline.code_version,
             identity=INGEST,
+            encrypt=pipeline.holds_personal_data,
         )
         validated_metadata["dagster/column_schema"] = declared_table_schema(
             pipeline, validated=True
@@ -288,6 +289,7 @@ def build_validation_stage(
             run_id=context.run.run_id,
             code_version=pipeline.code_version,
             extra={"rows": quarantine.num_rows},
+            encrypt=pipeline.holds_personal_data,
         )
         rate = report.reject_rate
         passed = rate <= policy.max_reject_rate
