@@ -28,7 +28,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from secure_pipeline.errors import IntegrityError, SecurePipelineError, SignatureError
+from secure_pipeline.errors import (
+    ErasedError,
+    IntegrityError,
+    SecurePipelineError,
+    SignatureError,
+)
 from secure_pipeline.names import (
     FAIRNESS,
     MEMBERSHIP,
@@ -584,13 +589,40 @@ def verify_lineage(
         for stage, snap in [("model", model), *data.items()]:
             try:
                 if stage == "raw":  # the raw snapshot is a fileset index
-                    store.read_fileset((snap["key"], snap["sha256"]))
+                    index = json.loads(store.read_bytes((snap["key"], snap["sha256"])))
+                    members = [(m["key"], m["sha256"]) for m in index["files"].values()]
                 else:
-                    store.read_bytes((snap["key"], snap["sha256"]))
-            except (IntegrityError, KeyError, ValueError) as exc:
+                    members = [(snap["key"], snap["sha256"])]
+                for member in members:
+                    _check_snapshot(store, member)
+            except (IntegrityError, KeyError, ValueError, TypeError) as exc:
                 problems.append(f"lineage snapshot {snap.get('key')}: {exc}")
         problems.extend(_overturned(store, trust, judged))
     return problems
+
+
+def _check_snapshot(store: SnapshotStore, member: tuple[str, str]) -> None:
+    """A lineage snapshot is still there, and readable.
+
+    A plaintext snapshot is read and hashed. An encrypted one (rows that identify people) is
+    checked sealed: its header is read and its data key must not have been destroyed, so a
+    verifier that may not decrypt training data (the model server) still learns that the model
+    was trained on erased data. Whoever decrypts it (training, the checks) verifies its digest.
+
+    Raises:
+        IntegrityError: Missing, altered, or erased (`ErasedError`).
+    """
+    key, digest = member
+    info = store.encryption_info(key)
+    if info is None:
+        store.read_bytes((key, digest))
+    elif store.shredded(key):
+        raise ErasedError(
+            f"snapshot {store.uri(key)} was erased (its data key was destroyed): the model was "
+            "trained on data that no longer exists; retrain it on the current snapshots",
+            provider=info.provider,
+            key_id=info.key_id,
+        )
 
 
 def _bundle_verdict(
