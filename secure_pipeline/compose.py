@@ -40,8 +40,8 @@ def build_definitions(
     import dagster as dg
 
     from secure_pipeline import environment as env
+    from secure_pipeline.privacy.pseudonyms import pseudonym_key
     from secure_pipeline.storage.resources import build_resources
-    from secure_pipeline.validation.pseudonyms import pseudonym_key
 
     names = [p.name for p in pipelines]
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -65,6 +65,12 @@ def build_definitions(
             or pipeline.schema.identifier_columns
         ):
             pseudonym_key(pipeline.name, checked)
+        if pipeline.holds_personal_data:
+            # Its row-level snapshots are encrypted: a keyring setting production refuses
+            # (local key files, an unknown provider, a plain-http KMS endpoint) fails the load.
+            from secure_pipeline.storage.keyrings import keyring_from_environment
+
+            keyring_from_environment(checked)
     mode = env.executor_mode(checked)
     parts = [_pipeline_parts(p, checked, mode) for p in pipelines]
     executors = {repr(part["executor_config"]) for part in parts}
