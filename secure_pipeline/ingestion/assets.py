@@ -1,12 +1,17 @@
-"""The raw ingestion asset: source files stored byte-for-byte as immutable snapshots.
+"""The raw ingestion asset: source files stored as received, as immutable snapshots.
 
 ``raw_<source>`` fetches every file of the source through its connector, streams each into the
 snapshot store (hashing in the same pass), stores a fileset index naming every file by digest —
 the index digest is the asset's data version — and a provenance record of this ingestion, and
-appends one audit event. Nothing is parsed here: what arrived is kept as evidence, and
-validation downstream works from these exact bytes.
+appends one audit event. Nothing is parsed here but for erasure: when the schema has
+``identifier`` columns, each file streams through `secure_pipeline.privacy.subjects.EntryFilter`,
+which drops the records of subjects on the (verified) erasure list and indexes the others; the
+stored bytes are then what was received minus those records, and the provenance records both.
+Files of a pipeline holding personal data are stored encrypted, so erasure can crypto-shred them.
+Validation downstream works from these exact bytes.
 """
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import dagster as dg
@@ -20,7 +25,7 @@ from secure_pipeline.retries import retry_transient_io
 from secure_pipeline.spec import RESERVED_SPLIT_COLUMN, PipelineSpec
 from secure_pipeline.storage.io_manager import snapshot_metadata
 from secure_pipeline.storage.resources import SnapshotStoreResource
-from secure_pipeline.storage.snapshots import FILESET_FORMAT, SnapshotRef, utc_now
+from secure_pipeline.storage.snapshots import FILESET_FORMAT, SnapshotRef, SnapshotStore, utc_now
 from secure_pipeline.trust.identities import INGEST
 
 # What each role means for the column, shown with it in the Dagster UI.
@@ -184,6 +189,74 @@ def batch_location(
     return f"s3://{bucket}/{prefix}", {m: dict(p) for m, p in batch.objects.items()}
 
 
+def _entry_filters(pipeline: PipelineSpec, store: SnapshotStore) -> Callable[[str], Any] | None:
+    """A maker of each source file's entry filter, or None when the schema has no identifier.
+
+    The erasure list is read (every entry verified) once per ingestion, before any file is
+    fetched: a list that does not verify refuses the ingestion.
+
+    Raises:
+        SignatureError: When an erasure list entry is not the privacy identity's.
+    """
+    if not pipeline.schema.identifier_columns:
+        return None
+    from secure_pipeline.privacy.subjects import EntryFilter, erased_subjects, subject_key
+    from secure_pipeline.trust.policy import trust_policy
+
+    key = subject_key(pipeline.name)
+    erased = erased_subjects(store, pipeline.name, trust_policy())
+    return lambda member: EntryFilter(pipeline.schema, key, erased, name=f"file {member!r}")
+
+
+def _write_index(
+    pipeline: PipelineSpec,
+    store: SnapshotStore,
+    index: SnapshotRef,
+    members: Mapping[str, SnapshotRef],
+    filters: Mapping[str, Any],
+    context: dg.AssetExecutionContext,
+) -> dict[str, Any]:
+    """Store the ingestion's subject index; return what its audit record says of it."""
+    from secure_pipeline.privacy.subjects import write_subject_index
+
+    snapshots = {}
+    for member, ref in members.items():
+        info = store.encryption_info(ref)
+        snapshots[member] = {
+            "key": ref.key,
+            "sha256": ref.sha256,
+            "size": ref.size,
+            "provider": info.provider if info else None,
+            "key_id": info.key_id if info else None,
+        }
+    excluded = sum(f.excluded_rows for f in filters.values())
+    written = write_subject_index(
+        store,
+        pipeline.name,
+        index.sha256,
+        b"".join(f.sorted_digests() for f in filters.values()),
+        {
+            "raw_index": {"key": index.key, "sha256": index.sha256},
+            "members": snapshots,
+            "created_at": utc_now(),
+            "run_id": context.run.run_id,
+            "rows": sum(f.rows for f in filters.values()),
+            "excluded_rows": excluded,
+        },
+    )
+    context.log.info(
+        f"indexed {written['subjects']} data subjects; {excluded} records of erased subjects "
+        "were excluded at entry"
+    )
+    # Digests and counts only: the audit trail never holds an identifier.
+    return {
+        "catalogue_sha256": written["catalogue_sha256"],
+        "shards": written["shards"],
+        "subjects": written["subjects"],
+        "excluded_rows": excluded,
+    }
+
+
 def build_raw_asset(pipeline: PipelineSpec) -> dg.AssetsDefinition:
     """Build the ``raw_<source>`` asset of a pipeline.
 
@@ -232,6 +305,8 @@ def build_raw_asset(pipeline: PipelineSpec) -> dg.AssetsDefinition:
         location, pins = batch_location(pipeline, config)
         members: dict[str, SnapshotRef] = {}
         records: list[ProvenanceRecord] = []
+        entry = _entry_filters(pipeline, store)
+        filters: dict[str, Any] = {}
         for source_file in source.files:
             uri = join_location(location, source_file.path)
             connector = connector_for(
@@ -244,17 +319,32 @@ def build_raw_asset(pipeline: PipelineSpec) -> dg.AssetsDefinition:
             retrieved_at = utc_now()
             pin = pins.get(source_file.member, {})
             with connector.open(uri, max_bytes=source.max_bytes, **pin) as fetched:
+                chunks = fetched.chunks
+                if entry is not None:
+                    # Erased subjects' records never reach the store; the others are indexed.
+                    filters[source_file.member] = entry(source_file.member)
+                    chunks = filters[source_file.member].filter(chunks)
                 ref = store.put_stream(
                     key.path,
-                    fetched.chunks,
+                    chunks,
                     ext=source.format,
                     format=source.format,
                     max_bytes=source.max_bytes,
+                    encrypt=pipeline.holds_personal_data,
                     run_id=context.run.run_id,
                     code_version=pipeline.code_version,
                     extra={"member": source_file.member, "source": redact_uri(uri)},
                 )
             members[source_file.member] = ref
+            facts = dict(fetched.facts)
+            if source_file.member in filters:
+                received = filters[source_file.member]
+                # What arrived, beside what was stored (sha256/size: the filtered bytes).
+                facts.update(
+                    received_sha256=received.received_sha256,
+                    received_bytes=received.received_bytes,
+                    excluded_rows=received.excluded_rows,
+                )
             records.append(
                 ProvenanceRecord(
                     member=source_file.member,
@@ -265,13 +355,16 @@ def build_raw_asset(pipeline: PipelineSpec) -> dg.AssetsDefinition:
                     sha256=ref.sha256,
                     run_id=context.run.run_id,
                     schema_version=pipeline.schema.version,
-                    facts=fetched.facts,
+                    facts=facts,
                 )
             )
             context.log.info(f"stored {source_file.member} ({ref.size} bytes) as {ref.uri}")
         index = store.put_fileset(
             key.path, members, run_id=context.run.run_id, code_version=pipeline.code_version
         )
+        subject_index = None
+        if filters:
+            subject_index = _write_index(pipeline, store, index, members, filters, context)
         provenance = store.put_bytes(
             [*key.path, "_provenance"],
             provenance_document(name, location, index.sha256, records),
@@ -295,6 +388,7 @@ def build_raw_asset(pipeline: PipelineSpec) -> dg.AssetsDefinition:
                 "files": {m: {"sha256": r.sha256, "bytes": r.size} for m, r in members.items()},
                 "provenance_sha256": provenance.sha256,
                 "new": index.created,
+                **({"subject_index": subject_index} if subject_index is not None else {}),
             },
         )
         metadata: dict[str, Any] = snapshot_metadata(
@@ -311,6 +405,10 @@ def build_raw_asset(pipeline: PipelineSpec) -> dg.AssetsDefinition:
         metadata["provenance_key"] = provenance.key
         metadata["provenance_sha256"] = provenance.sha256
         metadata["provenance"] = dg.MetadataValue.json([r.to_dict() for r in records])
+        if subject_index is not None:
+            metadata["excluded_rows"] = subject_index["excluded_rows"]
+            metadata["subjects_indexed"] = subject_index["subjects"]
+            metadata["subject_index_sha256"] = subject_index["catalogue_sha256"]
         return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(index.sha256))
 
     return raw_asset

@@ -28,7 +28,10 @@ class ProvenanceRecord:
         sha256: Digest of the bytes stored.
         run_id: The Dagster run.
         schema_version: Version of the schema the file is expected to conform to.
-        facts: Connector-specific facts (resolved path; TLS details, ETag for other connectors).
+        facts: Connector-specific facts (resolved path; TLS details, ETag for other connectors),
+            and, for a schema with identifier columns, ``received_sha256``,
+            ``received_bytes`` and ``excluded_rows`` (records of erased subjects dropped
+            before the bytes were stored).
     """
 
     member: str
@@ -75,6 +78,40 @@ CONNECTOR_FACTS = {
     "s3": ("bucket", "key", "etag", "version_id"),
     "file": ("path",),
 }
+
+
+def _received_problems(
+    member: str, record: Mapping[str, Any], facts: Mapping[str, Any]
+) -> list[str]:
+    """What is inconsistent between what a filtered file received and what it stored.
+
+    Records of erased subjects are dropped at entry: ``received_*`` describe the bytes that
+    arrived, ``sha256``/``size`` the bytes stored; with nothing dropped the two are the same.
+    """
+    excluded, received = facts.get("excluded_rows"), facts.get("received_bytes")
+    digest = facts.get("received_sha256")
+    if not (
+        isinstance(excluded, int)
+        and excluded >= 0
+        and isinstance(received, int)
+        and isinstance(digest, str)
+        and len(digest) == 64
+    ):
+        return [
+            f"file {member!r}: facts.excluded_rows, received_bytes and received_sha256 must be "
+            "a count, a size and a SHA-256"
+        ]
+    if excluded == 0 and (digest != record.get("sha256") or received != record.get("size")):
+        return [
+            f"file {member!r}: no rows were excluded, yet {received} bytes (sha256 {digest}) "
+            f"were received and {record.get('size')} stored"
+        ]
+    if excluded > 0 and not received > (record.get("size") or 0):
+        return [
+            f"file {member!r}: {excluded} rows were excluded, yet the {received} bytes received "
+            f"are no more than the {record.get('size')} stored"
+        ]
+    return []
 
 
 def provenance_problems(
@@ -125,6 +162,8 @@ def provenance_problems(
                 f"file {member!r}: recorded sha256 {record.get('sha256')} / {record.get('size')} "
                 f"bytes, stored {stored.get('sha256')} / {stored.get('size')} bytes"
             )
+        if "excluded_rows" in facts:
+            problems += _received_problems(member, record, facts)
         if record.get("run_id") not in (None, run_id):
             problems.append(
                 f"file {member!r}: recorded run {record.get('run_id')}, materialized by {run_id}"
