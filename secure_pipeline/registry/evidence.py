@@ -4,10 +4,11 @@ One sequence, `verify_reference`, used by ``secure-pipeline verify`` and ``evide
 server, blue-green releases, the gate (promotion, crowning, rollback) and the drift check:
 resolve the reference, verify the bundle (release signature, every file, no pickle, the signed
 verdicts in its lineage), the release identity's signed registration of exactly this bundle as
-this version, and — when a promotion is required — the gate's signed decision admitting it, the
-approvals that decision cites, and the audit trail's signed checkpoint at the moment of the
-decision. Nothing here reads a registry tag or alias as evidence: an alias that disagrees with
-the signed champion decision is refused.
+this version, that the privacy identity has not flagged the model as trained on erased or expired
+data (``privacy.erased_data_models``: refuse, or pass with a warning), and — when a promotion is
+required — the gate's signed decision admitting it, the approvals that decision cites, and the
+audit trail's signed checkpoint at the moment of the decision. Nothing here reads a registry tag
+or alias as evidence: an alias that disagrees with the signed champion decision is refused.
 """
 
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from secure_pipeline.registry.approvals import Approval, open_approval
 from secure_pipeline.registry.bundle import signed_verdicts
 from secure_pipeline.registry.decisions import Decision, champion, decisions, for_version
 from secure_pipeline.registry.verification import (
+    ERASED_STEP,
     Resolved,
     Verification,
     resolve,
@@ -120,6 +122,8 @@ def verify_reference(
                 resolved.directory, trust=trust, pipeline=pipeline, store=store
             )
         evidence = Evidence(resolved, verification)
+        if pipeline is not None and store is not None and verification.model_sha256:
+            _check_erased_data(evidence, pipeline, trust, store)
         if require is not None and verification.bundle_digest is not None:
             if pipeline is None:
                 evidence.fail(
@@ -132,6 +136,43 @@ def verify_reference(
             else:
                 _check_promotion(evidence, pipeline, trust, store, require)
         yield evidence
+
+
+def _check_erased_data(
+    evidence: Evidence, pipeline: PipelineSpec, trust: TrustPolicy, store: SnapshotStore
+) -> None:
+    """Refuse (or warn about) a model the privacy identity flagged as trained on erased data.
+
+    Only flags signed by the privacy identity count: one that does not verify is ignored (and
+    said so), so junk written into the store neither blocks a good model nor hides a flag.
+    """
+    from secure_pipeline.privacy.flags import describe_flags, scan_flags
+
+    model_sha256 = str(evidence.verification.model_sha256)
+    scan = scan_flags(store, trust, pipeline.name, model_sha256)
+    ignored = (
+        f" ({len(scan.ignored)} stored flag(s) did not verify and were ignored: "
+        f"{'; '.join(scan.ignored[:3])})"
+        if scan.ignored
+        else ""
+    )
+    if not scan.flags:
+        evidence.passed(
+            "erased data", f"no signed flag: not trained on erased or expired data{ignored}"
+        )
+        return
+    versions = sorted({str(v) for f in scan.flags for v in f.predicate.get("versions", [])})
+    which = f" (version {', '.join(versions)})" if versions else ""
+    detail = (
+        f"model {model_sha256[:12]}{which} was trained on data erased on "
+        f"{describe_flags(scan.flags)}, signed by the {scan.flags[0].identity} identity: "
+        "retrain it on the current data (later ingestions exclude erased subjects) and "
+        f"promote the new version{ignored}"
+    )
+    if pipeline.privacy.erased_data_models == "warn":
+        evidence.passed("erased data", f"warning: {detail}")
+    else:
+        evidence.fail("erased data", detail)
 
 
 def _check_promotion(
@@ -312,8 +353,11 @@ def champion_lineage(
         f"models:/{name}/{current.version}", pipeline=None, trust=trust, store=store
     ) as evidence:
         verification = evidence.verification
+    # Data the champion was trained on may since have been erased: its signed lineage still
+    # says which snapshots those were (the caller learns they are gone when it reads them).
+    failed = [step for step, ok, _detail in verification.steps if not ok]
     if (
-        not verification.ok
+        any(step != ERASED_STEP for step in failed)
         or verification.lineage is None
         or verification.bundle_digest != current.bundle_digest
     ):
