@@ -23,7 +23,8 @@ class Orchestration:
 
     Attributes:
         jobs: The stage jobs.
-        schedules: The ingest schedule, if the spec has one.
+        schedules: The ingest schedule, and the privacy schedule of a pipeline that holds
+            personal data, when the spec has them.
         sensors: Landing zone, stage chaining, approval and run-failure sensors.
         executor: Executor of runs outside the stage jobs.
     """
@@ -120,6 +121,13 @@ def build_orchestration(
     ]
     if spec.landing_env_var:
         sensors.insert(0, landing_sensor(pipeline, jobs["ingest"], production))
+    if pipeline.holds_personal_data:
+        from secure_pipeline.orchestration.privacy import build_privacy_job, privacy_schedule
+
+        jobs["privacy"] = build_privacy_job(pipeline, executor)
+        schedule = privacy_schedule(pipeline, jobs["privacy"], production)
+        if schedule is not None:
+            schedules.append(schedule)
     executor_def = adhoc_k8s_executor(spec) if executor == KUBERNETES else local_executor()
     return Orchestration(list(jobs.values()), schedules, sensors, executor_def)
 

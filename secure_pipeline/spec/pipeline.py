@@ -146,10 +146,18 @@ class PipelineSpec:
         found.extend(self.policy.problems())
         found.extend(self.orchestration.problems())
         found.extend(self.privacy.problems())
-        if self.source.retention_days is not None and self.source.retention_days < 1:
-            found.append(
-                f"source retention_days must be at least 1, found {self.source.retention_days}"
-            )
+        if self.source.retention_days is not None:
+            if self.source.retention_days < 1:
+                found.append(
+                    f"source retention_days must be at least 1, found {self.source.retention_days}"
+                )
+            elif not self.schema.holds_personal_data:
+                found.append(
+                    "source retention_days is set, but no column has role 'identifier' or "
+                    "'personal': only snapshots of personal data are encrypted, and so only "
+                    "they can expire under immutable storage. Mark the columns that identify "
+                    "people, or drop retention_days"
+                )
         found.extend(f"canary: {p}" for p in self.canary.problems())
         found.extend(self._model_problems())
         return found
