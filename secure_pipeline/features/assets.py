@@ -50,26 +50,47 @@ def drift_reference(
     from secure_pipeline.trust.policy import trust_policy
 
     champion = champion_lineage(pipeline, store, trust_policy())
+    erased = ""
     if champion is not None:
         version, lineage = champion
         features = lineage["data"]["features"]
         key, sha = str(features["key"]), str(features["sha256"])
-        if key != snapshot_key(pipeline.names.features.path, sha, "parquet"):
+        directory, _, filename = key.rpartition("/")
+        expected = snapshot_key(pipeline.names.features.path, sha, "parquet").rpartition("/")[0]
+        if directory != expected or not filename.startswith(f"{sha}."):
             raise IntegrityError(
                 f"the champion's signed lineage names {key} as its training features, expected "
                 f"a snapshot under snapshots/{pipeline.name}/features/: the champion was made "
                 "before asset keys were scoped by pipeline (start a new home, see the README's "
                 "migration note) or belongs to another pipeline"
             )
-        return key, sha, f"the snapshot champion version {version} was trained on"
+        if not store.shredded(key):
+            return key, sha, f"the snapshot champion version {version} was trained on"
+        # Erased (or expired) since: the closest reference left is the oldest readable one.
+        erased = f"the snapshot champion version {version} was trained on was erased; "
     features_key = pipeline.names.features
-    result = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=features_key), limit=1, ascending=True
+    cursor = None
+    while True:
+        result = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=features_key), limit=100, cursor=cursor,
+            ascending=True,
+        )  # fmt: skip
+        for record in result.records:
+            key, sha, _ = recorded_snapshot(record, features_key)
+            if not store.shredded(key):
+                first = "the oldest readable" if erased else "the first"
+                return (
+                    key,
+                    sha,
+                    f"{erased}{first} features snapshot" + ("" if erased else " (no champion yet)"),
+                )
+        if not result.has_more:
+            break
+        cursor = result.cursor
+    raise dg.Failure(
+        f"{features_key.to_user_string()} has no readable snapshot yet"
+        + (f" ({erased.rstrip('; ')})" if erased else "")
     )
-    if not result.records:
-        raise dg.Failure(f"{features_key.to_user_string()} has not been materialized yet")
-    key, sha, _ = recorded_snapshot(result.records[0], features_key)
-    return key, sha, "the first features snapshot (no champion yet)"
 
 
 def build_features_stage(

@@ -16,6 +16,7 @@ from typing import Any
 from secure_pipeline.errors import ConfigurationError, SignatureError
 from secure_pipeline.registry.bundle import (
     CARD_FILE,
+    ERASED_LINEAGE,
     EVIDENCE_DIR,
     LINEAGE_FILE,
     MODEL_FILE,
@@ -31,6 +32,8 @@ from secure_pipeline.storage.snapshots import SnapshotStore
 from secure_pipeline.trust.attestations import Attestation
 from secure_pipeline.trust.policy import TrustPolicy
 
+# The step that reports lineage snapshots destroyed by erasure or retention.
+ERASED_STEP = "erased lineage data"
 _TEXT_FILES = {"MLmodel", "conda.yaml", "python_env.yaml", "requirements.txt", LINEAGE_FILE,
                CARD_FILE, SIGNATURE_FILE}  # fmt: skip
 _PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".pt", ".pth", ".dill", ".cloudpickle")
@@ -151,6 +154,8 @@ def verify_bundle_dir(
         scope.append("snapshots re-hashed, no later verdict overturns them")
     if pipeline is not None:
         scope.append("today's policy")
+    erased = [p for p in problems if p.startswith(ERASED_LINEAGE)]
+    problems = [p for p in problems if not p.startswith(ERASED_LINEAGE)]
     result.steps.append(
         (
             "lineage",
@@ -160,6 +165,14 @@ def verify_bundle_dir(
             f"({', '.join(scope)})",
         )
     )
+    if erased:
+        # The signed lineage holds; the data it names was destroyed (erasure or retention).
+        warn = pipeline is not None and pipeline.privacy.erased_data_models == "warn"
+        detail = (
+            "the model was trained on data since erased: " + "; ".join(erased)
+            + ". Retrain it on the current snapshots (later ingestions exclude erased subjects)"
+        )  # fmt: skip
+        result.steps.append((ERASED_STEP, warn, f"warning: {detail}" if warn else detail))
     return result
 
 
