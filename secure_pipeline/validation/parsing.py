@@ -194,8 +194,9 @@ def _header_names(member: str, found: list[str], schema: DatasetSchema) -> tuple
 
 
 def _withholds(schema: DatasetSchema) -> bool:
-    """Whether the schema has columns whose values must not be quoted."""
-    return any(c.role in ("personal", "ignore") for c in schema.columns)
+    """Whether the schema has columns whose values must not be quoted (they tie a row to a
+    person, and check metadata lives in the event log, which erasure cannot shred)."""
+    return any(c.role in ("personal", "identifier", "ignore") for c in schema.columns)
 
 
 def _read_member(
@@ -447,7 +448,7 @@ def parse_fileset(files: Mapping[str, bytes], schema: DatasetSchema) -> ParsedBa
         columns[spec.name] = series
         if bad.any():
             batch.type_failures[spec.name] = bad
-            if spec.role == "personal":
+            if spec.role in ("personal", "identifier"):
                 batch.type_examples[spec.name] = [WITHHELD]
                 continue
             text = cleaned.to_numpy(zero_copy_only=False)

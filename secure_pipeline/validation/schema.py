@@ -244,7 +244,7 @@ def validate_batch(batch: ParsedBatch, schema: DatasetSchema) -> SchemaReport:
         # inplace: the frame is ours and validation only reads it; a copy would cost time
         dataframe_model(schema).validate(frame, lazy=True, inplace=True)
     except pa.errors.SchemaErrors as errors:
-        personal = {c.name for c in schema.columns if c.role == "personal"}
+        personal = {c.name for c in schema.columns if c.role in ("personal", "identifier")}
         _collect(errors.failure_cases, batch, report, rejected, reasons, counts, personal)
     for name, checks in counts.items():
         for check, count in checks.items():

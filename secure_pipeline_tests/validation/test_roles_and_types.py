@@ -316,6 +316,20 @@ def test_pseudonyms_keep_nulls_and_equal_values_equal() -> None:
     assert pseudonymise(["a"], bytes(32)) != out[:1]  # another key, another pseudonym
 
 
+def _plaintext(store_root: Path, path: Path) -> bytes:
+    """A stored object's bytes, decrypted through the store when it is an encrypted snapshot."""
+    from secure_pipeline.storage.encryption import is_encrypted
+    from secure_pipeline.storage.keyrings import LocalKeyring
+    from secure_pipeline.storage.local import LocalSnapshotStore
+    from secure_pipeline.trust.keys import dev_keys_dir
+
+    data = path.read_bytes()
+    if not is_encrypted(data):
+        return data
+    store = LocalSnapshotStore(store_root, keyring=LocalKeyring(dev_keys_dir() / "data-keys"))
+    return store.read_bytes((path.relative_to(store_root).as_posix(), path.name.split(".")[0]))
+
+
 def _snapshot_values(store_root: Path, raw_dir: str) -> tuple[list[str], str]:
     """Every snapshot file under the store except the raw files, and their content as text
     (Parquet read back to its values; JSON and the rest as stored)."""
@@ -324,7 +338,7 @@ def _snapshot_values(store_root: Path, raw_dir: str) -> tuple[list[str], str]:
         if not path.is_file() or raw_dir in path.relative_to(store_root).parts:
             continue
         names.append(path.relative_to(store_root).as_posix())
-        data = path.read_bytes()
+        data = _plaintext(store_root, path)
         if path.suffix == ".parquet":
             table = pq.read_table(pa.BufferReader(data))
             parts.append(json.dumps(table.to_pylist(), default=str))
@@ -361,7 +375,10 @@ def test_personal_and_ignored_values_are_in_no_snapshot_after_raw(
     assert any("/features/" in f"/{n}" for n in names)
     assert any("_expectations" in n for n in names)
     # The values the raw file holds (raw_* keeps them as evidence, byte for byte) ...
-    raw = b"".join(p.read_bytes() for p in store_root.rglob("*.csv") if "raw_cases" in p.parts)
+    raw_files = [p for p in store_root.rglob("*.csv") if "raw_cases" in p.parts]
+    # encrypted at rest: the bytes on disk hold none of it
+    assert raw_files and not any(b"Quixote" in p.read_bytes() for p in raw_files)
+    raw = b"".join(_plaintext(store_root, p) for p in raw_files)
     assert b"Zelda Quixote07" in raw
     assert b"secret-note-7" in raw
     assert b"P-00007" in raw
@@ -379,7 +396,7 @@ def test_personal_and_ignored_values_are_in_no_snapshot_after_raw(
         dg.AssetKey(["cases", "validated_cases"])
     ).asset_materialization.metadata
     key = validated["snapshot_key"].value
-    table = pq.read_table(store_root / key)
+    table = pq.read_table(pa.BufferReader(_plaintext(store_root, store_root / key)))
     assert table.column_names == [*CASES.kept_names, "split"]
     assert table.num_rows == 40
     pseudonyms = table.column("person_id").to_pylist()
@@ -389,9 +406,8 @@ def test_personal_and_ignored_values_are_in_no_snapshot_after_raw(
     ]
     assert table.column("case_id").to_pylist()[:2] == ["C1000", "C1001"]  # identifiers stay
 
-    quarantine = pq.read_table(
-        store_root / validated["quarantine_uri"].value.split("/store/", 1)[1]
-    )
+    quarantined = store_root / validated["quarantine_uri"].value.split("/store/", 1)[1]
+    quarantine = pq.read_table(pa.BufferReader(_plaintext(store_root, quarantined)))
     assert "full_name" not in quarantine.column_names
     assert "date_of_birth" not in quarantine.column_names
     assert "notes" not in quarantine.column_names
