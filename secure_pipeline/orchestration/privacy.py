@@ -39,6 +39,8 @@ def build_privacy_job(pipeline: PipelineSpec, executor: str) -> dg.JobDefinition
     @dg.op(
         name=f"{pipeline.name}_enforce_privacy",
         required_resource_keys={STORE_RESOURCE_KEY},
+        # Nothing to store: the receipts are in the audit trail, the report in the metadata.
+        out=dg.Out(dg.Nothing),
         tags=isolation.dagster_tags(PRIVACY),
         description=(
             "Completes pending erasures (destroys the data keys of the snapshots that held an "
@@ -47,7 +49,7 @@ def build_privacy_job(pipeline: PipelineSpec, executor: str) -> dg.JobDefinition
             "on the destroyed snapshots are flagged."
         ),
     )
-    def enforce_privacy(context: dg.OpExecutionContext) -> dg.Output[dict[str, Any]]:
+    def enforce_privacy(context: dg.OpExecutionContext) -> dg.Output[None]:
         from secure_pipeline.privacy.erasure import enforce
         from secure_pipeline.trust.policy import trust_policy
         from secure_pipeline.trust.signers import signer_for
@@ -62,7 +64,16 @@ def build_privacy_job(pipeline: PipelineSpec, executor: str) -> dg.JobDefinition
         )
         summary = report.to_dict()
         context.log.info(f"privacy enforcement of {pipeline.name}: {summary}")
-        return dg.Output(summary, metadata={"report": dg.MetadataValue.json(summary)})
+        if report.problems or report.plaintext:
+            # What was destroyed is receipted already; what could not be done must be seen
+            # (a failed run alerts), not left in a log line.
+            raise dg.Failure(
+                f"privacy enforcement of {pipeline.name} left work undone: "
+                + "; ".join([*report.problems, *(f"{k} is not encrypted, so it cannot be "
+                                                 "crypto-shredded" for k in report.plaintext)]),
+                metadata={"report": dg.MetadataValue.json(summary)},
+            )  # fmt: skip
+        return dg.Output(None, metadata={"report": dg.MetadataValue.json(summary)})
 
     tags: dict[str, Any] = {STAGE_TAG: PRIVACY_STAGE, PIPELINE_TAG: pipeline.name}
     executor_def = local_executor()
