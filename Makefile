@@ -64,6 +64,8 @@ bench: sync
 	$(RUN) python benchmarks/bench_import.py
 	$(RUN) python benchmarks/bench_code_location.py
 	$(RUN) python benchmarks/bench_local_store.py
+	$(RUN) python benchmarks/bench_encrypted_store.py
+	$(RUN) python benchmarks/bench_subject_lookup.py
 	$(RUN) python benchmarks/bench_s3_store.py
 	$(RUN) python benchmarks/bench_validation.py
 	$(RUN) python benchmarks/bench_https_ingest.py

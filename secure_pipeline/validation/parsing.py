@@ -194,8 +194,11 @@ def _header_names(member: str, found: list[str], schema: DatasetSchema) -> tuple
 
 
 def _withholds(schema: DatasetSchema) -> bool:
-    """Whether the schema has columns whose values must not be quoted (they tie a row to a
-    person, and check metadata lives in the event log, which erasure cannot shred)."""
+    """Whether the schema has columns whose values must not be quoted.
+
+    They tie a row to a person, and check metadata lives in the event log, which erasure cannot
+    shred.
+    """
     return any(c.role in ("personal", "identifier", "ignore") for c in schema.columns)
 
 

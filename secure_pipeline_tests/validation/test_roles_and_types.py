@@ -377,7 +377,8 @@ def test_personal_and_ignored_values_are_in_no_snapshot_after_raw(
     # The values the raw file holds (raw_* keeps them as evidence, byte for byte) ...
     raw_files = [p for p in store_root.rglob("*.csv") if "raw_cases" in p.parts]
     # encrypted at rest: the bytes on disk hold none of it
-    assert raw_files and not any(b"Quixote" in p.read_bytes() for p in raw_files)
+    assert raw_files
+    assert not any(b"Quixote" in p.read_bytes() for p in raw_files)
     raw = b"".join(_plaintext(store_root, p) for p in raw_files)
     assert b"Zelda Quixote07" in raw
     assert b"secret-note-7" in raw
