@@ -174,3 +174,38 @@ def test_on_s3_every_object_is_free_of_names_and_each_snapshot_has_its_kms_key(
     used = {i.key_id for i in infos}
     for key_id in used:
         assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"] == "Enabled"
+
+
+def test_an_erasure_deleted_from_the_list_is_restored_from_the_audit_trail(
+    tmp_path_factory: pytest.TempPathFactory, dev_keys: Path
+) -> None:
+    from datetime import UTC, datetime
+
+    from secure_pipeline.privacy.erasure import enforce
+    from secure_pipeline.privacy.subjects import erased_subjects, erasures_prefix
+
+    run = new_run(tmp_path_factory, "restore")
+    with pointed_at(run.home, dev_keys):
+        assert run.ingest().success
+        store, trust = run.store(), trust_policy()
+        erase(store, run.pipeline, trust, [ERASED], now=False, signer=signer_for(PRIVACY))
+        (subject,) = hash_identifiers(run.pipeline, [ERASED])
+        assert subject in erased_subjects(store, "credit", trust)
+        # The insider removes the entry with a file edit: the next ingestion would take the
+        # subject back in.
+        for key in store.list_keys(erasures_prefix("credit")):
+            path = run.home / "store" / key
+            path.chmod(0o644)
+            path.unlink()
+        assert erased_subjects(store, "credit", trust) == frozenset()
+        report = enforce(
+            store, run.pipeline, trust, today=datetime.now(UTC), signer=signer_for(PRIVACY)
+        )
+        assert any("missing from the erasure list" in p for p in report.problems)
+        assert subject in erased_subjects(store, "credit", trust)
+        ingest = run.ingest()
+        raw = next(
+            e for e in ingest.get_asset_materialization_events()
+            if e.asset_key.path[-1] == "raw_credit"
+        ).materialization.metadata  # fmt: skip
+        assert raw["excluded_rows"].value == 1

@@ -182,6 +182,7 @@ class _Inventory:
         self.store = store
         self.pipeline = pipeline
         self.trust = trust
+        self.requested: set[str] = set()
         self.problems: list[str] = []
         self.ingestions: dict[str, _Ingestion] = {}
         self.trained: dict[str, set[str]] = {}  # features digest -> model digests
@@ -219,6 +220,9 @@ class _Inventory:
                 index = _signed_index(details)
                 if index is not None:
                     entry.signed_index.append(index)
+            elif record.event == "privacy.erasure" and details.get("pipeline") == name:
+                # The signed request: what the erasure list must still hold.
+                self.requested.update(str(h) for h in details.get("subjects") or ())
             elif record.event == "model.trained" and details.get("pipeline") == name:
                 features = details.get("features_sha256")
                 if isinstance(features, str) and record.subject:
@@ -962,7 +966,25 @@ def enforce(
     if pipeline.schema.identifier_columns:
         from secure_pipeline.privacy.subjects import erased_subjects
 
-        hashes = sorted(erased_subjects(store, pipeline.name, trust))
+        listed = erased_subjects(store, pipeline.name, trust)
+        # An erasure the audit trail records but the list no longer holds was removed from the
+        # store: put it back (signed again), so the next ingestion still excludes the subject.
+        lost = sorted(inventory.requested - listed)
+        if lost:
+            from secure_pipeline.privacy.subjects import MAX_SUBJECTS_PER_ENTRY, write_erasure_entry
+
+            for start in range(0, len(lost), MAX_SUBJECTS_PER_ENTRY):
+                write_erasure_entry(
+                    store, pipeline.name, lost[start : start + MAX_SUBJECTS_PER_ENTRY],
+                    requested_at=utc_now(), reason="restored from the audit trail",
+                    signer=signer,
+                )  # fmt: skip
+            report.problems.append(
+                f"{len(lost)} erased subject(s) recorded in the audit trail were missing from the "
+                "erasure list (an entry was deleted from the store); their entries were signed "
+                "again. Investigate who removed them"
+            )
+        hashes = sorted(listed | set(lost))
         report.erased_subjects = len(hashes)
         located = [inventory.locate(h) for h in hashes]
         report.flagged += _flag_located(store, trust, pipeline, located, signer)
