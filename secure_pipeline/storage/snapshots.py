@@ -666,7 +666,7 @@ class SnapshotStore(abc.ABC):
         # Look before writing: creating a key (a KMS key, for the KMS keyring) only to find
         # the snapshot stored already would cost a key per unchanged re-materialization.
         ref, existing = self._put_generations(
-            asset, digest, ext, partition, len(data), plan, check_first=True
+            asset, digest, ext, partition, len(data), plan, check_first=True, encrypted=True
         )
         if made:
             self._discard_unused(keyring, made[0][0], ref, existing)
@@ -755,6 +755,7 @@ class SnapshotStore(abc.ABC):
                         partition=partition, encryption=encryption, **manifest,
                     ),
                 ),
+                encrypted=header is not None,
             )  # fmt: skip
         if keyring is not None and data_key is not None:
             self._discard_unused(keyring, data_key, ref, existing)
@@ -770,8 +771,13 @@ class SnapshotStore(abc.ABC):
         plan: Callable[[str], tuple["_Write", SnapshotManifest]],
         *,
         check_first: bool = False,
+        encrypted: bool = False,
     ) -> tuple[SnapshotRef, enc.EncryptionInfo | None]:
         """Write a snapshot under the first generation key that is free or holds it readable.
+
+        An encrypted write passes over a plaintext copy of the same bytes (stored before the
+        pipeline declared that its rows identify people): that copy could never be shredded,
+        so the encrypted one goes under the next generation.
 
         Args:
             asset: The asset key path.
@@ -781,6 +787,7 @@ class SnapshotStore(abc.ABC):
             size: The plaintext size.
             plan: For a key, the create-only write and the manifest to record.
             check_first: Look for an existing object before planning a write.
+            encrypted: The write is encrypted; a plaintext copy does not count as stored.
 
         Returns:
             The reference, and when nothing was written the existing object's encryption
@@ -798,6 +805,8 @@ class SnapshotStore(abc.ABC):
                 existing = self._check_existing(key, digest)
             except ErasedError:
                 continue  # its key was shredded: the same bytes go under the next generation
+            if encrypted and existing is None:
+                continue
             return SnapshotRef(key, digest, size, self.uri(key), version, False), existing
         raise IntegrityError(
             f"the snapshot {digest} of {_asset_name(asset)} was shredded {MAX_GENERATIONS} "

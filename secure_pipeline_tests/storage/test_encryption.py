@@ -35,7 +35,12 @@ from secure_pipeline.storage.resources import (
     build_resources,
 )
 from secure_pipeline.storage.s3 import S3SnapshotStore
-from secure_pipeline.storage.snapshots import SizeLimitError, SnapshotStore, snapshot_key
+from secure_pipeline.storage.snapshots import (
+    SizeLimitError,
+    SnapshotRef,
+    SnapshotStore,
+    snapshot_key,
+)
 from secure_pipeline_tests.conftest import overwrite_raw
 
 NAMES = ("Alice Example", "Bruno Sample", "Chiara Placeholder", "Dmitri Testcase")
@@ -588,3 +593,28 @@ def test_local_key_files_are_private_and_ids_cannot_escape(
         local_keyring.unwrap("../../" + info.key_id, info.wrapped_key, info.context)
     with pytest.raises(IntegrityError, match="not a local keyring key id"):
         local_keyring.shred("../x", reason="x")
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_an_encrypted_write_does_not_settle_for_a_plaintext_copy(
+    tmp_path: Path, local_keyring: LocalKeyring, streamed: bool
+) -> None:
+    store = LocalSnapshotStore(tmp_path / "store", fsync=False, keyring=local_keyring)
+    data = b"case_id,name\nC00001,Alice Example\n"
+    plain = store.put_bytes("cases", data, ext="csv", format="csv")
+    assert store.encryption_info(plain.key) is None
+
+    def put() -> SnapshotRef:
+        if streamed:
+            return store.put_stream("cases", iter([data]), ext="csv", format="csv", encrypt=True)
+        return store.put_bytes("cases", data, ext="csv", format="csv", encrypt=True)
+
+    # The plaintext copy could never be shredded: the encrypted one is a generation of its own.
+    encrypted = put()
+    assert encrypted.created
+    assert encrypted.key.endswith(f"{plain.sha256}.g2.csv")
+    assert store.encryption_info(encrypted.key) is not None
+    assert store.read_bytes(encrypted) == data
+    again = put()
+    assert not again.created
+    assert again.key == encrypted.key
