@@ -120,9 +120,9 @@ def _keyring_provider(store: SnapshotStore) -> str:
     provider = getattr(keyring, "provider", None) or getattr(keyring, "name", None)
     if provider:
         return str(provider)
-    from secure_pipeline.storage.keyrings import KEYRING_VAR, read_setting
+    from secure_pipeline.storage.keyrings import KEYRING_VAR
 
-    configured = read_setting(KEYRING_VAR)
+    configured = env.read(KEYRING_VAR)
     if configured:
         return configured.strip().lower()
     return "kms" if env.current_environment() is env.Environment.PRODUCTION else "local"

@@ -628,7 +628,7 @@ def _check_snapshot(store: SnapshotStore, member: tuple[str, str]) -> None:
     info = store.encryption_info(key)
     if info is None:
         store.read_bytes((key, digest))
-    elif store.shredded(key):
+    elif store.shredded(key, info):
         raise ErasedError(
             f"snapshot {store.uri(key)} was erased (its data key was destroyed): the model was "
             "trained on data that no longer exists; retrain it on the current snapshots",

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
 
 from secure_pipeline import environment as env
 from secure_pipeline.canonical import canonical_json
@@ -36,7 +35,6 @@ from secure_pipeline.errors import (
     IntegrityError,
     KeyUnavailableError,
 )
-from secure_pipeline.redaction import redact_text
 from secure_pipeline.storage.encryption import ASSET_CONTEXT, DATA_KEY_SIZE
 
 KEYRING_VAR = "SECURE_PIPELINE_DATA_KEYRING"
@@ -329,16 +327,9 @@ def check_kms_endpoint(endpoint_url: str | None, *, allow_loopback_http: bool) -
     Raises:
         ConfigurationError: Naming the endpoint and what is accepted.
     """
-    if endpoint_url is None:
-        return
-    scheme = urlsplit(endpoint_url).scheme
-    if scheme != "https" and not (
-        scheme == "http" and allow_loopback_http and env.is_loopback_url(endpoint_url)
-    ):
-        raise ConfigurationError(
-            f"{KMS_ENDPOINT_VAR} must use https, found {redact_text(endpoint_url)!r}. Plain "
-            "http is accepted only for a loopback test server in the local environment."
-        )
+    from secure_pipeline.storage.s3 import check_endpoint
+
+    check_endpoint(endpoint_url, allow_loopback_http=allow_loopback_http, name=KMS_ENDPOINT_VAR)
 
 
 def make_kms_client(endpoint_url: str | None = None, region: str | None = None) -> Any:
@@ -568,11 +559,6 @@ class KmsKeyring(Keyring):
 # -- from the environment ------------------------------------------------------------------
 
 
-def read_setting(name: str) -> str | None:
-    """Read a keyring variable (a registered setting) through `secure_pipeline.environment`."""
-    return env.read(name)
-
-
 def keyring_from_environment(
     environment: env.Environment | None = None,
     *,
@@ -590,8 +576,8 @@ def keyring_from_environment(
 
     Args:
         environment: The environment; the current one when None.
-        resolve: How to read a variable by name (default: `read_setting`); a resource passes
-            one that prefers its own fields.
+        resolve: How to read a variable by name (default: `secure_pipeline.environment.read`);
+            a resource passes one that prefers its own fields.
         data_keys_dir: The local keyring's directory (default ``<dev keys dir>/data-keys``).
         region: The KMS region when ``AWS_REGION`` is unset.
         deletion_window_days: The KMS key deletion window (7..30).
@@ -604,7 +590,7 @@ def keyring_from_environment(
             is not https, or a window outside 7..30.
     """
     environment = environment or env.current_environment()
-    read = resolve or read_setting
+    read = resolve or env.read
     production = environment is env.Environment.PRODUCTION
     value = read(KEYRING_VAR)
     provider = (value or ("kms" if production else "local")).strip().lower()

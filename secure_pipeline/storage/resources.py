@@ -58,13 +58,12 @@ class SnapshotStoreResource(dg.ConfigurableResource):
             KEYRING_VAR,
             KMS_ENDPOINT_VAR,
             keyring_from_environment,
-            read_setting,
         )
 
         overrides = {KEYRING_VAR: self.data_keyring, KMS_ENDPOINT_VAR: self.kms_endpoint_url}
 
         def resolve(name: str) -> str | None:
-            return overrides.get(name) or read_setting(name)
+            return overrides.get(name) or env.read(name)
 
         return keyring_from_environment(
             env.current_environment(),

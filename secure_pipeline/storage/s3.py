@@ -85,8 +85,15 @@ def pack_manifest(manifest: bytes) -> str:
     return base64.b64encode(zlib.compress(manifest, 9)).decode("ascii")
 
 
-def check_endpoint(endpoint_url: str | None, *, allow_loopback_http: bool) -> None:
-    """Refuse an S3 endpoint that is not https (plain http only to loopback, when allowed).
+def check_endpoint(
+    endpoint_url: str | None, *, allow_loopback_http: bool, name: str = "S3 endpoint"
+) -> None:
+    """Refuse an AWS endpoint that is not https (plain http only to loopback, when allowed).
+
+    Args:
+        endpoint_url: The endpoint, or None for the service's own.
+        allow_loopback_http: Accept ``http://`` to a loopback address (local tests).
+        name: What the endpoint is, for the error (``S3 endpoint``, a variable's name).
 
     Raises:
         ConfigurationError: Naming the endpoint and what is accepted.
@@ -98,7 +105,7 @@ def check_endpoint(endpoint_url: str | None, *, allow_loopback_http: bool) -> No
         scheme == "http" and allow_loopback_http and is_loopback_url(endpoint_url)
     ):
         raise ConfigurationError(
-            f"S3 endpoint must use https, found {redact_text(endpoint_url)!r}. Plain http is "
+            f"{name} must use https, found {redact_text(endpoint_url)!r}. Plain http is "
             "accepted only for a loopback test server in the local environment."
         )
 

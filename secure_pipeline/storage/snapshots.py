@@ -1100,8 +1100,12 @@ class SnapshotStore(abc.ABC):
         )  # a concurrent shred's record, if it won, says the same
         return result
 
-    def shredded(self, ref: SnapshotRef | str) -> bool:
+    def shredded(self, ref: SnapshotRef | str, header: enc.EncryptionInfo | None = None) -> bool:
         """Whether a snapshot's key was shredded (False for a plaintext snapshot).
+
+        Args:
+            ref: The snapshot (or its key).
+            header: Its header, when the caller read it already (`encryption_info`).
 
         Raises:
             IntegrityError: When the snapshot is missing.
@@ -1109,7 +1113,7 @@ class SnapshotStore(abc.ABC):
                 no record of a shred.
         """
         key = ref.key if isinstance(ref, SnapshotRef) else ref
-        header = self.encryption_info(key)
+        header = header or self.encryption_info(key)
         if header is None:
             return False
         if self._shred_record(header) is not None:
