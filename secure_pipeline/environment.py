@@ -192,6 +192,23 @@ SETTINGS: tuple[Setting, ...] = (
         "A blue-green serving deployment (`secure-pipeline serving up`): promotion then stops at "
         "`challenger` and the `canary_analysis` asset releases it through a canary.",
     ),
+    # OCI registries (`secure-pipeline oci ...`, `oci://` model references).
+    Setting(
+        "SECURE_PIPELINE_OCI_CA_BUNDLE",
+        "PEM bundle of the CAs trusted for OCI registries (TLS 1.3); default: the system CAs.",
+    ),
+    Setting(
+        "SECURE_PIPELINE_OCI_USERNAME",
+        "User name for OCI registries; unset: the docker config (`DOCKER_CONFIG`, else "
+        "`~/.docker/config.json`) is read.",
+    ),
+    Setting(
+        "SECURE_PIPELINE_OCI_PASSWORD",
+        "Password or token for `SECURE_PIPELINE_OCI_USERNAME` (never logged).",
+    ),
+    Setting(
+        "DOCKER_CONFIG", "Directory of the docker `config.json` holding OCI registry credentials."
+    ),
     Setting("DAGSTER_HOME", "Dagster instance directory (holds `dagster.yaml`)."),
     Setting("DAGSTER_PG_HOST", "Postgres host of the Dagster instance.", True),
     Setting("DAGSTER_PG_PORT", "Postgres port of the Dagster instance (usually 5432).", True),
