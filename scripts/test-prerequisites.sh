@@ -9,8 +9,8 @@
 #   scripts/test-prerequisites.sh --sudo   also installs through sudo when not root (.ci/run)
 #
 # PYTHON is the interpreter `make` bootstraps with (default python3). PREREQUISITES_ROOT
-# prefixes the fixed paths looked at (nginx, its njs module, PostgreSQL): the tests point it at
-# an empty directory to simulate a machine without them.
+# prefixes the fixed paths looked at (nginx, its njs module, PostgreSQL, the registry, htpasswd):
+# the tests point it at an empty directory to simulate a machine without them.
 set -euo pipefail
 
 python="${PYTHON:-python3}"
@@ -64,6 +64,12 @@ check() {
   # The evidence tests check every DSSE envelope with OpenSSL, a verifier independent of ours.
   command -v openssl >/dev/null 2>&1 \
     || need openssl "the evidence tests check signatures with an independent verifier"
+  # The OCI tests push to and pull from a real distribution registry, behind basic auth whose
+  # bcrypt password file htpasswd writes (the registry accepts no other hash).
+  command -v docker-registry >/dev/null 2>&1 || [ -x "$root/usr/bin/docker-registry" ] \
+    || need docker-registry "the OCI tests start a real distribution registry"
+  command -v htpasswd >/dev/null 2>&1 || [ -x "$root/usr/bin/htpasswd" ] \
+    || need apache2-utils "htpasswd -B writes the test registry's password file"
 }
 
 check

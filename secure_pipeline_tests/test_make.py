@@ -1,9 +1,10 @@
 """The two commands of the quick start: `make test`'s system check and `make demo`'s runner.
 
 The prerequisites check runs on simulated machines: a PATH holding only the programs a test
-gives it, and a filesystem root (``PREREQUISITES_ROOT``) where nginx, its njs module and
-PostgreSQL are absent or appear when the (simulated) apt-get installs them. The demo runner
-launches real runs of a small code location into a throwaway Dagster instance.
+gives it, and a filesystem root (``PREREQUISITES_ROOT``) where nginx, its njs module,
+PostgreSQL, the distribution registry and htpasswd are absent or appear when the (simulated)
+apt-get installs them. The demo runner launches real runs of a small code location into a
+throwaway Dagster instance.
 """
 
 import importlib.util
@@ -21,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 PREREQUISITES = REPO / "scripts" / "test-prerequisites.sh"
 DEMO = REPO / "scripts" / "demo.py"
 BASH = shutil.which("bash")
-DEBIAN = "nginx libnginx-mod-http-js postgresql"
+DEBIAN = "nginx libnginx-mod-http-js postgresql docker-registry apache2-utils"
 
 
 def _tool_dir(tmp_path: Path, *, real: tuple[str, ...], fake: dict[str, str]) -> Path:
@@ -66,6 +67,12 @@ for package in "$@"; do
            : > "$PREREQUISITES_ROOT/usr/lib/nginx/modules/ngx_http_js_module.so" ;;
     postgresql) mkdir -p "$PREREQUISITES_ROOT/usr/lib/postgresql/15/bin"
            : > "$PREREQUISITES_ROOT/usr/lib/postgresql/15/bin/initdb" ;;
+    docker-registry) mkdir -p "$PREREQUISITES_ROOT/usr/bin"
+           : > "$PREREQUISITES_ROOT/usr/bin/docker-registry"
+           chmod 755 "$PREREQUISITES_ROOT/usr/bin/docker-registry" ;;
+    apache2-utils) mkdir -p "$PREREQUISITES_ROOT/usr/bin"
+           : > "$PREREQUISITES_ROOT/usr/bin/htpasswd"
+           chmod 755 "$PREREQUISITES_ROOT/usr/bin/htpasswd" ;;
   esac
 done
 """
@@ -88,6 +95,8 @@ def test_missing_packages_stop_at_once_with_the_one_command(tmp_path):
     assert f"  sudo apt-get install -y {DEBIAN}" in lines
     assert sum("apt-get install" in line for line in lines) == 1
     assert "nginx: the inference gateway tests start a real nginx" in output
+    assert "docker-registry: the OCI tests start a real distribution registry" in output
+    assert "apache2-utils: htpasswd -B writes the test registry's password file" in output
     assert not calls.exists()
 
 
@@ -133,6 +142,28 @@ def test_a_package_apt_did_not_provide_is_reported(tmp_path):
     code, output, _ = _check(tools, root, APT_CALLS=str(calls))
     assert code == 1
     assert f"still missing after apt-get install: {DEBIAN}" in output
+
+
+def test_only_what_is_missing_is_asked_for(tmp_path):
+    """A registry on PATH counts, as nginx's does; htpasswd absent from PATH and root is asked."""
+    root = tmp_path / "root"
+    root.mkdir()
+    calls = tmp_path / "apt-calls"
+    fake_apt = tmp_path / "fake-apt"
+    fake_apt.write_text("#!/bin/sh\n" + FAKE_APT)
+    fake_apt.chmod(0o755)
+    tools = _tool_dir(
+        tmp_path,
+        real=("make", "openssl", "sed", "env", "mkdir", "chmod"),
+        fake={"id": "echo 1000\n", "docker-registry": "exit 0\n"},
+    )
+    env = {"PATH": str(tools), "PREREQUISITES_ROOT": str(root), "APT_CALLS": str(calls)}
+    others = ("install", "nginx", "libnginx-mod-http-js", "postgresql")
+    subprocess.run([str(fake_apt), *others], env=env, check=True, timeout=30)
+    code, output, _ = _check(tools, root, APT_CALLS=str(calls))
+    assert code == 1
+    assert "  sudo apt-get install -y apache2-utils" in output.splitlines()
+    assert "docker-registry:" not in output
 
 
 def test_this_machine_has_everything_and_the_check_is_quick():

@@ -41,6 +41,7 @@ SAMPLE: dict[str, str] = {
     "SP_S3_CIDR": "10.20.30.0/24",
     "SP_STS_CIDR": "10.20.31.0/24",
     "SP_SOURCE_CIDR": "192.0.2.0/28",
+    "SP_OCI_REGISTRY_CIDR": "10.20.50.0/28",
     "SP_PG_HOST": "dagster.cluster-abc.eu-west-1.rds.amazonaws.com",
     "SP_PG_DB": "dagster",
     "SP_PG_USER": "dagster",

@@ -16,6 +16,7 @@ from secure_pipeline.trust.identities import MONITOR, PRIVACY, STAGE_IDENTITIES,
 from secure_pipeline_tests.deploy.k8s_strict import ManifestError, validate_manifest
 from secure_pipeline_tests.deploy.lint import lint_irsa_trust, signing_grants
 from secure_pipeline_tests.deploy.rendering import DEPLOY, SAMPLE, manifests, of_kind, rendered_json
+from secure_pipeline_tests.serving.istio_lint import documents as istio_documents
 
 SPEC = OrchestrationSpec()
 STAGES = {
@@ -200,6 +201,21 @@ def test_only_the_signing_pods_reach_kms() -> None:
     assert kms not in _egress_cidrs(control, {"app.kubernetes.io/component": "run_worker"})
     assert kms not in _egress_cidrs(control, {"secure-pipeline/role": "control"})
     assert kms not in _egress_cidrs(SERVE_NAMESPACE, {})
+
+
+def test_only_the_model_servers_reach_the_oci_registry() -> None:
+    """oci:// model references: the slots pull over HTTPS, and no pipeline pod reaches it."""
+    registry = SAMPLE["SP_OCI_REGISTRY_CIDR"]
+    for slot in (d for d in istio_documents(SAMPLE) if d["kind"] == "Deployment"):
+        labels = slot["spec"]["template"]["metadata"]["labels"]
+        assert registry in _egress_cidrs(SERVE_NAMESPACE, labels), slot["metadata"]["name"]
+    rules = [
+        (policy["metadata"]["namespace"], rule["ports"])
+        for policy in of_kind("NetworkPolicy")
+        for rule in policy["spec"].get("egress", [])
+        if any(peer.get("ipBlock", {}).get("cidr") == registry for peer in rule["to"])
+    ]
+    assert rules == [(SERVE_NAMESPACE, [{"protocol": "TCP", "port": 443}])]
 
 
 def test_roles_are_minimal() -> None:

@@ -191,6 +191,16 @@ _TLS_PROTOCOLS = ("https", "tls")
 _HTTP_FIELDS = ("paths", "notPaths", "methods", "notMethods", "hosts", "notHosts")
 # The model server's mutual TLS: the options `secure-pipeline serve` must be started with.
 _TLS_OPTIONS = ("--tls-cert", "--tls-key", "--client-ca")
+# What a slot may serve: a registered version by number, or an OCI artifact by digest (a tag
+# may accompany the digest, which wins); never an alias or a tag alone, which can move.
+PINNED_MODEL = re.compile(
+    r"models:/[a-z0-9_-]+/\d+"
+    r"|oci://[a-z0-9.-]+(:\d+)?/[a-z0-9._/-]+(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?"
+    r"@sha256:[0-9a-f]{64}"
+)
+# The registry settings of an oci:// MODEL_REF: the CA file, and the docker config directory.
+OCI_CA_VARIABLE = "SECURE_PIPELINE_OCI_CA_BUNDLE"
+OCI_AUTH_VARIABLE = "DOCKER_CONFIG"
 
 
 def render(text: str, values: dict[str, str]) -> str:
@@ -340,6 +350,7 @@ def consistency_problems(docs: list[dict[str, Any]]) -> list[str]:
             problems.append(f"route {route.get('name', index)} weights sum to {weights}, not 100")
     problems += _authorization_problems(docs, pods, tls_ports)
     problems += slot_tls_problems(deployments, service)
+    problems += slot_oci_problems(deployments)
     return problems
 
 
@@ -384,6 +395,82 @@ def slot_tls_problems(deployments: list[dict[str, Any]], service: dict[str, Any]
                         f"{name}: {probe} must be an exec probe over the slot's mutual TLS (a "
                         "kubelet probe presents no client certificate)"
                     )
+    return problems
+
+
+def _mount_of(path: str, mounts: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The volume mount that holds ``path`` (the mount point itself or a file below it)."""
+    return next(
+        (m for m in mounts if path == m["mountPath"] or path.startswith(m["mountPath"] + "/")),
+        None,
+    )
+
+
+def slot_oci_problems(deployments: list[dict[str, Any]]) -> list[str]:
+    """Each slot serves a pinned model and reads the OCI registry's CA and credentials read-only.
+
+    The CA file (``SECURE_PIPELINE_OCI_CA_BUNDLE``) must come from a ConfigMap or Secret volume,
+    the docker config directory (``DOCKER_CONFIG``) from a Secret volume whose
+    ``.dockerconfigjson`` is mounted as ``config.json`` and that only the pod's user and group
+    can read; both mounted read-only, so nothing in the pod can swap the trusted CA or the
+    credentials.
+    """
+    problems: list[str] = []
+    for deployment in deployments:
+        name = deployment["metadata"]["name"]
+        pod = deployment["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for container in pod.get("containers", []):
+            env = {e["name"]: e.get("value") for e in container.get("env", [])}
+            mounts = container.get("volumeMounts", [])
+            model = env.get("MODEL_REF")
+            if model is None or not PINNED_MODEL.fullmatch(model):
+                problems.append(
+                    f"{name}: MODEL_REF {model!r} is not pinned: models:/<name>/<version> or "
+                    "oci://<host>/<repository>@sha256:<digest>, never an alias or a tag alone"
+                )
+            for variable, kinds in ((OCI_CA_VARIABLE, ("configMap", "secret")),
+                                    (OCI_AUTH_VARIABLE, ("secret",))):  # fmt: skip
+                path = env.get(variable)
+                if path is None:
+                    problems.append(f"{name}: {variable} is not set for oci:// model references")
+                    continue
+                mount = _mount_of(path, mounts)
+                volume = volumes.get(mount["name"], {}) if mount else {}
+                source = next((kind for kind in kinds if kind in volume), None)
+                if mount is None or source is None or not mount.get("readOnly"):
+                    problems.append(
+                        f"{name}: {variable} {path} is not in a {' or '.join(kinds)} volume "
+                        "mounted read-only"
+                    )
+                    continue
+                if variable == OCI_AUTH_VARIABLE:
+                    problems += _docker_config_problems(name, path, mount, volume["secret"])
+    return problems
+
+
+def _docker_config_problems(
+    name: str, path: str, mount: dict[str, Any], secret: dict[str, Any]
+) -> list[str]:
+    """The docker config Secret: config.json where DOCKER_CONFIG points, unreadable to others."""
+    problems: list[str] = []
+    relative = path.removeprefix(mount["mountPath"]).strip("/")
+    wanted = f"{relative}/config.json".lstrip("/")
+    items = {i["path"]: i["key"] for i in secret.get("items", [])}
+    if items.get(wanted) != ".dockerconfigjson":
+        problems.append(
+            f"{name}: DOCKER_CONFIG {path} holds no config.json from the Secret's "
+            f".dockerconfigjson (map it with items: key .dockerconfigjson, path {wanted})"
+        )
+    # Kubernetes' default mode is 0644; an item's own mode overrides the volume's.
+    default = secret.get("defaultMode", 0o644)
+    modes = [i.get("mode", default) for i in secret.get("items", [])] or [default]
+    if any(mode & 0o007 for mode in modes):
+        problems.append(
+            f"{name}: the registry credentials are readable by any user (mode "
+            f"{max(modes, key=lambda m: m & 0o007):#o}); use defaultMode 0440 with the pod's "
+            "fsGroup"
+        )
     return problems
 
 

@@ -17,6 +17,7 @@ from secure_pipeline_tests.serving.istio_lint import (
     ISTIO_DIR,
     ISTIO_KINDS,
     NAMESPACE,
+    PINNED_MODEL,
     consistency_problems,
     documents,
     schema_problems,
@@ -149,6 +150,51 @@ def _option(args: list[str], name: str) -> str:
     return args[args.index(name) + 1]
 
 
+@pytest.mark.parametrize("slot", ["blue", "green"])
+def test_slot_reads_the_registry_ca_and_pull_credentials_read_only(slot: str) -> None:
+    """For an oci:// MODEL_REF: the registry's CA and a docker config, never writable."""
+    pod = _one(DOCS, "Deployment", f"model-server-{slot}")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["SECURE_PIPELINE_OCI_CA_BUNDLE"] == "/etc/secure-pipeline/oci-ca/ca.crt"
+    assert env["DOCKER_CONFIG"] == "/etc/secure-pipeline/oci-auth"
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert mounts["oci-ca"] == {
+        "name": "oci-ca", "mountPath": "/etc/secure-pipeline/oci-ca", "readOnly": True,
+    }  # fmt: skip
+    assert mounts["oci-auth"] == {
+        "name": "oci-auth", "mountPath": "/etc/secure-pipeline/oci-auth", "readOnly": True,
+    }  # fmt: skip
+    # Optional: a slot serving models:/ starts without a registry configured.
+    assert volumes["oci-ca"]["configMap"] == {
+        "name": "sp-oci-ca", "optional": True, "items": [{"key": "ca.crt", "path": "ca.crt"}],
+    }  # fmt: skip
+    assert volumes["oci-auth"]["secret"] == {
+        "secretName": "sp-oci-pull",
+        "optional": True,
+        "defaultMode": 0o440,
+        "items": [{"key": ".dockerconfigjson", "path": "config.json"}],
+    }
+
+
+@pytest.mark.parametrize(
+    "reference",
+    [
+        "models:/adult/12",
+        "oci://registry.internal.example/models/adult@sha256:" + "ab" * 32,
+        "oci://registry.internal.example:5000/models/adult:3@sha256:" + "0f" * 32,
+    ],
+)
+def test_a_slot_may_serve_a_version_or_an_oci_digest(reference: str) -> None:
+    def pin(docs: list[dict[str, Any]]) -> None:
+        env = _slot_container(docs, "green")["env"]
+        next(e for e in env if e["name"] == "MODEL_REF")["value"] = reference
+
+    assert PINNED_MODEL.fullmatch(reference)
+    assert consistency_problems(_mutated(pin)) == []
+
+
 def test_the_service_exposes_only_the_mutual_tls_port() -> None:
     (port,) = _one(DOCS, "Service")["spec"]["ports"]
     assert port == {"name": "https", "port": 8443, "targetPort": "https", "protocol": "TCP",
@@ -193,6 +239,30 @@ def _slot_container(docs: list[dict[str, Any]], slot: str) -> dict[str, Any]:
     ][0]
 
 
+def _slot_env(docs: list[dict[str, Any]], slot: str, name: str) -> dict[str, Any]:
+    return next(e for e in _slot_container(docs, slot)["env"] if e["name"] == name)
+
+
+def _slot_mount(docs: list[dict[str, Any]], slot: str, name: str) -> dict[str, Any]:
+    return next(m for m in _slot_container(docs, slot)["volumeMounts"] if m["name"] == name)
+
+
+def _slot_volume(docs: list[dict[str, Any]], slot: str, name: str) -> dict[str, Any]:
+    pod = _find(docs, "Deployment", f"model-server-{slot}")["spec"]["template"]["spec"]
+    return next(v for v in pod["volumes"] if v["name"] == name)
+
+
+def _credentials_in_a_config_map(docs: list[dict[str, Any]], slot: str) -> None:
+    volume = _slot_volume(docs, slot, "oci-auth")
+    del volume["secret"]
+    volume["configMap"] = {"name": "sp-oci-pull"}
+
+
+def _drop_env(docs: list[dict[str, Any]], slot: str, name: str) -> None:
+    container = _slot_container(docs, slot)
+    container["env"] = [e for e in container["env"] if e["name"] != name]
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -231,11 +301,34 @@ def _slot_container(docs: list[dict[str, Any]], slot: str) -> dict[str, Any]:
         (lambda d: _slot_container(d, "blue").update(
             readinessProbe={"httpGet": {"path": "/readyz", "port": "https", "scheme": "HTTPS"}}),
          "must be an exec probe"),
+        # what a slot serves must not move under it: no tag alone, no alias
+        (lambda d: _slot_env(d, "green", "MODEL_REF").update(
+            value="oci://registry.internal.example/models/adult:3"), "is not pinned"),
+        (lambda d: _slot_env(d, "blue", "MODEL_REF").update(value="models:/adult@champion"),
+         "is not pinned"),
+        # the registry's CA and credentials: from read-only ConfigMap/Secret volumes only
+        (lambda d: _slot_mount(d, "blue", "oci-auth").update(readOnly=False),
+         "DOCKER_CONFIG /etc/secure-pipeline/oci-auth is not in a secret volume mounted"),
+        (lambda d: _slot_mount(d, "green", "oci-ca").pop("readOnly"),
+         "SECURE_PIPELINE_OCI_CA_BUNDLE /etc/secure-pipeline/oci-ca/ca.crt is not in a"),
+        (lambda d: _slot_env(d, "blue", "SECURE_PIPELINE_OCI_CA_BUNDLE").update(
+            value="/tmp/registry-ca.pem"), "not in a configMap or secret volume"),
+        (lambda d: _credentials_in_a_config_map(d, "green"), "not in a secret volume"),
+        (lambda d: _slot_volume(d, "blue", "oci-auth")["secret"].update(defaultMode=0o444),
+         "readable by any user"),
+        (lambda d: _slot_volume(d, "blue", "oci-auth")["secret"]["items"][0].update(mode=0o644),
+         "readable by any user"),
+        (lambda d: _slot_volume(d, "green", "oci-auth")["secret"]["items"][0].update(
+            path=".dockerconfigjson"), "holds no config.json"),
+        (lambda d: _drop_env(d, "blue", "DOCKER_CONFIG"), "DOCKER_CONFIG is not set"),
     ],
     ids=["permissive", "subset-label", "tls-off", "weights", "unknown-subset", "no-deny-all",
          "wildcard-principal", "no-principals", "service-one-slot", "l7-rule-on-tls",
          "http-route-on-tls", "wrong-sni", "plain-service-port", "no-client-ca",
-         "writable-tls-mount", "https-probe"],
+         "writable-tls-mount", "https-probe", "oci-tag-alone", "alias",
+         "writable-credentials", "writable-ca", "ca-outside-volumes", "credentials-in-configmap",
+         "world-readable-credentials", "world-readable-item", "no-config-json",
+         "no-docker-config"],
 )  # fmt: skip
 def test_consistency_check_catches_mistakes(change, message: str) -> None:  # noqa: ANN001
     problems = consistency_problems(_mutated(change))
