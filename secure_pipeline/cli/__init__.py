@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from secure_pipeline.cli import audit, certs, keys, models, privacy, serving
+from secure_pipeline.cli import audit, certs, keys, models, oci, privacy, serving
 from secure_pipeline.cli._common import _fail
 from secure_pipeline.errors import ConfigurationError, SecurePipelineError
 
@@ -34,7 +34,7 @@ class _Commands(click.Group):
 @click.group(cls=_Commands)
 @click.version_option(package_name="secure-pipeline", prog_name="secure-pipeline")
 def main() -> None:
-    """Secure ML pipeline tools: evidence, verification, audit trail, trust, serving, privacy."""
+    """Secure ML pipeline tools: evidence, verification, audit, trust, serving, privacy, OCI."""
 
 
 main.add_command(audit.audit)
@@ -46,5 +46,6 @@ main.add_command(certs.certs)
 main.add_command(serving.serve)
 main.add_command(serving.serving)
 main.add_command(privacy.privacy)
+main.add_command(oci.oci)
 
 __all__ = ["main"]

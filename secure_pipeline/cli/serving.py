@@ -40,8 +40,10 @@ def serve(
 ) -> None:  # fmt: skip
     """Serve one model version as a blue or green slot (behind the gateway).
 
-    MODEL_REF is pinned: models:/name/N (or a bundle directory). The model is verified before it
-    is loaded; /readyz answers 200 only after that, and a model that fails never serves.
+    MODEL_REF is pinned: models:/name/N, oci://host/repository@sha256:... (pulled from an OCI
+    registry by digest; a tag is resolved to its digest first) or a bundle directory. The model
+    is verified before it is loaded; /readyz answers 200 only after that, and a model that
+    fails never serves.
 
     The slot speaks mutual TLS only (TLS 1.3): --tls-cert and --tls-key are what it presents,
     --client-ca the slot CA whose client certificates (the gateway's, the release

@@ -94,7 +94,8 @@ def verify_reference(
     with it); ``models:/name@challenger`` a gate decision.
 
     Args:
-        reference: ``models:/name@alias``, ``models:/name/N`` or a bundle directory.
+        reference: ``models:/name@alias``, ``models:/name/N``, ``oci://host/repo@sha256:...``
+            (or ``:tag``) or a bundle directory.
         pipeline: Today's spec (today's policy and approvals apply); None skips only the
             today's-policy step and cannot be combined with a required promotion.
         trust: The trust policy.
@@ -107,7 +108,19 @@ def verify_reference(
         The evidence; the bundle directory exists until the context exits. Failed steps are
         recorded, never raised.
     """
-    with resolve(reference) as resolved:
+    with resolve(reference, trust) as resolved:
+        if resolved.oci is not None:
+            from secure_pipeline.registry.oci import check_artifact
+
+            evidence = Evidence(
+                resolved,
+                verify_bundle_dir(resolved.directory, trust=trust, pipeline=pipeline, store=store),
+            )
+            check_artifact(evidence, pipeline=pipeline, trust=trust, store=store, require=require)
+            if pipeline is not None and store is not None and evidence.verification.model_sha256:
+                _check_erased_data(evidence, pipeline, trust, store)
+            yield evidence
+            return
         if resolved.alias == CHAMPION:
             require = CHAMPION
         elif resolved.alias is not None and require is None:

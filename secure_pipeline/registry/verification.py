@@ -239,6 +239,8 @@ class Resolved:
         version: Version number.
         alias: The alias it was reached through, if any.
         source: The artifact source the registry gave for the version (what was downloaded).
+        oci: For an ``oci://`` reference, what was pulled (`secure_pipeline.registry.oci.Pulled`):
+            the digest and the carried evidence, verified by `verify_reference`.
     """
 
     directory: Path
@@ -246,17 +248,29 @@ class Resolved:
     version: str | None = None
     alias: str | None = None
     source: str | None = None
+    oci: Any = None
 
 
 @contextmanager
-def resolve(reference: str) -> Iterator[Resolved]:
-    """Resolve ``models:/name@alias``, ``models:/name/version`` or a directory.
+def resolve(reference: str, trust: TrustPolicy | None = None) -> Iterator[Resolved]:
+    """Resolve ``models:/name@alias``, ``models:/name/version``, ``oci://...`` or a directory.
 
-    Registry references are downloaded into a temporary directory removed afterwards.
+    Registry references are downloaded into a temporary directory removed afterwards. An
+    ``oci://`` reference is pulled by digest (a tag is resolved first); ``trust`` picks its
+    signature referrer when several are attached.
 
     Raises:
         ConfigurationError: For a malformed reference or an unknown alias or version.
     """
+    if reference.startswith("oci://"):
+        from secure_pipeline.registry.oci import pull
+
+        if trust is None:
+            raise ConfigurationError("an oci:// reference is resolved under a trust policy")
+        with TemporaryDirectory(prefix="bundle-") as temporary:
+            pulled = pull(reference, Path(temporary), trust)
+            yield Resolved(Path(temporary), source=str(pulled.pinned), oci=pulled)
+        return
     from secure_pipeline.registry.mlflow_registry import (
         alias_version,
         download_source,
@@ -268,8 +282,8 @@ def resolve(reference: str) -> Iterator[Resolved]:
         path = Path(reference)
         if not path.is_dir():
             raise ConfigurationError(
-                f"{reference!r} is neither models:/name@alias, models:/name/version nor a "
-                "bundle directory"
+                f"{reference!r} is neither models:/name@alias, models:/name/version, "
+                "oci://host/repository@sha256:... nor a bundle directory"
             )
         yield Resolved(path)
         return

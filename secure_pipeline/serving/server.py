@@ -429,8 +429,8 @@ class ModelService:
 
     Args:
         pipeline: The spec whose schema and policy apply.
-        model_ref: ``models:/name/version`` (pin a version), ``models:/name@alias`` or a
-            bundle directory.
+        model_ref: ``models:/name/version`` (pin a version), ``oci://host/repo@sha256:...``,
+            ``models:/name@alias`` or a bundle directory.
         slot: ``blue`` or ``green``.
         limits: Request limits.
     """
@@ -508,6 +508,8 @@ class ModelService:
             version = evidence.resolved.version or (
                 evidence.decision.version if evidence.decision else None
             )
+            # An OCI tag is mutable: the digest that verified is what this slot serves.
+            served = str(evidence.resolved.oci.pinned) if evidence.resolved.oci else self.model_ref
         fields = input_fields(self.pipeline, verified.inputs)
         with self._lock:
             self.model = verified.model
@@ -518,7 +520,7 @@ class ModelService:
             self.state = "ready"
             self.reason = f"verified, signed by {verified.signer}"
         self.ready.set(1)
-        self.info.info({"slot": self.slot, "model_ref": self.model_ref,
+        self.info.info({"slot": self.slot, "model_ref": served,
                         "model_sha256": verified.model_sha256, "version": str(version or ""),
                         "state": self.state})  # fmt: skip
         logger.info("slot %s serves %s (%s)", self.slot, self.model_ref, self.model_sha256)

@@ -24,7 +24,8 @@ EVENTS: Mapping[str, frozenset[str]] = {
     INGEST: frozenset({"ingestion.stored", "snapshot.stored", "check.evaluated"}),
     TRAIN: frozenset({"model.trained", "snapshot.stored", "check.evaluated"}),
     RELEASE: frozenset(
-        {"model.registered", "registration.refused", "snapshot.stored", "check.evaluated"}
+        {"model.registered", "registration.refused", "snapshot.stored", "check.evaluated",
+         "oci.pushed"}  # fmt: skip
     ),
     GATE: frozenset(
         {
