@@ -99,6 +99,13 @@ def client_for(reference: "OciReference") -> "RegistryClient":
     return RegistryClient(reference.registry)
 
 
+def _by_digest(reference: "OciReference", digest: str) -> "OciReference":
+    """The artifact by digest alone: what is recorded and printed (a tag can move)."""
+    import dataclasses
+
+    return dataclasses.replace(reference.pinned(digest), tag=None)
+
+
 def _scope(reference: "OciReference") -> str:
     """Where the push records of one registry repository and tag are kept."""
     host = reference.registry.replace(":", "_")
@@ -129,7 +136,7 @@ def pull(reference: str, destination: Path, trust: TrustPolicy) -> Pulled:
     ref = parse_reference(reference)
     client = client_for(ref)
     artifact = pull_bundle(client, ref, destination)
-    pulled = Pulled(ref, artifact.reference, artifact.digest, 0)
+    pulled = Pulled(ref, _by_digest(ref, artifact.digest), artifact.digest, 0)
     signatures: list[bytes] = []
     for descriptor in artifact.referrers:
         kind = descriptor.get("artifactType")
@@ -596,7 +603,6 @@ def publish(
         DSSE_MEDIA_TYPE,
         EVIDENCE_ARTIFACT_TYPE,
         SIGNATURE_ARTIFACT_TYPE,
-        SIGNATURE_MEDIA_TYPE,
         attach,
         package_bundle,
     )
@@ -626,12 +632,12 @@ def publish(
         client, destination, directory, files, annotations=annotations, config=config
     )
     manifest, _ = client.get_manifest(destination.repository, digest)
-    pinned = destination.pinned(digest)
+    pinned = _by_digest(destination, digest)
     attach(
         client, destination.repository, digest, len(manifest),
         artifact_type=SIGNATURE_ARTIFACT_TYPE,
         layers=[(SIGNATURE_FILE, (directory / SIGNATURE_FILE).read_bytes(),
-                 SIGNATURE_MEDIA_TYPE)],
+                 SIGNATURE_ARTIFACT_TYPE)],
     )  # fmt: skip
     record = attestations.sign(
         attestations.statement(
@@ -671,7 +677,9 @@ def publish(
     )  # fmt: skip
     AuditLog(store).append(
         "oci.pushed", signer=signer, actor=actor, subject=str(verification.model_sha256),
-        details={"name": name, "version": version, "reference": str(pinned),
+        # The repository without the oci:// scheme: the trail redacts what parses as a URI.
+        details={"name": name, "version": version, "manifest_digest": digest,
+                 "repository": f"{destination.registry}/{destination.repository}",
                  "tag": destination.tag or "", "push": attestations.sha256_of(record)},
     )  # fmt: skip
     return PushResult(pinned, digest, name, version, attestations.sha256_of(record))
@@ -701,7 +709,7 @@ def mirror(source: str, target: str, *, trust: TrustPolicy) -> "OciReference":
             )
         pinned = evidence.resolved.oci.pinned
     digest = layout.mirror(client_for(src), pinned, client_for(dst), dst)
-    copy = dst.pinned(digest)
+    copy = _by_digest(dst, digest)
     with verify_reference(str(copy), pipeline=None, trust=trust, store=None) as evidence:
         if not evidence.ok:
             raise PolicyViolation(
