@@ -24,8 +24,13 @@ EVENTS: Mapping[str, frozenset[str]] = {
     INGEST: frozenset({"ingestion.stored", "snapshot.stored", "check.evaluated"}),
     TRAIN: frozenset({"model.trained", "snapshot.stored", "check.evaluated"}),
     RELEASE: frozenset(
-        {"model.registered", "registration.refused", "snapshot.stored", "check.evaluated",
-         "oci.pushed"}  # fmt: skip
+        {
+            "model.registered",
+            "registration.refused",
+            "snapshot.stored",
+            "check.evaluated",
+            "oci.pushed",
+        }
     ),
     GATE: frozenset(
         {
