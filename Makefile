@@ -77,6 +77,7 @@ bench: sync
 	$(RUN) python benchmarks/bench_landing_sensor.py
 	$(RUN) python benchmarks/bench_pipeline_overhead.py
 	$(RUN) python benchmarks/bench_gateway.py
+	$(RUN) python benchmarks/bench_oci.py
 
 clean:
 	rm -rf .venv $(TOOLS) .pytest_cache .ruff_cache

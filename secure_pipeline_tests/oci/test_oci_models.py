@@ -300,3 +300,34 @@ def _blob(registry, repository: str, digest: str) -> bytes:
         return path.read_bytes()
     finally:
         path.unlink()
+
+
+def test_a_foreign_signature_referrer_is_refused(pushed, oci_env, tmp_path) -> None:
+    from secure_pipeline.oci.layout import attach
+    from secure_pipeline.registry.signing import Signer, sign_bundle
+    from secure_pipeline.trust.keys import generate_key
+
+    registry = oci_env.client()
+    ref = parse_reference(pushed["pinned"])
+    bundle = tmp_path / "bundle"
+    with _evidence(pushed["pinned"]) as evidence:
+        shutil.copytree(evidence.resolved.directory, bundle)
+    # The insider signs the very same files with a key of their own, swaps the signatures.
+    (bundle / SIGNATURE_FILE).unlink()
+    generate_key(tmp_path / "intruder.pem")
+    sign_bundle(bundle, Signer("key", private_key=tmp_path / "intruder.pem"))
+    original = next(d for d in registry.referrers(ref.repository, ref.digest)
+                    if d["artifactType"] == SIGNATURE_ARTIFACT_TYPE)  # fmt: skip
+    kept = [d for d in registry.referrers(ref.repository, ref.digest) if d != original]
+    index = {"schemaVersion": 2, "mediaType": IMAGE_INDEX, "manifests": kept}
+    registry.put_manifest(ref.repository, canonical_json(index), IMAGE_INDEX,
+                          tag=fallback_tag(ref.digest))  # fmt: skip
+    registry.delete_manifest(ref.repository, original["digest"])
+    data, _ = registry.get_manifest(ref.repository, str(ref.digest))
+    attach(registry, ref.repository, str(ref.digest), len(data),
+           artifact_type=SIGNATURE_ARTIFACT_TYPE,
+           layers=[(SIGNATURE_FILE, (bundle / SIGNATURE_FILE).read_bytes(),
+                    SIGNATURE_ARTIFACT_TYPE)])  # fmt: skip
+    report = _failed(pushed["pinned"])
+    assert "[FAIL] signature" in report
+    assert "not signed by a trusted signer" in report
