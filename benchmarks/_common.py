@@ -1,8 +1,11 @@
 """Helpers shared by the benchmark scripts: interleaved repetitions and a ratio report."""
 
+import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 
 def interleaved(
@@ -36,3 +39,22 @@ def report(title: str, times: dict[str, list[float]], baseline: str, goal: float
         verdict = "meets" if worst <= goal else "MISSES"
         print(f"  goal <= {goal:.2f}x: {verdict} ({worst:.2f}x)")
     return worst
+
+
+def temporary_home(prefix: str) -> tuple[Path, Path]:
+    """A work directory under the current one with a Dagster/secure_pipeline home in it.
+
+    The environment points at the home (SQLite instance) and at development keys of its own.
+
+    Returns:
+        ``(work, home)``; the caller removes ``work``.
+    """
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=Path.cwd()))
+    home = work / "home"
+    home.mkdir()
+    os.environ.update(
+        SECURE_PIPELINE_HOME=str(home), DAGSTER_HOME=str(home),
+        SECURE_PIPELINE_DEV_KEYS=str(work / "dev-keys"),
+    )  # fmt: skip
+    (home / "dagster.yaml").write_text(f"storage:\n  sqlite:\n    base_dir: {home}\n")
+    return work, home

@@ -17,11 +17,10 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from _common import interleaved, report
+from _common import interleaved, report, temporary_home
 
 
 def _pad(store, target: int) -> float:
@@ -54,14 +53,7 @@ def _pad(store, target: int) -> float:
 
 
 def main() -> None:
-    work = Path(tempfile.mkdtemp(prefix="bench-evidence-", dir=Path.cwd()))
-    home = work / "home"
-    home.mkdir()
-    os.environ.update(
-        SECURE_PIPELINE_HOME=str(home), DAGSTER_HOME=str(home),
-        SECURE_PIPELINE_DEV_KEYS=str(work / "dev-keys"),
-    )  # fmt: skip
-    (home / "dagster.yaml").write_text(f"storage:\n  sqlite:\n    base_dir: {home}\n")
+    work, home = temporary_home("bench-evidence-")
     try:
         import dagster as dg
 

@@ -16,24 +16,16 @@ One real run of the reference pipeline is made first in a temporary home; its bu
 import os
 import shutil
 import sys
-import tempfile
 import uuid
 from pathlib import Path
 
-from _common import interleaved, report
+from _common import interleaved, report, temporary_home
 
 SIZE = 200 * 1024 * 1024
 
 
 def main() -> None:
-    work = Path(tempfile.mkdtemp(prefix="bench-oci-", dir=Path.cwd()))
-    home = work / "home"
-    home.mkdir()
-    os.environ.update(
-        SECURE_PIPELINE_HOME=str(home), DAGSTER_HOME=str(home),
-        SECURE_PIPELINE_DEV_KEYS=str(work / "dev-keys"),
-    )  # fmt: skip
-    (home / "dagster.yaml").write_text(f"storage:\n  sqlite:\n    base_dir: {home}\n")
+    work, home = temporary_home("bench-oci-")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     try:
         import dagster as dg

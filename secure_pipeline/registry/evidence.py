@@ -11,7 +11,7 @@ audit trail's signed checkpoint at the moment of the decision. Nothing here read
 or alias as evidence: an alias that disagrees with the signed champion decision is refused.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -147,7 +147,7 @@ def verify_reference(
                     "promotion", "a promotion decision cannot be checked offline (no store)"
                 )
             else:
-                _check_promotion(evidence, pipeline, trust, store, require)
+                check_promotion(evidence, pipeline, trust, store, require)
         yield evidence
 
 
@@ -188,13 +188,17 @@ def _check_erased_data(
         evidence.fail("erased data", detail)
 
 
-def _check_promotion(
+def check_promotion(
     evidence: Evidence,
     pipeline: PipelineSpec,
     trust: TrustPolicy,
     store: SnapshotStore,
     require: str,
 ) -> None:
+    """Find in the store the gate's decision ``require`` calls for, and check it.
+
+    Then its approvals and the audit checkpoint; failed steps are recorded on ``evidence``.
+    """
     resolved, verification = evidence.resolved, evidence.verification
     name = resolved.name or pipeline.name
     history, rejected = decisions(store, trust, name)
@@ -270,6 +274,33 @@ def check_decision(
 def _check_approvals(
     evidence: Evidence, pipeline: PipelineSpec, trust: TrustPolicy, store: SnapshotStore
 ) -> None:
+    def read(key: str, digest: str | None) -> tuple[bytes | None, str | None]:
+        try:
+            data = store.read_object(key)
+        except FileNotFoundError:
+            return None, f"cited approval {key} is not in the store"
+        if sha256_hex(data) != digest:
+            return None, f"cited approval {key} is not the one the decision cites"
+        return data, None
+
+    tally_approvals(evidence, pipeline, trust, read)
+
+
+def tally_approvals(
+    evidence: Evidence,
+    pipeline: PipelineSpec,
+    trust: TrustPolicy,
+    read: Callable[[str, str | None], tuple[bytes | None, str | None]],
+) -> None:
+    """Count the approvals the decision cites and record the ``approvals`` step.
+
+    Args:
+        evidence: The evidence, with its decision.
+        pipeline: Today's spec (how many approvals are required).
+        trust: Today's trust policy (who is an approver).
+        read: ``(uri, sha256)`` of a cited approval -> its envelope, or None and why it is
+            missing or not the one cited (tampering: the step fails).
+    """
     decision = evidence.decision
     assert decision is not None
     # A cited approval that is gone or altered is tampering; one that no longer verifies under
@@ -278,13 +309,9 @@ def _check_approvals(
     uncounted: list[str] = []
     for cited in decision.inputs("approvals/"):
         key, digest = str(cited.get("uri")), cited.get("digest", {}).get("sha256")
-        try:
-            data = store.read_object(key)
-        except FileNotFoundError:
-            tampered.append(f"cited approval {key} is not in the store")
-            continue
-        if sha256_hex(data) != digest:
-            tampered.append(f"cited approval {key} is not the one the decision cites")
+        data, problem = read(key, digest)
+        if data is None:
+            tampered.append(str(problem))
             continue
         try:
             attestation = open_approval(

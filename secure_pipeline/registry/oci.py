@@ -16,24 +16,22 @@ bundle. With the store reachable, its records win (a later registration, a moved
 that has only the registry (an air-gapped mirror), the carried envelopes are the evidence.
 """
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from secure_pipeline.errors import (
     ConfigurationError,
-    IntegrityError,
     PolicyViolation,
+    SecurePipelineError,
     SignatureError,
 )
-from secure_pipeline.registry.approvals import Approval, open_approval
 from secure_pipeline.registry.decisions import Decision, decisions, for_version
 from secure_pipeline.registry.registration import registrations
 from secure_pipeline.registry.signing import SIGNATURE_FILE, signed_digests, verify_bundle
 from secure_pipeline.storage.snapshots import SnapshotStore, utc_now
 from secure_pipeline.trust import attestations
-from secure_pipeline.trust.identities import APPROVER_PREFIX, GATE, RELEASE
+from secure_pipeline.trust.identities import GATE, RELEASE
 from secure_pipeline.trust.policy import TrustPolicy
 
 if TYPE_CHECKING:
@@ -50,6 +48,12 @@ ARTIFACT_STEP = "oci artifact"
 PUSH_STEP = "oci push"
 # Evidence layer titles: what each carried envelope is.
 _REGISTRATION, _DECISION, _PUSH, _APPROVAL = "registration", "decision", "push", "approval"
+# Who must have signed each kind of carried envelope, and what it states.
+_CARRIED_KINDS = {
+    _PUSH: (RELEASE, PUSH_TYPE),
+    _REGISTRATION: (RELEASE, attestations.REGISTRATION_TYPE),
+    _DECISION: (GATE, attestations.VSA_TYPE),
+}
 
 
 @dataclass
@@ -144,14 +148,9 @@ def pull(reference: str, destination: Path, trust: TrustPolicy) -> Pulled:
             continue
         try:
             layers = referrer_layers(client, ref.repository, descriptor)
-        except (IntegrityError, ConfigurationError) as exc:
+        except SecurePipelineError as exc:
+            # A deleted or altered referrer is reported; without a signature nothing verifies.
             pulled.problems.append(f"referrer {str(descriptor.get('digest'))[:19]}: {exc}")
-            continue
-        except Exception as exc:  # noqa: BLE001 - a deleted referrer is reported, not fatal
-            pulled.problems.append(
-                f"referrer {str(descriptor.get('digest'))[:19]} unreadable: "
-                f"{type(exc).__name__}: {str(exc)[:200]}"
-            )
             continue
         if kind == SIGNATURE_ARTIFACT_TYPE:
             signatures += [data for _title, data in layers[:1]]
@@ -215,11 +214,11 @@ def check_artifact(
     _check_registration(evidence, carried, trust, store, name, version)
     history = decisions(store, trust, name)[0] if store is not None else []
     if require is not None and history and pipeline is not None:
-        from secure_pipeline.registry.evidence import _check_promotion
+        from secure_pipeline.registry.evidence import check_promotion
 
         # The store holds this model's decisions (the site that released it): the full check,
         # with approvals and the audit checkpoint read from there.
-        _check_promotion(evidence, pipeline, trust, store, require)  # type: ignore[arg-type]
+        check_promotion(evidence, pipeline, trust, store, require)  # type: ignore[arg-type]
         return
     if require == "champion":
         evidence.fail(
@@ -252,40 +251,28 @@ class _Carried:
         carried = cls()
         for title, data in envelopes:
             kind = title.split("-", 1)[0].removesuffix(".json")
+            if kind == _APPROVAL:
+                # Approvals are verified against the decision that cites them, by digest.
+                carried.approvals[attestations.sha256_of(data)] = data
+                continue
+            if kind not in _CARRIED_KINDS:
+                carried.rejected.append(f"{title}: not a kind of evidence this project writes")
+                continue
+            identity, predicate_type = _CARRIED_KINDS[kind]
             try:
-                if kind == _PUSH:
-                    carried.pushes.append(
-                        attestations.open_envelope(
-                            data,
-                            trust,
-                            identities=(RELEASE,),
-                            predicate_type=PUSH_TYPE,
-                            what=f"carried {title}",
-                        )  # fmt: skip
-                    )
-                elif kind == _REGISTRATION:
-                    carried.registrations.append(
-                        attestations.open_envelope(
-                            data,
-                            trust,
-                            identities=(RELEASE,),
-                            predicate_type=attestations.REGISTRATION_TYPE,
-                            what=f"carried {title}",
-                        )  # fmt: skip
-                    )
-                elif kind == _DECISION:
-                    opened = attestations.open_envelope(
-                        data, trust, identities=(GATE,), predicate_type=attestations.VSA_TYPE,
-                        what=f"carried {title}",
-                    )  # fmt: skip
-                    carried.decisions.append(Decision(opened, f"oci:{title}"))
-                elif kind == _APPROVAL:
-                    # Approvals are verified against the decision that cites them, by digest.
-                    carried.approvals[attestations.sha256_of(data)] = data
-                else:
-                    carried.rejected.append(f"{title}: not a kind of evidence this project writes")
+                opened = attestations.open_envelope(
+                    data, trust, identities=(identity,), predicate_type=predicate_type,
+                    what=f"carried {title}",
+                )  # fmt: skip
             except SignatureError as exc:
                 carried.rejected.append(str(exc))
+                continue
+            if kind == _PUSH:
+                carried.pushes.append(opened)
+            elif kind == _REGISTRATION:
+                carried.registrations.append(opened)
+            else:
+                carried.decisions.append(Decision(opened, f"oci:{title}"))
         return carried
 
     def ignored(self) -> str:
@@ -464,41 +451,13 @@ def _check_carried_decision(
     )
     if pipeline is None:
         return
-    approvals: list[Approval] = []
-    problems: list[str] = []
-    for cited_approval in decision.inputs("approvals/"):
-        digest = cited_approval.get("digest", {}).get("sha256")
+    from secure_pipeline.registry.evidence import tally_approvals
+
+    def read(key: str, digest: str | None) -> tuple[bytes | None, str | None]:
         data = carried.approvals.get(str(digest))
-        if data is None:
-            problems.append(f"cited approval {cited_approval.get('uri')} is not attached")
-            continue
-        try:
-            attestation = open_approval(
-                data, trust, model_sha256=str(verification.model_sha256),
-                bundle_digest=str(verification.bundle_digest), where=str(cited_approval.get("uri")),
-            )  # fmt: skip
-        except SignatureError as exc:
-            problems.append(str(exc))
-            continue
-        approver = attestation.identity[len(APPROVER_PREFIX) :]
-        if all(a.approver != approver for a in approvals):
-            approvals.append(
-                Approval(approver, attestation.keyid, str(attestation.predicate.get("reason", "")),
-                         str(attestation.predicate.get("created_at")),
-                         str(cited_approval.get("uri")), attestation.sha256)
-            )  # fmt: skip
-    evidence.approvals = approvals
-    needed = pipeline.policy.approvals_required
-    if len(approvals) < needed:
-        evidence.fail(
-            "approvals",
-            f"{needed} signed approval(s) by approvers of today's trust policy are required, the "
-            f"decision cites {len(approvals)} that verify"
-            + (f" ({'; '.join(problems)})" if problems else ""),
-        )
-    else:
-        names = ", ".join(a.approver for a in approvals) or "none"
-        evidence.passed("approvals", f"{len(approvals)} of {needed} required: {names}")
+        return (data, None) if data is not None else (None, f"cited approval {key} is not attached")
+
+    tally_approvals(evidence, pipeline, trust, read)
 
 
 def push(
@@ -558,7 +517,9 @@ def push(
             verification=verification,
             registration=registration,
             decision=decision.attestation,
-            approvals=[store.read_object(a.key) for a in evidence.approvals],
+            # Every approval the decision cites, as the store holds it: the carried tally then
+            # sees what the store's does (one whose approver was since removed stops counting).
+            approvals=[store.read_object(str(i.get("uri"))) for i in decision.inputs("approvals/")],
             store=store,
             signer=signer,
             actor=actor,
@@ -716,17 +677,6 @@ def mirror(source: str, target: str, *, trust: TrustPolicy) -> "OciReference":
                 f"the copy {copy} does not verify: " + "; ".join(evidence.problems)
             )
     return copy
-
-
-def describe(pulled: Pulled) -> Mapping[str, Any]:
-    """Facts about a pulled artifact for JSON output."""
-    return {
-        "reference": str(pulled.reference),
-        "pinned": str(pulled.pinned),
-        "digest": pulled.digest,
-        "signatures": pulled.signatures,
-        "evidence_envelopes": [title for title, _data in pulled.envelopes],
-    }
 
 
 __all__ = [

@@ -15,13 +15,20 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from secure_pipeline.oci.client import IMAGE_INDEX, IMAGE_MANIFEST, canonical_json, fallback_tag
+from secure_pipeline.oci.client import (
+    IMAGE_INDEX,
+    IMAGE_MANIFEST,
+    RegistryClient,
+    canonical_json,
+    fallback_tag,
+)
 from secure_pipeline.oci.layout import SIGNATURE_ARTIFACT_TYPE, package_bundle
-from secure_pipeline.oci.reference import parse_reference
+from secure_pipeline.oci.reference import OciReference, parse_reference
 from secure_pipeline.reference.adult import adult_pipeline
 from secure_pipeline.registry.evidence import verify_reference
 from secure_pipeline.registry.signing import SIGNATURE_FILE
@@ -76,6 +83,23 @@ def _failed(reference: str, **options) -> str:
     with _evidence(reference, **options) as evidence:
         assert not evidence.ok, evidence.report()
         return evidence.report()
+
+
+def _bundle_copy(reference: str, destination: Path) -> Path:
+    """A copy of the bundle the reference pulls to (what the insider starts from)."""
+    with _evidence(reference) as evidence:
+        shutil.copytree(evidence.resolved.directory, destination)
+    return destination
+
+
+def _keep_referrers(
+    registry: RegistryClient, ref: OciReference, keep: Callable[[dict], bool]
+) -> None:
+    """Rewrite the fallback referrers index of ``ref`` with only the referrers ``keep`` accepts."""
+    kept = [d for d in registry.referrers(ref.repository, ref.digest) if keep(d)]
+    index = {"schemaVersion": 2, "mediaType": IMAGE_INDEX, "manifests": kept}
+    registry.put_manifest(ref.repository, canonical_json(index), IMAGE_INDEX,
+                          tag=fallback_tag(ref.digest))  # fmt: skip
 
 
 def test_push_pull_by_digest_verify_and_serve(pushed, oci_env, reference_run, tmp_path) -> None:
@@ -171,11 +195,7 @@ def test_a_deleted_signature_referrer_is_refused(pushed, oci_env, tmp_path) -> N
     assert "[FAIL] oci artifact" in report
     assert "no model-signing bundle" in report
     # The same with the fallback index rewritten to forget it.
-    index = {"schemaVersion": 2, "mediaType": IMAGE_INDEX, "manifests": [
-        d for d in registry.referrers(ref.repository, ref.digest)
-        if d["artifactType"] != SIGNATURE_ARTIFACT_TYPE]}  # fmt: skip
-    registry.put_manifest(ref.repository, canonical_json(index), IMAGE_INDEX,
-                          tag=fallback_tag(ref.digest))  # fmt: skip
+    _keep_referrers(registry, ref, lambda d: d["artifactType"] != SIGNATURE_ARTIFACT_TYPE)
     assert "no model-signing bundle" in _failed(pushed["pinned"])
     out = tmp_path / "nothing"
     result = _run("oci", "pull", pushed["pinned"], str(out))
@@ -186,11 +206,7 @@ def test_a_deleted_signature_referrer_is_refused(pushed, oci_env, tmp_path) -> N
 def test_stripped_evidence_is_refused(pushed, oci_env) -> None:
     registry = oci_env.client()
     ref = parse_reference(pushed["pinned"])
-    index = {"schemaVersion": 2, "mediaType": IMAGE_INDEX, "manifests": [
-        d for d in registry.referrers(ref.repository, ref.digest)
-        if d["artifactType"] == SIGNATURE_ARTIFACT_TYPE]}  # fmt: skip
-    registry.put_manifest(ref.repository, canonical_json(index), IMAGE_INDEX,
-                          tag=fallback_tag(ref.digest))  # fmt: skip
+    _keep_referrers(registry, ref, lambda d: d["artifactType"] == SIGNATURE_ARTIFACT_TYPE)
     # The bundle itself still verifies; without its signed push record it is not a release.
     report = _failed(pushed["pinned"])
     assert "[ok] signature" in report
@@ -200,9 +216,7 @@ def test_stripped_evidence_is_refused(pushed, oci_env) -> None:
 def test_a_tag_moved_to_an_unsigned_artifact_is_refused(pushed, oci_env, tmp_path) -> None:
     registry = oci_env.client()
     ref = parse_reference(pushed["pinned"])
-    bundle = tmp_path / "bundle"
-    with _evidence(pushed["pinned"]) as evidence:
-        shutil.copytree(evidence.resolved.directory, bundle)
+    bundle = _bundle_copy(pushed["pinned"], tmp_path / "bundle")
     (bundle / SIGNATURE_FILE).unlink()
     files = sorted((p.relative_to(bundle).as_posix(), p) for p in bundle.rglob("*") if p.is_file())
     config = {"descriptor": {"name": "adult"}, "config": {"format": "skops"}}
@@ -309,19 +323,14 @@ def test_a_foreign_signature_referrer_is_refused(pushed, oci_env, tmp_path) -> N
 
     registry = oci_env.client()
     ref = parse_reference(pushed["pinned"])
-    bundle = tmp_path / "bundle"
-    with _evidence(pushed["pinned"]) as evidence:
-        shutil.copytree(evidence.resolved.directory, bundle)
+    bundle = _bundle_copy(pushed["pinned"], tmp_path / "bundle")
     # The insider signs the very same files with a key of their own, swaps the signatures.
     (bundle / SIGNATURE_FILE).unlink()
     generate_key(tmp_path / "intruder.pem")
     sign_bundle(bundle, Signer("key", private_key=tmp_path / "intruder.pem"))
     original = next(d for d in registry.referrers(ref.repository, ref.digest)
                     if d["artifactType"] == SIGNATURE_ARTIFACT_TYPE)  # fmt: skip
-    kept = [d for d in registry.referrers(ref.repository, ref.digest) if d != original]
-    index = {"schemaVersion": 2, "mediaType": IMAGE_INDEX, "manifests": kept}
-    registry.put_manifest(ref.repository, canonical_json(index), IMAGE_INDEX,
-                          tag=fallback_tag(ref.digest))  # fmt: skip
+    _keep_referrers(registry, ref, lambda d: d != original)
     registry.delete_manifest(ref.repository, original["digest"])
     data, _ = registry.get_manifest(ref.repository, str(ref.digest))
     attach(registry, ref.repository, str(ref.digest), len(data),
