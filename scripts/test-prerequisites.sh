@@ -9,7 +9,8 @@
 #   scripts/test-prerequisites.sh --sudo   also installs through sudo when not root (.ci/run)
 #
 # PYTHON is the interpreter `make` bootstraps with (default python3). PREREQUISITES_ROOT
-# prefixes the fixed paths looked at (nginx, its njs module, PostgreSQL, the registry, htpasswd):
+# prefixes the fixed paths looked at (nginx, its njs module, PostgreSQL, the registry, htpasswd,
+# prometheus, amtool):
 # the tests point it at an empty directory to simulate a machine without them.
 set -euo pipefail
 
@@ -70,6 +71,12 @@ check() {
     || need docker-registry "the OCI tests start a real distribution registry"
   command -v htpasswd >/dev/null 2>&1 || [ -x "$root/usr/bin/htpasswd" ] \
     || need apache2-utils "htpasswd -B writes the test registry's password file"
+  # The monitoring tests check the alert rules with promtool, fire them in a real Prometheus
+  # and check the Alertmanager example with amtool.
+  command -v prometheus >/dev/null 2>&1 || [ -x "$root/usr/bin/prometheus" ] \
+    || need prometheus "the monitoring tests run promtool and a real Prometheus"
+  command -v amtool >/dev/null 2>&1 || [ -x "$root/usr/bin/amtool" ] \
+    || need prometheus-alertmanager "amtool checks the Alertmanager example"
 }
 
 check

@@ -20,6 +20,7 @@ TRAINED_MODEL = "trained_model"
 REGISTERED_MODEL = "registered_model"
 PROMOTED_MODEL = "promoted_model"
 CANARY_ANALYSIS = "canary_analysis"
+LIVE_TRAFFIC = "live_traffic"
 
 # Check names, by the asset they judge.
 PROVENANCE_COMPLETE = "provenance_complete"
@@ -33,6 +34,13 @@ ROBUSTNESS = "adversarial_robustness"
 MEMBERSHIP = "membership_inference_risk"
 FAIRNESS = "fairness_audit"
 SIGNATURE_VERIFIES = "signature_verifies"
+# The live checks of ``live_traffic`` (the served champion, judged on what it scores).
+LIVE_INPUT_DRIFT = "live_input_drift"
+LIVE_SCORE_DRIFT = "live_score_drift"
+LIVE_ERROR_RATE = "live_error_rate"
+LIVE_PERFORMANCE = "live_performance"
+LIVE_FAIRNESS = "live_fairness"
+LIVE_CHECKS = (LIVE_INPUT_DRIFT, LIVE_SCORE_DRIFT, LIVE_ERROR_RATE, LIVE_PERFORMANCE, LIVE_FAIRNESS)
 
 # The checks whose verdicts a model needs, by the stage whose snapshot they judge. The poisoning
 # screen is always among them: a policy that turns it off gets a signed "turned off" verdict
@@ -123,6 +131,11 @@ class PipelineNames:
         """Key of the blue-green release."""
         return self.key(CANARY_ANALYSIS)
 
+    @cached_property
+    def live_traffic(self) -> "dg.AssetKey":
+        """Key of the live traffic the served champion scored (and its live checks)."""
+        return self.key(LIVE_TRAFFIC)
+
     def stage_key(self, stage: str) -> "dg.AssetKey":
         """The key of the asset whose snapshot a lineage stage names."""
         return {
@@ -156,6 +169,16 @@ class PipelineNames:
     def release_job(self) -> str:
         """The release stage job."""
         return f"{self.pipeline}_release"
+
+    @property
+    def monitor_job(self) -> str:
+        """The job that materializes ``live_traffic``."""
+        return f"{self.pipeline}_monitor"
+
+    @property
+    def rollback_job(self) -> str:
+        """The job that rolls the champion back after a failed live check."""
+        return f"{self.pipeline}_rollback"
 
     def prefixed(self, name: str) -> str:
         """A schedule or sensor name of this pipeline."""

@@ -22,7 +22,10 @@ REPO = Path(__file__).resolve().parents[1]
 PREREQUISITES = REPO / "scripts" / "test-prerequisites.sh"
 DEMO = REPO / "scripts" / "demo.py"
 BASH = shutil.which("bash")
-DEBIAN = "nginx libnginx-mod-http-js postgresql docker-registry apache2-utils"
+DEBIAN = (
+    "nginx libnginx-mod-http-js postgresql docker-registry apache2-utils prometheus "
+    "prometheus-alertmanager"
+)
 
 
 def _tool_dir(tmp_path: Path, *, real: tuple[str, ...], fake: dict[str, str]) -> Path:
@@ -73,6 +76,12 @@ for package in "$@"; do
     apache2-utils) mkdir -p "$PREREQUISITES_ROOT/usr/bin"
            : > "$PREREQUISITES_ROOT/usr/bin/htpasswd"
            chmod 755 "$PREREQUISITES_ROOT/usr/bin/htpasswd" ;;
+    prometheus) mkdir -p "$PREREQUISITES_ROOT/usr/bin"
+           : > "$PREREQUISITES_ROOT/usr/bin/prometheus"
+           chmod 755 "$PREREQUISITES_ROOT/usr/bin/prometheus" ;;
+    prometheus-alertmanager) mkdir -p "$PREREQUISITES_ROOT/usr/bin"
+           : > "$PREREQUISITES_ROOT/usr/bin/amtool"
+           chmod 755 "$PREREQUISITES_ROOT/usr/bin/amtool" ;;
   esac
 done
 """
@@ -97,6 +106,7 @@ def test_missing_packages_stop_at_once_with_the_one_command(tmp_path):
     assert "nginx: the inference gateway tests start a real nginx" in output
     assert "docker-registry: the OCI tests start a real distribution registry" in output
     assert "apache2-utils: htpasswd -B writes the test registry's password file" in output
+    assert "prometheus: the monitoring tests run promtool and a real Prometheus" in output
     assert not calls.exists()
 
 
@@ -158,7 +168,8 @@ def test_only_what_is_missing_is_asked_for(tmp_path):
         fake={"id": "echo 1000\n", "docker-registry": "exit 0\n"},
     )
     env = {"PATH": str(tools), "PREREQUISITES_ROOT": str(root), "APT_CALLS": str(calls)}
-    others = ("install", "nginx", "libnginx-mod-http-js", "postgresql")
+    others = ("install", "nginx", "libnginx-mod-http-js", "postgresql", "prometheus",
+              "prometheus-alertmanager")  # fmt: skip
     subprocess.run([str(fake_apt), *others], env=env, check=True, timeout=30)
     code, output, _ = _check(tools, root, APT_CALLS=str(calls))
     assert code == 1

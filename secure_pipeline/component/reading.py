@@ -485,6 +485,7 @@ def _without_field(path: YamlPath, message: str) -> str:
 # Sections that check themselves (``problems()``); the spec repeats their problems.
 _OWN_PROBLEMS: dict[str, str] = {
     "policy": "", "orchestration": "", "canary": "canary: ", "privacy": "",
+    "monitoring": "monitoring: ",
 }  # fmt: skip
 
 

@@ -23,6 +23,7 @@ from secure_pipeline.trust.identities import (
     MONITOR,
     PRIVACY,
     RELEASE,
+    SERVE,
     STAGE_IDENTITIES,
     TRAIN,
 )
@@ -40,10 +41,17 @@ _IDENTITY_ROLES: Mapping[str, str] = {
     TRAIN: "reads the feature table to train the model and judges the model's security checks",
     RELEASE: "signs the model bundle (digests and aggregate metrics, no rows) and registers it",
     GATE: "decides promotion and canary releases from signed evidence; reads no rows",
-    MONITOR: "records failed runs in the audit trail; reads no rows",
+    MONITOR: (
+        "records failed runs in the audit trail; reads the recorded live traffic (model "
+        "inputs and scores, no identifying or personal columns) to judge the live checks"
+    ),
     PRIVACY: (
         "records erasure requests (hashed identifiers), destroys the data keys of erased and "
         "expired snapshots, flags models trained on them"
+    ),
+    SERVE: (
+        "scores the callers' rows; records a sample of the model's inputs, sensitive columns "
+        "and scores (never identifying or personal columns) in signed batches"
     ),
 }
 

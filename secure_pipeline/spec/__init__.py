@@ -17,7 +17,7 @@ from secure_pipeline.spec.data import (
     SourceSpec,
 )
 from secure_pipeline.spec.pipeline import PipelineSpec
-from secure_pipeline.spec.policy import CanaryPolicy, PrivacySpec, SecurityPolicy
+from secure_pipeline.spec.policy import CanaryPolicy, MonitoringSpec, PrivacySpec, SecurityPolicy
 from secure_pipeline.spec.stages import (
     BUILTIN_ESTIMATORS,
     CONTAINER_SECURITY_CONTEXT,
@@ -48,6 +48,7 @@ __all__ = [
     "FeatureSpec",
     "IsolationSpec",
     "ModelSpec",
+    "MonitoringSpec",
     "OrchestrationSpec",
     "PipelineSpec",
     "PrivacySpec",

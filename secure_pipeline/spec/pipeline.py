@@ -10,7 +10,7 @@ from secure_pipeline.spec._imports import import_path_problem
 from secure_pipeline.spec._patterns import DOTTED_NAME, ENV_NAME, NAME
 from secure_pipeline.spec.catalog import feature_catalog
 from secure_pipeline.spec.data import RESERVED_SPLIT_COLUMN, DatasetSchema, SourceSpec
-from secure_pipeline.spec.policy import CanaryPolicy, PrivacySpec, SecurityPolicy
+from secure_pipeline.spec.policy import CanaryPolicy, MonitoringSpec, PrivacySpec, SecurityPolicy
 from secure_pipeline.spec.stages import (
     BUILTIN_ESTIMATORS,
     FeatureSpec,
@@ -43,6 +43,7 @@ class PipelineSpec:
         orchestration: Stage jobs, their isolation, schedules and sensors.
         canary: When a blue-green release's canary may take all the traffic.
         privacy: The record of processing and the erasure and retention policy.
+        monitoring: How the served model's live traffic is recorded and judged.
     """
 
     name: str
@@ -58,6 +59,7 @@ class PipelineSpec:
     orchestration: OrchestrationSpec = field(default_factory=OrchestrationSpec)
     canary: CanaryPolicy = field(default_factory=CanaryPolicy)
     privacy: PrivacySpec = field(default_factory=PrivacySpec)
+    monitoring: MonitoringSpec = field(default_factory=MonitoringSpec)
 
     @property
     def holds_personal_data(self) -> bool:
@@ -159,6 +161,7 @@ class PipelineSpec:
                     "people, or drop retention_days"
                 )
         found.extend(f"canary: {p}" for p in self.canary.problems())
+        found.extend(f"monitoring: {p}" for p in self.monitoring.problems())
         found.extend(self._model_problems())
         return found
 

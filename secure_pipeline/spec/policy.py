@@ -1,4 +1,5 @@
-"""The thresholds of every gate, and when a blue-green canary may take all the traffic."""
+"""The thresholds of every gate, when a blue-green canary may take all the traffic, and how a
+served model is monitored."""
 
 import functools
 import hashlib
@@ -177,6 +178,79 @@ class CanaryPolicy:
             found.append(f"max_p95_ratio must be >= 1, found {self.max_p95_ratio}")
         if self.observe_seconds <= 0 or self.ready_timeout_seconds <= 0:
             found.append("observe_seconds and ready_timeout_seconds must be positive")
+        return found
+
+
+@dataclass(frozen=True)
+class MonitoringSpec:
+    """How a served model is watched: live traffic recording, its checks, automatic rollback.
+
+    The serving slots record a sample of what they score (the model's input features, the
+    sensitive columns a request carries, the score and label; never a column with role
+    ``identifier``, ``personal`` or ``ignore``) and write it to the snapshot store in signed
+    batches; the ``live_traffic`` asset judges the recent batches on a schedule against the
+    champion's training snapshot. The drift thresholds are the policy's (``drift_warn_psi``,
+    ``drift_fail_psi``), the performance and fairness ones too (``min_roc_auc``,
+    ``min_balanced_accuracy``, ``max_equalized_odds_difference``).
+
+    Attributes:
+        record: Whether the slots record live traffic at all.
+        sample_rate: Share of scored rows recorded (0 < rate <= 1).
+        batch_seconds: A slot closes its batch and writes it after this long (hourly by
+            default), or sooner when it is full.
+        max_batch_rows: Most rows one batch holds: a slot's memory for recording is bounded by
+            it (rows beyond it before the batch closes are counted, not kept).
+        schedule_cron: When ``live_traffic`` is materialized (its job's schedule).
+        window_hours: Batches closed within this many hours before the run are judged.
+        min_rows: Rows a window needs before drift is judged (fewer: a warning, not a failure:
+            no traffic is not a model failure).
+        min_labelled_rows: Rows with feedback labels needed before live performance and
+            fairness are judged.
+        score_fail_psi: Population stability index of the score distribution (live vs the
+            champion on its training snapshot) at which score drift fails.
+        max_error_rate: Largest share of ``/predict`` requests answered 5xx in the window.
+        auto_rollback: Whether a failed blocking live check rolls the champion back to the
+            previous one automatically (verified again, signed, audited, traffic moved).
+        stale_after_hours: ``live_traffic`` is shown overdue (its freshness policy fails) when
+            it has not been materialized for this long.
+    """
+
+    record: bool = True
+    sample_rate: float = 1.0
+    batch_seconds: int = 3600
+    max_batch_rows: int = 50_000
+    schedule_cron: str = "15 * * * *"
+    window_hours: int = 24
+    min_rows: int = 200
+    min_labelled_rows: int = 200
+    score_fail_psi: float = 0.25
+    max_error_rate: float = 0.01
+    auto_rollback: bool = False
+    stale_after_hours: int = 3
+
+    def problems(self) -> list[str]:
+        """What is inconsistent in these settings."""
+        found = []
+        if not 0 < self.sample_rate <= 1:
+            found.append(f"sample_rate must be in (0, 1], found {self.sample_rate}")
+        if self.batch_seconds < 1:
+            found.append(f"batch_seconds must be at least 1, found {self.batch_seconds}")
+        if self.max_batch_rows < 1:
+            found.append(f"max_batch_rows must be at least 1, found {self.max_batch_rows}")
+        if len(self.schedule_cron.split()) != 5:
+            found.append(
+                f"schedule_cron must be a five-field cron expression, found {self.schedule_cron!r}"
+            )
+        for name in ("window_hours", "stale_after_hours"):
+            if getattr(self, name) < 1:
+                found.append(f"{name} must be at least 1, found {getattr(self, name)}")
+        for name in ("min_rows", "min_labelled_rows"):
+            if getattr(self, name) < 1:
+                found.append(f"{name} must be at least 1, found {getattr(self, name)}")
+        if self.score_fail_psi <= 0:
+            found.append(f"score_fail_psi must be positive, found {self.score_fail_psi}")
+        if not 0 <= self.max_error_rate <= 1:
+            found.append(f"max_error_rate must be a share in [0, 1], found {self.max_error_rate}")
         return found
 
 

@@ -164,6 +164,9 @@ class OrchestrationSpec:
             stage given the signing key and registry write access.
         privacy: Isolation of the privacy job (completing erasures, retention): the only stage
             that may destroy data keys.
+        monitor: Isolation of the monitor job (the live checks of the served champion): it
+            reads the recorded live traffic and the champion's training snapshot, and signs
+            its verdicts with the ``monitor`` key.
         control_namespace: Namespace of Dagster itself and of run pods, which only launch
             step pods; an ad-hoc run outside the stage jobs has its steps placed here, where
             no stage's credentials exist, so it fails closed instead of borrowing them.
@@ -198,6 +201,10 @@ class OrchestrationSpec:
         namespace="sp-privacy", service_account="sp-privacy", cpu_request="250m",
         memory_request="512Mi", cpu_limit="1", memory_limit="1Gi", env_secrets=("sp-privacy-env",),
     )  # fmt: skip
+    monitor: IsolationSpec = IsolationSpec(
+        namespace="sp-monitor", service_account="sp-monitor", cpu_request="250m",
+        memory_request="1Gi", cpu_limit="1", memory_limit="2Gi", env_secrets=("sp-monitor-env",),
+    )  # fmt: skip
     control_namespace: str = "sp-dagster"
     run_service_account: str = "sp-run"
     image: str | None = None
@@ -217,7 +224,7 @@ class OrchestrationSpec:
         """What is wrong with these settings, one line each."""
         found = []
         stages = {"ingest": self.ingest, "train": self.train, "registry": self.registry,
-                  "privacy": self.privacy}  # fmt: skip
+                  "privacy": self.privacy, "monitor": self.monitor}  # fmt: skip
         namespaces = [s.namespace for s in stages.values()]
         if len(set(namespaces)) != len(namespaces) or self.control_namespace in namespaces:
             found.append(

@@ -13,10 +13,12 @@ TRAIN = "train"
 RELEASE = "release"
 GATE = "gate"
 MONITOR = "monitor"
+# The serving slots: they sign the batches of live traffic they record, and nothing else.
+SERVE = "serve"
 PRIVACY = "privacy"
 
 # Order matters only for display (the trust policy, `trust init`, error messages).
-STAGE_IDENTITIES: tuple[str, ...] = (INGEST, TRAIN, RELEASE, GATE, MONITOR, PRIVACY)
+STAGE_IDENTITIES: tuple[str, ...] = (INGEST, TRAIN, RELEASE, GATE, MONITOR, PRIVACY, SERVE)
 APPROVER_PREFIX = "approver:"
 
 # Events each identity may append to the audit trail.
@@ -44,9 +46,13 @@ EVENTS: Mapping[str, frozenset[str]] = {
             "canary.passed",
             "canary.rolled_back",
             "canary.refused",
+            "serving.rolled_back",
         }
     ),
-    MONITOR: frozenset({"run.failed"}),
+    # Failed runs, and the verdicts of the live checks on what the champion scores.
+    MONITOR: frozenset({"run.failed", "check.evaluated", "snapshot.stored"}),
+    # A slot writes signed batches to the store, never to the audit trail.
+    SERVE: frozenset(),
     # Erasure requests and the destruction of data keys (erasure completion, retention).
     PRIVACY: frozenset({"privacy.erasure", "privacy.shredded", "snapshot.stored"}),
 }
@@ -59,6 +65,7 @@ VERDICT_IDENTITY: Mapping[str, str] = {
     "features": INGEST,
     "model": TRAIN,
     "registry": RELEASE,
+    "live": MONITOR,
 }
 
 
