@@ -284,6 +284,18 @@ def scrape(address: str, pki: SlotPki | None = None) -> SlotMetrics:
     return parse_metrics(body.decode())
 
 
+def _serves(address: str) -> str | None:
+    """The model digest a slot reports ready with, or None (not ready, down, unreadable)."""
+    try:
+        status, body = _get(address, "/readyz", timeout=2.0)
+        document = json.loads(body)
+    except (ConfigurationError, OSError, ValueError, http.client.HTTPException):
+        return None
+    if status != 200 or not isinstance(document, dict) or document.get("state") != "ready":
+        return None
+    return str(document.get("model_sha256"))
+
+
 def _alive(pid: int | None) -> bool:
     if pid is None:
         return False
@@ -510,6 +522,76 @@ class BlueGreen:
         make_champion(self.pipeline, name, version, store=audit.store, audit=audit, actor=actor,
                       run_id=run_id)  # fmt: skip
         return ReleaseOutcome(version, idle, True, verdict, None, dict(self.state.weights))
+
+    def restore(
+        self,
+        version: str,
+        model_sha256: str,
+        *,
+        audit: Any,
+        actor: str,
+        run_id: str | None = None,
+        limits: ServingLimits | None = None,
+    ) -> str:
+        """Give all traffic to a slot serving ``version``, the champion a rollback restored.
+
+        The caller has made ``version`` champion again through the verified rollback. The slot
+        that still serves it (a blue-green release keeps the old slot running) takes the
+        traffic at once if it reports ready with exactly ``model_sha256`` (the digest the
+        rollback verified); otherwise the other slot is started on it, verifies it and takes the
+        traffic once ready. The slot that served the failed model is stopped.
+
+        Returns:
+            The slot now taking all the traffic.
+
+        Raises:
+            PolicyViolation: When no slot becomes ready on ``version`` (audited; traffic and
+                slots are left as they were).
+        """
+        from secure_pipeline.trust.identities import GATE
+        from secure_pipeline.trust.signers import signer_for
+
+        name = self.pipeline.name
+        model_ref = f"models:/{name}/{version}"
+        live = self.state.live
+        serving = [
+            s for s in SLOTS
+            if self.state.slots[s].model_ref == model_ref and _alive(self.state.slots[s].pid)
+        ]  # fmt: skip
+        target = None
+        for slot in serving:
+            if _serves(self.state.slots[slot].address) == model_sha256:
+                target = slot
+                break
+        if target is None:
+            target = next(s for s in SLOTS if s != live)
+            self.state.slots[target] = start_slot(
+                self.directory, target, self.state.slots[target], model_ref,
+                self.state.pipeline or self.state.name, limits,
+            )  # fmt: skip
+            self.state.save(self.directory)
+            ready, why = wait_ready(
+                self.state.slots[target].address, self.policy.ready_timeout_seconds
+            )
+            if not ready:
+                stop_slot(self.state.slots[target])
+                self.state.slots[target] = SlotState(self.state.slots[target].address)
+                self.state.save(self.directory)
+                reason = f"slot {target} never became ready for version {version}: {why}"[:900]
+                audit.append("canary.refused", signer=signer_for(GATE), actor=actor,
+                             run_id=run_id,
+                             details={"name": name, "version": version, "slot": target,
+                                      "live": live, "reason": reason})  # fmt: skip
+                raise PolicyViolation(reason + f"; traffic stays on slot {live}")
+        other = next(s for s in SLOTS if s != target)
+        self.set_weights({target: 100, other: 0})
+        self.state.live = target
+        if self.state.slots[other].model_ref != model_ref:
+            # The failed model gets no traffic and is not left running.
+            stop_slot(self.state.slots[other])
+            self.state.slots[other] = SlotState(self.state.slots[other].address)
+        self.state.save(self.directory)
+        return target
 
 
 def up(
