@@ -4,6 +4,7 @@ Each lint returns a list of problems (empty: clean) rather than asserting, so a 
 it a deliberately bad document and check that the problem is reported.
 """
 
+import fnmatch
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -353,38 +354,89 @@ def signing_grants(document: dict[str, Any]) -> set[str]:
 
 
 def lint_signing_separation(
-    policies: Mapping[str, dict[str, Any]], owners: Mapping[str, str]
+    policies: Mapping[str, dict[str, Any]], owners: Mapping[str, Iterable[str]]
 ) -> list[str]:
-    """Across all roles: each identity key is signable by its owning role and by no other.
+    """Across all roles: each identity key is signable by its owning roles and by no other.
 
-    A per-role lint sees one document; this one sees them all, so a key granted to two roles,
-    or a stage that cannot sign as itself, is reported whichever document is wrong.
+    A per-role lint sees one document; this one sees them all, so a key granted to a role that
+    does not act as its identity, or a role that cannot sign as its identity, is reported
+    whichever document is wrong. Most keys have one owner; an identity acting in two places
+    (``monitor``: the code server's run-failure records and the monitor job's live checks) has
+    one owner per place.
 
     Args:
         policies: Role name -> its identity policy.
-        owners: Signing key ARN -> the one role that may sign with it.
+        owners: Signing key ARN -> the roles that may sign with it.
     """
     problems = []
+    holders = {key: frozenset(roles) for key, roles in owners.items()}
     for role, document in sorted(policies.items()):
         granted = signing_grants(document)
         for key in sorted(granted):
-            if key not in owners:
+            if key not in holders:
                 problems.append(f"{role} may sign with {key}, which is no identity's key")
-            elif owners[key] != role:
+            elif role not in holders[key]:
                 problems.append(
-                    f"{role} may sign with {key}, the key of {owners[key]}: it could sign "
-                    "evidence as another stage"
+                    f"{role} may sign with {key}, the key of {', '.join(sorted(holders[key]))}: "
+                    "it could sign evidence as another stage"
                 )
-        for key in sorted(k for k, owner in owners.items() if owner == role):
+        for key in sorted(k for k, roles in holders.items() if role in roles):
             if key not in granted:
                 problems.append(f"{role} cannot sign with its own identity key {key}")
-    for key, owner in sorted(owners.items()):
-        if owner not in policies:
+    for key, roles in sorted(holders.items()):
+        if not roles:
+            problems.append(f"{key} has no owner: its identity could not sign")
+        for owner in sorted(roles - set(policies)):
             problems.append(f"the owner {owner} of {key} has no policy")
     return problems
 
 
-def lint_signing_key_policy(document: dict[str, Any], *, signer: str) -> list[str]:
+def _writes(document: dict[str, Any]) -> list[tuple[str, str]]:
+    """(statement name, resource) of every object a policy lets its role write."""
+    found = []
+    for index, statement in enumerate(_statements(document)):
+        if statement.get("Effect") != "Allow":
+            continue
+        actions = as_list(statement.get("Action"))
+        if any(a in WRITE_ACTIONS or (a.startswith("s3:") and "*" in a) for a in actions):
+            name = statement.get("Sid", f"#{index}")
+            found.extend((name, resource) for resource in as_list(statement.get("Resource")))
+    return found
+
+
+def lint_exclusive_writes(
+    policies: Mapping[str, dict[str, Any]], exclusive: Mapping[str, Iterable[str]]
+) -> list[str]:
+    """Across all roles: objects that only some roles may create are writable by no other.
+
+    The per-role lint compares a role's writes with what that role is expected to write; this
+    one states who alone may write an object, whatever the other roles are expected to do, and
+    sees through wildcards (``attestations/*``, ``*``) that would cover it.
+
+    Args:
+        policies: Role name -> its identity policy.
+        exclusive: An object ARN (a real key, not a pattern) -> the only roles that may write it.
+    """
+    problems = []
+    for role, document in sorted(policies.items()):
+        for name, resource in _writes(document):
+            for arn, writers in sorted(exclusive.items()):
+                if role not in set(writers) and fnmatch.fnmatchcase(arn, resource):
+                    problems.append(
+                        f"{role} ({name}) may write {arn} through {resource}: only "
+                        f"{', '.join(sorted(writers))} may"
+                    )
+    for arn, writers in sorted(exclusive.items()):
+        if not any(
+            fnmatch.fnmatchcase(arn, resource)
+            for role in writers
+            for _, resource in _writes(policies.get(role, {}))
+        ):
+            problems.append(f"none of {', '.join(sorted(writers))} may write {arn}")
+    return problems
+
+
+def lint_signing_key_policy(document: dict[str, Any], *, signers: Iterable[str]) -> list[str]:
     """Rules for the key policy of one identity's KMS signing key.
 
     The key policy is what makes the key usable at all: when it gives the account (``root``)
@@ -392,10 +444,12 @@ def lint_signing_key_policy(document: dict[str, Any], *, signer: str) -> list[st
 
     Args:
         document: The key policy.
-        signer: ARN of the only principal (the stage's role) that may sign with the key.
+        signers: ARNs of the only principals (the roles acting as the identity) that may sign
+            with the key; each of them must be able to.
     """
     problems = lint_document(document)
-    signs = False
+    allowed = set(signers)
+    signing: set[str] = set()
     for index, statement in enumerate(_statements(document)):
         name = statement.get("Sid", f"#{index}")
         principal = statement.get("Principal")
@@ -407,18 +461,18 @@ def lint_signing_key_policy(document: dict[str, Any], *, signer: str) -> list[st
         used = sorted(KEY_USE_ACTIONS & set(as_list(statement.get("Action"))))
         if not used:
             continue
-        if aws != [signer] or used != ["kms:Sign"]:
+        if not set(aws) <= allowed or used != ["kms:Sign"]:
             problems.append(
-                f"{name}: {', '.join(used)} for {aws}: only {signer} may use the key, and only "
-                "to sign"
+                f"{name}: {', '.join(used)} for {aws}: only {', '.join(sorted(allowed))} may use "
+                "the key, and only to sign"
             )
             continue
         pinned = statement.get("Condition", {}).get("StringEquals", {})
         missing = [k for k, v in SIGNING_CONDITIONS.items() if pinned.get(k) != v]
         if missing:
             problems.append(f"{name}: kms:Sign without {', '.join(missing)} pinned")
-        signs = True
-    if not signs:
+        signing |= set(aws)
+    for signer in sorted(allowed - signing):
         problems.append(f"{signer} is not allowed kms:Sign: the stage could not sign")
     return problems
 

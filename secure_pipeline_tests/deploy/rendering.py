@@ -29,6 +29,7 @@ SAMPLE: dict[str, str] = {
     "SP_SIGNER_GATE_KEY_ARN": "arn:aws:kms:eu-west-1:123456789012:key/4e7d3a1c-0000-4000-8000-1",
     "SP_SIGNER_MONITOR_KEY_ARN": "arn:aws:kms:eu-west-1:123456789012:key/5e7d3a1c-0000-4000-8000-1",
     "SP_SIGNER_PRIVACY_KEY_ARN": "arn:aws:kms:eu-west-1:123456789012:key/6e7d3a1c-0000-4000-8000-1",
+    "SP_SIGNER_SERVE_KEY_ARN": "arn:aws:kms:eu-west-1:123456789012:key/7e7d3a1c-0000-4000-8000-1",
     "SP_LANDING_BUCKET": "sp-prod-landing",
     "SP_LANDING_PREFIX": "adult/",
     "SP_SOURCE_URI": "s3://sp-prod-landing/adult/current/",

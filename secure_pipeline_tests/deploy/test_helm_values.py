@@ -34,6 +34,7 @@ STAGES = {
     "train": SPEC.train,
     "release": SPEC.registry,
     "privacy": SPEC.privacy,
+    "monitor": SPEC.monitor,
 }
 IMAGE = f"{SAMPLE['SP_IMAGE_REPOSITORY']}:{SAMPLE['SP_IMAGE_TAG']}"
 RUN_K8S_KEYS = {
@@ -351,6 +352,7 @@ STAGE_SIGNERS = {
     "train": {"train"},
     "release": {"release", "gate"},
     "privacy": {PRIVACY},
+    "monitor": {MONITOR},
 }
 
 

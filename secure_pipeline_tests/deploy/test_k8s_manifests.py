@@ -12,7 +12,13 @@ from secure_pipeline.environment import SETTINGS
 from secure_pipeline.orchestration.jobs import step_executor_config
 from secure_pipeline.pipeline import OrchestrationSpec
 from secure_pipeline.serving.server import SERVING_REQUIRED
-from secure_pipeline.trust.identities import MONITOR, PRIVACY, STAGE_IDENTITIES, signer_variable
+from secure_pipeline.trust.identities import (
+    MONITOR,
+    PRIVACY,
+    SERVE,
+    STAGE_IDENTITIES,
+    signer_variable,
+)
 from secure_pipeline_tests.deploy.k8s_strict import ManifestError, validate_manifest
 from secure_pipeline_tests.deploy.lint import lint_irsa_trust, signing_grants
 from secure_pipeline_tests.deploy.rendering import DEPLOY, SAMPLE, manifests, of_kind, rendered_json
@@ -24,6 +30,7 @@ STAGES = {
     "train": SPEC.train,
     "release": SPEC.registry,
     "privacy": SPEC.privacy,
+    "monitor": SPEC.monitor,
 }
 SERVE_NAMESPACE = "sp-serve"
 NAMESPACES = {SPEC.control_namespace, *(s.namespace for s in STAGES.values()), SERVE_NAMESPACE}
@@ -150,6 +157,28 @@ def test_privacy_reaches_only_dns_event_log_s3_sts_and_kms() -> None:
     assert namespaces == {"kube-system"}
 
 
+def test_monitor_reaches_only_dns_event_log_s3_sts_kms_and_mlflow() -> None:
+    # The live traffic and the champion's evidence (S3), its signer and the data keys of
+    # encrypted features (KMS), the champion's bundle (MLflow); no source, no OCI registry.
+    allowed = {SAMPLE[v] for v in ("SP_PG_CIDR", "SP_S3_CIDR", "SP_STS_CIDR", "SP_KMS_CIDR")}
+    cidrs, namespaces = set(), set()
+    for rule in _egress_rules(SPEC.monitor.namespace):
+        for peer in rule["to"]:
+            if "ipBlock" in peer:
+                cidrs.add(peer["ipBlock"]["cidr"])
+                assert not peer["ipBlock"].get("except")
+            else:
+                namespaces.add(
+                    peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                )
+    assert cidrs == allowed
+    assert namespaces == {"kube-system", SAMPLE["SP_MLFLOW_NAMESPACE"]}
+    # Nothing connects to the monitor's pods: only the default deny mentions ingress there.
+    for policy in of_kind("NetworkPolicy"):
+        if policy["metadata"]["namespace"] == SPEC.monitor.namespace:
+            assert not policy["spec"].get("ingress"), policy["metadata"]["name"]
+
+
 def test_every_namespace_that_handles_snapshots_uses_kms_data_keys() -> None:
     # Production refuses the local keyring; the setting is explicit wherever snapshots are read
     # or written, so a pod never falls back to key files it would not find.
@@ -200,7 +229,10 @@ def test_only_the_signing_pods_reach_kms() -> None:
     assert kms in _egress_cidrs(control, {"secure-pipeline/role": "code-server"})
     assert kms not in _egress_cidrs(control, {"app.kubernetes.io/component": "run_worker"})
     assert kms not in _egress_cidrs(control, {"secure-pipeline/role": "control"})
-    assert kms not in _egress_cidrs(SERVE_NAMESPACE, {})
+    # The slots sign their live traffic batches as the serve identity.
+    for slot in (d for d in istio_documents(SAMPLE) if d["kind"] == "Deployment"):
+        labels = slot["spec"]["template"]["metadata"]["labels"]
+        assert kms in _egress_cidrs(SERVE_NAMESPACE, labels), slot["metadata"]["name"]
 
 
 def test_only_the_model_servers_reach_the_oci_registry() -> None:
@@ -276,7 +308,8 @@ def test_service_accounts_match_the_code_and_the_iam_roles() -> None:
         assert (DEPLOY / "iam" / "policies" / f"{role}.json").is_file()
         trust = rendered_json(f"iam/trust/{role}.json")
         assert lint_irsa_trust(trust, namespace=namespace, service_account=name) == []
-    # Every stage, the code server and the model server have a cloud identity; run pods do not.
+    # Every stage (the monitor job too), the code server and the model server have a cloud
+    # identity; run pods do not.
     assert annotated == len(STAGES) + 2
     run_account = accounts[(SPEC.control_namespace, SPEC.run_service_account)]
     assert "annotations" not in run_account["metadata"]
@@ -297,6 +330,7 @@ NAMESPACE_SIGNERS = {
     SPEC.train.namespace: {"train"},
     SPEC.registry.namespace: {"release", "gate"},
     SPEC.privacy.namespace: {PRIVACY},
+    SPEC.monitor.namespace: {MONITOR},
 }
 
 
@@ -394,12 +428,16 @@ def test_each_namespace_sees_only_its_own_signers() -> None:
         for identity, uri in found.items():
             # A KMS key, never a key file: the private key does not enter the pod.
             assert uri == f"awskms:{SAMPLE[f'SP_SIGNER_{identity.upper()}_KEY_ARN']}"
-    # The monitor signer is the code server's alone (helm/values.yaml, test_helm_values.py).
+    # In sp-dagster the monitor signer is the code server's alone (helm/values.yaml,
+    # test_helm_values.py); the monitor job holds it in its own namespace (above).
     assert _signers(maps[(SPEC.control_namespace, "sp-code-env")]) == {
         MONITOR: f"awskms:{SAMPLE['SP_SIGNER_MONITOR_KEY_ARN']}"
     }
-    assert not _signers(maps[(SERVE_NAMESPACE, "sp-serve-env")]), "the model server signs nothing"
-    others = {k for k in maps if k[1] not in ("sp-common-env", "sp-code-env")}
+    # The slots sign their live traffic batches, as the serve identity and no other.
+    assert _signers(maps[(SERVE_NAMESPACE, "sp-serve-env")]) == {
+        SERVE: f"awskms:{SAMPLE['SP_SIGNER_SERVE_KEY_ARN']}"
+    }
+    others = {k for k in maps if k[1] not in ("sp-common-env", "sp-code-env", "sp-serve-env")}
     assert not any(_signers(maps[k]) for k in others)
 
 
@@ -415,7 +453,7 @@ def test_signing_roles_match_the_namespaces_signers() -> None:
             for s in STAGES.values()
         },
         (SPEC.control_namespace, "sp-code"): {MONITOR},
-        (SERVE_NAMESPACE, "sp-serve"): set(),
+        (SERVE_NAMESPACE, "sp-serve"): {SERVE},
     }
     for place, identities in places.items():
         arn = accounts[place]["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]

@@ -9,9 +9,11 @@ import pytest
 
 from secure_pipeline.trust.identities import STAGE_IDENTITIES
 from secure_pipeline_tests.deploy.lint import (
+    as_list,
     data_key_grants,
     lint_bucket_policy,
     lint_document,
+    lint_exclusive_writes,
     lint_irsa_trust,
     lint_key_destruction,
     lint_object_lock,
@@ -24,12 +26,16 @@ from secure_pipeline_tests.deploy.rendering import DEPLOY, SAMPLE, rendered, ren
 
 BUCKET = f"arn:aws:s3:::{SAMPLE['SP_BUCKET']}"
 KMS_KEY = SAMPLE["SP_KMS_KEY_ARN"]
-CREATE_ONLY = ("snapshots/", "audit/", "approvals/", "attestations/", "privacy/")
+CREATE_ONLY = ("snapshots/", "audit/", "approvals/", "attestations/", "privacy/", "live/")
 ATTESTATIONS = (
     "attestations/verdicts/*",
     "attestations/registrations/*",
     "attestations/promotions/*",
 )
+# The live traffic the serving slots record: Parquet batches and their signed envelopes.
+LIVE = ("live/*", "attestations/live-batches/*")
+# The monitor job's window manifests (content-addressed snapshots of the live_traffic asset).
+WINDOWS = "snapshots/*/live_traffic/*"
 
 
 def _objects(*prefixes: str, bucket: str = BUCKET) -> set[str]:
@@ -42,7 +48,8 @@ def _objects(*prefixes: str, bucket: str = BUCKET) -> set[str]:
 # job's. Checkpoints of the audit trail are under audit/, which every writer already holds.
 # Ingestion writes the subject index of what it stored (privacy/<pipeline>/subjects/, and the
 # catalogue under privacy/<pipeline>/ingestions/); erasure entries and flags are the privacy
-# job's, which writes nothing else but audit records.
+# job's, which writes nothing else but audit records. The slots write only the live traffic they
+# record; the monitor job only its window manifests, its verdicts and audit records.
 WRITES: dict[str, set[str]] = {
     "sp-ingest": _objects(
         "snapshots/*/raw_*",
@@ -57,10 +64,11 @@ WRITES: dict[str, set[str]] = {
     "sp-registry": _objects(
         "snapshots/*/registered_model/*", "snapshots/*/promoted_model/*", *ATTESTATIONS, "audit/*"
     ),
-    "sp-serve": set(),
+    "sp-serve": _objects(*LIVE),
     "sp-code-server": _objects("audit/*"),
     "sp-approver": _objects("approvals/*", "audit/*"),
     "sp-privacy": _objects("privacy/*", "audit/*"),
+    "sp-monitor": _objects(WINDOWS, "attestations/verdicts/*", "audit/*"),
     "sp-mlflow-server": _objects(
         "mlflow-artifacts/*", bucket=f"arn:aws:s3:::{SAMPLE['SP_MLFLOW_ARTIFACT_BUCKET']}"
     ),
@@ -79,18 +87,23 @@ FLAGS = "privacy/*/flags/*"
 # ingestion verifies every erasure entry; the approval sensor reads promotions and approvals;
 # the model server verifies the gate's decision, the approvals it cites and the audit
 # checkpoint; the privacy job reads snapshot headers and manifests, the champion's lineage,
-# the audit trail and its own records.
+# the audit trail and its own records; the monitor job reads the live traffic and verifies the
+# champion as the model server does.
 READS: dict[str, set[str]] = {
     "sp-ingest": _objects(*LINEAGE, *ATTESTATIONS, "audit/*", "privacy/*/erasures/*", FLAGS),
     "sp-train": _objects("snapshots/*/features/*", "attestations/verdicts/*", "audit/*"),
     "sp-registry": _objects(*LINEAGE, *ATTESTATIONS, "approvals/*", "audit/*", FLAGS),
-    "sp-serve": _objects(*LINEAGE, *ATTESTATIONS, "approvals/*", "audit/*", FLAGS),
+    "sp-serve": _objects(*LINEAGE, *ATTESTATIONS, "approvals/*", "audit/*", FLAGS, *LIVE),
     "sp-code-server": _objects("attestations/promotions/*", "approvals/*", "audit/*"),
     "sp-approver": _objects(*LINEAGE, *ATTESTATIONS, "approvals/*", "audit/*", FLAGS),
     "sp-privacy": _objects(*LINEAGE, *ATTESTATIONS, "audit/*", "privacy/*"),
+    "sp-monitor": _objects(
+        *LINEAGE, *ATTESTATIONS, "approvals/*", "audit/*", FLAGS, *LIVE, WINDOWS
+    ),
 }
 # Prefixes each role lists (stored_envelopes, the audit head, approvals of a model, erasure
-# entries, flags, and for the privacy job the snapshots derived from an ingestion).
+# entries, flags, for the privacy job the snapshots derived from an ingestion, and for the
+# monitor job the live batches, their envelopes and the unsigned files beside them).
 LISTS: dict[str, set[str]] = {
     "sp-ingest": {"audit/*", *ATTESTATIONS, "privacy/*/erasures/*", FLAGS},
     "sp-train": {"audit/*"},
@@ -106,21 +119,24 @@ LISTS: dict[str, set[str]] = {
         "snapshots/*/validated_*",
         "snapshots/*/features/*",
     },
+    "sp-monitor": {"audit/*", *ATTESTATIONS, FLAGS, *LIVE},
 }
-# The role acting as each signing identity: the release job (sp-registry) runs both the
-# release and the gate steps; the run-failure sensor runs in the code server.
-SIGNER_ROLE = {
-    "ingest": "sp-ingest",
-    "train": "sp-train",
-    "release": "sp-registry",
-    "gate": "sp-registry",
-    "monitor": "sp-code-server",
-    "privacy": "sp-privacy",
+# The roles acting as each signing identity: the release job (sp-registry) runs both the
+# release and the gate steps; the monitor identity signs the run-failure records of the code
+# server's sensor and the live checks of the monitor job; the slots sign their live batches.
+SIGNER_ROLES: dict[str, tuple[str, ...]] = {
+    "ingest": ("sp-ingest",),
+    "train": ("sp-train",),
+    "release": ("sp-registry",),
+    "gate": ("sp-registry",),
+    "monitor": ("sp-code-server", "sp-monitor"),
+    "privacy": ("sp-privacy",),
+    "serve": ("sp-serve",),
 }
 SIGNING_KEY = {
-    identity: SAMPLE[f"SP_SIGNER_{identity.upper()}_KEY_ARN"] for identity in SIGNER_ROLE
+    identity: SAMPLE[f"SP_SIGNER_{identity.upper()}_KEY_ARN"] for identity in SIGNER_ROLES
 }
-KEY_OWNER = {SIGNING_KEY[identity]: role for identity, role in SIGNER_ROLE.items()}
+KEY_OWNER = {SIGNING_KEY[identity]: frozenset(roles) for identity, roles in SIGNER_ROLES.items()}
 ROLE_ARN = f"arn:aws:iam::{SAMPLE['SP_ACCOUNT_ID']}:role/"
 # IRSA subjects; sp-approver is assumed by people (with MFA), not by a pod.
 SUBJECTS = {
@@ -130,12 +146,13 @@ SUBJECTS = {
     "sp-serve": ("sp-serve", "sp-serve"),
     "sp-code-server": ("sp-dagster", "sp-code"),
     "sp-privacy": ("sp-privacy", "sp-privacy"),
+    "sp-monitor": ("sp-monitor", "sp-monitor"),
     "sp-mlflow-server": (SAMPLE["SP_MLFLOW_NAMESPACE"], SAMPLE["SP_MLFLOW_SERVICE_ACCOUNT"]),
 }
 # Snapshot data keys: one KMS key per encrypted snapshot (raw members, validated, quarantine,
 # features of a pipeline holding personal data). Ingest creates them and wraps and unwraps with
-# them; train and release unwrap; the privacy job destroys them and never unwraps; nobody else
-# touches them.
+# them; train, release and monitor unwrap; the privacy job destroys them and never unwraps;
+# nobody else touches them.
 DATA_KEYS = f"arn:aws:kms:{SAMPLE['SP_REGION']}:{SAMPLE['SP_ACCOUNT_ID']}:key/*"
 DATA_KEY_ACTIONS: dict[str, set[str]] = {
     "sp-ingest": {
@@ -148,6 +165,7 @@ DATA_KEY_ACTIONS: dict[str, set[str]] = {
     "sp-train": {"kms:DescribeKey", "kms:Decrypt"},
     "sp-registry": {"kms:DescribeKey", "kms:Decrypt"},
     "sp-privacy": {"kms:DescribeKey", "kms:ScheduleKeyDeletion"},
+    "sp-monitor": {"kms:DescribeKey", "kms:Decrypt"},
 }
 SHREDDER = "sp-privacy"
 # The keys of the deployment itself: SSE and every identity's signing key.
@@ -158,6 +176,14 @@ def _policy(role: str) -> dict[str, Any]:
     return rendered_json(f"iam/policies/{role}.json")
 
 
+def _without_statement(role: str, sid: str) -> dict[str, Any]:
+    policy = copy.deepcopy(_policy(role))
+    kept = [s for s in policy["Statement"] if s["Sid"] != sid]
+    assert len(kept) == len(policy["Statement"]) - 1, f"{role} has no statement {sid}"
+    policy["Statement"] = kept
+    return policy
+
+
 def test_every_role_has_a_policy_and_a_trust_policy() -> None:
     policies = {p.stem for p in (DEPLOY / "iam" / "policies").glob("*.json")}
     trusts = {p.stem for p in (DEPLOY / "iam" / "trust").glob("*.json")}
@@ -165,7 +191,7 @@ def test_every_role_has_a_policy_and_a_trust_policy() -> None:
 
 
 def _own_keys(role: str) -> set[str]:
-    return {key for key, owner in KEY_OWNER.items() if owner == role}
+    return {key for key, owners in KEY_OWNER.items() if role in owners}
 
 
 def _lint(role: str, document: dict[str, Any] | None = None) -> list[str]:
@@ -218,11 +244,26 @@ def test_written_prefixes_are_exactly_the_roles(role: str) -> None:
     assert written == WRITES[role]
 
 
-def test_the_model_server_only_reads() -> None:
-    text = json.dumps(_policy("sp-serve"))
-    assert "kms:GenerateDataKey" not in text
-    assert "kms:Sign" not in text
-    assert "s3:PutObject" not in text
+def test_the_model_server_writes_and_signs_only_live_traffic() -> None:
+    # Everything else a slot touches it only reads; it signs as the serve identity alone, and
+    # GenerateDataKey is the SSE-KMS of its batches, through S3 only.
+    policy = _policy("sp-serve")
+    assert signing_grants(policy) == {SIGNING_KEY["serve"]}
+    assert data_key_grants(policy, kms_key=KMS_KEY) == set()
+    (sse,) = [s for s in policy["Statement"] if s["Sid"] == "KmsThroughS3Only"]
+    assert sse["Resource"] == KMS_KEY
+    assert sse["Condition"]["StringEquals"]["kms:ViaService"].startswith("s3.")
+
+
+def test_the_monitor_job_decrypts_only_training_features_and_signs_as_monitor() -> None:
+    policy = _policy("sp-monitor")
+    assert signing_grants(policy) == {SIGNING_KEY["monitor"]}
+    # The champion's training features may be encrypted (personal data); the raw and validated
+    # snapshots it re-hashes to verify the lineage it never needs in plaintext.
+    (decrypt,) = [s for s in policy["Statement"] if s["Sid"] == "DecryptSnapshots"]
+    assert decrypt["Condition"]["StringLike"] == {
+        "kms:EncryptionContext:secure-pipeline:asset": "*/features"
+    }
 
 
 def test_training_cannot_read_raw_or_validated_data() -> None:
@@ -290,6 +331,111 @@ def test_role_lint_reports_bad_policies(bad: dict[str, Any], message: str) -> No
     assert any(message in p for p in problems), problems
 
 
+# -- live traffic: created by the slots alone, overwritten and deleted by nobody ---------------
+
+# Keys as the slots write them (serving/recording.py): a Parquet batch, its manifest, its
+# signed envelope.
+LIVE_OBJECTS = {
+    f"{BUCKET}/live/adult/traffic/2025-06-01/14/{'ab' * 32}.parquet": ("sp-serve",),
+    f"{BUCKET}/live/adult/feedback/2025-06-01/14/{'cd' * 32}.parquet.manifest.json": ("sp-serve",),
+    f"{BUCKET}/attestations/live-batches/adult/{'ef' * 32}.json": ("sp-serve",),
+}
+
+
+def _granted(role: str, **changes: Any) -> dict[str, Any]:
+    policy = copy.deepcopy(_policy(role))
+    policy["Statement"].append({"Sid": "Bad", "Effect": "Allow", **changes})
+    return policy
+
+
+def test_only_the_slots_create_live_traffic() -> None:
+    policies = {role: _policy(role) for role in WRITES}
+    assert lint_exclusive_writes(policies, LIVE_OBJECTS) == []
+
+
+_LIVE_PUT = {"Action": ["s3:PutObject"], "Resource": [f"{BUCKET}/live/*"]}
+
+
+@pytest.mark.parametrize(
+    ("role", "bad", "message"),
+    [
+        ("sp-monitor", _granted("sp-monitor", **_LIVE_PUT), "sp-monitor (Bad) may write"),
+        (
+            "sp-registry",
+            _granted("sp-registry", Action="s3:PutObject", Resource=f"{BUCKET}/attestations/*"),
+            "attestations/live-batches/adult/",
+        ),
+        (
+            "sp-ingest",
+            _granted("sp-ingest", Action="s3:PutObjectTagging", Resource=f"{BUCKET}/*"),
+            "only sp-serve may",
+        ),
+        (
+            "sp-train",
+            _granted("sp-train", Action="s3:Put*", Resource=f"{BUCKET}/live/*"),
+            "sp-train",
+        ),
+        (
+            "sp-serve",
+            _without_statement("sp-serve", "CreateLiveTrafficBatches"),
+            "none of sp-serve",
+        ),
+    ],
+    ids=["monitor-creates", "registry-wildcard", "ingest-anything", "wildcard-action", "no-writer"],
+)
+def test_exclusive_writes_lint_reports_other_writers_of_live_traffic(
+    role: str, bad: dict[str, Any], message: str
+) -> None:
+    policies = {r: _policy(r) for r in WRITES}
+    policies[role] = bad
+    problems = lint_exclusive_writes(policies, LIVE_OBJECTS)
+    assert any(message in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("role", "bad", "message"),
+    [
+        (
+            "sp-serve",
+            _granted("sp-serve", Action="s3:DeleteObject", Resource=f"{BUCKET}/live/*"),
+            "forbidden action 's3:DeleteObject'",
+        ),
+        (
+            "sp-serve",
+            _granted("sp-serve", Action="s3:DeleteObjectVersion", Resource=f"{BUCKET}/live/*"),
+            "forbidden action",
+        ),
+        (
+            "sp-serve",
+            _granted("sp-serve", Action="s3:PutObject", Resource=f"{BUCKET}/snapshots/*"),
+            "outside the role's prefixes",
+        ),
+        ("sp-monitor", _granted("sp-monitor", **_LIVE_PUT), "outside the role's prefixes"),
+        (
+            "sp-monitor",
+            _granted(
+                "sp-monitor",
+                Action="s3:PutObject",
+                Resource=f"{BUCKET}/attestations/live-batches/*",
+            ),
+            "outside the role's prefixes",
+        ),
+    ],
+    ids=[
+        "serve-deletes",
+        "serve-deletes-versions",
+        "serve-writes-snapshots",
+        "monitor-live",
+        "monitor-live-batches",
+    ],  # fmt: skip
+)
+def test_role_lint_reports_bad_live_traffic_grants(
+    role: str, bad: dict[str, Any], message: str
+) -> None:
+    problems = _lint(role, bad)
+    assert any(message in p for p in problems), problems
+
+
 def test_trust_lint_reports_loose_subjects() -> None:
     trust = copy.deepcopy(rendered_json("iam/trust/sp-train.json"))
     condition = trust["Statement"][0]["Condition"]
@@ -352,6 +498,7 @@ def _with_grant() -> dict[str, Any]:
         (_without("DenyOverwritableWrites"), "without If-None-Match on snapshots/"),
         (_weakened_if_none_match(), "without If-None-Match on audit/"),
         (_weakened_if_none_match(), "without If-None-Match on attestations/"),
+        (_weakened_if_none_match(), "without If-None-Match on live/"),
         (_without("DenyDestructiveActions"), "s3:DeleteObjectVersion"),
         (_with_grant(), "grants nothing"),
     ],
@@ -423,15 +570,20 @@ def test_s3_documents_are_json(path: str) -> None:
 
 
 def test_every_identity_has_a_signing_key_and_a_role() -> None:
-    assert set(SIGNER_ROLE) == set(STAGE_IDENTITIES)
+    assert set(SIGNER_ROLES) == set(STAGE_IDENTITIES)
     assert len(set(SIGNING_KEY.values()) | {KMS_KEY}) == len(SIGNING_KEY) + 1
 
 
 def test_no_role_can_sign_with_another_stages_key() -> None:
     policies = {role: _policy(role) for role in WRITES}
     assert lint_signing_separation(policies, KEY_OWNER) == []
-    for role in ("sp-serve", "sp-approver", "sp-mlflow-server"):
+    for role in ("sp-approver", "sp-mlflow-server"):
         assert signing_grants(policies[role]) == set(), f"{role} signs nothing"
+    # The slots sign their live batches and nothing else; the monitor identity's two places
+    # sign with its key and no other.
+    assert signing_grants(policies["sp-serve"]) == {SIGNING_KEY["serve"]}
+    for role in SIGNER_ROLES["monitor"]:
+        assert signing_grants(policies[role]) == {SIGNING_KEY["monitor"]}, role
 
 
 def _with_sign_grant(role: str, resource: Any, **condition: str) -> dict[str, Any]:
@@ -460,6 +612,23 @@ def _with_sign_grant(role: str, resource: Any, **condition: str) -> dict[str, An
         ("sp-ingest", _with_sign_grant("sp-ingest", "*"), "no identity's key"),
         ("sp-approver", _with_sign_grant("sp-approver", KMS_KEY), "no identity's key"),
         ("sp-train", copy.deepcopy(_policy("sp-ingest")), "sp-train cannot sign"),
+        (
+            "sp-monitor",
+            _with_sign_grant("sp-monitor", SIGNING_KEY["gate"]),
+            "the key of sp-registry",
+        ),
+        (
+            "sp-serve",
+            _with_sign_grant("sp-serve", SIGNING_KEY["monitor"]),
+            "the key of sp-code-server, sp-monitor",
+        ),
+        ("sp-train", _with_sign_grant("sp-train", SIGNING_KEY["serve"]), "the key of sp-serve"),
+        (
+            "sp-monitor",
+            _without_statement("sp-monitor", "SignAsMonitorIdentity"),
+            "sp-monitor cannot",
+        ),
+        ("sp-serve", _without_statement("sp-serve", "SignAsServeIdentity"), "sp-serve cannot sign"),
     ],
     ids=[
         "train-signs-as-ingest",
@@ -468,6 +637,11 @@ def _with_sign_grant(role: str, resource: Any, **condition: str) -> dict[str, An
         "wildcard",
         "sse-key",
         "stage-cannot-sign",
+        "monitor-job-as-gate",
+        "serve-as-monitor",
+        "train-as-serve",
+        "monitor-job-cannot-sign",
+        "serve-cannot-sign",
     ],  # fmt: skip
 )
 def test_signing_separation_lint_reports_shared_keys(
@@ -508,18 +682,35 @@ def test_role_lint_reports_bad_signing_grants(bad: dict[str, Any], message: str)
     assert any(message in p for p in problems), problems
 
 
+@pytest.mark.parametrize(
+    ("role", "key"),
+    [
+        ("sp-monitor", "gate"),
+        ("sp-monitor", "serve"),
+        ("sp-serve", "monitor"),
+        ("sp-serve", "gate"),
+    ],
+)
+def test_role_lint_reports_monitor_and_serve_signing_as_another(role: str, key: str) -> None:
+    problems = _lint(role, _with_sign_grant(role, SIGNING_KEY[key]))
+    assert any("may sign only with its own" in p for p in problems), problems
+
+
 def _key_policy(identity: str) -> dict[str, Any]:
     return rendered_json(f"iam/keys/{identity}.json")
 
 
 def test_every_identity_key_has_a_key_policy() -> None:
-    assert {p.stem for p in (DEPLOY / "iam" / "keys").glob("*.json")} == set(SIGNER_ROLE)
+    assert {p.stem for p in (DEPLOY / "iam" / "keys").glob("*.json")} == set(SIGNER_ROLES)
 
 
-@pytest.mark.parametrize("identity", sorted(SIGNER_ROLE))
+def _signers(identity: str) -> list[str]:
+    return [f"{ROLE_ARN}{role}" for role in SIGNER_ROLES[identity]]
+
+
+@pytest.mark.parametrize("identity", sorted(SIGNER_ROLES))
 def test_only_the_stage_role_may_sign_with_its_key(identity: str) -> None:
-    signer = f"{ROLE_ARN}{SIGNER_ROLE[identity]}"
-    assert lint_signing_key_policy(_key_policy(identity), signer=signer) == []
+    assert lint_signing_key_policy(_key_policy(identity), signers=_signers(identity)) == []
 
 
 def _key_policy_with(identity: str, **statement: Any) -> dict[str, Any]:
@@ -575,7 +766,60 @@ _TRAIN_ROLE = {"AWS": f"{ROLE_ARN}sp-train"}
     ],  # fmt: skip
 )
 def test_key_policy_lint_reports_other_signers(bad: dict[str, Any], message: str) -> None:
-    problems = lint_signing_key_policy(bad, signer=f"{ROLE_ARN}sp-ingest")
+    problems = lint_signing_key_policy(bad, signers=[f"{ROLE_ARN}sp-ingest"])
+    assert any(message in p for p in problems), problems
+
+
+def _signing_principals(identity: str, change: Any) -> dict[str, Any]:
+    policy = copy.deepcopy(_key_policy(identity))
+    (statement,) = [s for s in policy["Statement"] if "kms:Sign" in as_list(s["Action"])]
+    statement["Principal"]["AWS"] = change(as_list(statement["Principal"]["AWS"]))
+    return policy
+
+
+@pytest.mark.parametrize(
+    ("identity", "bad", "message"),
+    [
+        (
+            "monitor",
+            _signing_principals("monitor", lambda arns: [*arns, f"{ROLE_ARN}sp-registry"]),
+            "may use the key",
+        ),
+        (
+            "monitor",
+            _signing_principals("monitor", lambda arns: [a for a in arns if "sp-monitor" not in a]),
+            f"{ROLE_ARN}sp-monitor is not allowed kms:Sign",
+        ),
+        (
+            "monitor",
+            _signing_principals("monitor", lambda arns: [a for a in arns if "sp-code" not in a]),
+            f"{ROLE_ARN}sp-code-server is not allowed kms:Sign",
+        ),
+        (
+            "serve",
+            _signing_principals("serve", lambda arns: [*arns, f"{ROLE_ARN}sp-monitor"]),
+            "may use the key",
+        ),
+        (
+            "serve",
+            _signing_principals("serve", lambda arns: [f"{ROLE_ARN}sp-registry"]),
+            f"{ROLE_ARN}sp-serve is not allowed kms:Sign",
+        ),
+        ("serve", _key_policy_with("serve", Principal=_TRAIN_ROLE, Action="kms:Sign"), "sp-train"),
+    ],
+    ids=[
+        "monitor-third-role",
+        "monitor-job-left-out",
+        "code-server-left-out",
+        "serve-shared",
+        "serve-replaced",
+        "serve-other-role",
+    ],  # fmt: skip
+)
+def test_key_policy_lint_reports_signers_of_the_monitor_and_serve_keys(
+    identity: str, bad: dict[str, Any], message: str
+) -> None:
+    problems = lint_signing_key_policy(bad, signers=_signers(identity))
     assert any(message in p for p in problems), problems
 
 

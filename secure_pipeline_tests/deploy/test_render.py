@@ -71,6 +71,7 @@ def test_refuses_when_a_variable_is_missing(tmp_path: Path) -> None:
         "SP_TRUST_ROOT",
         "SP_SIGNER_GATE_KEY_ARN",
         "SP_SIGNER_PRIVACY_KEY_ARN",
+        "SP_SIGNER_SERVE_KEY_ARN",
     )
     values = {k: v for k, v in SAMPLE.items() if k not in missing}
     values["SP_REGION"] = ""  # empty counts as missing
@@ -109,6 +110,13 @@ def test_refuses_when_a_variable_is_missing(tmp_path: Path) -> None:
         ("SP_SIGNER_MONITOR_KEY_ARN", SAMPLE["SP_KMS_KEY_ARN"], "its own key"),
         ("SP_SIGNER_PRIVACY_KEY_ARN", SAMPLE["SP_SIGNER_INGEST_KEY_ARN"], "its own key"),
         ("SP_SIGNER_PRIVACY_KEY_ARN", "alias/sp-privacy", "KMS key ARN"),
+        ("SP_SIGNER_SERVE_KEY_ARN", "alias/sp-serve", "KMS key ARN"),
+        ("SP_SIGNER_SERVE_KEY_ARN", SAMPLE["SP_SIGNER_MONITOR_KEY_ARN"], "its own key"),
+        (
+            "SP_SIGNER_SERVE_KEY_ARN",
+            SAMPLE["SP_SIGNER_SERVE_KEY_ARN"].replace("eu-west-1", "eu-central-1"),
+            "a key in SP_REGION",
+        ),
     ],
 )
 def test_refuses_malformed_values(tmp_path: Path, name: str, value: str, message: str) -> None:
