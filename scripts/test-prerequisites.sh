@@ -10,7 +10,7 @@
 #
 # PYTHON is the interpreter `make` bootstraps with (default python3). PREREQUISITES_ROOT
 # prefixes the fixed paths looked at (nginx, its njs module, PostgreSQL, the registry, htpasswd,
-# prometheus, amtool):
+# prometheus, amtool, jq):
 # the tests point it at an empty directory to simulate a machine without them.
 set -euo pipefail
 
@@ -77,6 +77,8 @@ check() {
     || need prometheus "the monitoring tests run promtool and a real Prometheus"
   command -v amtool >/dev/null 2>&1 || [ -x "$root/usr/bin/amtool" ] \
     || need prometheus-alertmanager "amtool checks the Alertmanager example"
+  command -v jq >/dev/null 2>&1 || [ -x "$root/usr/bin/jq" ] \
+    || need jq "the monitoring tests run the README's slot-targets command"
 }
 
 check

@@ -24,7 +24,7 @@ DEMO = REPO / "scripts" / "demo.py"
 BASH = shutil.which("bash")
 DEBIAN = (
     "nginx libnginx-mod-http-js postgresql docker-registry apache2-utils prometheus "
-    "prometheus-alertmanager"
+    "prometheus-alertmanager jq"
 )
 
 
@@ -82,6 +82,9 @@ for package in "$@"; do
     prometheus-alertmanager) mkdir -p "$PREREQUISITES_ROOT/usr/bin"
            : > "$PREREQUISITES_ROOT/usr/bin/amtool"
            chmod 755 "$PREREQUISITES_ROOT/usr/bin/amtool" ;;
+    jq) mkdir -p "$PREREQUISITES_ROOT/usr/bin"
+           : > "$PREREQUISITES_ROOT/usr/bin/jq"
+           chmod 755 "$PREREQUISITES_ROOT/usr/bin/jq" ;;
   esac
 done
 """
@@ -169,7 +172,7 @@ def test_only_what_is_missing_is_asked_for(tmp_path):
     )
     env = {"PATH": str(tools), "PREREQUISITES_ROOT": str(root), "APT_CALLS": str(calls)}
     others = ("install", "nginx", "libnginx-mod-http-js", "postgresql", "prometheus",
-              "prometheus-alertmanager")  # fmt: skip
+              "prometheus-alertmanager", "jq")  # fmt: skip
     subprocess.run([str(fake_apt), *others], env=env, check=True, timeout=30)
     code, output, _ = _check(tools, root, APT_CALLS=str(calls))
     assert code == 1
