@@ -26,14 +26,14 @@ from secure_pipeline_tests.deploy.rendering import DEPLOY, SAMPLE, rendered, ren
 
 BUCKET = f"arn:aws:s3:::{SAMPLE['SP_BUCKET']}"
 KMS_KEY = SAMPLE["SP_KMS_KEY_ARN"]
-CREATE_ONLY = ("snapshots/", "audit/", "approvals/", "attestations/", "privacy/", "live/")
+CREATE_ONLY = ("snapshots/", "audit/", "approvals/", "attestations/", "privacy/")
 ATTESTATIONS = (
     "attestations/verdicts/*",
     "attestations/registrations/*",
     "attestations/promotions/*",
 )
 # The live traffic the serving slots record: Parquet batches and their signed envelopes.
-LIVE = ("live/*", "attestations/live-batches/*")
+LIVE = ("snapshots/live/*", "attestations/live-batches/*")
 # The monitor job's window manifests (content-addressed snapshots of the live_traffic asset).
 WINDOWS = "snapshots/*/live_traffic/*"
 
@@ -336,8 +336,10 @@ def test_role_lint_reports_bad_policies(bad: dict[str, Any], message: str) -> No
 # Keys as the slots write them (serving/recording.py): a Parquet batch, its manifest, its
 # signed envelope.
 LIVE_OBJECTS = {
-    f"{BUCKET}/live/adult/traffic/2025-06-01/14/{'ab' * 32}.parquet": ("sp-serve",),
-    f"{BUCKET}/live/adult/feedback/2025-06-01/14/{'cd' * 32}.parquet.manifest.json": ("sp-serve",),
+    f"{BUCKET}/snapshots/live/adult/traffic/2025-06-01/14/{'ab' * 32}.parquet": ("sp-serve",),
+    f"{BUCKET}/snapshots/live/adult/feedback/2025-06-01/14/{'cd' * 32}.parquet.manifest.json": (
+        "sp-serve",
+    ),
     f"{BUCKET}/attestations/live-batches/adult/{'ef' * 32}.json": ("sp-serve",),
 }
 
@@ -353,7 +355,7 @@ def test_only_the_slots_create_live_traffic() -> None:
     assert lint_exclusive_writes(policies, LIVE_OBJECTS) == []
 
 
-_LIVE_PUT = {"Action": ["s3:PutObject"], "Resource": [f"{BUCKET}/live/*"]}
+_LIVE_PUT = {"Action": ["s3:PutObject"], "Resource": [f"{BUCKET}/snapshots/live/*"]}
 
 
 @pytest.mark.parametrize(
@@ -372,7 +374,7 @@ _LIVE_PUT = {"Action": ["s3:PutObject"], "Resource": [f"{BUCKET}/live/*"]}
         ),
         (
             "sp-train",
-            _granted("sp-train", Action="s3:Put*", Resource=f"{BUCKET}/live/*"),
+            _granted("sp-train", Action="s3:Put*", Resource=f"{BUCKET}/snapshots/live/*"),
             "sp-train",
         ),
         (
@@ -397,12 +399,14 @@ def test_exclusive_writes_lint_reports_other_writers_of_live_traffic(
     [
         (
             "sp-serve",
-            _granted("sp-serve", Action="s3:DeleteObject", Resource=f"{BUCKET}/live/*"),
+            _granted("sp-serve", Action="s3:DeleteObject", Resource=f"{BUCKET}/snapshots/live/*"),
             "forbidden action 's3:DeleteObject'",
         ),
         (
             "sp-serve",
-            _granted("sp-serve", Action="s3:DeleteObjectVersion", Resource=f"{BUCKET}/live/*"),
+            _granted(
+                "sp-serve", Action="s3:DeleteObjectVersion", Resource=f"{BUCKET}/snapshots/live/*"
+            ),
             "forbidden action",
         ),
         (
@@ -498,7 +502,6 @@ def _with_grant() -> dict[str, Any]:
         (_without("DenyOverwritableWrites"), "without If-None-Match on snapshots/"),
         (_weakened_if_none_match(), "without If-None-Match on audit/"),
         (_weakened_if_none_match(), "without If-None-Match on attestations/"),
-        (_weakened_if_none_match(), "without If-None-Match on live/"),
         (_without("DenyDestructiveActions"), "s3:DeleteObjectVersion"),
         (_with_grant(), "grants nothing"),
     ],
