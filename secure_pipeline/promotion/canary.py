@@ -95,6 +95,9 @@ def _quantile(buckets: tuple[tuple[float, float], ...], q: float) -> float | Non
 def parse_metrics(text: str) -> SlotMetrics:
     """Read a slot's ``/metrics`` page.
 
+    Every series is summed over the labels the canary does not compare by (``pipeline``,
+    ``slot``, ``model_version``): one slot's page is one slot.
+
     Raises:
         ValueError: When the page is not a slot's metrics.
     """
@@ -115,11 +118,13 @@ def parse_metrics(text: str) -> SlotMetrics:
                     requests += sample.value
                     if not labels.get("code", "").startswith("2"):
                         errors += sample.value
-            elif sample.name == "secure_pipeline_request_seconds_bucket":
+            elif sample.name == "secure_pipeline_request_duration_seconds_bucket":
                 if labels.get("route") == PREDICT:
-                    latency[float(labels["le"])] = sample.value
+                    bound = float(labels["le"])
+                    latency[bound] = latency.get(bound, 0.0) + sample.value
             elif sample.name == "secure_pipeline_prediction_score_bucket":
-                scores[float(labels["le"])] = sample.value
+                bound = float(labels["le"])
+                scores[bound] = scores.get(bound, 0.0) + sample.value
             elif sample.name == "secure_pipeline_model_info":
                 model = labels.get("model_sha256") or None
     if not seen:

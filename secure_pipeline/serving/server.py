@@ -14,9 +14,22 @@ Routes:
   features derive from, validated against the pipeline's schema (types, allowed categories,
   ranges, no unknown or missing fields); body size and row count are limited. Answers the
   score and label per row, the model digest and the slot.
+  Each prediction carries an ``id`` (128 random bits, hex) that feedback refers to.
+* ``POST /feedback``: ``{"feedback": [{"id": "<prediction id>", "label": <a value of the
+  schema's label column>}, ...]}``: the true labels of earlier predictions, validated (ids of 32
+  hex characters, allowed label values; the same size limits) and recorded in a signed
+  ``feedback`` batch (`secure_pipeline.serving.recording`).
 * ``GET /healthz``: the process is alive. ``GET /readyz``: the model verified and loaded.
-* ``GET /metrics``: Prometheus text: requests by route and code, latency histogram, prediction
-  scores and labels, and the model digest being served.
+* ``GET /metrics``: Prometheus text, every slot metric labelled with ``pipeline``, ``slot`` and
+  (where it is about the model) ``model_version``: requests by route and code, latency
+  histogram, prediction scores and labels, the model being served, live recording counters,
+  and the process, platform and garbage-collector metrics of prometheus-client.
+
+When the pipeline's ``monitoring.record`` is on, the slot records a sample of what it scores
+(`secure_pipeline.serving.recording.LiveRecorder`), written off the request path in batches
+signed by the ``serve`` identity, and flushed when the slot shuts down. In production such a
+slot needs the ``serve`` identity's key (``SECURE_PIPELINE_SIGNER_SERVE``) and refuses to
+become ready without it.
 
 The slot sits behind the gateway, which authenticates callers, authorises them and limits
 their rate; so that nothing can go around it, the slot speaks mutual TLS only (`SlotTls`): TLS
@@ -49,6 +62,7 @@ from secure_pipeline.features.engineering import (
     feature_values,
     request_values,
 )
+from secure_pipeline.serving.recording import ID_PATTERN, LiveMetrics, LiveRecorder, new_ids
 from secure_pipeline.spec import Column, PipelineSpec
 
 if TYPE_CHECKING:
@@ -78,6 +92,8 @@ SCORE_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 # What a malformed body is told: what the server expects, never what the parser said (its
 # message can quote the request).
 EXPECTED_BODY = 'a UTF-8 JSON object {"rows": [{...}, ...]} with finite numbers'
+EXPECTED_ID = "a prediction id: 32 lower-case hex characters"
+EXPECTED_FEEDBACK = 'a JSON object {"feedback": [{"id": "<prediction id>", "label": ...}, ...]}'
 _SHOWN_CHARS = 64
 # How a date without a declared format is written (ISO 8601's calendar date), as validation
 # reads it.
@@ -226,6 +242,12 @@ class InputField:
         if self.dtype == "string":
             return self._string_problem(value)
         return None
+
+    def raw(self, values: Sequence[Any]) -> list[Any]:
+        """Checked values as the caller sent them, text cleaned as validation cleans it."""
+        if self.dtype == "string":
+            return [None if v is None else self._cleaned(v) for v in values]
+        return list(values)
 
     def values(self, values: Sequence[Any]) -> Any:
         """Checked values of this field, one per row, in the numpy form features read."""
@@ -424,6 +446,53 @@ def _feature_values(
     return {f.name: feature_values(f, columns, pipeline) for f in features}
 
 
+def feedback_label(pipeline: PipelineSpec) -> InputField | None:
+    """The schema's label column, as feedback labels are checked against it (None: no label)."""
+    schema = pipeline.schema
+    column = next((c for c in schema.columns if c.name == schema.label), None)
+    return None if column is None else InputField(column, schema.missing_values)
+
+
+def feedback_rows(
+    items: Sequence[Any], label: InputField
+) -> tuple[list[tuple[str, Any]], list[dict[str, Any]]]:
+    """Check feedback items ``{"id": ..., "label": ...}``: the rows, and what is wrong.
+
+    An id is a prediction id (32 lower-case hex characters), once per request; a label is a
+    value ``label`` accepts (an allowed category, a number in range...), never null.
+
+    Returns:
+        ``(id, label)`` rows, and up to 20 problems, each naming the item, the field, what was
+        found and what was expected (empty when every item is good).
+    """
+    rows: list[tuple[str, Any]] = []
+    problems: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or set(item) != {"id", "label"}:
+            found = (sorted(str(_shown(k)) for k in item)[:5] if isinstance(item, dict)
+                     else type(item).__name__)  # fmt: skip
+            problems.append({"item": index, "expected": 'an object {"id": ..., "label": ...}',
+                             "found": found})  # fmt: skip
+        else:
+            prediction_id, value = item["id"], item["label"]
+            if not isinstance(prediction_id, str) or not ID_PATTERN.fullmatch(prediction_id):
+                problems.append({"item": index, "field": "id", "found": _shown(prediction_id),
+                                 "expected": EXPECTED_ID})  # fmt: skip
+            elif prediction_id in seen:
+                problems.append({"item": index, "field": "id", "found": prediction_id,
+                                 "expected": "each id once per request"})  # fmt: skip
+            why = "a label" if value is None else label.check(value)
+            if why is not None:
+                problems.append({"item": index, "field": "label", "found": _shown(value),
+                                 "expected": why})  # fmt: skip
+            seen.add(str(prediction_id))
+            rows.append((str(prediction_id), value))
+        if len(problems) >= 20:
+            break
+    return rows, problems[:20]
+
+
 class ModelService:
     """One slot: verifies and loads its model in the background, then scores requests.
 
@@ -444,7 +513,16 @@ class ModelService:
     ) -> None:
         if slot not in SLOTS:
             raise ValueError(f"slot must be one of {SLOTS}, found {slot!r}")
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+        from prometheus_client import (
+            CollectorRegistry,
+            Counter,
+            Gauge,
+            GCCollector,
+            Histogram,
+            Info,
+            PlatformCollector,
+            ProcessCollector,
+        )
 
         self.pipeline = pipeline
         self.model_ref = model_ref
@@ -457,23 +535,72 @@ class ModelService:
         self.version: str | None = None
         self.inputs: list[str] = []
         self.fields: list[InputField] = []
+        self.recorder: LiveRecorder | None = None
+        self._sensitive: list[InputField] = []
+        self._closed = False
         self._lock = threading.Lock()
-        # A registry per service: two slots in one process (tests) keep separate metrics.
+        # A registry per service: two slots in one process (tests) keep separate metrics. The
+        # process collectors read the same process for both; Prometheus tells the targets apart.
         self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        model = ["pipeline", "slot", "model_version"]
+        slot_only = ["pipeline", "slot"]
         self.requests = Counter("secure_pipeline_requests", "Requests by route and status code.",
-                                ["route", "code"], registry=self.registry)  # fmt: skip
-        self.latency = Histogram("secure_pipeline_request_seconds", "Request latency.",
-                                 ["route"], buckets=LATENCY_BUCKETS,
+                                [*model, "route", "code"], registry=self.registry)  # fmt: skip
+        self.latency = Histogram("secure_pipeline_request_duration_seconds", "Request latency.",
+                                 [*model, "route"], buckets=LATENCY_BUCKETS,
                                  registry=self.registry)  # fmt: skip
         self.scores = Histogram("secure_pipeline_prediction_score", "Predicted scores.",
-                                buckets=SCORE_BUCKETS, registry=self.registry)  # fmt: skip
+                                model, buckets=SCORE_BUCKETS, registry=self.registry)  # fmt: skip
         self.labels = Counter("secure_pipeline_predictions", "Predictions by label.",
-                              ["label"], registry=self.registry)  # fmt: skip
+                              [*model, "label"], registry=self.registry)  # fmt: skip
         self.ready = Gauge("secure_pipeline_ready", "1 once the model verified and loaded.",
-                           registry=self.registry)  # fmt: skip
+                           slot_only, registry=self.registry)  # fmt: skip
         self.info = Info("secure_pipeline_model", "The model this slot serves.",
                          registry=self.registry)  # fmt: skip
-        self.info.info({"slot": slot, "model_ref": model_ref, "model_sha256": "",
+        self.live_recorded = Counter("secure_pipeline_live_recorded_rows",
+                                     "Scored rows kept in a live traffic batch.", slot_only,
+                                     registry=self.registry)  # fmt: skip
+        self.live_dropped = Counter("secure_pipeline_live_dropped_rows",
+                                    "Sampled rows not kept: the batch was full, or a batch "
+                                    "waiting for the store was lost.", slot_only,
+                                    registry=self.registry)  # fmt: skip
+        self.live_written = Counter("secure_pipeline_live_batches_written",
+                                    "Signed live batches written, by kind.", [*slot_only, "kind"],
+                                    registry=self.registry)  # fmt: skip
+        self.live_failures = Counter("secure_pipeline_live_batch_failures",
+                                     "Live batch writes that failed (kept for a retry).",
+                                     slot_only, registry=self.registry)  # fmt: skip
+        self.feedback_rows = Counter("secure_pipeline_feedback", "Feedback labels accepted.",
+                                     slot_only, registry=self.registry)  # fmt: skip
+        self.ready.labels(**self.slot_labels()).set(0)
+        # Shown at 0 from the start, so a dashboard and an alert see the series before traffic.
+        for counter in (self.live_recorded, self.live_dropped, self.live_failures,
+                        self.feedback_rows):  # fmt: skip
+            counter.labels(**self.slot_labels())
+        for kind in ("traffic", "feedback"):
+            self.live_written.labels(**self.slot_labels(), kind=kind)
+        self._score_metric: Any = None
+        self._publish_info(self.model_ref, "")
+
+    def slot_labels(self) -> dict[str, str]:
+        """The labels of every slot metric: ``pipeline`` and ``slot``."""
+        return {"pipeline": self.pipeline.name, "slot": self.slot}
+
+    def model_labels(self) -> dict[str, str]:
+        """The labels of the metrics about the model: the slot's and ``model_version``."""
+        return {**self.slot_labels(), "model_version": str(self.version or "")}
+
+    def observe_request(self, route: str, code: str, seconds: float) -> None:
+        """Count and time one answer of ``route``."""
+        labels = self.model_labels()
+        self.requests.labels(**labels, route=route, code=code).inc()
+        self.latency.labels(**labels, route=route).observe(seconds)
+
+    def _publish_info(self, served: str, digest: str) -> None:
+        self.info.info({**self.model_labels(), "model_ref": served, "model_sha256": digest,
                         "state": self.state})  # fmt: skip
 
     def load(self) -> None:
@@ -484,8 +611,7 @@ class ModelService:
             with self._lock:
                 self.state = "refused"
                 self.reason = f"{type(exc).__name__}: {exc}"[:2000]
-            self.info.info({"slot": self.slot, "model_ref": self.model_ref, "model_sha256": "",
-                            "state": self.state})  # fmt: skip
+            self._publish_info(self.model_ref, "")
             logger.error("slot %s will not serve %s: %s", self.slot, self.model_ref, self.reason)
 
     def _load(self) -> None:
@@ -493,9 +619,28 @@ class ModelService:
         from secure_pipeline.registry.evidence import verify_reference
         from secure_pipeline.serving.loader import load_evidence
         from secure_pipeline.storage.resources import store_resource
+        from secure_pipeline.trust.identities import SERVE, signer_variable
         from secure_pipeline.trust.policy import trust_policy
+        from secure_pipeline.trust.signers import signer_for
 
+        record = self.pipeline.monitoring.record
+        current = env.current_environment()
+        # Checked first, and named on its own: a recording slot without its key would serve
+        # traffic nobody can later judge, and a development key is no evidence in production.
+        if (
+            record
+            and current is env.Environment.PRODUCTION
+            and not env.is_set(signer_variable(SERVE))
+        ):
+            raise ConfigurationError(
+                f"pipeline {self.pipeline.name!r} records live traffic (monitoring.record), so "
+                f"slot {self.slot} signs its batches as the {SERVE!r} identity, and "
+                f"{signer_variable(SERVE)} is not set: set it to that identity's private key URI "
+                "(file2:/path/key.pem, awskms:<key>, ...), whose public key the trust policy "
+                "names, or turn monitoring.record off"
+            )
         environment = env.validate(required=SERVING_REQUIRED)
+        signer = signer_for(SERVE, environment) if record else None
         store = store_resource(environment, resolve=True).get_store()
         # A slot serves only a version the gate admitted: its signed decision for exactly this
         # bundle, the approvals it cites and the audit checkpoint, on top of the bundle itself.
@@ -511,19 +656,46 @@ class ModelService:
             # An OCI tag is mutable: the digest that verified is what this slot serves.
             served = str(evidence.resolved.oci.pinned) if evidence.resolved.oci else self.model_ref
         fields = input_fields(self.pipeline, verified.inputs)
+        sensitive = [f for f in fields if f.name in self.pipeline.sensitive_features]
+        recorder = None
+        if signer is not None:
+            recorder = LiveRecorder(
+                store, signer, self.pipeline, slot=self.slot,
+                model_sha256=verified.model_sha256, model_version=str(version or ""),
+                inputs=verified.inputs, sensitive=[f.name for f in sensitive],
+                metrics=self.live_metrics(),
+            )  # fmt: skip
         with self._lock:
+            if self._closed:
+                return  # shut down while verifying: nothing to serve, nothing to record
             self.model = verified.model
             self.model_sha256 = verified.model_sha256
             self.version = version
             self.inputs = verified.inputs
             self.fields = fields
+            self._sensitive = sensitive
+            self.recorder = recorder
             self.state = "ready"
             self.reason = f"verified, signed by {verified.signer}"
-        self.ready.set(1)
-        self.info.info({"slot": self.slot, "model_ref": served,
-                        "model_sha256": verified.model_sha256, "version": str(version or ""),
-                        "state": self.state})  # fmt: skip
+        if recorder is not None:
+            recorder.start()
+        self.ready.labels(**self.slot_labels()).set(1)
+        self._publish_info(served, verified.model_sha256)
         logger.info("slot %s serves %s (%s)", self.slot, self.model_ref, self.model_sha256)
+
+    def live_metrics(self) -> LiveMetrics:
+        """The slot's live recording counters, as a `LiveRecorder` moves them."""
+        labels = self.slot_labels()
+        return LiveMetrics(
+            recorded=self.live_recorded.labels(**labels),
+            dropped=self.live_dropped.labels(**labels),
+            written={
+                kind: self.live_written.labels(**labels, kind=kind)
+                for kind in ("traffic", "feedback")
+            },  # fmt: skip
+            failures=self.live_failures.labels(**labels),
+            feedback=self.feedback_rows.labels(**labels),
+        )
 
     def predict(self, document: Any) -> dict[str, Any]:
         """Score a request document; refuses what does not match the input schema."""
@@ -534,18 +706,82 @@ class ModelService:
                                  found=[_shown(k) for k in sorted(document)[:10]]
                                  if isinstance(document, dict)
                                  else type(document).__name__)  # fmt: skip
-        frame = rows_to_frame(document["rows"], self.fields, self.pipeline, self.inputs,
+        rows = document["rows"]
+        frame = rows_to_frame(rows, self.fields, self.pipeline, self.inputs,
                               self.limits)  # fmt: skip
         scores = self.model.predict_proba(frame)[:, 1]
         positive, negative = self._labels()
+        ids = new_ids(len(scores))
+        labels = [positive if score >= 0.5 else negative for score in scores]
+        scored = self._score_metric
+        if scored is None:  # the model's version labels it: known once loaded
+            scored = self._score_metric = self.scores.labels(**self.model_labels())
+        by_label: dict[str, int] = {}
         predictions = []
-        for score in scores:
-            label = positive if score >= 0.5 else negative
-            self.scores.observe(float(score))
-            self.labels.labels(label=label).inc()
-            predictions.append({"score": round(float(score), 6), "label": label})
+        for score, label, prediction_id in zip(scores, labels, ids, strict=True):
+            scored.observe(float(score))
+            by_label[label] = by_label.get(label, 0) + 1
+            predictions.append({"score": round(float(score), 6), "label": label,
+                                "id": prediction_id})  # fmt: skip
+        for label, count in by_label.items():
+            self.labels.labels(**self.model_labels(), label=label).inc(count)
+        if self.recorder is not None:
+            sensitive = {f.name: f.raw([row[f.name] for row in rows]) for f in self._sensitive}
+            self.recorder.record(frame, sensitive, scores, labels, ids)
         return {"model_sha256": self.model_sha256, "slot": self.slot,
                 "predictions": predictions}  # fmt: skip
+
+    def feedback(self, document: Any) -> dict[str, Any]:
+        """Record the true labels of earlier predictions (``POST /feedback``).
+
+        Raises:
+            RequestError: 503 before the model is ready (or while the feedback batch is
+                full), 409 when this slot does not record, 400/413/422 for a document that is
+                not valid feedback, saying what was expected.
+        """
+        if self.state != "ready":
+            raise RequestError(503, f"slot {self.slot} is not ready: {self.reason}")
+        recorder = self.recorder
+        label_field = feedback_label(self.pipeline)
+        if recorder is None or label_field is None:
+            raise RequestError(
+                409, f"slot {self.slot} does not record live traffic (monitoring.record is off "
+                f"for pipeline {self.pipeline.name!r}, or it has no label): feedback has "
+                "nowhere to go",
+            )  # fmt: skip
+        if not isinstance(document, dict) or set(document) != {"feedback"}:
+            raise RequestError(400, 'expected a JSON object with exactly one key, "feedback"',
+                                 expected=EXPECTED_FEEDBACK)  # fmt: skip
+        items = document["feedback"]
+        if not isinstance(items, list) or not items:
+            raise RequestError(400, "expected a non-empty list of feedback items",
+                                 expected=EXPECTED_FEEDBACK)  # fmt: skip
+        if len(items) > self.limits.max_rows:
+            raise RequestError(413, f"at most {self.limits.max_rows} feedback items per request",
+                                 found=len(items))  # fmt: skip
+        rows, problems = feedback_rows(items, label_field)
+        if problems:
+            raise RequestError(422, "feedback does not match: ids of predictions and values of "
+                                 f"the label column {label_field.name!r}",
+                                 problems=problems[:20])  # fmt: skip
+        if not recorder.feedback(rows):
+            raise RequestError(503, "the open feedback batch is full and being written; retry "
+                                 "shortly")  # fmt: skip
+        return {"accepted": len(rows), "slot": self.slot}
+
+    def count(self, code: int) -> None:
+        """Count one ``/predict`` answer in the open live batch (when recording)."""
+        recorder = self.recorder
+        if recorder is not None:
+            recorder.count(code)
+
+    def close(self) -> None:
+        """Shut down: write what the recorder holds, stop its thread."""
+        with self._lock:
+            self._closed = True
+            recorder = self.recorder
+        if recorder is not None:
+            recorder.close()
 
     def _labels(self) -> tuple[str, str]:
         schema = self.pipeline.schema
@@ -558,13 +794,16 @@ class ModelService:
 def create_app(service: ModelService, *, load: bool = True) -> "Starlette":
     """The ASGI app of one slot; starts verifying the model in the background at start-up.
 
-    Every ``/predict`` request is counted and timed, whatever happens to it: a refusal, a
-    failure while scoring or while rendering the answer (500), even one that escapes.
+    Every ``/predict`` and ``/feedback`` request is counted and timed, whatever happens to it:
+    a refusal, a failure while scoring or while rendering the answer (500), even one that
+    escapes. Each ``/predict`` answer's code is also counted in the open live batch. On
+    shutdown the live recorder writes what it holds.
     """
     from contextlib import asynccontextmanager
 
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
     from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
@@ -574,19 +813,31 @@ def create_app(service: ModelService, *, load: bool = True) -> "Starlette":
         # What the client gets if anything escapes below: Starlette answers it with a 500.
         code = "500"
         try:
-            response = await _predict_response(service, request)
+            response = await _json_response(service, request, service.predict, "score")
             code = str(response.status_code)
             return response
         finally:
-            service.requests.labels(route="/predict", code=code).inc()
-            service.latency.labels(route="/predict").observe(time.perf_counter() - started)
+            service.observe_request("/predict", code, time.perf_counter() - started)
+            service.count(int(code))
+
+    async def feedback(request: Request) -> Response:
+        started = time.perf_counter()
+        code = "500"
+        try:
+            response = await _json_response(service, request, service.feedback, "record",
+                                            status=202)  # fmt: skip
+            code = str(response.status_code)
+            return response
+        finally:
+            service.observe_request("/feedback", code, time.perf_counter() - started)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "alive", "slot": service.slot})
 
     async def readyz(request: Request) -> Response:
         body = {"slot": service.slot, "state": service.state, "reason": service.reason,
-                "model_ref": service.model_ref, "model_sha256": service.model_sha256}  # fmt: skip
+                "model_ref": service.model_ref, "model_sha256": service.model_sha256,
+                "recording": service.recorder is not None}  # fmt: skip
         return JSONResponse(body, status_code=200 if service.state == "ready" else 503)
 
     async def metrics(request: Request) -> Response:
@@ -597,11 +848,16 @@ def create_app(service: ModelService, *, load: bool = True) -> "Starlette":
         if load:
             threading.Thread(target=service.load, name=f"verify-{service.slot}",
                              daemon=True).start()  # fmt: skip
-        yield
+        try:
+            yield
+        finally:
+            # Off the event loop: writing the last batches signs and stores them.
+            await run_in_threadpool(service.close)
 
     return Starlette(
         routes=[
             Route("/predict", predict, methods=["POST"]),
+            Route("/feedback", feedback, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
@@ -610,33 +866,36 @@ def create_app(service: ModelService, *, load: bool = True) -> "Starlette":
     )
 
 
-async def _predict_response(service: ModelService, request: "Request") -> "Response":
-    """The answer to one ``/predict`` request: the scores, a refusal, or a bare 500."""
+async def _json_response(
+    service: ModelService, request: "Request", handle: Any, doing: str, *, status: int = 200
+) -> "Response":
+    """The answer to one JSON request: ``handle``'s result, a refusal, or a bare 500."""
     from starlette.concurrency import run_in_threadpool
     from starlette.responses import JSONResponse
 
     try:
         document = await _read_json(request, service.limits.max_body_bytes)
-        result = await run_in_threadpool(service.predict, document)
-        return JSONResponse(result)
+        result = await run_in_threadpool(handle, document)
+        return JSONResponse(result, status_code=status)
     except RequestError as refused:
         error = refused
     except Exception:  # noqa: BLE001 - a bug must answer 500 and be counted, not crash
-        logger.exception("slot %s failed to score a request", service.slot)
-        return _internal_error()
+        logger.exception("slot %s failed to %s a request", service.slot, doing)
+        return _internal_error(doing)
     headers = {"Retry-After": "5"} if error.status == 503 else None
     try:
         return JSONResponse(error.body(), status_code=error.status, headers=headers)
     except Exception:  # noqa: BLE001 - an unrenderable refusal is a bug: 500, still counted
         logger.exception("slot %s could not render a %s refusal", service.slot, error.status)
-        return _internal_error()
+        return _internal_error(doing)
 
 
-def _internal_error() -> "Response":
+def _internal_error(doing: str = "score") -> "Response":
     from starlette.responses import JSONResponse
 
     # A fixed text: the exception's own message may quote the request.
-    return JSONResponse({"error": "internal error while scoring"}, status_code=500)
+    what = "scoring" if doing == "score" else "recording feedback"
+    return JSONResponse({"error": f"internal error while {what}"}, status_code=500)
 
 
 async def _read_json(request: Any, max_bytes: int) -> Any:

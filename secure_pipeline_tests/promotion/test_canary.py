@@ -23,13 +23,13 @@ def _traffic(
     service: ModelService, n: int, *, errors: int = 0, latency: float = 0.004, score=0.3
 ) -> None:
     rng = random.Random(n)
+    scores = service.scores.labels(**service.model_labels())
     for i in range(n):
         code = "500" if i < errors else "200"
-        service.requests.labels(route="/predict", code=code).inc()
-        service.latency.labels(route="/predict").observe(latency * rng.uniform(0.8, 1.2))
+        service.observe_request("/predict", code, latency * rng.uniform(0.8, 1.2))
         if code == "200":
             value = score() if callable(score) else score
-            service.scores.observe(min(max(value + rng.uniform(-0.05, 0.05), 0.0), 1.0))
+            scores.observe(min(max(value + rng.uniform(-0.05, 0.05), 0.0), 1.0))
 
 
 def _page(service: ModelService):
@@ -46,6 +46,21 @@ def test_parse_reads_what_a_slot_reports() -> None:
     assert 0.003 < metrics.p95 < 0.006
     with pytest.raises(ValueError, match="not the metrics"):
         parse_metrics("# nothing here\nother_metric 1.0\n")
+
+
+def test_parse_sums_over_pipeline_slot_and_model_version_labels() -> None:
+    """Answers before the model loaded carry model_version "", later ones the version."""
+    slot = _slot("green")
+    _traffic(slot, 10, errors=10)  # 503s while verifying: no version yet
+    slot.version = "7"
+    _traffic(slot, 30, errors=3)
+    text = generate_latest(slot.registry).decode()
+    assert 'model_version="7"' in text
+    assert 'model_version=""' in text
+    metrics = parse_metrics(text)
+    assert (metrics.requests, metrics.errors) == (40, 13)
+    assert metrics.latency[-1] == (float("inf"), 40.0)
+    assert metrics.scores[-1][1] == 27.0
 
 
 def test_a_healthy_canary_passes() -> None:

@@ -192,20 +192,21 @@ def test_metrics_report_requests_latency_predictions_and_the_model(served, state
     client.post("/predict", json={"rows": rows})
     client.post("/predict", content=b"{", headers=_json())
     text = client.get("/metrics").text
-    assert 'secure_pipeline_requests_total{code="200",route="/predict"} 1.0' in text
-    assert 'secure_pipeline_requests_total{code="400",route="/predict"} 1.0' in text
-    assert 'secure_pipeline_request_seconds_bucket{le="0.005",route="/predict"}' in text
-    assert "secure_pipeline_prediction_score_count 10.0" in text
+    # prometheus-client writes the labels sorted by name
+    model = f'model_version="{state.version}",pipeline="adult"'
+    for code in ("200", "400"):
+        series = f'{{code="{code}",{model},route="/predict",slot="blue"}}'
+        assert f"secure_pipeline_requests_total{series} 1.0" in text
+    assert f'secure_pipeline_request_duration_seconds_bucket{{le="0.005",{model},' in text
+    assert f'secure_pipeline_prediction_score_count{{{model},slot="blue"}} 10.0' in text
     assert f'model_sha256="{state.model_sha}"' in text
-    assert "secure_pipeline_ready 1.0" in text
+    assert 'secure_pipeline_ready{pipeline="adult",slot="blue"} 1.0' in text
 
 
 def _count(text: str, code: str) -> float:
     """The /predict request counter of ``code`` in a metrics page (0 when absent)."""
-    match = re.search(
-        rf'secure_pipeline_requests_total{{code="{code}",route="/predict"}} (\S+)', text
-    )
-    return float(match[1]) if match else 0.0
+    pattern = rf'secure_pipeline_requests_total{{code="{code}",[^}}]*route="/predict"[^}}]*}} (\S+)'
+    return sum(float(value) for value in re.findall(pattern, text))
 
 
 @pytest.mark.parametrize(
@@ -263,7 +264,9 @@ def test_an_unexpected_failure_answers_500_and_is_counted(served) -> None:
     assert "SECRET" not in response.text
     text = client.get("/metrics").text
     assert _count(text, "500") == 1.0
-    assert 'secure_pipeline_request_seconds_count{route="/predict"} 1.0' in text
+    assert re.search(
+        r'secure_pipeline_request_duration_seconds_count\{[^}]*route="/predict"[^}]*\} 1\.0', text
+    )
     assert client.post("/predict", json={"rows": rows}).status_code == 200
 
 
@@ -284,7 +287,8 @@ def test_a_tampered_model_never_becomes_ready(state, tmp_path: Path) -> None:
         refused = client.post("/predict", json={"rows": [{"age": 30}]})
         assert refused.status_code == 503
         assert "not ready" in refused.json()["error"]
-        assert "secure_pipeline_ready 0.0" in client.get("/metrics").text
+        metrics = client.get("/metrics").text
+        assert 'secure_pipeline_ready{pipeline="adult",slot="green"} 0.0' in metrics
     finally:
         client.__exit__(None, None, None)
 

@@ -15,7 +15,11 @@ from secure_pipeline.errors import ConfigurationError, SecurePipelineError
 from secure_pipeline.serving.certs import SLOT_SERVER_NAME, check_identity_name
 
 IDENTITY_HEADER = "X-SP-Client-Identity"
-DEFAULT_ROUTES: Mapping[str, str] = MappingProxyType({"/predict": "predict", "/metrics": "admin"})
+# /feedback (role ``feedback``): the true labels of earlier predictions, recorded by the slots
+# for the live checks; RBAC decides who may send them.
+DEFAULT_ROUTES: Mapping[str, str] = MappingProxyType(
+    {"/predict": "predict", "/feedback": "feedback", "/metrics": "admin"}
+)
 _MIB = 1024 * 1024
 _SLOT_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
 _ROLE = re.compile(r"[a-z][a-z0-9_]{0,31}")
@@ -109,7 +113,19 @@ class GatewayConfig:
                 {k: v if isinstance(v, str) else tuple(v) for k, v in dict(self.identities).items()}
             ),
         )
-        object.__setattr__(self, "routes", MappingProxyType(dict(self.routes)))
+        # A default route whose role no identity holds is closed (left out: the gateway answers
+        # 404 there), not a typo: a deployment that lets nobody send feedback need not spell
+        # that out. Any other route naming a role nobody holds is refused below.
+        held = {
+            role for roles in self.identities.values() if not isinstance(roles, str)
+            for role in roles
+        }  # fmt: skip
+        routes = {
+            path: role
+            for path, role in dict(self.routes).items()
+            if not (DEFAULT_ROUTES.get(path) == role and role not in held)
+        }
+        object.__setattr__(self, "routes", MappingProxyType(routes))
         object.__setattr__(self, "slots", tuple(self.slots))
         for name in _PATH_FIELDS:
             object.__setattr__(self, name, Path(getattr(self, name)))
