@@ -78,6 +78,9 @@ bench: sync
 	$(RUN) python benchmarks/bench_pipeline_overhead.py
 	$(RUN) python benchmarks/bench_gateway.py
 	$(RUN) python benchmarks/bench_oci.py
+	$(RUN) python benchmarks/bench_exporter.py
+	$(RUN) python benchmarks/bench_live_recording.py
+	$(RUN) python benchmarks/bench_recovery.py
 
 clean:
 	rm -rf .venv $(TOOLS) .pytest_cache .ruff_cache

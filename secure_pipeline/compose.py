@@ -97,6 +97,7 @@ def _pipeline_parts(pipeline: "PipelineSpec", environment: Any, mode: str) -> di
     from secure_pipeline.ingestion.assets import build_raw_asset
     from secure_pipeline.mlsec.checks import build_ml_checks
     from secure_pipeline.mlsec.poisoning import build_poisoning_check
+    from secure_pipeline.monitoring.assets import build_live_stage
     from secure_pipeline.orchestration.build import build_orchestration
     from secure_pipeline.orchestration.jobs import KUBERNETES, adhoc_executor_config
     from secure_pipeline.promotion.assets import build_promotion_stage
@@ -108,6 +109,7 @@ def _pipeline_parts(pipeline: "PipelineSpec", environment: Any, mode: str) -> di
     validated, validation_checks = build_validation_stage(pipeline)
     features, feature_checks = build_features_stage(pipeline, champion_lineage)
     registry, registry_checks = build_registry_stage(pipeline)
+    live, live_checks = build_live_stage(pipeline, champion_lineage)
     assets = [
         build_raw_asset(pipeline),
         *validated,
@@ -115,6 +117,7 @@ def _pipeline_parts(pipeline: "PipelineSpec", environment: Any, mode: str) -> di
         *build_training_stage(pipeline),
         *registry,
         *build_promotion_stage(pipeline),
+        live,
     ]
     checks = [
         *validation_checks,
@@ -122,6 +125,7 @@ def _pipeline_parts(pipeline: "PipelineSpec", environment: Any, mode: str) -> di
         build_poisoning_check(pipeline, champion_verdict),
         *build_ml_checks(pipeline),
         *registry_checks,
+        *live_checks,
     ]
     orchestration = build_orchestration(pipeline, [*assets, *checks], environment, mode)
     return {

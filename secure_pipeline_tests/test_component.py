@@ -285,10 +285,11 @@ def test_two_yaml_pipelines_and_the_reference_in_one_location(tmp_path, monkeypa
     defs = build_folder_definitions(tree)
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     for name in ("adult", "census", "loans"):
-        assert {f"{name}/raw_{name}", f"{name}/features", f"{name}/promoted_model"} <= keys
-        for stage in ("ingest", "train", "release"):
+        assert {f"{name}/raw_{name}", f"{name}/features", f"{name}/promoted_model",
+                f"{name}/live_traffic"} <= keys  # fmt: skip
+        for stage in ("ingest", "train", "release", "monitor"):
             assert defs.resolve_job_def(f"{name}_{stage}").name == f"{name}_{stage}"
-    assert len(keys) == 18
+    assert len(keys) == 21
     assert set(defs.resources) == {"snapshot_store", "io_manager"}
 
 
@@ -443,7 +444,8 @@ def test_dg_lists_and_checks_the_project() -> None:
     defs = _dg("list", "defs", "--json", cwd=REPO)
     assert defs.returncode == 0, defs.stderr
     jobs = {job["name"] for job in json.loads(defs.stdout)["jobs"]}
-    assert jobs == {"adult_ingest", "adult_train", "adult_release"}
+    assert jobs == {"adult_ingest", "adult_train", "adult_release", "adult_monitor",
+                    "adult_rollback"}  # fmt: skip
 
 
 def test_roles_sources_and_derived_columns_read_from_yaml() -> None:

@@ -45,6 +45,7 @@ def test_defs_is_lazy_and_loads_the_reference_graph() -> None:
         "adult/trained_model": "training",
         "adult/registered_model": "registry",
         "adult/promoted_model": "promotion",
+        "adult/live_traffic": "monitoring",
     }
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
     assert checks == {
@@ -59,5 +60,10 @@ def test_defs_is_lazy_and_loads_the_reference_graph() -> None:
         ("adult/trained_model", "membership_inference_risk"),
         ("adult/trained_model", "fairness_audit"),
         ("adult/registered_model", "signature_verifies"),
+        ("adult/live_traffic", "live_input_drift"),
+        ("adult/live_traffic", "live_score_drift"),
+        ("adult/live_traffic", "live_error_rate"),
+        ("adult/live_traffic", "live_performance"),
+        ("adult/live_traffic", "live_fairness"),
     }
     assert set(loaded.resources) == {"snapshot_store", "io_manager"}

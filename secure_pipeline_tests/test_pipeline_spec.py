@@ -69,6 +69,7 @@ def test_the_readme_example_builds() -> None:
         "loans/trained_model",
         "loans/registered_model",
         "loans/promoted_model",
+        "loans/live_traffic",
     }
 
 

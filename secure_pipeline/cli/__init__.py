@@ -11,7 +11,8 @@ from typing import Any
 
 import click
 
-from secure_pipeline.cli import audit, certs, keys, models, oci, privacy, serving
+from secure_pipeline.cli import audit, certs, keys, live, models, oci, privacy, serving
+from secure_pipeline.cli import metrics as metrics_cli
 from secure_pipeline.cli._common import _fail
 from secure_pipeline.errors import ConfigurationError, SecurePipelineError
 
@@ -34,7 +35,8 @@ class _Commands(click.Group):
 @click.group(cls=_Commands)
 @click.version_option(package_name="secure-pipeline", prog_name="secure-pipeline")
 def main() -> None:
-    """Secure ML pipeline tools: evidence, verification, audit, trust, serving, privacy, OCI."""
+    """Secure ML pipeline tools: evidence, verification, audit, trust, serving, privacy, OCI,
+    monitoring."""
 
 
 main.add_command(audit.audit)
@@ -47,5 +49,7 @@ main.add_command(serving.serve)
 main.add_command(serving.serving)
 main.add_command(privacy.privacy)
 main.add_command(oci.oci)
+main.add_command(metrics_cli.metrics)
+main.add_command(live.live)
 
 __all__ = ["main"]

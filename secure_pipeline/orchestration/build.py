@@ -24,8 +24,9 @@ class Orchestration:
     Attributes:
         jobs: The stage jobs.
         schedules: The ingest schedule, and the privacy schedule of a pipeline that holds
-            personal data, when the spec has them.
-        sensors: Landing zone, stage chaining, approval and run-failure sensors.
+            personal data, when the spec has them; the live monitoring schedule.
+        sensors: Landing zone, stage chaining, approval and run-failure sensors; automatic
+            rollback on a failed live check when the monitoring spec asks for it.
         executor: Executor of runs outside the stage jobs.
     """
 
@@ -119,6 +120,23 @@ def build_orchestration(
         approval_sensor(pipeline, jobs["release"], production),
         failure_sensor(pipeline, production),
     ]
+    from secure_pipeline.orchestration.recovery import (
+        build_rollback_job,
+        live_schedule,
+        rollback_sensor,
+    )
+
+    schedules.append(live_schedule(pipeline, jobs["monitor"], production))
+    if pipeline.monitoring.auto_rollback:
+        jobs["rollback"] = build_rollback_job(pipeline, executor)
+        sensors.append(
+            rollback_sensor(
+                pipeline,
+                jobs["rollback"],
+                blocking_checks(definitions, names.live_traffic),
+                production,
+            )
+        )
     if spec.landing_env_var:
         sensors.insert(0, landing_sensor(pipeline, jobs["ingest"], production))
     if pipeline.holds_personal_data:

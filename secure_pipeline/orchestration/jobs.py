@@ -43,7 +43,7 @@ class Stage:
     """A stage job: its name suffix, the assets it materializes and where it runs.
 
     Attributes:
-        name: ``ingest``, ``train`` or ``release``.
+        name: ``ingest``, ``train``, ``release`` or ``monitor``.
         stage_tag: Value of the ``secure_pipeline/stage`` run tag (the run queue limits on it).
         assets: Asset keys the job materializes (their checks come with them).
         isolation: Where its steps run on Kubernetes.
@@ -56,7 +56,7 @@ class Stage:
 
 
 def stages(pipeline: PipelineSpec) -> tuple[Stage, ...]:
-    """The three stage jobs of a pipeline, upstream first."""
+    """The stage jobs of a pipeline, upstream first; the monitor job watches the champion."""
     from secure_pipeline.promotion.assets import serving_directory
 
     spec, names = pipeline.orchestration, pipeline.names
@@ -67,6 +67,7 @@ def stages(pipeline: PipelineSpec) -> tuple[Stage, ...]:
         Stage("ingest", "ingestion", (names.raw, names.validated, names.features), spec.ingest),
         Stage("train", "training", (names.trained_model,), spec.train),
         Stage("release", "registry", release, spec.registry),
+        Stage("monitor", "monitoring", (names.live_traffic,), spec.monitor),
     )
 
 
@@ -212,4 +213,7 @@ _DESCRIPTIONS = {
     "fairness). On Kubernetes: namespace {namespace}, service account {account}.",
     "release": "Sign and register the model, then promote it through the gate. On Kubernetes: "
     "namespace {namespace}, service account {account}.",
+    "monitor": "Judge the live traffic the champion scored: input and score drift, error rate, "
+    "live performance and fairness. On Kubernetes: namespace {namespace}, service account "
+    "{account}.",
 }

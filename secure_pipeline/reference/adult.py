@@ -11,6 +11,7 @@ from secure_pipeline.pipeline import (
     DatasetSchema,
     FeatureSpec,
     ModelSpec,
+    MonitoringSpec,
     OrchestrationSpec,
     SecurePipeline,
     SecurityPolicy,
@@ -139,6 +140,8 @@ def adult_pipeline() -> SecurePipeline:
             train_member="train",
             test_member="test",
         ),
+        # The slots record what the champion scores; a failed live check rolls it back.
+        monitoring=MonitoringSpec(auto_rollback=True),
         # New deliveries land as batch folders (adult.data + adult.test) under this S3 prefix.
         orchestration=OrchestrationSpec(landing_env_var="SECURE_PIPELINE_LANDING_URI"),
         owners=("team:ml-platform",),

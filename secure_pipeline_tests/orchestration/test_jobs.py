@@ -25,6 +25,7 @@ STAGES = {
     "adult_ingest": ("sp-ingest", "sp-ingest", ["sp-ingest-env"]),
     "adult_train": ("sp-train", "sp-train", ["sp-train-env"]),
     "adult_release": ("sp-registry", "sp-registry", ["sp-registry-env", "sp-registry-signing"]),
+    "adult_monitor": ("sp-monitor", "sp-monitor", ["sp-monitor-env"]),
 }
 
 
@@ -182,7 +183,9 @@ def test_adhoc_runs_get_no_stage_privileges(production) -> None:
         assert not pod.containers[0].env_from, key
         # the stage's service account is named by the op tag, but does not exist in sp-dagster:
         # the pod is refused by Kubernetes rather than run with a stage's identity elsewhere
-        assert pod.service_account_name in {"default", "sp-ingest", "sp-train", "sp-registry"}
+        assert pod.service_account_name in {
+            "default", "sp-ingest", "sp-train", "sp-registry", "sp-monitor"
+        }  # fmt: skip
 
 
 def test_run_pods_use_the_run_service_account(production) -> None:
@@ -191,7 +194,7 @@ def test_run_pods_use_the_run_service_account(production) -> None:
         config = tags["dagster-k8s/config"]
         config = json.loads(config) if isinstance(config, str) else config
         assert config["pod_spec_config"]["service_account_name"] == "sp-run"
-        assert tags["secure_pipeline/stage"] in {"ingestion", "training", "registry"}
+        assert tags["secure_pipeline/stage"] in {"ingestion", "training", "registry", "monitoring"}
         assert tags["dagster/max_runtime"] == "14400"  # the chart drops the instance setting
 
 
