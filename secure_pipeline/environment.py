@@ -90,6 +90,11 @@ SETTINGS: tuple[Setting, ...] = (
         required_in_production=True,
     ),
     Setting(
+        "SECURE_PIPELINE_MLFLOW_UI_URL",
+        "Base URL of the MLflow web UI (http(s)), for links from Dagster metadata to runs and "
+        "model versions; default: MLFLOW_TRACKING_URI when it is http(s), else no links.",
+    ),
+    Setting(
         "SECURE_PIPELINE_SIGNING_MODE",
         "`key`, `certificate` or `sigstore`; locally unset means a generated dev key.",
         required_in_production=True,
@@ -132,7 +137,7 @@ SETTINGS: tuple[Setting, ...] = (
             "`awskms:<key>`, ...); its public key must be the trust policy's. Locally unset "
             "means its development key.",
         )
-        for identity in ("ingest", "train", "release", "gate", "monitor", "privacy")
+        for identity in ("ingest", "train", "release", "gate", "monitor", "privacy", "serve")
     ),
     Setting(
         "SECURE_PIPELINE_DATA_KEYRING",

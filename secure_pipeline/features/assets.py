@@ -10,7 +10,13 @@ from secure_pipeline.features.engineering import (
     describe_derivation,
     feature_catalog,
 )
-from secure_pipeline.metadata import table
+from secure_pipeline.metadata import (
+    COLUMN_SCHEMA,
+    ingest_freshness_policy,
+    split_column,
+    table,
+    table_column,
+)
 from secure_pipeline.names import FEATURE_DRIFT
 from secure_pipeline.retries import retry_transient_io
 from secure_pipeline.spec import RESERVED_SPLIT_COLUMN, PipelineSpec
@@ -93,6 +99,64 @@ def drift_reference(
     )
 
 
+def features_table_schema(pipeline: PipelineSpec) -> dg.TableSchema:
+    """The feature table's columns for the UI: how each is derived, its role, its codes.
+
+    Categorical features are integer codes (-1 missing) whose allowed values name what each
+    code means; a numeric feature read straight from a column keeps that column's range.
+    """
+    schema = pipeline.schema
+    columns = {c.name: c for c in schema.columns}
+    excluded = set(pipeline.model.exclude_features)
+    found = []
+    for feature in feature_catalog(pipeline):
+        source = columns.get(feature.source)
+        direct = feature.derivation is None and feature.name == feature.source
+        notes = [f"from {', '.join(feature.sources)}"]
+        if feature.name in excluded:
+            notes.append("not a model input (model.exclude_features)")
+        if feature.kind == "categorical":
+            found.append(
+                table_column(
+                    feature.name,
+                    "int",
+                    role="sensitive" if feature.sensitive else "feature",
+                    description=describe_derivation(feature, pipeline),
+                    minimum=-1,
+                    maximum=len(feature.categories) - 1,
+                    allowed=[f"{i}={c}" for i, c in enumerate(feature.categories)],
+                    notes=[*notes, "-1 = missing or not listed"],
+                )
+            )
+            continue
+        nullable = any(columns[s].nullable for s in feature.sources if s in columns)
+        found.append(
+            table_column(
+                feature.name,
+                "float",
+                role="sensitive" if feature.sensitive else "feature",
+                description=describe_derivation(feature, pipeline),
+                nullable=nullable or feature.derivation is not None,
+                minimum=source.minimum if direct and source is not None else None,
+                maximum=source.maximum if direct and source is not None else None,
+                notes=notes,
+            )
+        )
+    if schema.label is not None and schema.positive_label is not None:
+        found.append(
+            table_column(
+                LABEL_COLUMN,
+                "int",
+                role="label",
+                description=f"1 when {schema.label} is {schema.positive_label!r}, else 0.",
+                minimum=0,
+                maximum=1,
+            )
+        )
+    found.append(split_column())
+    return dg.TableSchema(columns=found)
+
+
 def build_features_stage(
     pipeline: PipelineSpec, champion_lineage: ChampionLineage
 ) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
@@ -141,12 +205,14 @@ def build_features_stage(
             "data version. The feature catalog says how each feature is derived."
         ),
         metadata={
+            COLUMN_SCHEMA: features_table_schema(pipeline),
             "feature_catalog": catalog_table,
             # A feature row is still a person's row when the source identifies people.
             ENCRYPTED_METADATA: pipeline.holds_personal_data,
         },
         tags=pipeline.names.asset_tags("features"),
         op_tags=pipeline.orchestration.ingest.dagster_tags(INGEST),
+        freshness_policy=ingest_freshness_policy(pipeline),
     )
     @retry_transient_io(pipeline.orchestration)
     def features(context: dg.AssetExecutionContext, validated: Any) -> dg.MaterializeResult[Any]:
@@ -224,9 +290,13 @@ def build_features_stage(
                 "reference": reference_digest,
             },
             metadata={
-                "max_psi": round(psi, 6),
+                "max_psi": float(round(psi, 6)),
                 "most_drifted": worst.feature if worst else "none",
-                "psi_by_feature": psi_table,
+                # Read by the metrics exporter (one gauge per feature); the table is for people.
+                "psi_by_feature": dg.MetadataValue.json(
+                    {d.feature: float(round(d.psi, 6)) for d in drift}
+                ),
+                "psi_table": psi_table,
                 "reference_sha256": reference_digest,
                 "reference": reference_what
                 if reference_digest != subject

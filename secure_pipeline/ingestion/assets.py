@@ -19,92 +19,19 @@ import dagster as dg
 from secure_pipeline import environment as env
 from secure_pipeline.ingestion.connectors import connector_for, join_location
 from secure_pipeline.ingestion.provenance import ProvenanceRecord, provenance_document
-from secure_pipeline.metadata import table
+from secure_pipeline.metadata import (
+    COLUMN_SCHEMA,
+    declared_table_schema,
+    ingest_freshness_policy,
+    table,
+)
 from secure_pipeline.redaction import redact_text, redact_uri
 from secure_pipeline.retries import retry_transient_io
-from secure_pipeline.spec import RESERVED_SPLIT_COLUMN, PipelineSpec
+from secure_pipeline.spec import PipelineSpec
 from secure_pipeline.storage.io_manager import snapshot_metadata
 from secure_pipeline.storage.resources import SnapshotStoreResource
 from secure_pipeline.storage.snapshots import FILESET_FORMAT, SnapshotRef, SnapshotStore, utc_now
 from secure_pipeline.trust.identities import INGEST
-
-# What each role means for the column, shown with it in the Dagster UI.
-_ROLE_NOTES = {
-    "identifier": "identifier: kept for joins and erasure, never a model input",
-    "personal": "personal: checked at entry, then dropped (never in validated_*)",
-    "ignore": "ignore: presence checked, values never read",
-}
-
-
-def declared_table_schema(pipeline: PipelineSpec, *, validated: bool = False) -> dg.TableSchema:
-    """The pipeline's declared schema as Dagster table metadata, with each column's role.
-
-    Args:
-        pipeline: The spec.
-        validated: Only the columns ``validated_*`` holds, typed as it holds them
-            (pseudonymised columns as hex strings), then ``split``; default: every column of
-            the raw files.
-
-    Returns:
-        The table schema; each column carries a ``role`` tag and its rules as constraints.
-    """
-    schema = pipeline.schema
-    columns = []
-    for column in schema.kept_columns if validated else schema.columns:
-        other = []
-        if column.allowed is not None:
-            other.append(f"one of {len(column.allowed)} values")
-        if column.minimum is not None:
-            other.append(f">= {column.minimum:g}")
-        if column.maximum is not None:
-            other.append(f"<= {column.maximum:g}")
-        if column.earliest is not None:
-            other.append(f"not before {column.earliest}")
-        if column.latest is not None:
-            other.append(f"not after {column.latest}")
-        if column.dtype in ("date", "datetime"):
-            other.append(f"format {column.format}" if column.format else "ISO 8601")
-        if column.min_length is not None:
-            other.append(f"at least {column.min_length} characters")
-        if column.max_length is not None:
-            other.append(f"at most {column.max_length} characters")
-        if column.pattern is not None:
-            other.append(f"matches {column.pattern}")
-        if column.source is not None or column.occurrence != 1:
-            other.append(f"header {column.header_name!r}, occurrence {column.occurrence}")
-        if column.name in pipeline.sensitive_features:
-            other.append("sensitive")
-        role = column.role
-        if column.name == schema.label:
-            role = "label"  # either spelling of the label: the role or the schema's field
-        elif role == "feature" and column.name in pipeline.sensitive_features:
-            role = "sensitive"
-        dtype = column.dtype
-        if column.role == "personal" and column.pseudonymise:
-            other.append("personal: kept only as a keyed pseudonym (HMAC-SHA256 hex)")
-            dtype = "string" if validated else dtype
-        elif role in _ROLE_NOTES:
-            other.append(_ROLE_NOTES[role])
-        columns.append(
-            dg.TableColumn(
-                column.name,
-                dtype,
-                description=column.description or None,
-                constraints=dg.TableColumnConstraints(nullable=column.nullable, other=other),
-                tags={"role": role},
-            )
-        )
-    if validated:
-        columns.append(
-            dg.TableColumn(
-                RESERVED_SPLIT_COLUMN,
-                "string",
-                description="The source file member the row came from.",
-                constraints=dg.TableColumnConstraints(nullable=False),
-                tags={"role": "split"},
-            )
-        )
-    return dg.TableSchema(columns=columns)
 
 
 def source_location(pipeline: PipelineSpec) -> str:
@@ -285,6 +212,8 @@ def build_raw_asset(pipeline: PipelineSpec) -> dg.AssetsDefinition:
         code_version=pipeline.code_version,
         description=description,
         metadata={
+            # The UI's column view; ``declared_schema`` is the same, kept for readers of it.
+            COLUMN_SCHEMA: declared_table_schema(pipeline),
             "declared_schema": declared_table_schema(pipeline),
             "schema_version": pipeline.schema.version,
             "default_location": redact_uri(source.location),
@@ -293,6 +222,7 @@ def build_raw_asset(pipeline: PipelineSpec) -> dg.AssetsDefinition:
         },
         tags=pipeline.names.asset_tags("ingestion"),
         op_tags=pipeline.orchestration.ingest.dagster_tags(INGEST),
+        freshness_policy=ingest_freshness_policy(pipeline),
     )
     @retry_transient_io(pipeline.orchestration)
     def raw_asset(

@@ -253,6 +253,20 @@ def _fairness_advice(pipeline: PipelineSpec, judged: Judged, result: Any) -> str
     )
 
 
+def _largest_gap(result: Any) -> float:
+    """The fairness headline: the largest equalized-odds gap of a gating feature.
+
+    Every audited feature's when none gates; NaN when no gap could be measured (a missing
+    point on the UI's plot, not a zero that would read as perfectly fair).
+    """
+    import math
+
+    audits = [a for a in result.audits if a.gating] or list(result.audits)
+    gaps = [float(a.equalized_odds_difference) for a in audits]
+    finite = [g for g in gaps if math.isfinite(g)]
+    return round(max(finite), 6) if finite else math.nan
+
+
 def build_ml_checks(pipeline: PipelineSpec) -> list[dg.AssetChecksDefinition]:
     """Build the four blocking gates of ``trained_model``.
 
@@ -707,6 +721,7 @@ def build_ml_checks(pipeline: PipelineSpec) -> list[dg.AssetChecksDefinition]:
             },
             {
                 "outcome": result.outcome,
+                "max_equalized_odds_difference": _largest_gap(result),
                 "evaluation": dg.MetadataValue.json(evaluation),
                 "by_feature": dg.MetadataValue.json(summary),
                 "by_group": table(

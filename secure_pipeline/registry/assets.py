@@ -87,10 +87,12 @@ def build_registry_stage(
             LineageError,
             build_lineage,
             model_card,
+            model_interface,
             verdict_problems,
+            version_description,
             write_bundle,
         )
-        from secure_pipeline.registry.mlflow_registry import register_bundle
+        from secure_pipeline.registry.mlflow_registry import register_bundle, run_experiment
         from secure_pipeline.registry.registration import record_registration
         from secure_pipeline.registry.signing import (
             SIGNATURE_FILE,
@@ -98,6 +100,7 @@ def build_registry_stage(
             signer_from_environment,
         )
         from secure_pipeline.registry.verification import verify_bundle_dir
+        from secure_pipeline.training.tracking import model_version_link_metadata, run_link_metadata
         from secure_pipeline.trust.policy import trust_policy
         from secure_pipeline.trust.signers import signer_for
 
@@ -135,7 +138,9 @@ def build_registry_stage(
             bundle = Path(temporary) / "bundle"
             bundle.mkdir()
             card = model_card(pipeline, lineage, _check_results(run_id))
-            write_bundle(bundle, model_bytes, lineage, card, evidence)
+            # Signature and input example first: the bundle signature must cover them.
+            interface = model_interface(pipeline, model_bytes, store, lineage["data"]["features"])
+            write_bundle(bundle, model_bytes, lineage, card, evidence, interface)
             sign_bundle(bundle, signer)
             verification = verify_bundle_dir(bundle, trust=trust, pipeline=pipeline, store=store)
             if not verification.ok:
@@ -157,7 +162,8 @@ def build_registry_stage(
             }
             version, source = register_bundle(
                 experiment_name(pipeline), str(run_id), pipeline.name, bundle, tags,
-                bundle_digest=digest,
+                bundle_digest=digest, description=version_description(pipeline, card),
+                card=card,
             )  # fmt: skip
         registration = record_registration(
             store, release, pipeline=pipeline.name, name=pipeline.name, version=version,
@@ -200,6 +206,11 @@ def build_registry_stage(
                 "model_name": pipeline.name,
                 "model_version": version,
                 "model_uri": f"models:/{pipeline.name}/{version}",
+                "mlflow_model_version": model_version_link_metadata(pipeline.name, version),
+                "mlflow_run": run_link_metadata(str(run_id), run_experiment(str(run_id))),
+                "input_example": "one made-up row (the data describes people)"
+                if interface.synthetic
+                else f"{len(interface.example)} evaluation rows of model inputs",
                 "model_sha256": model_sha,
                 "bundle_digest": tags["bundle_digest"],
                 "signer": signer.name,
@@ -254,6 +265,7 @@ def build_registry_stage(
                 "model_uri": f"models:/{value['name']}/{value['version']}",
                 "model_sha256": value.get("model_sha256"),
                 "signer": verification.signer or "none",
+                "problems_found": float(len(verification.problems)),
                 "report": dg.MetadataValue.md(f"```\n{verification.report()}\n```"),
             },
             description="; ".join(verification.problems) or None,

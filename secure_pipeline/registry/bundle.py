@@ -9,7 +9,11 @@ A bundle is an MLflow model directory (``MLmodel``, the skops file, environment 
 * ``evidence/<stage>.<check>.json`` — each of those verdicts as the DSSE envelope the judging
   identity signed (``ingest`` for the data checks, ``train`` for the model gates);
 * ``MODEL_CARD.md`` — intended use, data, metrics, fairness table, robustness, privacy risk and
-  limitations, for people.
+  limitations, for people;
+* the MLflow model signature (in ``MLmodel``: the input columns and types, the
+  ``predict_proba`` output) and an input example (``input_example.json`` and
+  ``serving_input_example.json``, JSON, never pickle) of model inputs only: written before the
+  bundle is signed, so the signature covers them like every other file.
 
 Because the bundle signature covers the lineage and the envelopes, and each envelope carries its
 own signature, a verified bundle proves offline which data and which *signed* verdicts produced
@@ -24,13 +28,14 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from secure_pipeline.errors import (
     ErasedError,
     IntegrityError,
+    PolicyViolation,
     SecurePipelineError,
     SignatureError,
 )
@@ -48,6 +53,9 @@ from secure_pipeline.trust import attestations
 from secure_pipeline.trust.identities import VERDICT_IDENTITY
 from secure_pipeline.trust.policy import TrustPolicy
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 LINEAGE_FILE = "lineage.json"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 CARD_FILE = "MODEL_CARD.md"
@@ -56,6 +64,10 @@ EVIDENCE_DIR = "evidence"
 LINEAGE_VERSION = 2
 MAX_LINEAGE_BYTES = 16 * 1024 * 1024
 VERDICTS = "verdicts"
+# Rows of the input example: enough to show the shape of a request, few enough to read.
+EXAMPLE_ROWS = 5
+# Roles whose columns never leave the pipeline as model inputs, examples included.
+_NEVER_INPUTS = ("identifier", "personal", "ignore")
 
 # Data checks may end in a warning (quarantined rows, mild drift) without blocking; the model's
 # gates must pass outright.
@@ -426,6 +438,143 @@ def _model_section(model: Mapping[str, Any]) -> list[str]:
     ]
 
 
+@dataclass(frozen=True)
+class ModelInterface:
+    """What MLflow records about how the model is called.
+
+    Attributes:
+        signature: The ``mlflow.models.ModelSignature`` (inputs, ``predict_proba`` output).
+        example: A few rows of model inputs (a ``pandas.DataFrame``).
+        synthetic: Whether the example is made of per-column typical values instead of rows
+            (for pipelines whose rows describe people).
+    """
+
+    signature: Any
+    example: "pd.DataFrame"
+    synthetic: bool
+
+
+def model_interface(
+    pipeline: PipelineSpec,
+    model_bytes: bytes,
+    store: SnapshotStore,
+    features: Mapping[str, Any],
+) -> ModelInterface:
+    """The model's signature and input example, from the features it was trained on.
+
+    The signature is inferred from the model's input frame (the columns it takes, typed as the
+    features snapshot holds them) and its ``predict_proba`` output. The example holds model
+    inputs only: never a column whose role is identifier, personal or ignore, nor the label or
+    the split. When the pipeline's rows describe people (``holds_personal_data``) no row
+    leaves the pipeline, and the release stage does not decrypt any: the example is one
+    made-up row (each number the middle of its declared range, else 0; each category code 0),
+    typed from the snapshot's plaintext manifest.
+
+    Args:
+        pipeline: The spec.
+        model_bytes: The model snapshot (loaded with the spec's trusted types only).
+        store: The snapshot store.
+        features: The lineage's features snapshot (``key``, ``sha256``).
+
+    Raises:
+        PolicyViolation: When a model input is a column of a role that must never be one.
+        IntegrityError: When the features snapshot does not verify.
+    """
+    from mlflow.models import infer_signature
+
+    from secure_pipeline.training.models import model_inputs
+    from secure_pipeline.training.serialization import load_model
+
+    inputs, _ = model_inputs(pipeline)
+    model = load_model(model_bytes, trusted=pipeline.model.trusted_types)
+    ref = (str(features["key"]), str(features["sha256"]))
+    if pipeline.holds_personal_data:
+        example = _made_up_row(pipeline, store.read_manifest(ref).schema or {})
+        frame, synthetic = example, True
+    else:
+        from secure_pipeline.storage.tables import parquet_to_table
+        from secure_pipeline.training.models import split_rows
+
+        table = parquet_to_table(store.read_bytes(ref)).to_pandas()
+        frame = table[inputs.columns].iloc[split_rows(table, pipeline).evaluation]
+        example, synthetic = frame.head(EXAMPLE_ROWS).reset_index(drop=True), False
+    require_model_inputs_only(pipeline, list(example.columns))
+    import warnings
+
+    with warnings.catch_warnings():
+        # MLflow hints that integer columns cannot hold missing values: category codes never
+        # are missing (-1 is their missing code), and numbers are floats.
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+        signature = infer_signature(frame, model.predict_proba(frame))
+    return ModelInterface(signature, example, synthetic)
+
+
+def require_model_inputs_only(pipeline: PipelineSpec, columns: list[str]) -> None:
+    """Refuse an input example holding anything but the model's inputs.
+
+    The feature catalog never makes an identifier, personal or ignore column a model input;
+    this holds the example to it whatever the catalog becomes, and keeps the label and the
+    split out too.
+
+    Raises:
+        PolicyViolation: When a column is not a model input, or is one of those roles.
+    """
+    from secure_pipeline.training.models import model_inputs
+
+    inputs, _ = model_inputs(pipeline)
+    roles = {c.name: c.role for c in pipeline.schema.columns}
+    wrong = [c for c in columns if c not in inputs.columns or roles.get(c) in _NEVER_INPUTS]
+    if wrong:
+        raise PolicyViolation(
+            f"the input example of {pipeline.name} would hold {wrong}, expected model inputs "
+            f"only ({', '.join(inputs.columns)}); an identifier, personal or ignore column, the "
+            "label or the split is never shown in the registry. Correct the feature spec."
+        )
+
+
+def _made_up_row(pipeline: PipelineSpec, types: Mapping[str, Any]) -> "pd.DataFrame":
+    """One row of model inputs that is nobody's: range middles and first category codes."""
+    import pandas as pd
+    import pyarrow as pa
+
+    from secure_pipeline.training.models import model_inputs
+
+    inputs, catalog = model_inputs(pipeline)
+    columns = {c.name: c for c in pipeline.schema.columns}
+    values: dict[str, Any] = {}
+    for name in inputs.columns:
+        feature = catalog[name]
+        source = columns.get(feature.source)
+        if name in inputs.numeric:
+            direct = feature.derivation is None and feature.name == feature.source
+            bounds = (source.minimum, source.maximum) if source is not None else (None, None)
+            middle = (bounds[0] + bounds[1]) / 2 if direct and None not in bounds else 0.0
+            default = "float64"
+        else:
+            middle, default = 0, "int64"
+        try:
+            dtype = pa.type_for_alias(str(types.get(name))).to_pandas_dtype()
+        except (KeyError, ValueError, NotImplementedError):
+            dtype = default
+        values[name] = pd.Series([middle]).astype(dtype)
+    return pd.DataFrame(values)
+
+
+def version_description(pipeline: PipelineSpec, card: str, *, limit: int = 5000) -> str:
+    """The registry version's description: the spec's description, then the model card.
+
+    MLflow's UI renders it as Markdown. Registry databases bound the field (5,000 characters),
+    so a longer card is cut at a line, saying where the whole card is.
+    """
+    head = (pipeline.description.strip() + "\n\n") if pipeline.description else ""
+    text = head + card
+    if len(text) <= limit:
+        return text
+    note = f"\n\n… (cut; the whole card is {CARD_FILE} in the signed bundle and the run)"
+    cut = text[: limit - len(note)]
+    return cut[: cut.rfind("\n") if "\n" in cut else len(cut)] + note
+
+
 def bundle_files(directory: Path) -> list[tuple[str, Path]]:
     """Every file of a bundle as ``(relative POSIX path, path)``, sorted by relative path."""
     import os
@@ -460,11 +609,15 @@ def write_bundle(
     lineage: Mapping[str, Any],
     card: str,
     evidence: Mapping[str, bytes],
+    interface: ModelInterface | None = None,
 ) -> None:
     """Write an (unsigned) bundle: MLflow model directory, lineage, card, signed verdicts.
 
     The MLflow files are written by MLflow's sklearn flavor (skops serialization, explicit
     trusted types), then the model file is replaced by the exact bytes the checks judged.
+    With an ``interface``, the signature goes into ``MLmodel`` and the example into
+    ``input_example.json`` and ``serving_input_example.json`` (JSON: MLflow writes a frame
+    example in its split orientation), all before the bundle is signed.
     """
     import re
 
@@ -485,6 +638,9 @@ def write_bundle(
         skops_trusted_types=allowed_types(declared),
         # Listed, not inferred: inference imports the model in a subprocess.
         pip_requirements=_requirements(),
+        # The signature is given, never inferred by MLflow from the example; False: none.
+        signature=interface.signature if interface is not None else False,
+        input_example=interface.example if interface is not None else None,
     )
     (directory / MODEL_FILE).write_bytes(model_bytes)
     mlmodel = directory / "MLmodel"

@@ -1,6 +1,9 @@
 """The MLflow model registry: register signed bundles, read them back, move aliases.
 
 Registry writes to a local SQLite store are serialised with the same file lock as tracking.
+A version's description (the spec's description and the model card, rendered by MLflow's UI)
+and the card logged to its run (one per version) are for people; like tags, nothing reads them as
+evidence: the signed bundle and registration are.
 """
 
 from collections.abc import Iterator, Mapping
@@ -40,8 +43,20 @@ def register_bundle(
     tags: Mapping[str, str],
     *,
     bundle_digest: str,
+    description: str | None = None,
+    card: str | None = None,
 ) -> tuple[str, str]:
     """Upload a bundle into the model's MLflow run and register it as a new model version.
+
+    Args:
+        experiment: The run's experiment.
+        run_id: The model's MLflow run.
+        name: The registered model.
+        bundle: The signed bundle directory.
+        tags: Tags of the version (prefixed with ``secure_pipeline.``).
+        bundle_digest: The bundle's digest (its artifact path).
+        description: The version's Markdown description, set with ``update_model_version``.
+        card: The model card, also logged to the run as `card_artifact_path` of the version.
 
     Returns:
         The new version number and the version's source URI.
@@ -63,7 +78,32 @@ def register_bundle(
             name, source=source, run_id=run_id,
             tags={f"{TAG_PREFIX}{k}": v for k, v in tags.items()},
         )  # fmt: skip
-        return str(version.version), source
+        if description is not None:
+            client.update_model_version(name, version.version, description=description)
+        number = str(version.version)
+    if card is not None:
+        # After the version exists: its number names the card, so registering the same run's
+        # model again never replaces the card an earlier version was described by.
+        with tracked_run(experiment, run_id=run_id) as mlflow:
+            mlflow.log_text(card, card_artifact_path(number))
+    return number, source
+
+
+def card_artifact_path(version: str) -> str:
+    """Where a version's model card is in its run (the signed copy is in the bundle)."""
+    return f"model_cards/version-{version}/MODEL_CARD.md"
+
+
+def version_description(name: str, version: str) -> str:
+    """A version's description, as the registry says now."""
+    with _client() as client:
+        return str(client.get_model_version(name, version).description or "")
+
+
+def run_experiment(run_id: str) -> str:
+    """The experiment id of an MLflow run (for the link to its UI page)."""
+    with _client() as client:
+        return str(client.get_run(run_id).info.experiment_id)
 
 
 def version_source(name: str, version: str) -> str:

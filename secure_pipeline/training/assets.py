@@ -76,7 +76,7 @@ def build_training_stage(pipeline: PipelineSpec) -> list[dg.AssetsDefinition]:
     ) -> dg.MaterializeResult[Any]:
         from secure_pipeline.training.models import train
         from secure_pipeline.training.serialization import dump_model, require_declared_types
-        from secure_pipeline.training.tracking import run_link, tracked_run
+        from secure_pipeline.training.tracking import run_link, run_link_metadata, tracked_run
 
         record = context.instance.get_latest_materialization_event(features_key)
         if record is None:
@@ -167,7 +167,7 @@ def build_training_stage(pipeline: PipelineSpec) -> list[dg.AssetsDefinition]:
                 ),
                 **{k: round(v, 6) for k, v in trained.metrics.items()},
                 "mlflow_run_id": run_id,
-                "mlflow_run": run_link(run_id, experiment_id),
+                "mlflow_run": run_link_metadata(run_id, experiment_id),
                 "training_audit_record": f"{record_.seq}:{record_.hash}",
             },
         )

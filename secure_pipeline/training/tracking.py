@@ -11,9 +11,14 @@ import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from secure_pipeline import environment as env
+from secure_pipeline.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import dagster as dg
 
 
 def _local_dir() -> Path:
@@ -70,12 +75,74 @@ def tracked_run(
             yield mlflow
 
 
+def ui_base_url() -> str | None:
+    """The MLflow web UI's address, or None when there is none to link to.
+
+    ``SECURE_PIPELINE_MLFLOW_UI_URL``, else the tracking URI when it is a tracking server
+    (http(s)); a local SQLite or file store has no web page. Credentials, query and fragment of
+    the tracking URI are left out: a link shown in the UI must not carry a secret.
+
+    Raises:
+        ConfigurationError: When ``SECURE_PIPELINE_MLFLOW_UI_URL`` is not an http(s) URL.
+    """
+    configured = env.read("SECURE_PIPELINE_MLFLOW_UI_URL")
+    uri = configured or tracking_uri()
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        if configured:
+            raise ConfigurationError(
+                "SECURE_PIPELINE_MLFLOW_UI_URL must be the http(s) address of the MLflow UI "
+                f"(such as https://mlflow.example.internal), found scheme "
+                f"{parts.scheme or '(none)'!r}; correct it or unset it"
+            )
+        return None
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+
+def run_url(run_id: str, experiment_id: str | None) -> str | None:
+    """The MLflow UI page of a run, or None without a UI (`ui_base_url`)."""
+    base = ui_base_url()
+    if base is None:
+        return None
+    experiment = quote(str(experiment_id), safe="")
+    return f"{base}/#/experiments/{experiment}/runs/{quote(run_id, safe='')}"
+
+
+def model_version_url(name: str, version: str) -> str | None:
+    """The MLflow UI page of a registered model version, or None without a UI."""
+    base = ui_base_url()
+    if base is None:
+        return None
+    return f"{base}/#/models/{quote(name, safe='')}/versions/{quote(str(version), safe='')}"
+
+
 def run_link(run_id: str, experiment_id: str | None = None) -> str:
-    """Where a person finds the run: a URL for a tracking server, else how to open the UI."""
+    """Where a person finds the run: a URL for a UI, else how to open the UI (for logs)."""
+    url = run_url(run_id, experiment_id)
+    if url is not None:
+        return url
     uri = tracking_uri()
-    if uri.startswith(("http://", "https://")):
-        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
     return f"run {run_id} in {uri} (open with: mlflow ui --backend-store-uri {uri})"
+
+
+def run_link_metadata(run_id: str, experiment_id: str | None) -> "dg.UrlMetadataValue | str":
+    """Dagster metadata for the run: a link to its UI page, else the plain sentence."""
+    from secure_pipeline.metadata import link
+
+    return link(run_url(run_id, experiment_id), run_link(run_id, experiment_id))
+
+
+def model_version_link_metadata(name: str, version: str) -> "dg.UrlMetadataValue | str":
+    """Dagster metadata for a registered version: a link to its UI page, else its URI."""
+    from secure_pipeline.metadata import link
+
+    uri = tracking_uri()
+    return link(
+        model_version_url(name, version),
+        f"models:/{name}/{version} in {uri} (open with: mlflow ui --backend-store-uri {uri})",
+    )
 
 
 def log_check(

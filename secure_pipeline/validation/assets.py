@@ -24,7 +24,13 @@ from typing import Any
 
 import dagster as dg
 
-from secure_pipeline.metadata import bullets, table
+from secure_pipeline.metadata import (
+    COLUMN_SCHEMA,
+    bullets,
+    declared_table_schema,
+    ingest_freshness_policy,
+    table,
+)
 from secure_pipeline.names import (
     EXPECTATIONS_MET,
     PROVENANCE_COMPLETE,
@@ -138,7 +144,11 @@ def build_validation_stage(
             passed=not problems,
             subject=index_sha,
             summary={"problems": len(problems)},
-            metadata={"problems": bullets(problems), "files": len(index["files"])},
+            metadata={
+                "problems": bullets(problems),
+                "problems_found": float(len(problems)),
+                "files": len(index["files"]),
+            },
             description=problems[0] if problems else None,
         )
 
@@ -190,7 +200,7 @@ def build_validation_stage(
                 "schema_version": schema.version,
                 "rows": report.rows,
                 "rejected_rows": report.rejected_rows,
-                "reject_rate": round(report.reject_rate, 6),
+                "reject_rate": float(round(report.reject_rate, 6)),
                 "structural_problems": bullets(report.structural),
                 "failures_by_column": _failure_table(report.failures),
                 "failing_examples": dg.MetadataValue.json(report.examples),
@@ -225,14 +235,15 @@ def build_validation_stage(
                 ),
             )
         ],
+        metadata={COLUMN_SCHEMA: declared_table_schema(pipeline, validated=True)},
         tags=pipeline.names.asset_tags("validation"),
         op_tags=pipeline.orchestration.ingest.dagster_tags(INGEST),
+        freshness_policy=ingest_freshness_policy(pipeline),
     )
     @retry_transient_io(pipeline.orchestration)
     def validated(
         context: dg.AssetExecutionContext, raw: dict, snapshot_store: SnapshotStoreResource
     ):  # no return annotation: with a check spec, dagster reads one as per-output types
-        from secure_pipeline.ingestion.assets import declared_table_schema
         from secure_pipeline.validation.parsing import parse_fileset
         from secure_pipeline.validation.quarantine import quarantine_table
         from secure_pipeline.validation.schema import validate_batch, validated_rows
@@ -276,9 +287,8 @@ def build_validation_stage(
             identity=INGEST,
             encrypt=pipeline.holds_personal_data,
         )
-        validated_metadata["dagster/column_schema"] = declared_table_schema(
-            pipeline, validated=True
-        )
+        # The declared schema (roles, descriptions, rules) over the physical one.
+        validated_metadata[COLUMN_SCHEMA] = declared_table_schema(pipeline, validated=True)
 
         quarantined = store.put_bytes(
             [*validated_key.path, "_quarantine"],
@@ -304,7 +314,7 @@ def build_validation_stage(
             subject=validated_ref.sha256,
             summary={"rows": report.rows, "rejected_rows": report.rejected_rows},
             metadata={
-                "reject_rate": round(rate, 6),
+                "reject_rate": float(round(rate, 6)),
                 "max_reject_rate": policy.max_reject_rate,
                 "rejected_rows": report.rejected_rows,
                 "rows": report.rows,
@@ -392,6 +402,9 @@ def build_validation_stage(
             metadata={
                 "expectations": len(report.outcomes),
                 "failed": len(report.failed),
+                "success_rate": round(
+                    1.0 - len(report.failed) / len(report.outcomes) if report.outcomes else 0.0, 6
+                ),
                 "outcomes": outcomes,
                 "failed_expectations": bullets(failed),
                 "result_uri": document.uri,
