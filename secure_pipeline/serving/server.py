@@ -385,11 +385,37 @@ def input_fields(pipeline: PipelineSpec, inputs: Sequence[str]) -> list[InputFie
     return [InputField(c, missing) for c in pipeline.schema.columns if c.name in sources]
 
 
+# Roles whose columns a slot never accepts beside the model's inputs (nor records).
+_NEVER_RECORDED = ("identifier", "personal", "ignore")
+
+
+def recorded_fields(pipeline: PipelineSpec, fields: Sequence[InputField]) -> list[InputField]:
+    """The sensitive columns a request may carry beside the model's inputs, for live fairness.
+
+    A protected attribute is often not a model input (no disparate treatment), yet the live
+    fairness check needs it per row: a caller may send it, validated like any field, and the
+    slot records it with the row; the model never sees it. Columns of the roles identifier,
+    personal and ignore are never among them.
+    """
+    given = {f.name for f in fields}
+    missing = pipeline.schema.missing_values
+    return [
+        InputField(c, missing)
+        for c in pipeline.schema.columns
+        if c.name in pipeline.sensitive_features
+        and c.name not in given
+        and c.role not in _NEVER_RECORDED
+    ]
+
+
 def rows_to_frame(
     rows: Any, fields: Sequence[InputField], pipeline: PipelineSpec, inputs: Sequence[str],
-    limits: ServingLimits,
+    limits: ServingLimits, optional: Sequence[InputField] = (),
 ) -> "pd.DataFrame":  # fmt: skip
     """Validate a request's rows and derive the model's input features from them.
+
+    ``optional`` fields (`recorded_fields`) may be present or not; when present they are
+    checked like the others, and they never reach the model.
 
     Raises:
         RequestError: Naming the first rows and fields that are wrong, what was expected
@@ -403,7 +429,8 @@ def rows_to_frame(
     if len(rows) > limits.max_rows:
         raise RequestError(413, f"at most {limits.max_rows} rows per request",
                              found=len(rows))  # fmt: skip
-    names = {f.name for f in fields}
+    names = {f.name for f in (*fields, *optional)}
+    required = {f.name for f in fields}
     problems: list[dict[str, Any]] = []
     for index, row in enumerate(rows):
         if not isinstance(row, dict):
@@ -412,9 +439,10 @@ def rows_to_frame(
         for key in sorted(set(row) - names):
             problems.append({"row": index, "field": str(key)[:_SHOWN_CHARS],
                              "expected": "no such field"})  # fmt: skip
-        for field in fields:
+        for field in (*fields, *optional):
             if field.name not in row:
-                problems.append({"row": index, "field": field.name, "expected": "present"})
+                if field.name in required:
+                    problems.append({"row": index, "field": field.name, "expected": "present"})
                 continue
             why = field.check(row[field.name])
             if why is not None:
@@ -425,7 +453,8 @@ def rows_to_frame(
     if problems:
         raise RequestError(422, "rows do not match the model's input schema",
                              problems=problems[:20],
-                             fields={f.name: f.dtype for f in fields})  # fmt: skip
+                             fields={f.name: f.dtype for f in fields},
+                             optional={f.name: f.dtype for f in optional})  # fmt: skip
     catalog = {f.name: f for f in feature_catalog(pipeline)}
     return pd.DataFrame(_feature_values([catalog[name] for name in inputs], rows, fields,
                                         pipeline))  # fmt: skip
@@ -537,6 +566,7 @@ class ModelService:
         self.fields: list[InputField] = []
         self.recorder: LiveRecorder | None = None
         self._sensitive: list[InputField] = []
+        self._optional: list[InputField] = []
         self._closed = False
         self._lock = threading.Lock()
         # A registry per service: two slots in one process (tests) keep separate metrics. The
@@ -657,12 +687,13 @@ class ModelService:
             served = str(evidence.resolved.oci.pinned) if evidence.resolved.oci else self.model_ref
         fields = input_fields(self.pipeline, verified.inputs)
         sensitive = [f for f in fields if f.name in self.pipeline.sensitive_features]
+        optional = recorded_fields(self.pipeline, fields)
         recorder = None
         if signer is not None:
             recorder = LiveRecorder(
                 store, signer, self.pipeline, slot=self.slot,
                 model_sha256=verified.model_sha256, model_version=str(version or ""),
-                inputs=verified.inputs, sensitive=[f.name for f in sensitive],
+                inputs=verified.inputs, sensitive=[f.name for f in (*sensitive, *optional)],
                 metrics=self.live_metrics(),
             )  # fmt: skip
         with self._lock:
@@ -673,7 +704,8 @@ class ModelService:
             self.version = version
             self.inputs = verified.inputs
             self.fields = fields
-            self._sensitive = sensitive
+            self._sensitive = [*sensitive, *optional]
+            self._optional = optional
             self.recorder = recorder
             self.state = "ready"
             self.reason = f"verified, signed by {verified.signer}"
@@ -707,8 +739,8 @@ class ModelService:
                                  if isinstance(document, dict)
                                  else type(document).__name__)  # fmt: skip
         rows = document["rows"]
-        frame = rows_to_frame(rows, self.fields, self.pipeline, self.inputs,
-                              self.limits)  # fmt: skip
+        frame = rows_to_frame(rows, self.fields, self.pipeline, self.inputs, self.limits,
+                              self._optional)  # fmt: skip
         scores = self.model.predict_proba(frame)[:, 1]
         positive, negative = self._labels()
         ids = new_ids(len(scores))
@@ -726,7 +758,8 @@ class ModelService:
         for label, count in by_label.items():
             self.labels.labels(**self.model_labels(), label=label).inc(count)
         if self.recorder is not None:
-            sensitive = {f.name: f.raw([row[f.name] for row in rows]) for f in self._sensitive}
+            sensitive = {f.name: f.raw([row.get(f.name) for row in rows])
+                         for f in self._sensitive}  # fmt: skip
             self.recorder.record(frame, sensitive, scores, labels, ids)
         return {"model_sha256": self.model_sha256, "slot": self.slot,
                 "predictions": predictions}  # fmt: skip

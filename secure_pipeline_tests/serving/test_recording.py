@@ -413,8 +413,10 @@ def test_a_slot_records_predictions_and_feedback_and_writes_them_at_shutdown(sta
     assert traffic["id"].tolist() == ids
     assert set(traffic["model_sha256"]) == {state.model_sha}
     # The frame the model scored: its input features, and nothing of another role.
-    assert list(traffic.columns) == [*service.inputs, "score", "label", "id", "slot",
-                                     "model_sha256", "model_version"]  # fmt: skip
+    # The sensitive columns a request may carry beside them (none was sent: nulls).
+    assert list(traffic.columns) == [*service.inputs, "race", "sex", "score", "label", "id",
+                                     "slot", "model_sha256", "model_version"]  # fmt: skip
+    assert traffic["sex"].isna().all()
     np.testing.assert_allclose(traffic["score"], [p["score"] for p in answer.json()["predictions"]],
                                atol=1e-6)  # fmt: skip
     assert window.feedback.to_dict("records") == [
@@ -558,3 +560,36 @@ def test_the_cli_records_a_landing_file_as_one_signed_feedback_batch(tmp_path: P
     assert wrong.exit_code == 2
     assert "exactly the columns id and label" in wrong.output
     assert len(_window(store).batches) == 2
+
+
+def test_sensitive_columns_sent_beside_the_inputs_are_recorded_not_scored(state) -> None:
+    """Protected attributes are not model inputs; the live fairness check needs them per row."""
+    since = dt.datetime.now(dt.UTC)
+    service = ModelService(PIPELINE, f"models:/{state.name}/{state.version}", "green")
+    client = _started(service)
+    try:
+        rows = _payload(service, 4)
+        plain = client.post("/predict", json={"rows": rows}).json()["predictions"]
+        carrying = [
+            {**row, "sex": sex, "race": "White"}
+            for row, sex in zip(rows[:3], ["Female", "Male", "Female"], strict=True)
+        ]
+        carrying.append(rows[3])  # optional: a row may leave them out
+        answer = client.post("/predict", json={"rows": carrying})
+        assert answer.status_code == 200, answer.text
+        # The model never sees them: the same scores as without.
+        assert [p["score"] for p in answer.json()["predictions"]] == [p["score"] for p in plain]
+        wrong = client.post("/predict", json={"rows": [{**rows[0], "sex": "unknown"}]})
+        assert wrong.status_code == 422
+        assert wrong.json()["problems"][0]["field"] == "sex"
+        assert wrong.json()["optional"] == {"sex": "category", "race": "category"}
+    finally:
+        client.__exit__(None, None, None)
+    window = load_window(store_resource(Environment.LOCAL, resolve=True).get_store(),
+                         trust_policy(), PIPELINE, since=since,
+                         until=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1),
+                         model_sha256=state.model_sha)  # fmt: skip
+    recorded = window.traffic.tail(4)
+    assert recorded["sex"].head(3).tolist() == ["Female", "Male", "Female"]
+    assert recorded["race"].head(3).tolist() == ["White"] * 3
+    assert recorded[["sex", "race"]].iloc[3].isna().all()
