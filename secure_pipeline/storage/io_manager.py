@@ -289,6 +289,11 @@ class SnapshotIOManager(dg.ConfigurableIOManager):
             identity=str(identity),
             encrypt=bool((context.definition_metadata or {}).get(ENCRYPTED_METADATA, False)),
         )
+        if "dagster/column_schema" in (context.definition_metadata or {}):
+            # The asset declares its columns (descriptions, roles, ranges): the bare names and
+            # types of the stored table would replace that view in the UI. The snapshot's
+            # manifest keeps the stored types either way.
+            metadata.pop("dagster/column_schema", None)
         context.add_output_metadata(metadata)
         # Our digest *is* the data version: unchanged content shows as up to date in the UI.
         context.step_context.set_data_version(context.asset_key, dg.DataVersion(ref.sha256))
