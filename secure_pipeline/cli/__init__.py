@@ -35,8 +35,7 @@ class _Commands(click.Group):
 @click.group(cls=_Commands)
 @click.version_option(package_name="secure-pipeline", prog_name="secure-pipeline")
 def main() -> None:
-    """Secure ML pipeline tools: evidence, verification, audit, trust, serving, privacy, OCI,
-    monitoring."""
+    """Secure ML pipeline tools: evidence, audit, trust, serving, privacy, OCI, monitoring."""
 
 
 main.add_command(audit.audit)

@@ -374,7 +374,7 @@ def build_live_stage(
         judgement = judge_window(
             pipeline, traffic=window.traffic, feedback=window.feedback,
             requests=window.requests, errors=window.errors, refusals=window.refusals,
-            reference_features=features, reference_scores=scores,
+            reference_features=features, reference_scores=scores, inputs=verified.inputs,
         )  # fmt: skip
         return manifest, subject, judgement.by_check(), reference_rows
 

@@ -168,7 +168,10 @@ def _as_features(frame: "pd.DataFrame", features: Sequence[Feature]) -> "pd.Data
 
 
 def input_drift(
-    pipeline: PipelineSpec, traffic: "pd.DataFrame", reference: "pd.DataFrame"
+    pipeline: PipelineSpec,
+    traffic: "pd.DataFrame",
+    reference: "pd.DataFrame",
+    inputs: Sequence[str] | None = None,
 ) -> LiveOutcome:
     """PSI of every recorded model input, live rows against the champion's training features.
 
@@ -176,6 +179,9 @@ def input_drift(
         pipeline: The spec (thresholds, bins, catalog).
         traffic: The window's traffic rows.
         reference: The features snapshot the champion was trained on.
+        inputs: The champion's input features, when known: only they are compared (a
+            sensitive column a request may carry beside them is recorded raw, and is often
+            left out of requests altogether).
 
     Returns:
         The ``live_input_drift`` outcome: ERROR at ``drift_fail_psi``, a WARN failure at
@@ -185,7 +191,10 @@ def input_drift(
 
     policy, monitoring = pipeline.policy, pipeline.monitoring
     rows = len(traffic)
-    features = [f for f in recorded_features(pipeline, traffic) if f.name in reference.columns]
+    features = [
+        f for f in recorded_features(pipeline, traffic)
+        if f.name in reference.columns and (inputs is None or f.name in inputs)
+    ]  # fmt: skip
     psi: dict[str, float] = {}
     if rows and features:
         drift = population_stability(
@@ -561,6 +570,7 @@ def judge_window(
     refusals: int,
     reference_features: "pd.DataFrame",
     reference_scores: "np.ndarray",
+    inputs: Sequence[str] | None = None,
 ) -> LiveJudgement:
     """Every live check's outcome on one window.
 
@@ -573,13 +583,14 @@ def judge_window(
         refusals: Of which 4xx.
         reference_features: The champion's training features snapshot.
         reference_scores: The champion's scores on its held-out rows.
+        inputs: The champion's input features (see `input_drift`).
     """
     import numpy as np
 
     labelled = labelled_rows(pipeline, traffic, feedback)
     scores = traffic[SCORE].to_numpy(dtype="float64") if SCORE in traffic else np.zeros(0)
     return LiveJudgement(
-        input_drift=input_drift(pipeline, traffic, reference_features),
+        input_drift=input_drift(pipeline, traffic, reference_features, inputs),
         score_drift=score_drift(pipeline, scores, reference_scores),
         error_rate=error_rate(pipeline, requests, errors, refusals),
         performance=performance(pipeline, labelled),

@@ -1,5 +1,4 @@
-"""The thresholds of every gate, when a blue-green canary may take all the traffic, and how a
-served model is monitored."""
+"""Gate thresholds, when a blue-green canary may take all traffic, how a served model is watched."""
 
 import functools
 import hashlib
