@@ -360,12 +360,14 @@ def build_live_stage(
         window = load_window(
             store, trust, pipeline, since=parse_utc(manifest["window"]["since"]),
             until=parse_utc(manifest["window"]["until"]), model_sha256=model_sha256,
+            only={b["sha256"] for b in manifest["batches"]},
         )  # fmt: skip
+        # Exactly the batches live_traffic recorded (a batch written into the window's hours
+        # since is judged by the next run), each verified again.
         if window_digest(window) != manifest["window"]["sha256"]:
             raise dg.Failure(
-                "the live batches of the window changed since live_traffic recorded it (a "
-                "batch written late, or one removed): materialize live_traffic again to judge "
-                "the window as it is now"
+                "a live batch live_traffic recorded no longer verifies or is gone: "
+                "materialize live_traffic again to judge the window as it is now"
             )
         features = _training_features(pipeline, store, lineage, version)
         scores, reference_rows = _reference_scores(

@@ -34,7 +34,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -602,6 +602,7 @@ def load_window(
     since: dt.datetime,
     until: dt.datetime,
     model_sha256: str | None = None,
+    only: Collection[str] | None = None,
 ) -> LiveWindow:
     """The verified batches of ``pipeline`` closed in ``[since, until)``.
 
@@ -613,6 +614,8 @@ def load_window(
         until: End of the window, exclusive.
         model_sha256: Only traffic of the model with this digest (feedback is kept whatever
             model scored the rows it labels: it is joined on prediction ids).
+        only: Only the batches with these digests (a window as it was recorded: a batch
+            written into its hours since then is left out, not refused).
 
     Returns:
         The window; ``refused`` lists every envelope that did not verify, every batch whose
@@ -641,6 +644,8 @@ def load_window(
         signed.add(batch.key)
         closed = parse_utc(batch.predicate["closed_at"])
         if not since <= closed < until or batch.sha256 in seen:
+            continue
+        if only is not None and batch.sha256 not in only:
             continue
         if (
             batch.kind == TRAFFIC

@@ -365,6 +365,35 @@ def test_live_fairness_judges_the_sensitive_columns_requests_carry(home, champio
     assert predicate["metrics"]["champion_version"] == champion.version
 
 
+def test_the_checks_judge_the_window_as_recorded_not_a_batch_written_since(home, champion) -> None:
+    """A slot writes a batch while the checks run: they judge exactly what was recorded."""
+    _write_traffic(home, champion, _sample(champion, 1000))
+    asset, checks = build_live_stage(PIPELINE, champion_lineage)
+    key = PIPELINE.names.live_traffic
+    only_checks = dg.define_asset_job(
+        "live_checks_only", selection=dg.AssetSelection.checks_for_assets(key)
+    )
+    defs = dg.Definitions(
+        assets=[asset], asset_checks=checks, jobs=[only_checks],
+        resources=build_resources(env.Environment.LOCAL),
+    )  # fmt: skip
+    job = defs.resolve_implicit_global_asset_job_def()
+    with dg.DagsterInstance.ephemeral() as instance:
+        recorded = job.execute_in_process(instance=instance, asset_selection=[key])
+        assert recorded.success
+        # Drifted rows closed within the window's hours, written after it was recorded.
+        drifted = _sample(champion, 1000, seed=3).assign(age=lambda f: f["age"] + 40)
+        _write_traffic(home, champion, drifted)
+        judged = defs.resolve_job_def("live_checks_only").execute_in_process(
+            instance=instance, raise_on_error=False
+        )
+    assert judged.success, [e.message for e in judged.all_events if e.is_failure]
+    evaluations = _evaluations(judged)
+    drift = evaluations[LIVE_INPUT_DRIFT]
+    assert drift.passed, drift.description
+    assert _value(drift, "rows") == 1000
+
+
 def test_the_definitions() -> None:
     asset, checks = build_live_stage(PIPELINE, champion_lineage)
     spec = next(iter(asset.specs))
