@@ -74,9 +74,24 @@ def _champion(
     return version, lineage, str(lineage["model"]["sha256"])
 
 
-def _window_bounds(pipeline: PipelineSpec) -> tuple[datetime, datetime]:
+def _window_bounds(
+    pipeline: PipelineSpec, store: SnapshotStore, trust: TrustPolicy
+) -> tuple[datetime, datetime]:
+    """The last ``window_hours``, but never before the champion was crowned.
+
+    What a live check judges is the champion's own traffic since it took over: a model with
+    the same digest served earlier (re-registered, or crowned again by a rollback) had
+    traffic that says nothing of how it serves now.
+    """
+    from secure_pipeline.registry.decisions import champion, decisions
+    from secure_pipeline.serving.recording import parse_utc
+
     until = datetime.now(UTC)
-    return until - timedelta(hours=pipeline.monitoring.window_hours), until
+    since = until - timedelta(hours=pipeline.monitoring.window_hours)
+    crowned = champion(decisions(store, trust, pipeline.names.model_name)[0])
+    if crowned is not None:
+        since = max(since, parse_utc(crowned.time))
+    return since, until
 
 
 def _training_features(
@@ -188,7 +203,7 @@ def build_live_stage(
 
         store, trust = snapshot_store.get_store(), trust_policy()
         version, _lineage, model_sha256 = _champion(pipeline, store, trust, champion_lineage)
-        since, until = _window_bounds(pipeline)
+        since, until = _window_bounds(pipeline, store, trust)
         window = load_window(store, trust, pipeline, since=since, until=until,
                              model_sha256=model_sha256)  # fmt: skip
         labelled = len(labelled_rows(pipeline, window.traffic, window.feedback).y_true)

@@ -248,7 +248,9 @@ def make_champion(
         decision=CHAMPION, reason=reason, model_sha256=str(verification.model_sha256),
         bundle_digest=str(verification.bundle_digest),
         security_policy_sha256=pipeline.policy.fingerprint(),
-        inputs=[(admitted.key, admitted.sha256), *((a.key, a.sha256) for a in evidence.approvals)],
+        # The admitting decision, and every attestation it relied on (the bundle's verdicts,
+        # the registration, the approvals): what any use of the champion checks it against.
+        inputs=[(admitted.key, admitted.sha256), *_inputs(verification, list(evidence.approvals))],
         previous_champion=previous, audit_head=audit.latest_checkpoint(trust),
     )  # fmt: skip
     _mirror_champion(name, str(version), previous)

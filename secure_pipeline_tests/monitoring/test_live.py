@@ -143,7 +143,8 @@ def _write_traffic(
     fields = {
         "slot": "blue", "model_sha256": champion.model_sha256,
         "model_version": champion.version, "opened_at": utc_iso(now - dt.timedelta(minutes=5)),
-        "closed_at": utc_iso(now - dt.timedelta(seconds=5)), "scored": len(frame), "dropped": 0,
+        "closed_at": utc_iso(now - dt.timedelta(milliseconds=200)), "scored": len(frame),
+        "dropped": 0,
         "requests": len(frame) if requests is None else requests, "errors": errors,
         "refusals": 0, "sample_rate": 1.0,
     }  # fmt: skip
