@@ -140,7 +140,8 @@ def test_a_new_table_runs_end_to_end_with_every_gate_judged(credit_run) -> None:
             for e in result.get_asset_check_evaluations()
         }
         assert result.success, (failures, verdicts)
-        assert all(verdicts.values()), verdicts
+        # live_traffic has no traffic in a pipeline run: inconclusive warnings, blocking nothing.
+        assert all(v for (asset, _), v in verdicts.items() if asset != "live_traffic"), verdicts
         assert ("trained_model", "fairness_audit") in verdicts
         promoted = instance.get_latest_materialization_event(pipeline.names.promoted_model)
         assert promoted is not None

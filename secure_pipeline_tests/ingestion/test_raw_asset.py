@@ -140,6 +140,7 @@ def test_second_pipeline_from_the_same_spec(instance, isolated_env: Path, tmp_pa
         "loans/trained_model",
         "loans/registered_model",
         "loans/promoted_model",
+        "loans/live_traffic",
     }
     assert _materialize(pipeline, instance).success
     meta = instance.get_latest_materialization_event(

@@ -136,13 +136,20 @@ def test_the_reference_run_as_prometheus_reads_it(home: Path, reference_run: Reg
             for k in graph.asset_check_keys
             if k.asset_key.path[-1] != LIVE_TRAFFIC
         }
-    passed = {(s["asset"], s["check"]): v for s, v in found["secure_pipeline_check_passed"]}
+    passed = {(s["asset"], s["check"]): v for s, v in found["secure_pipeline_check_passed"]
+              if s["asset"] != LIVE_TRAFFIC}  # fmt: skip
     assert set(passed) == checks
     assert set(passed.values()) == {1.0}
+    # The whole-graph run judged live_traffic too, with no traffic: inconclusive warnings.
+    live = {s["check"]: (s["severity"], v) for s, v in found["secure_pipeline_check_passed"]
+            if s["asset"] == LIVE_TRAFFIC}  # fmt: skip
+    assert live["live_input_drift"] == ("WARN", 0.0)
     assert {c for _, c in checks} >= {c for stage in REQUIRED_CHECKS.values() for c in stage}
     severity = {s["check"]: s["severity"] for s, _ in found["secure_pipeline_check_passed"]}
     assert severity["performance_meets_policy"] == "ERROR"
-    assert len(found["secure_pipeline_check_last_evaluation_timestamp_seconds"]) == len(checks)
+    assert len(found["secure_pipeline_check_last_evaluation_timestamp_seconds"]) == len(
+        checks
+    ) + len(live)
     roc_auc = value(found, "secure_pipeline_check_value", check="performance_meets_policy",
                     metric="roc_auc")  # fmt: skip
     assert roc_auc is not None

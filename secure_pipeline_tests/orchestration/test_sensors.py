@@ -121,6 +121,7 @@ def test_the_reference_sensors_wait_on_the_real_blocking_checks() -> None:
         "adult_promote_on_approval",
         "adult_audit_run_failures",
         "adult_landing_zone",  # skips while SECURE_PIPELINE_LANDING_URI is unset
+        "adult_rollback_on_live_failure",  # the reference rolls back on a failed live check
     }
     train = defs.resolve_sensor_def("adult_train_on_new_features")
     assert "feature_drift" in train.description
