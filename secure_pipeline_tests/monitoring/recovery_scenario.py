@@ -132,26 +132,35 @@ class Recovery:
     answers_after: Counter
 
     def phases(self) -> dict[str, float]:
-        """Seconds of each phase, from the first bad request to traffic back."""
+        """Seconds of each phase, from the first bad request to traffic back.
+
+        The rollback job moves the traffic before it finishes (its audit records come last):
+        "traffic back" is the first answer of the previous champion's slot after the bad
+        slot's last one.
+        """
         return {
             "first signed batch of bad traffic written": self.batch_written - self.bad_from,
             "monitor job (live checks judged)": self.judged - self.batch_written,
             "sensor tick (rollback requested)": self.rollback_requested - self.judged,
-            "rollback job (verified, signed, traffic moved)": (
-                self.rolled_back - self.rollback_requested
+            "rollback: verified, signed, traffic back": (
+                self.traffic_back - self.rollback_requested
             ),
-            "client sees the previous champion only": self.traffic_back - self.rolled_back,
             "time to recover": self.traffic_back - self.bad_from,
+            "(rollback job finished, audited)": self.rolled_back - self.rollback_requested,
         }
 
 
 @contextmanager
 def environment(home: Path, serving_dir: Path) -> Iterator[None]:
     """The process environment of the scenario (restored afterwards)."""
-    names = ("SECURE_PIPELINE_HOME", "DAGSTER_HOME", "SECURE_PIPELINE_SERVING_DIR")
+    names = ("SECURE_PIPELINE_HOME", "DAGSTER_HOME", "SECURE_PIPELINE_SERVING_DIR",
+             "MLFLOW_TRACKING_URI")  # fmt: skip
     saved = {name: os.environ.get(name) for name in names}
+    # The registry of this home (MLflow exports the URI it last used into the environment).
+    registry = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
     os.environ.update({"SECURE_PIPELINE_HOME": str(home), "DAGSTER_HOME": str(home),
-                       "SECURE_PIPELINE_SERVING_DIR": str(serving_dir)})  # fmt: skip
+                       "SECURE_PIPELINE_SERVING_DIR": str(serving_dir),
+                       "MLFLOW_TRACKING_URI": registry})  # fmt: skip
     try:
         yield
     finally:
