@@ -346,7 +346,8 @@ class LiveRecorder:
 
         Args:
             features: The frame the model scored (its columns are `inputs`).
-            sensitive: Raw values of each `sensitive` field, one per row.
+            sensitive: Raw values of each `sensitive` field, one per row (a field left out
+                is recorded as missing: a request need not carry them).
             scores: The scores, one per row.
             labels: The labels given.
             ids: The prediction ids returned.
@@ -355,6 +356,10 @@ class LiveRecorder:
             How many rows were kept.
         """
         count = len(scores)
+        sensitive = {
+            name: [None] * count if sensitive.get(name) is None else sensitive[name]
+            for name in self.sensitive
+        }
         chosen = None
         if self.sample_rate < 1.0:
             chosen = (self._rng.random(count) < self.sample_rate).nonzero()[0]
