@@ -377,6 +377,9 @@ class LiveRecorder:
             labels = [labels[i] for i in chosen]
             ids = [ids[i] for i in chosen]
         sampled = len(scores)
+        # One array per request instead of its frame: a batch holds up to max_batch_rows
+        # requests, and a frame is dozens of objects (memory, and the collector's work).
+        features = _block(features, self.inputs)
         with self._lock:
             batch = self._traffic
             batch.scored += count
@@ -525,7 +528,10 @@ class LiveRecorder:
 
         arrays: dict[str, list[Any]] = {name: [] for name in self.columns}
         for features, sensitive, scores, labels, ids, keep in batch.parts:
-            values = {name: features[name].to_numpy() for name in self.inputs}
+            if isinstance(features, np.ndarray):
+                values = {name: features[:, i] for i, name in enumerate(self.inputs)}
+            else:
+                values = {name: features[name].to_numpy() for name in self.inputs}
             values.update({name: np.asarray(sensitive[name], dtype=object)
                            for name in self.sensitive})  # fmt: skip
             values["score"] = np.asarray(scores, dtype="float64")
@@ -537,6 +543,17 @@ class LiveRecorder:
             return pd.DataFrame({name: np.array([], dtype=_empty_dtype(name, self.inputs))
                                  for name in self.columns})  # fmt: skip
         return pd.DataFrame({name: np.concatenate(parts) for name, parts in arrays.items()})
+
+
+def _block(features: "pd.DataFrame", inputs: Sequence[str]) -> Any:
+    """The model inputs of one request as one 2-D float array, or the frame if not numeric."""
+    import pandas as pd
+
+    columns = features[list(inputs)]
+    if all(pd.api.types.is_numeric_dtype(t) and not pd.api.types.is_bool_dtype(t)
+           for t in columns.dtypes):  # fmt: skip
+        return columns.to_numpy(dtype="float64")
+    return columns
 
 
 def _empty_dtype(name: str, inputs: Sequence[str]) -> str:

@@ -99,6 +99,9 @@ def _catalog():
 def home(reference_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """This test's own copy of the reference run's home (live batches and verdicts go there)."""
     copy = Path(shutil.copytree(reference_run.home, tmp_path / "run-home", symlinks=True))
+    # Only the batches this test writes: serving tests record into the shared run's store.
+    for recorded in ("store/snapshots/live", "store/attestations/live-batches"):
+        shutil.rmtree(copy / recorded, ignore_errors=True)
     (copy / "dagster.yaml").write_text(f"storage:\n  sqlite:\n    base_dir: {copy}\n")
     monkeypatch.setenv("SECURE_PIPELINE_HOME", str(copy))
     monkeypatch.setenv("DAGSTER_HOME", str(copy))
