@@ -546,14 +546,17 @@ class LiveRecorder:
 
 
 def _block(features: "pd.DataFrame", inputs: Sequence[str]) -> Any:
-    """The model inputs of one request as one 2-D float array, or the frame if not numeric."""
-    import pandas as pd
+    """The model inputs of one request as one 2-D float array, else the frame itself.
 
-    columns = features[list(inputs)]
-    if all(pd.api.types.is_numeric_dtype(t) and not pd.api.types.is_bool_dtype(t)
-           for t in columns.dtypes):  # fmt: skip
-        return columns.to_numpy(dtype="float64")
-    return columns
+    A one-row array takes 0.4 KB where the frame takes 4 KB, and a batch may hold 50,000
+    requests. The frame is kept when its columns are not the numeric inputs, in order.
+    """
+    if list(features.columns) != list(inputs):
+        return features
+    try:
+        return features.to_numpy(dtype="float64")
+    except (TypeError, ValueError):  # a column that is not a number: kept as it is
+        return features
 
 
 def _empty_dtype(name: str, inputs: Sequence[str]) -> str:
