@@ -35,6 +35,28 @@ ChampionLineage = Callable[
 ]
 
 
+def champion_features(pipeline: PipelineSpec, lineage: dict[str, Any]) -> tuple[str, str]:
+    """The features snapshot a champion's signed lineage names: ``(key, sha256)``.
+
+    Raises:
+        IntegrityError: When it is not a snapshot of this pipeline's ``features`` asset.
+    """
+    from secure_pipeline.errors import IntegrityError
+
+    features = lineage["data"]["features"]
+    key, sha = str(features["key"]), str(features["sha256"])
+    directory, _, filename = key.rpartition("/")
+    expected = snapshot_key(pipeline.names.features.path, sha, "parquet").rpartition("/")[0]
+    if directory != expected or not filename.startswith(f"{sha}."):
+        raise IntegrityError(
+            f"the champion's signed lineage names {key} as its training features, expected "
+            f"a snapshot under snapshots/{pipeline.name}/features/: the champion was made "
+            "before asset keys were scoped by pipeline (start a new home, see the README's "
+            "migration note) or belongs to another pipeline"
+        )
+    return key, sha
+
+
 def drift_reference(
     instance: dg.DagsterInstance,
     store: SnapshotStore,
@@ -52,24 +74,13 @@ def drift_reference(
         PolicyViolation: When the champion's bundle does not verify.
         IntegrityError: When its lineage names something other than a features snapshot.
     """
-    from secure_pipeline.errors import IntegrityError
     from secure_pipeline.trust.policy import trust_policy
 
     champion = champion_lineage(pipeline, store, trust_policy())
     erased = ""
     if champion is not None:
         version, lineage = champion
-        features = lineage["data"]["features"]
-        key, sha = str(features["key"]), str(features["sha256"])
-        directory, _, filename = key.rpartition("/")
-        expected = snapshot_key(pipeline.names.features.path, sha, "parquet").rpartition("/")[0]
-        if directory != expected or not filename.startswith(f"{sha}."):
-            raise IntegrityError(
-                f"the champion's signed lineage names {key} as its training features, expected "
-                f"a snapshot under snapshots/{pipeline.name}/features/: the champion was made "
-                "before asset keys were scoped by pipeline (start a new home, see the README's "
-                "migration note) or belongs to another pipeline"
-            )
+        key, sha = champion_features(pipeline, lineage)
         if not store.shredded(key):
             return key, sha, f"the snapshot champion version {version} was trained on"
         # Erased (or expired) since: the closest reference left is the oldest readable one.

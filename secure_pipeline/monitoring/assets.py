@@ -35,7 +35,7 @@ from secure_pipeline.serving.recording import parse_utc, utc_iso
 from secure_pipeline.spec import PipelineSpec
 from secure_pipeline.storage.io_manager import recorded_snapshot, store_snapshot
 from secure_pipeline.storage.resources import SnapshotStoreResource
-from secure_pipeline.storage.snapshots import SnapshotStore, snapshot_key
+from secure_pipeline.storage.snapshots import SnapshotStore
 from secure_pipeline.trust.identities import MONITOR
 from secure_pipeline.trust.policy import TrustPolicy
 from secure_pipeline.verdicts import verdict
@@ -103,19 +103,10 @@ def _training_features(
         IntegrityError: When the lineage names something other than this pipeline's features.
         dg.Failure: When the snapshot was erased since.
     """
-    from secure_pipeline.errors import IntegrityError
+    from secure_pipeline.features.assets import champion_features
     from secure_pipeline.storage.tables import parquet_to_table
 
-    features = lineage["data"]["features"]
-    key, sha = str(features["key"]), str(features["sha256"])
-    directory, _, filename = key.rpartition("/")
-    expected = snapshot_key(pipeline.names.features.path, sha, "parquet").rpartition("/")[0]
-    if directory != expected or not filename.startswith(f"{sha}."):
-        raise IntegrityError(
-            f"champion version {version}'s signed lineage names {key} as its training "
-            f"features, expected a snapshot under {expected}/: it belongs to another pipeline "
-            "or predates pipeline-scoped keys; promote a model trained by this pipeline"
-        )
+    key, sha = champion_features(pipeline, lineage)
     if store.shredded(key):
         raise dg.Failure(
             f"the features snapshot champion version {version} was trained on ({sha[:12]}) was "
