@@ -168,6 +168,32 @@ def run_pod_tags(spec: OrchestrationSpec) -> dict[str, Any]:
     }
 
 
+def job_executor(
+    pipeline: PipelineSpec, job: str, stage: str, isolation: IsolationSpec, executor: str,
+    tags: dict[str, Any],
+) -> dg.ExecutorDefinition:  # fmt: skip
+    """The executor of one of a pipeline's jobs; on Kubernetes, ``tags`` gain the run pod's.
+
+    Args:
+        pipeline: The pipeline spec.
+        job: The job's name suffix (``ingest``, ``privacy``, ``rollback``...), naming the
+            executor.
+        stage: The stage its steps run as (pod labels, which the network policies select on).
+        isolation: Where and as whom its steps run.
+        executor: ``kubernetes`` or ``multiprocess``.
+        tags: The job's tags, updated in place.
+    """
+    if executor != KUBERNETES:
+        return local_executor()
+    from dagster_k8s import k8s_job_executor
+
+    tags.update(run_pod_tags(pipeline.orchestration))
+    return k8s_job_executor.configured(
+        step_executor_config(pipeline.orchestration, stage, isolation),
+        name=f"{job_name(pipeline, job)}_k8s",
+    )
+
+
 def build_jobs(pipeline: PipelineSpec, executor: str) -> dict[str, Any]:
     """The stage jobs, keyed by stage name.
 
@@ -185,15 +211,9 @@ def build_jobs(pipeline: PipelineSpec, executor: str) -> dict[str, Any]:
             # chart does not render run_monitoring.max_runtime_seconds).
             "dagster/max_runtime": str(spec.max_runtime_seconds),
         }
-        executor_def = local_executor()
-        if executor == KUBERNETES:
-            from dagster_k8s import k8s_job_executor
-
-            executor_def = k8s_job_executor.configured(
-                step_executor_config(spec, stage.name, stage.isolation),
-                name=f"{job_name(pipeline, stage.name)}_k8s",
-            )
-            tags.update(run_pod_tags(spec))
+        executor_def = job_executor(
+            pipeline, stage.name, stage.name, stage.isolation, executor, tags
+        )
         jobs[stage.name] = dg.define_asset_job(
             name=job_name(pipeline, stage.name),
             selection=dg.AssetSelection.assets(*stage.assets),

@@ -13,13 +13,7 @@ from typing import Any
 import dagster as dg
 
 from secure_pipeline.names import PIPELINE_TAG, STAGE_TAG
-from secure_pipeline.orchestration.jobs import (
-    KUBERNETES,
-    job_name,
-    local_executor,
-    run_pod_tags,
-    step_executor_config,
-)
+from secure_pipeline.orchestration.jobs import job_executor, job_name
 from secure_pipeline.spec import PipelineSpec
 from secure_pipeline.storage.resources import STORE_RESOURCE_KEY, SnapshotStoreResource
 from secure_pipeline.trust.identities import PRIVACY
@@ -76,15 +70,7 @@ def build_privacy_job(pipeline: PipelineSpec, executor: str) -> dg.JobDefinition
         return dg.Output(None, metadata={"report": dg.MetadataValue.json(summary)})
 
     tags: dict[str, Any] = {STAGE_TAG: PRIVACY_STAGE, PIPELINE_TAG: pipeline.name}
-    executor_def = local_executor()
-    if executor == KUBERNETES:
-        from dagster_k8s import k8s_job_executor
-
-        executor_def = k8s_job_executor.configured(
-            step_executor_config(pipeline.orchestration, PRIVACY_STAGE, isolation),
-            name=f"{job_name(pipeline, PRIVACY_STAGE)}_k8s",
-        )
-        tags.update(run_pod_tags(pipeline.orchestration))
+    executor_def = job_executor(pipeline, PRIVACY_STAGE, PRIVACY_STAGE, isolation, executor, tags)
 
     @dg.job(
         name=job_name(pipeline, PRIVACY_STAGE),

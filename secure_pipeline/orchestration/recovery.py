@@ -16,13 +16,7 @@ from typing import Any
 import dagster as dg
 
 from secure_pipeline.names import PIPELINE_TAG, STAGE_TAG
-from secure_pipeline.orchestration.jobs import (
-    KUBERNETES,
-    job_name,
-    local_executor,
-    run_pod_tags,
-    step_executor_config,
-)
+from secure_pipeline.orchestration.jobs import job_executor
 from secure_pipeline.spec import PipelineSpec
 from secure_pipeline.storage.resources import STORE_RESOURCE_KEY, SnapshotStoreResource
 from secure_pipeline.trust.identities import GATE
@@ -85,15 +79,7 @@ def build_rollback_job(pipeline: PipelineSpec, executor: str) -> dg.JobDefinitio
         )
 
     tags: dict[str, Any] = {STAGE_TAG: "registry", PIPELINE_TAG: pipeline.name}
-    executor_def = local_executor()
-    if executor == KUBERNETES:
-        from dagster_k8s import k8s_job_executor
-
-        executor_def = k8s_job_executor.configured(
-            step_executor_config(pipeline.orchestration, "release", isolation),
-            name=f"{job_name(pipeline, ROLLBACK_STAGE)}_k8s",
-        )
-        tags.update(run_pod_tags(pipeline.orchestration))
+    executor_def = job_executor(pipeline, ROLLBACK_STAGE, "release", isolation, executor, tags)
 
     @dg.job(
         name=pipeline.names.rollback_job,
