@@ -424,6 +424,27 @@ class BlueGreen:
         self.state.weights = dict(weights)
         self.state.save(self.directory)
 
+    def _start_verified(
+        self, slot: str, model_ref: str, limits: ServingLimits | None
+    ) -> str | None:
+        """Start ``slot`` on ``model_ref`` and wait until it verified and loaded the model.
+
+        Returns:
+            None when it is ready; else why not (the slot is stopped again).
+        """
+        self.state.slots[slot] = start_slot(
+            self.directory, slot, self.state.slots[slot], model_ref,
+            self.state.pipeline or self.state.name, limits,
+        )  # fmt: skip
+        self.state.save(self.directory)
+        ready, why = wait_ready(self.state.slots[slot].address, self.policy.ready_timeout_seconds)
+        if ready:
+            return None
+        stop_slot(self.state.slots[slot])
+        self.state.slots[slot] = SlotState(self.state.slots[slot].address)
+        self.state.save(self.directory)
+        return why
+
     def release(
         self,
         version: str,
@@ -468,20 +489,8 @@ class BlueGreen:
                     f"version {version} of {name} is not released: {reason}; all traffic stays "
                     f"on slot {live}"
                 )
-        self.state.slots[idle] = start_slot(
-            self.directory,
-            idle,
-            self.state.slots[idle],
-            model_ref,
-            self.state.pipeline or self.state.name,
-            limits,
-        )
-        self.state.save(self.directory)
-        ready, why = wait_ready(self.state.slots[idle].address, self.policy.ready_timeout_seconds)
-        if not ready:
-            stop_slot(self.state.slots[idle])
-            self.state.slots[idle] = SlotState(self.state.slots[idle].address)
-            self.state.save(self.directory)
+        why = self._start_verified(idle, model_ref, limits)
+        if why is not None:
             reason = f"slot {idle} never became ready for version {version}: {why}"[:900]
             audit.append("canary.refused", signer=signer, actor=actor, run_id=run_id,
                          subject=subject, details={**details, "reason": reason})  # fmt: skip
@@ -565,18 +574,8 @@ class BlueGreen:
                 break
         if target is None:
             target = next(s for s in SLOTS if s != live)
-            self.state.slots[target] = start_slot(
-                self.directory, target, self.state.slots[target], model_ref,
-                self.state.pipeline or self.state.name, limits,
-            )  # fmt: skip
-            self.state.save(self.directory)
-            ready, why = wait_ready(
-                self.state.slots[target].address, self.policy.ready_timeout_seconds
-            )
-            if not ready:
-                stop_slot(self.state.slots[target])
-                self.state.slots[target] = SlotState(self.state.slots[target].address)
-                self.state.save(self.directory)
+            why = self._start_verified(target, model_ref, limits)
+            if why is not None:
                 reason = f"slot {target} never became ready for version {version}: {why}"[:900]
                 audit.append("canary.refused", signer=signer_for(GATE), actor=actor,
                              run_id=run_id,
