@@ -6,10 +6,7 @@ again and crowned by a new signed decision, the traffic is back on its slot, and
 trail records why.
 """
 
-import shutil
 from pathlib import Path
-
-import pytest
 
 from secure_pipeline.names import LIVE_INPUT_DRIFT
 from secure_pipeline.registry.decisions import champion, decisions
@@ -17,16 +14,6 @@ from secure_pipeline.storage.audit import AuditLog
 from secure_pipeline.storage.local import LocalSnapshotStore
 from secure_pipeline.trust.policy import trust_policy
 from secure_pipeline_tests.monitoring import recovery_scenario
-
-
-@pytest.fixture
-def home(reference_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A copy of the reference run's home (its store and registry), this test's own."""
-    copy = Path(shutil.copytree(reference_run.home, tmp_path / "run-home", symlinks=True))
-    (copy / "dagster.yaml").write_text(f"storage:\n  sqlite:\n    base_dir: {copy}\n")
-    monkeypatch.setenv("SECURE_PIPELINE_HOME", str(copy))
-    monkeypatch.setenv("DAGSTER_HOME", str(copy))
-    return copy
 
 
 def test_drift_on_a_new_champion_rolls_it_back_and_the_traffic_follows(

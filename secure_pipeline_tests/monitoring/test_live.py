@@ -10,7 +10,6 @@ the champion (loaded verified), as a slot would have recorded them.
 import dataclasses
 import datetime as dt
 import json
-import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -93,19 +92,6 @@ def _catalog():
     from secure_pipeline.spec import feature_catalog
 
     return feature_catalog(PIPELINE)
-
-
-@pytest.fixture
-def home(reference_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """This test's own copy of the reference run's home (live batches and verdicts go there)."""
-    copy = Path(shutil.copytree(reference_run.home, tmp_path / "run-home", symlinks=True))
-    # Only the batches this test writes: serving tests record into the shared run's store.
-    for recorded in ("store/snapshots/live", "store/attestations/live-batches"):
-        shutil.rmtree(copy / recorded, ignore_errors=True)
-    (copy / "dagster.yaml").write_text(f"storage:\n  sqlite:\n    base_dir: {copy}\n")
-    monkeypatch.setenv("SECURE_PIPELINE_HOME", str(copy))
-    monkeypatch.setenv("DAGSTER_HOME", str(copy))
-    return copy
 
 
 def _store(home: Path) -> LocalSnapshotStore:

@@ -10,14 +10,12 @@ drifted traffic fails it and ``SecurePipelineLiveDrift`` fires.
 
 import http.client
 import json
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
-import pandas as pd
 import pytest
 
 from secure_pipeline import environment as env
@@ -32,35 +30,17 @@ from secure_pipeline.promotion.bluegreen import (
     stop_slot,
     wait_ready,
 )
-from secure_pipeline.reference.adult import ADULT_SCHEMA, DATA_DIR, adult_pipeline
+from secure_pipeline.reference.adult import adult_pipeline
 from secure_pipeline.serving.certs import CONTROLLER_IDENTITY, SLOT_SERVER_NAME, ensure_slot_pki
 from secure_pipeline.storage.resources import store_resource
 from secure_pipeline.trust.policy import trust_policy
-from secure_pipeline.validation.parsing import parse_fileset
 from secure_pipeline_tests.deploy.rendering import DEPLOY
 from secure_pipeline_tests.monitoring.prometheus_server import ScrapeJob, running_prometheus
+from secure_pipeline_tests.monitoring.recovery_scenario import request_rows
 from secure_pipeline_tests.services import free_port
 
 ALERTS = DEPLOY / "monitoring" / "alerts.yml"
-FIELDS = (
-    "age", "workclass", "education", "education_num", "marital_status", "occupation",
-    "relationship", "capital_gain", "capital_loss", "hours_per_week", "native_country",
-)  # fmt: skip
 LIVE_DRIFT = {"pipeline": "adult", "asset": "live_traffic", "check": LIVE_INPUT_DRIFT}
-
-
-def request_rows(count: int, *, drifted: bool) -> list[dict]:
-    """Rows of the Adult test file as callers send them; drifted: older, longer hours."""
-    frame = parse_fileset({"test": (DATA_DIR / "adult.test").read_bytes()}, ADULT_SCHEMA).frame
-    rows = []
-    for record in frame[list(FIELDS)].head(count).astype(object).to_dict(orient="records"):
-        # Missing values as callers send them (null), so the rows are the file's, unselected.
-        row = {k: None if v is None or v is pd.NA or v != v else v.item() if hasattr(v, "item")
-               else v for k, v in record.items()}  # fmt: skip
-        if drifted:
-            row.update(age=85, hours_per_week=99, marital_status="Widowed")
-        rows.append(row)
-    return rows
 
 
 @dataclass
@@ -84,19 +64,6 @@ class Slot:
             return response.status
         finally:
             connection.close()
-
-
-@pytest.fixture
-def home(reference_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A copy of the reference run's home: a promoted champion, its store and registry."""
-    copy = Path(shutil.copytree(reference_run.home, tmp_path / "run-home", symlinks=True))
-    (copy / "dagster.yaml").write_text(f"storage:\n  sqlite:\n    base_dir: {copy}\n")
-    monkeypatch.setenv("SECURE_PIPELINE_HOME", str(copy))
-    monkeypatch.setenv("DAGSTER_HOME", str(copy))
-    monkeypatch.setenv(
-        "MLFLOW_TRACKING_URI", f"sqlite:///{reference_run.home / 'mlflow' / 'mlflow.db'}"
-    )
-    return copy
 
 
 @pytest.fixture
