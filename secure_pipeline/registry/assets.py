@@ -41,6 +41,19 @@ def _check_results(run_id: str | None) -> dict[str, Any]:
     return results
 
 
+def _evaluation_rows(pipeline: Any, store: Any, lineage: dict[str, Any]) -> Any:
+    """The model inputs of the held-out rows of the features snapshot the lineage names."""
+    from secure_pipeline.storage.tables import parquet_to_table
+    from secure_pipeline.training.models import model_inputs, split_rows
+
+    features = lineage["data"]["features"]
+    table = parquet_to_table(
+        store.read_bytes((str(features["key"]), str(features["sha256"])))
+    ).to_pandas()
+    columns = model_inputs(pipeline)[0].columns
+    return table[columns].iloc[split_rows(table, pipeline).evaluation].reset_index(drop=True)
+
+
 def registered(
     instance: dg.DagsterInstance, store: SnapshotStoreResource, pipeline: PipelineSpec
 ) -> dict[str, Any]:
@@ -84,10 +97,12 @@ def build_registry_stage(
         from secure_pipeline.errors import PolicyViolation
         from secure_pipeline.registry.bundle import (
             LINEAGE_FILE,
+            ONNX_FILE,
             LineageError,
             build_lineage,
             model_card,
             model_interface,
+            onnx_entry,
             verdict_problems,
             version_description,
             write_bundle,
@@ -132,6 +147,27 @@ def build_registry_stage(
         problems = verdict_problems(lineage["checks"])
         if problems:
             refuse(problems)
+        from secure_pipeline.training.onnx import equivalence, to_onnx
+        from secure_pipeline.training.serialization import load_model
+
+        # Converted from the exact bytes the checks judged; None: served through skops. The
+        # release stage never decrypts rows, so a pipeline holding personal data has no rows
+        # to prove the copy on: it is served through skops.
+        loaded = load_model(model_bytes, trusted=pipeline.model.trusted_types)
+        onnx = None if pipeline.holds_personal_data else to_onnx(loaded, pipeline)
+        if onnx is not None:
+            compared = equivalence(loaded, onnx, _evaluation_rows(pipeline, store, lineage))
+            if not compared["agrees"]:
+                refuse(
+                    [
+                        f"the ONNX copy does not match the model on the {compared['rows']} "
+                        f"evaluation rows: largest probability difference "
+                        f"{compared['max_abs_diff']:.3g} (tolerance {compared['tolerance']:g}), "
+                        f"{compared['label_disagreements']} labels differ; the converter "
+                        "mis-translates this estimator"
+                    ]
+                )
+            lineage[ONNX_FILE] = {**onnx_entry(onnx, pipeline), "equivalence": compared}
         signer = signer_from_environment()
         run_id = meta.get("mlflow_run_id")
         with TemporaryDirectory(prefix="bundle-") as temporary:
@@ -140,7 +176,7 @@ def build_registry_stage(
             card = model_card(pipeline, lineage, _check_results(run_id))
             # Signature and input example first: the bundle signature must cover them.
             interface = model_interface(pipeline, model_bytes, store, lineage["data"]["features"])
-            write_bundle(bundle, model_bytes, lineage, card, evidence, interface)
+            write_bundle(bundle, model_bytes, lineage, card, evidence, interface, onnx)
             sign_bundle(bundle, signer)
             verification = verify_bundle_dir(bundle, trust=trust, pipeline=pipeline, store=store)
             if not verification.ok:

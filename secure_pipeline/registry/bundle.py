@@ -60,6 +60,9 @@ LINEAGE_FILE = "lineage.json"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 CARD_FILE = "MODEL_CARD.md"
 MODEL_FILE = "model.skops"
+# The ONNX copy of the model (absent when skl2onnx cannot convert the estimator); the lineage
+# records it under this same name.
+ONNX_FILE = "model.onnx"
 EVIDENCE_DIR = "evidence"
 LINEAGE_VERSION = 2
 MAX_LINEAGE_BYTES = 16 * 1024 * 1024
@@ -306,6 +309,21 @@ def build_lineage(
         "trust_policy_sha256": trust.digest,
         "checks": checks,
     }, evidence
+
+
+def onnx_entry(data: bytes, pipeline: PipelineSpec) -> dict[str, Any]:
+    """The lineage's record of the bundle's ONNX file: digest, opset, converter, input dtypes."""
+    from importlib.metadata import version
+
+    from secure_pipeline.training.onnx import ONNX_OPSET, TOLERANCE, input_dtypes
+
+    return {
+        "sha256": sha256_hex(data),
+        "opset": ONNX_OPSET,
+        "converter": f"skl2onnx {version('skl2onnx')}",
+        "inputs": input_dtypes(pipeline),
+        "tolerance": TOLERANCE,
+    }
 
 
 def model_card(
@@ -610,6 +628,7 @@ def write_bundle(
     card: str,
     evidence: Mapping[str, bytes],
     interface: ModelInterface | None = None,
+    onnx: bytes | None = None,
 ) -> None:
     """Write an (unsigned) bundle: MLflow model directory, lineage, card, signed verdicts.
 
@@ -643,6 +662,9 @@ def write_bundle(
         input_example=interface.example if interface is not None else None,
     )
     (directory / MODEL_FILE).write_bytes(model_bytes)
+    if onnx is not None:
+        # Signed with every other file; the lineage must record its digest (`onnx_entry`).
+        (directory / ONNX_FILE).write_bytes(onnx)
     mlmodel = directory / "MLmodel"
     mlmodel.write_text(
         re.sub(
@@ -710,6 +732,7 @@ def verify_lineage(
         problems.append(
             f"{MODEL_FILE} does not hash to the lineage's model digest {model.get('sha256')}"
         )
+    problems.extend(_onnx_problems(directory, lineage))
     data = lineage.get("data", {})
     if set(data) != {"raw", "validated", "features"}:
         problems.append(
@@ -767,6 +790,29 @@ def verify_lineage(
                 problems.append(f"lineage snapshot {snap.get('key')}: {exc}")
         problems.extend(_overturned(store, trust, judged))
     return problems
+
+
+def _onnx_problems(directory: Path, lineage: Mapping[str, Any]) -> list[str]:
+    """The ONNX file is exactly the one the lineage records, or absent from both.
+
+    A recorded ONNX file that is missing or changed fails: serving must never fall back to the
+    skops file silently, which would hide the tampering.
+    """
+    entry = lineage.get(ONNX_FILE)
+    path = directory / ONNX_FILE
+    if entry is None:
+        return (
+            [f"the bundle holds {ONNX_FILE} but the lineage records none: remove it or re-register"]
+            if path.exists()
+            else []
+        )
+    if not isinstance(entry, Mapping) or not _HEX64.fullmatch(str(entry.get("sha256"))):
+        return [f"the lineage's {ONNX_FILE} entry gives no valid sha256"]
+    if not path.is_file():
+        return [f"the lineage records {ONNX_FILE} but the bundle has none"]
+    if hashlib.sha256(path.read_bytes()).hexdigest() != entry["sha256"]:
+        return [f"{ONNX_FILE} does not hash to the lineage's ONNX digest {entry['sha256']}"]
+    return []
 
 
 def _check_snapshot(store: SnapshotStore, member: tuple[str, str]) -> None:

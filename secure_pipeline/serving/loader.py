@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from secure_pipeline.errors import PolicyViolation
-from secure_pipeline.registry.bundle import MODEL_FILE
+from secure_pipeline.registry.bundle import MODEL_FILE, ONNX_FILE
 from secure_pipeline.registry.verification import Verification, verify_bundle_dir
 from secure_pipeline.spec import PipelineSpec
 from secure_pipeline.trust.policy import TrustPolicy
@@ -33,6 +33,8 @@ class VerifiedModel:
         signer: Who signed it.
         lineage: Its lineage document.
         inputs: The input columns it expects.
+        onnx: The ONNX copy's bytes, re-hashed against the verified lineage digest (None when
+            the bundle has none: served through skops). Load with onnxruntime from bytes.
     """
 
     model: Any
@@ -40,6 +42,7 @@ class VerifiedModel:
     signer: str
     lineage: dict[str, Any]
     inputs: list[str]
+    onnx: bytes | None = None
 
 
 def load_verified(
@@ -104,10 +107,18 @@ def load_from(verification: Verification, *, trusted: Sequence[str] = ()) -> Ver
     if hashlib.sha256(data).hexdigest() != verification.model_sha256:
         raise PolicyViolation(f"{MODEL_FILE} changed after it was verified; not loaded")
     model = load_model(data, source=str(directory / MODEL_FILE), trusted=trusted)
+    onnx = None
+    entry = verification.lineage.get(ONNX_FILE)
+    if entry is not None:
+        # The same read-once rule: these bytes, checked against the verified digest.
+        onnx = (directory / ONNX_FILE).read_bytes()
+        if hashlib.sha256(onnx).hexdigest() != entry.get("sha256"):
+            raise PolicyViolation(f"{ONNX_FILE} changed after it was verified; not loaded")
     return VerifiedModel(
         model=model,
         model_sha256=str(verification.model_sha256),
         signer=verification.signer,
         lineage=verification.lineage,
         inputs=list(verification.lineage["model"].get("inputs", [])),
+        onnx=onnx,
     )
