@@ -68,7 +68,6 @@ from secure_pipeline.spec import Column, PipelineSpec
 if TYPE_CHECKING:
     import ssl
 
-    import pandas as pd
     import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -410,9 +409,12 @@ def recorded_fields(pipeline: PipelineSpec, fields: Sequence[InputField]) -> lis
 
 def rows_to_frame(
     rows: Any, fields: Sequence[InputField], pipeline: PipelineSpec, inputs: Sequence[str],
-    limits: ServingLimits, optional: Sequence[InputField] = (),
-) -> "pd.DataFrame":  # fmt: skip
+    limits: ServingLimits, optional: Sequence[InputField] = (), *, as_arrays: bool = False,
+) -> Any:  # fmt: skip
     """Validate a request's rows and derive the model's input features from them.
+
+    Returns a ``pandas.DataFrame`` of the features, or with ``as_arrays`` one numpy array per
+    feature (what the ONNX path feeds the graph, with no frame built).
 
     ``optional`` fields (`recorded_fields`) may be present or not; when present they are
     checked like the others, and they never reach the model.
@@ -456,8 +458,8 @@ def rows_to_frame(
                              fields={f.name: f.dtype for f in fields},
                              optional={f.name: f.dtype for f in optional})  # fmt: skip
     catalog = {f.name: f for f in feature_catalog(pipeline)}
-    return pd.DataFrame(_feature_values([catalog[name] for name in inputs], rows, fields,
-                                        pipeline))  # fmt: skip
+    values = _feature_values([catalog[name] for name in inputs], rows, fields, pipeline)
+    return values if as_arrays else pd.DataFrame(values)
 
 
 def _feature_values(
@@ -560,6 +562,9 @@ class ModelService:
         self.state = "loading"
         self.reason = "verifying the model"
         self.model: Any = None
+        # The verified ONNX copy, when the bundle has one: scored without pandas.
+        self.predictor: Any = None
+        self.runtime = ""
         self.model_sha256: str | None = None
         self.version: str | None = None
         self.inputs: list[str] = []
@@ -685,6 +690,14 @@ class ModelService:
             )
             # An OCI tag is mutable: the digest that verified is what this slot serves.
             served = str(evidence.resolved.oci.pinned) if evidence.resolved.oci else self.model_ref
+        predictor = None
+        if verified.onnx is not None:
+            from secure_pipeline.serving.onnx_runtime import OnnxPredictor
+            from secure_pipeline.training.onnx import input_dtypes
+
+            # Its digest was verified with the bundle; its inputs must be the model's.
+            dtypes = input_dtypes(self.pipeline)
+            predictor = OnnxPredictor(verified.onnx, {n: dtypes[n] for n in verified.inputs})
         fields = input_fields(self.pipeline, verified.inputs)
         sensitive = [f for f in fields if f.name in self.pipeline.sensitive_features]
         optional = recorded_fields(self.pipeline, fields)
@@ -700,6 +713,8 @@ class ModelService:
             if self._closed:
                 return  # shut down while verifying: nothing to serve, nothing to record
             self.model = verified.model
+            self.predictor = predictor
+            self.runtime = "onnx" if predictor is not None else "skops"
             self.model_sha256 = verified.model_sha256
             self.version = version
             self.inputs = verified.inputs
@@ -713,7 +728,8 @@ class ModelService:
             recorder.start()
         self.ready.labels(**self.slot_labels()).set(1)
         self._publish_info(served, verified.model_sha256)
-        logger.info("slot %s serves %s (%s)", self.slot, self.model_ref, self.model_sha256)
+        logger.info("slot %s serves %s (%s) through %s", self.slot, self.model_ref,
+                    self.model_sha256, self.runtime)  # fmt: skip
 
     def live_metrics(self) -> LiveMetrics:
         """The slot's live recording counters, as a `LiveRecorder` moves them."""
@@ -739,9 +755,15 @@ class ModelService:
                                  if isinstance(document, dict)
                                  else type(document).__name__)  # fmt: skip
         rows = document["rows"]
-        frame = rows_to_frame(rows, self.fields, self.pipeline, self.inputs, self.limits,
-                              self._optional)  # fmt: skip
-        scores = self.model.predict_proba(frame)[:, 1]
+        if self.predictor is not None:
+            columns = rows_to_frame(rows, self.fields, self.pipeline, self.inputs, self.limits,
+                                    self._optional, as_arrays=True)  # fmt: skip
+            scores = self.predictor.scores(columns)
+            frame: Any = columns
+        else:
+            frame = rows_to_frame(rows, self.fields, self.pipeline, self.inputs, self.limits,
+                                  self._optional)  # fmt: skip
+            scores = self.model.predict_proba(frame)[:, 1]
         positive, negative = self._labels()
         ids = new_ids(len(scores))
         labels = [positive if score >= 0.5 else negative for score in scores]
@@ -758,6 +780,10 @@ class ModelService:
         for label, count in by_label.items():
             self.labels.labels(**self.model_labels(), label=label).inc(count)
         if self.recorder is not None:
+            if not hasattr(frame, "columns"):
+                import pandas as pd
+
+                frame = pd.DataFrame(frame)  # only when recording: the recorder takes a frame
             sensitive = {f.name: f.raw([row.get(f.name) for row in rows])
                          for f in self._sensitive}  # fmt: skip
             self.recorder.record(frame, sensitive, scores, labels, ids)
@@ -870,7 +896,8 @@ def create_app(service: ModelService, *, load: bool = True) -> "Starlette":
     async def readyz(request: Request) -> Response:
         body = {"slot": service.slot, "state": service.state, "reason": service.reason,
                 "model_ref": service.model_ref, "model_sha256": service.model_sha256,
-                "recording": service.recorder is not None}  # fmt: skip
+                "recording": service.recorder is not None,
+                "runtime": service.runtime}  # fmt: skip
         return JSONResponse(body, status_code=200 if service.state == "ready" else 503)
 
     async def metrics(request: Request) -> Response:

@@ -108,6 +108,9 @@ def test_serves_the_verified_model_with_correct_predictions(served, state) -> No
     ready = client.get("/readyz")
     assert ready.status_code == 200, ready.json()
     assert ready.json()["model_sha256"] == state.model_sha
+    # The bundle carries a verified ONNX copy: the slot scores through it, and still gives
+    # the verified skops model's scores (compared below).
+    assert ready.json()["runtime"] == "onnx"
     frame = _rows()
     # Edges of every encoding: band cut points and range ends, missing categories, zero amounts.
     edges = frame.head(6).copy().reset_index(drop=True)
@@ -254,11 +257,13 @@ class _BrokenModel:
 def test_an_unexpected_failure_answers_500_and_is_counted(served) -> None:
     service, client = served
     rows = _payload(_rows(1), [f.name for f in service.fields])
+    # The skops path with a model that fails (the ONNX copy is set aside for it).
     model, service.model = service.model, _BrokenModel()
+    predictor, service.predictor = service.predictor, None
     try:
         response = client.post("/predict", json={"rows": rows})
     finally:
-        service.model = model
+        service.model, service.predictor = model, predictor
     assert response.status_code == 500
     assert response.json() == {"error": "internal error while scoring"}
     assert "SECRET" not in response.text
