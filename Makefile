@@ -81,6 +81,7 @@ bench: sync
 	$(RUN) python benchmarks/bench_exporter.py
 	$(RUN) python benchmarks/bench_live_recording.py
 	$(RUN) python benchmarks/bench_recovery.py
+	$(RUN) python benchmarks/bench_audit.py --quick
 
 clean:
 	rm -rf .venv $(TOOLS) .pytest_cache .ruff_cache

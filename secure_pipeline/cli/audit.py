@@ -63,6 +63,41 @@ def _all_materializations(instance: Any, key: Any) -> Iterator[Any]:
         cursor = result.cursor
 
 
+def _read_resume(path: str) -> Any:
+    """The status an earlier run of this verifier wrote (None when there is none yet)."""
+    import json
+    from pathlib import Path
+
+    from secure_pipeline.storage.audit import ChainStatus
+
+    file = Path(path)
+    if not file.exists():
+        return None
+    try:
+        document = json.loads(file.read_text(encoding="utf-8"))
+        return ChainStatus(int(document["count"]), str(document["head_hash"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        _fail(
+            f"--resume-file {path} should hold {{count, head_hash}} written by audit verify, "
+            f"found unreadable content ({exc}); delete it to verify the whole trail",
+            2,
+        )
+        raise  # unreachable: _fail exits
+
+
+def _write_resume(path: str, status: Any) -> None:
+    import json
+    import os
+    from pathlib import Path
+
+    file = Path(path)
+    spool = file.with_name(f".{file.name}.{os.getpid()}")
+    spool.write_text(
+        json.dumps({"count": status.count, "head_hash": status.head_hash}), encoding="utf-8"
+    )
+    os.replace(spool, file)
+
+
 @click.group()
 def audit() -> None:
     """Verify or export the tamper-evident audit trail."""
@@ -86,9 +121,29 @@ def audit() -> None:
     is_flag=True,
     help="Accept a trail with no records (a fresh deployment); otherwise that is a failure.",
 )
-def audit_verify(anchors: tuple[str, ...], dagster_anchors: bool, allow_empty: bool) -> None:
+@click.option(
+    "--deep",
+    is_flag=True,
+    help="Also re-verify the signature of every record inside sealed segments.",
+)
+@click.option(
+    "--resume-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="The verifier's own state: verify only what follows the status it holds (if the "
+    "file exists), then write the new status to it.",
+)
+def audit_verify(
+    anchors: tuple[str, ...],
+    dagster_anchors: bool,
+    allow_empty: bool,
+    deep: bool,
+    resume_file: str | None,
+) -> None:
     """Check every record and link of the audit trail; exit 1 naming the first broken one."""
     from secure_pipeline.storage.audit import AuditLog
+
+    resume = _read_resume(resume_file) if resume_file else None
 
     known: dict[int, str] = {}
     for anchor in anchors:
@@ -100,7 +155,7 @@ def audit_verify(anchors: tuple[str, ...], dagster_anchors: bool, allow_empty: b
         known.update(_dagster_anchors())
     store = _store()
     try:
-        status = AuditLog(store).verify(known, _trust())
+        status = AuditLog(store).verify(known, _trust(), resume=resume, deep=deep)
     except SecurePipelineError as exc:
         _fail(f"audit trail broken: {exc}", 1)
     if status.count == 0 and not allow_empty:
@@ -110,6 +165,8 @@ def audit_verify(anchors: tuple[str, ...], dagster_anchors: bool, allow_empty: b
             "(--allow-empty accepts that)",
             1,
         )
+    if resume_file:
+        _write_resume(resume_file, status)
     click.echo(
         f"audit trail intact: {status.count} records in {store.uri('audit')}, head "
         f"{status.head_hash}" + (f", {len(known)} anchors matched" if known else "")
@@ -141,3 +198,24 @@ def audit_export(fmt: str, output: str) -> None:
     except SecurePipelineError as exc:
         _fail(f"audit trail broken, nothing exported: {exc}", 1)
     click.echo(f"exported {status.count} verified records", err=True)
+
+
+@audit.command("show")
+@click.option("--subject", required=True, metavar="DIGEST", help="The digest records are about.")
+@click.option("--json", "as_json", is_flag=True, help="One verified record per line, as JSON.")
+def audit_show(subject: str, as_json: bool) -> None:
+    """Show the verified audit records about one subject, found through the index."""
+    from secure_pipeline.storage.audit import AuditLog
+
+    store = _store()
+    try:
+        records = AuditLog(store).records_about(subject, _trust())
+    except SecurePipelineError as exc:
+        _fail(f"audit trail broken: {exc}", 1)
+    for record in records:
+        if as_json:
+            click.echo(record.to_json().decode())
+        else:
+            click.echo(f"{record.seq:>8}  {record.ts}  {record.identity:<10} {record.event}")
+    if not as_json:
+        click.echo(f"{len(records)} verified records about {subject}", err=True)

@@ -27,7 +27,6 @@ import json
 import random
 import re
 import time
-from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import IO, TYPE_CHECKING, Any
@@ -43,11 +42,15 @@ if TYPE_CHECKING:
 AUDIT_PREFIX = "audit/"
 CHECKPOINT_PREFIX = "audit/checkpoints/"
 CHECKPOINT_TYPE = "secure-pipeline/audit-checkpoint/v1"
+SEGMENT_PREFIX = "audit/segments/"
+INDEX_PREFIX = "audit/index/"
+SEAL_TYPE = "secure-pipeline/audit-seal/v1"
+SEGMENT_RECORDS = 1000
 GENESIS_HASH = "0" * 64
 MAX_DETAILS_BYTES = 8192
 MAX_STRING_CHARS = 1024
 _SEQ_DIGITS = 12
-_KEY = re.compile(r"audit/(\d{12})\.json")
+_SEGMENT_KEY = re.compile(r"audit/segments/(\d{12})\.(jsonl|seal\.json)")
 _APPEND_ATTEMPTS = 64
 
 
@@ -95,9 +98,8 @@ class AuditRecord:
 
     def body(self) -> dict[str, Any]:
         """Every field but ``hash`` and ``signature``: what the hash covers."""
-        data = asdict(self)
-        del data["hash"], data["signature"]
-        return data
+        # Not `asdict`: its deep copy was most of the cost of verifying a record.
+        return {name: getattr(self, name) for name in _BODY_FIELDS}
 
     def computed_hash(self) -> str:
         """Recompute the hash from the record's content."""
@@ -105,7 +107,12 @@ class AuditRecord:
 
     def to_json(self) -> bytes:
         """Canonical JSON of the whole record."""
-        return canonical_json(asdict(self))
+        return canonical_json({**self.body(), "hash": self.hash, "signature": self.signature})
+
+
+_BODY_FIELDS = tuple(
+    name for name in AuditRecord.__dataclass_fields__ if name not in ("hash", "signature")
+)
 
 
 @dataclass(frozen=True)
@@ -143,16 +150,197 @@ def _sanitize(value: Any, path: str) -> Any:
     )
 
 
+def segment_key(last: int) -> str:
+    """Store key of the sealed segment whose last record is ``last``."""
+    return f"{SEGMENT_PREFIX}{last:0{_SEQ_DIGITS}d}.jsonl"
+
+
+def seal_key(last: int) -> str:
+    """Store key of the signed seal of the segment whose last record is ``last``."""
+    return f"{SEGMENT_PREFIX}{last:0{_SEQ_DIGITS}d}.seal.json"
+
+
+def index_prefix(subject: str) -> str:
+    """Prefix of the index markers of ``subject`` (hashed: any subject makes a safe key)."""
+    return f"{INDEX_PREFIX}{hashlib.sha256(subject.encode()).hexdigest()}/"
+
+
+def _may_append(identity: str) -> bool:
+    from secure_pipeline.trust.identities import APPROVER_PREFIX, EVENTS
+
+    return identity.startswith(APPROVER_PREFIX) or bool(EVENTS.get(identity))
+
+
+class _Checks:
+    """What verification of one record needs, built once per walk."""
+
+    def __init__(self, log: "AuditLog", trust: "TrustPolicy | None") -> None:
+        from secure_pipeline.trust.identities import may_write
+        from secure_pipeline.trust.policy import trust_policy
+        from secure_pipeline.trust.signers import verifier
+
+        self.log = log
+        self.trust = trust or trust_policy()
+        self.signature = verifier(self.trust)
+        self.may_write = may_write
+        self._identities: dict[str, str | None] = {}
+
+    def record(self, record: AuditRecord, where: str, *, signature: bool) -> None:
+        """Role, and (when asked) hash and signature of one record.
+
+        Inside a sealed segment the seal covers the bytes, and its signer recomputed every
+        hash and verified every signature before sealing: re-doing both is ``deep``. Measured,
+        the hash alone was over half the cost of a default verify.
+        """
+        if signature and record.computed_hash() != record.hash:
+            raise AuditChainError(f"{where} was edited: its content no longer matches its hash")
+        if signature:
+            signed_by = self.signature(
+                record.keyid, record.signature, record.hash.encode(), record.seq
+            )
+            if signed_by is None:
+                raise AuditChainError(
+                    f"{where} ({record.event}) is not signed by a key of the trust policy "
+                    f"(key {record.keyid[:16]}): it was forged or rewritten by someone without "
+                    "the identity's key"
+                )
+        else:
+            # The seal vouches for the signature; the role is still checked here.
+            if record.keyid not in self._identities:
+                self._identities[record.keyid] = self.trust.identity_of(record.keyid, retired=True)
+            signed_by = self._identities[record.keyid]
+        if signed_by != record.identity or not self.may_write(record.identity, record.event):
+            raise AuditChainError(
+                f"{where} is a {record.event!r} record signed by {signed_by}, which may not "
+                "write it: a key was used outside its role"
+            )
+
+    def seal(self, last: int) -> dict[str, Any]:
+        """The verified seal of the segment ending at ``last``."""
+        store = self.log.store
+        key = seal_key(last)
+        try:
+            document = json.loads(store.read_object(key))
+        except FileNotFoundError:
+            raise AuditChainError(
+                f"the seal of segment {store.uri(segment_key(last))} is missing ({store.uri(key)})"
+                ": it was deleted"
+            ) from None
+        except ValueError:
+            raise AuditChainError(f"seal {store.uri(key)} is not JSON: it was edited") from None
+        if not isinstance(document, dict):
+            raise AuditChainError(f"seal {store.uri(key)} is not a seal: it was edited")
+        body = {k: v for k, v in document.items() if k != "signature"}
+        signed_by = self.signature(
+            str(body.get("keyid")), str(document.get("signature")), canonical_json(body), last
+        )
+        if signed_by is None or signed_by != body.get("identity"):
+            raise AuditChainError(
+                f"seal {store.uri(key)} is not signed by a key of the trust policy: the segment "
+                "was rewritten or re-sealed by someone without an identity's key"
+            )
+        if not _may_append(signed_by):
+            raise AuditChainError(
+                f"seal {store.uri(key)} is signed by {signed_by}, which may not append to the "
+                "audit trail: a key was used outside its role"
+            )
+        first = body.get("first")
+        if (
+            body.get("type") != SEAL_TYPE
+            or body.get("last") != last
+            or not isinstance(first, int)
+            or not 1 <= first <= last
+        ):
+            raise AuditChainError(
+                f"seal {store.uri(key)} does not describe segment {last} (type "
+                f"{body.get('type')!r}, records {first}–{body.get('last')}): it was moved"
+            )
+        return body
+
+    def _segment_bytes(self, last: int, seal: Mapping[str, Any]) -> bytes:
+        store = self.log.store
+        key = segment_key(last)
+        try:
+            data = store.read_object(key)
+        except FileNotFoundError:
+            raise AuditChainError(
+                f"segment {store.uri(key)} is missing but its seal exists: it was deleted"
+            ) from None
+        if hashlib.sha256(data).hexdigest() != seal.get("sha256"):
+            raise AuditChainError(
+                f"segment {store.uri(key)} does not match its seal's sha256: it was edited"
+            )
+        return data
+
+    def segment_lines(self, last: int, seal: Mapping[str, Any]) -> list[bytes]:
+        """The lines of a sealed segment whose bytes match the seal (one record each)."""
+        lines = self._segment_bytes(last, seal).splitlines()
+        if len(lines) != last - int(seal["first"]) + 1:
+            raise AuditChainError(
+                f"segment {self.log.store.uri(segment_key(last))} holds {len(lines)} lines, "
+                f"but its seal names records {seal['first']}–{last}"
+            )
+        return lines
+
+    def segment(self, last: int, seal: Mapping[str, Any]) -> list[AuditRecord]:
+        """The records of a sealed segment: bytes match the seal, seqs and links hold inside."""
+        store = self.log.store
+        key = segment_key(last)
+        data = self._segment_bytes(last, seal)
+        records: list[AuditRecord] = []
+        prev_hash = str(seal.get("prev_hash"))
+        seq = int(seal["first"])
+        uri = store.uri(key)
+        try:
+            # One parse for the segment: the bytes are the sealer's (their sha256 is sealed).
+            documents = json.loads(b"[" + b",".join(data.splitlines()) + b"]")
+        except ValueError as exc:
+            raise AuditChainError(f"segment {uri} is not JSON lines ({exc})") from exc
+        for document in documents:
+            where = f"audit record {seq} (segment {uri})"
+            try:
+                record = AuditRecord(**document)
+            except TypeError as exc:
+                raise AuditChainError(f"{where} is not a valid record ({exc})") from exc
+            if record.seq != seq:
+                raise AuditChainError(f"{where} holds record {record.seq}")
+            if record.prev_hash != prev_hash:
+                raise AuditChainError(f"{where} does not follow record {seq - 1}")
+            records.append(record)
+            prev_hash = record.hash
+            seq += 1
+        if seq - 1 != last or prev_hash != seal.get("head"):
+            raise AuditChainError(
+                f"segment {store.uri(key)} ends at record {seq - 1} with hash "
+                f"{prev_hash[:16]}…, but its seal names record {last} and head "
+                f"{str(seal.get('head'))[:16]}…: records were removed or the seal is not its own"
+            )
+        return records
+
+
 class AuditLog:
     """The audit trail stored in a snapshot store.
 
     Args:
         store: The store holding ``audit/`` records.
+        segment_records: Records per sealed segment (small values in tests).
+        trust: The trust policy the sealer checks records against (default: the environment's).
     """
 
-    def __init__(self, store: SnapshotStore) -> None:
+    def __init__(
+        self,
+        store: SnapshotStore,
+        *,
+        segment_records: int = SEGMENT_RECORDS,
+        trust: "TrustPolicy | None" = None,
+    ) -> None:
+        if segment_records < 1:
+            raise ValueError(f"segment_records must be at least 1, found {segment_records}")
         self.store = store
+        self.segment_records = segment_records
+        self._trust = trust
         self._next_seq: int | None = None
+        self._sealed_upto = 0
 
     # -- appending ---------------------------------------------------------------------------
 
@@ -225,7 +413,11 @@ class AuditLog:
                 )
             if self.store.try_create_object(record_key(seq), record.to_json()):
                 self._next_seq = seq + 1
+                if subject is not None:
+                    # Before the checkpoint: a record the checkpoint covers has its marker.
+                    self._mark(record)
                 self._checkpoint(record, signer)
+                self._seal_due(seq, signer)
                 return record
             # Another writer took this number; others may have appended since, so look for
             # the head again instead of stepping one record at a time.
@@ -279,8 +471,6 @@ class AuditLog:
                 high = mid
         return low
 
-    # -- reading and verifying ---------------------------------------------------------------
-
     def _load(self, seq: int) -> AuditRecord:
         key = record_key(seq)
         try:
@@ -307,26 +497,112 @@ class AuditLog:
                 f"({exc}): it was edited"
             ) from exc
 
+    # -- sealing and the subject index -------------------------------------------------------
+
+    def _mark(self, record: AuditRecord) -> None:
+        """Write the create-only index marker of a record with a subject (its hash)."""
+        assert record.subject is not None
+        key = f"{index_prefix(record.subject)}{record.seq:0{_SEQ_DIGITS}d}"
+        # A marker already there (a crashed append, a sealer's recovery, or a forgery) is left
+        # alone: `records_about` checks every marker against the record it names.
+        self.store.try_create_object(key, record.hash.encode())
+
+    def _seal_due(self, seq: int, signer: "IdentitySigner") -> None:
+        """Seal every full segment up to ``seq`` that is not sealed yet, oldest first.
+
+        Usually one existence check (the newest full segment's seal); a crash between a
+        segment's last record and its seal is repaired here by the next append.
+        """
+        n = self.segment_records
+        pending: list[int] = []
+        last = seq // n * n
+        while last > self._sealed_upto and not self.store.exists(seal_key(last)):
+            pending.append(last)
+            last -= n
+        self._sealed_upto = max(self._sealed_upto, last)
+        for last in reversed(pending):
+            self._seal(last, signer)
+            self._sealed_upto = last
+
+    def _seal(self, last: int, signer: "IdentitySigner") -> None:
+        """Check the per-record objects of one segment as `verify` does, then seal them."""
+        checks = _Checks(self, self._trust)
+        first = last - self.segment_records + 1
+        prev_hash = GENESIS_HASH if first == 1 else str(checks.seal(first - 1)["head"])
+        segment_prev = prev_hash
+        lines: list[bytes] = []
+        for seq in range(first, last + 1):
+            record = self._load(seq)
+            where = f"audit record {seq} ({self.store.uri(record_key(seq))})"
+            if record.seq != seq:
+                raise AuditChainError(f"{where} holds record {record.seq}: cannot seal it")
+            if record.prev_hash != prev_hash:
+                raise AuditChainError(f"{where} does not follow record {seq - 1}: cannot seal it")
+            checks.record(record, where, signature=True)
+            if record.subject is not None:
+                self._mark(record)
+            lines.append(record.to_json())
+            prev_hash = record.hash
+        data = b"\n".join(lines) + b"\n"
+        # A key already taken: another appender sealed it concurrently (same records, same
+        # bytes); anything else under the key was planted.
+        if (
+            not self.store.try_create_object(segment_key(last), data)
+            and self.store.read_object(segment_key(last)) != data
+        ):
+            raise AuditChainError(
+                f"segment {self.store.uri(segment_key(last))} exists but does not hold "
+                f"records {first}–{last}: it was planted. Run `secure-pipeline audit verify`."
+            )
+        body = {
+            "type": SEAL_TYPE,
+            "first": first,
+            "last": last,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "prev_hash": segment_prev,
+            "head": prev_hash,
+            "identity": signer.identity,
+            "keyid": signer.keyid,
+            "ts": utc_now(),
+        }
+        document = {**body, "signature": signer.sign(canonical_json(body))}
+        self.store.try_create_object(seal_key(last), canonical_json(document))
+
+    # -- reading and verifying ---------------------------------------------------------------
+
     def verify(
-        self, anchors: Mapping[int, str] | None = None, trust: "TrustPolicy | None" = None
+        self,
+        anchors: Mapping[int, str] | None = None,
+        trust: "TrustPolicy | None" = None,
+        *,
+        resume: ChainStatus | None = None,
+        deep: bool = False,
     ) -> ChainStatus:
-        """Check every record, link and signature and the latest checkpoint; raise on a break.
+        """Check every segment, record, link and signature and the latest checkpoint.
 
         Args:
             anchors: Known ``{seq: hash}`` pairs recorded elsewhere (the Dagster event log
                 records the audit record of every materialization and check). A chain cut short
                 before an anchor, or rewritten from an anchor on, fails.
             trust: The trust policy naming the identities' keys (default: the environment's).
+            resume: A status an earlier successful verify returned, held by the verifier
+                (never read from the store): the record at ``resume.count`` must still have
+                ``resume.head_hash``, and only what follows it is verified.
+            deep: Also re-verify the signature of every record inside sealed segments (by
+                default a segment's seal stands for the signatures its sealer verified).
 
         Returns:
             The chain's length and head.
 
         Raises:
-            AuditChainError: Naming the first record that was edited, removed, inserted,
-                reordered, forged, signed by an identity that may not write it, or cut off.
+            AuditChainError: Naming the first record or segment that was edited, removed,
+                inserted, reordered, forged, signed by an identity that may not write it, or
+                cut off.
         """
-        last = deque(self._walk(anchors, trust), maxlen=1)
-        return last[0][1] if last else ChainStatus(0, GENESIS_HASH)
+        status = resume or ChainStatus(0, GENESIS_HASH)
+        for _record, status in self._walk(anchors, trust, resume=resume, deep=deep):  # noqa: B007
+            pass
+        return status
 
     def verified_records(self, trust: "TrustPolicy | None" = None) -> Iterator[AuditRecord]:
         """Every record in order, each checked against the chain and its signer as it is read.
@@ -337,37 +613,117 @@ class AuditLog:
         for record, _status in self._walk(None, trust):
             yield record
 
-    def _walk(
-        self, anchors: Mapping[int, str] | None, trust: "TrustPolicy | None"
-    ) -> Iterator[tuple[AuditRecord, ChainStatus]]:
-        """Yield each record with the chain status up to it, checking every link on the way."""
-        from secure_pipeline.trust.identities import may_write
-        from secure_pipeline.trust.policy import trust_policy
-        from secure_pipeline.trust.signers import verifier
-
-        trust = trust or trust_policy()
-        verify_signature = verifier(trust)
-        expected_seq = 1
-        prev_hash = GENESIS_HASH
-        for key in self.store.list_keys(AUDIT_PREFIX):
-            if key.startswith(CHECKPOINT_PREFIX):
-                continue
-            match = _KEY.fullmatch(key)
+    def _sealed_lasts(self, after: int) -> list[int]:
+        """Last seqs of the sealed segments ending after ``after``, in order (one listing)."""
+        start = f"{SEGMENT_PREFIX}{after:0{_SEQ_DIGITS}d}.~" if after else None
+        found: dict[int, set[str]] = {}
+        for key in self.store.list_keys(SEGMENT_PREFIX, start):
+            match = _SEGMENT_KEY.fullmatch(key)
             if not match:
                 raise AuditChainError(
-                    f"unexpected object {self.store.uri(key)} in the audit trail: records are "
-                    "named audit/<12-digit seq>.json; something was added by hand"
+                    f"unexpected object {self.store.uri(key)} among the audit segments: "
+                    "segments are named audit/segments/<12-digit seq>.jsonl|.seal.json; "
+                    "something was added by hand"
                 )
-            key_seq = int(match.group(1))
-            if key_seq != expected_seq:
+            found.setdefault(int(match.group(1)), set()).add(match.group(2))
+        lasts: list[int] = []
+        unsealed: int | None = None
+        for last in sorted(found):
+            kinds = found[last]
+            if "seal.json" in kinds and unsealed is not None:
                 raise AuditChainError(
-                    f"audit record {expected_seq} is missing: the trail goes from record "
-                    f"{expected_seq - 1} to record {key_seq} ({self.store.uri(key)}); a record "
-                    "was deleted"
+                    f"segment {self.store.uri(segment_key(unsealed))} has no seal but the later "
+                    f"segment {self.store.uri(segment_key(last))} has one: segments are sealed "
+                    "oldest first, so a seal was deleted"
                 )
-            record = self._parse(key_seq, self.store.read_object(key))
-            where = f"audit record {key_seq} ({self.store.uri(key)})"
-            if record.seq != key_seq:
+            if "seal.json" not in kinds:
+                # Written, not yet sealed (a crash): its records are verified one by one.
+                unsealed = last if unsealed is None else unsealed
+                continue
+            lasts.append(last)
+        return lasts
+
+    def _walk(
+        self,
+        anchors: Mapping[int, str] | None,
+        trust: "TrustPolicy | None",
+        *,
+        resume: ChainStatus | None = None,
+        deep: bool = False,
+    ) -> Iterator[tuple[AuditRecord, ChainStatus]]:
+        """Yield each record with the chain status up to it, checking every link on the way.
+
+        Sealed segments first (one listing of ``audit/segments/``, one seal signature and one
+        read per segment), then the per-record objects after the last sealed record.
+        """
+        checks = _Checks(self, trust)
+        start = resume.count if resume else 0
+        prev_hash = resume.head_hash if resume else GENESIS_HASH
+        resume_hash, expected = prev_hash, start + 1
+        resumed = start == 0
+        if resume is not None and start == 0 and resume.head_hash != GENESIS_HASH:
+            raise AuditChainError("the resume status names 0 records but a non-genesis head")
+
+        def anchored(record: AuditRecord, where: str) -> None:
+            if anchors and record.seq in anchors and anchors[record.seq] != record.hash:
+                raise AuditChainError(
+                    f"{where} has hash {record.hash}, but {anchors[record.seq]} was recorded for "
+                    "it elsewhere: the trail was rewritten from this record on"
+                )
+
+        for last in self._sealed_lasts(start):
+            seal = checks.seal(last)
+            first = int(seal["first"])
+            uri = self.store.uri(segment_key(last))
+            if first > expected:
+                raise AuditChainError(
+                    f"audit record {expected} is missing: the sealed trail goes from record "
+                    f"{expected - 1} to segment {uri} (records {first}–{last}); a segment was "
+                    "deleted"
+                )
+            if first < expected and not (resume is not None and first <= start < last):
+                raise AuditChainError(
+                    f"segment {uri} starts at record {first}, but record {expected} was "
+                    "expected: segments overlap or were moved"
+                )
+            if first == expected and seal.get("prev_hash") != prev_hash:
+                raise AuditChainError(
+                    f"audit record {first} (segment {uri}) does not follow record {first - 1}: "
+                    f"its seal names prev_hash {str(seal.get('prev_hash'))[:16]}…, but record "
+                    f"{first - 1} hashes to {prev_hash[:16]}…; segments were swapped or replaced"
+                )
+            for record in checks.segment(last, seal):
+                where = f"audit record {record.seq} (segment {uri})"
+                checks.record(record, where, signature=deep)
+                anchored(record, where)
+                if record.seq < start:
+                    continue
+                if record.seq == start:
+                    if record.hash != prev_hash:
+                        raise AuditChainError(
+                            f"{where} has hash {record.hash[:16]}…, but the resume status "
+                            f"names {prev_hash[:16]}…: the trail was rewritten since"
+                        )
+                    resumed = True
+                    continue
+                yield record, ChainStatus(record.seq, record.hash)
+            prev_hash, expected = str(seal["head"]), last + 1
+        # The resume point is in the tail, or the last record of a segment not re-read.
+        if not resumed and self.record(start, checks.trust).hash != resume_hash:
+            raise AuditChainError(
+                f"audit record {start} no longer has the hash the resume status names "
+                f"({resume_hash[:16]}…): the trail was rewritten since"
+            )
+        seq = expected
+        while True:
+            key = record_key(seq)
+            try:
+                data = self.store.read_object(key)
+            except FileNotFoundError:
+                break
+            record = self._parse(seq, data)
+            where = f"audit record {seq} ({self.store.uri(key)})"
+            if record.seq != seq:
                 raise AuditChainError(
                     f"{where} holds record {record.seq}: records were moved or swapped"
                 )
@@ -375,40 +731,29 @@ class AuditLog:
                 raise AuditChainError(f"{where} was edited: its content no longer matches its hash")
             if record.prev_hash != prev_hash:
                 raise AuditChainError(
-                    f"{where} does not follow record {key_seq - 1}: its prev_hash "
+                    f"{where} does not follow record {seq - 1}: its prev_hash "
                     f"{record.prev_hash[:16]}… differs from {prev_hash[:16]}…; a record before "
                     "it was replaced or the records were reordered"
                 )
-            signed_by = verify_signature(
-                record.keyid, record.signature, record.hash.encode(), record.seq
-            )
-            if signed_by is None:
-                raise AuditChainError(
-                    f"{where} ({record.event}) is not signed by a key of the trust policy "
-                    f"(key {record.keyid[:16]}): it was forged or rewritten by someone without "
-                    "the identity's key"
-                )
-            if signed_by != record.identity or not may_write(signed_by, record.event):
-                raise AuditChainError(
-                    f"{where} is a {record.event!r} record signed by {signed_by}, which may not "
-                    "write it: a key was used outside its role"
-                )
-            if anchors and key_seq in anchors and anchors[key_seq] != record.hash:
-                raise AuditChainError(
-                    f"{where} has hash {record.hash}, but {anchors[key_seq]} was recorded for it "
-                    "elsewhere: the trail was rewritten from this record on"
-                )
+            checks.record(record, where, signature=True)
+            anchored(record, where)
             prev_hash = record.hash
-            expected_seq += 1
-            yield record, ChainStatus(key_seq, record.hash)
-        head = expected_seq - 1
-        beyond = sorted(seq for seq in (anchors or {}) if seq > head)
+            seq += 1
+            yield record, ChainStatus(record.seq, record.hash)
+        head = seq - 1
+        for later in (head + 2, head + 3):
+            if self.store.exists(record_key(later)):
+                raise AuditChainError(
+                    f"audit record {head + 1} is missing: the trail goes from record {head} to "
+                    f"record {later} ({self.store.uri(record_key(later))}); a record was deleted"
+                )
+        beyond = sorted(s for s in (anchors or {}) if s > head)
         if beyond:
             raise AuditChainError(
                 f"audit record {beyond[0]} was recorded elsewhere but the trail ends at "
                 f"record {head}: records were removed from the end"
             )
-        self._check_checkpoint(head, prev_hash, trust)
+        self._check_checkpoint(head, prev_hash, checks.trust)
 
     def _check_checkpoint(self, head: int, head_hash: str, trust: "TrustPolicy") -> None:
         """The latest signed checkpoint must describe this trail: nothing was cut off its end."""
@@ -443,26 +788,72 @@ class AuditLog:
     def record(self, seq: int, trust: "TrustPolicy | None" = None) -> AuditRecord:
         """One record, checked against its own hash and signature (not the whole chain).
 
+        A sealed record is read from its segment (checked against the seal), never from its
+        superseded per-record object.
+
         Raises:
             AuditChainError: When it is missing, edited or not signed by its identity.
         """
-        from secure_pipeline.trust.identities import may_write
-        from secure_pipeline.trust.policy import trust_policy
-        from secure_pipeline.trust.signers import verifier
+        return self._record(seq, _Checks(self, trust), {})
 
-        record = self._load(seq)
-        signed_by = verifier(trust or trust_policy())(
-            record.keyid, record.signature, record.hash.encode(), record.seq
-        )
-        if (
-            record.computed_hash() != record.hash
-            or signed_by != record.identity
-            or not may_write(record.identity, record.event)
-        ):
-            raise AuditChainError(
-                f"audit record {seq} ({self.store.uri(record_key(seq))}) was edited or forged"
-            )
+    def _record(self, seq: int, checks: _Checks, segments: dict[int, list[bytes]]) -> AuditRecord:
+        n = self.segment_records
+        last = -(-seq // n) * n
+        if last not in segments and self.store.exists(seal_key(last)):
+            seal = checks.seal(last)
+            segments[last] = checks.segment_lines(last, seal)
+        if last in segments:
+            lines = segments[last]
+            where = f"audit record {seq} (segment {self.store.uri(segment_key(last))})"
+            if not last - len(lines) < seq <= last:
+                raise AuditChainError(
+                    f"segment {self.store.uri(segment_key(last))} holds records "
+                    f"{last - len(lines) + 1}–{last}, not {seq}: it does not match the "
+                    f"trail's segments of {n} records"
+                )
+            # Only this record's line is parsed: the seal covers every byte of the segment.
+            record = self._parse(seq, lines[seq - last - 1])
+        else:
+            record = self._load(seq)
+            where = f"audit record {seq} ({self.store.uri(record_key(seq))})"
+        if record.seq != seq:
+            raise AuditChainError(f"{where} holds record {record.seq}: it was moved")
+        checks.record(record, where, signature=True)
         return record
+
+    def records_about(self, subject: str, trust: "TrustPolicy | None" = None) -> list[AuditRecord]:
+        """Every record about ``subject``, found through the index, each verified.
+
+        One listing of the subject's markers, then each record is read (from its segment or
+        object) and checked: cost grows with the records about the subject, not the trail.
+        For facts that must not be hidden by a deleted marker (erasures), scan
+        `verified_records` instead.
+
+        Raises:
+            AuditChainError: When a marker names a record that is not about ``subject`` or has
+                another hash (a forged marker), or a record does not verify.
+        """
+        checks = _Checks(self, trust)
+        prefix = index_prefix(subject)
+        segments: dict[int, list[bytes]] = {}
+        found: list[AuditRecord] = []
+        for key in self.store.list_keys(prefix):
+            name = key[len(prefix) :]
+            marker = self.store.read_object(key).decode(errors="replace")
+            if not (name.isdigit() and len(name) == _SEQ_DIGITS):
+                raise AuditChainError(
+                    f"unexpected object {self.store.uri(key)} in the audit index: markers are "
+                    "named by a 12-digit seq; it was added by hand"
+                )
+            record = self._record(int(name), checks, segments)
+            if record.hash != marker or record.subject != subject:
+                raise AuditChainError(
+                    f"index marker {self.store.uri(key)} is forged: it names hash "
+                    f"{marker[:16]}… about {subject[:16]}…, but record {record.seq} has hash "
+                    f"{record.hash[:16]}… about {str(record.subject)[:16]}…; remove it"
+                )
+            found.append(record)
+        return found
 
     def latest_checkpoint(
         self, trust: "TrustPolicy | None" = None, *, at_most: int | None = None

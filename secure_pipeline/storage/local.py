@@ -159,17 +159,34 @@ class LocalSnapshotStore(SnapshotStore):
         return self._path(key).is_file()
 
     def list_keys(self, prefix: str, start_after: str | None = None) -> Iterator[str]:
-        """Yield the keys under ``prefix`` in lexicographic order, after ``start_after``."""
+        """Yield the keys under ``prefix`` in lexicographic order, after ``start_after``.
+
+        Lazy, one directory at a time: a subtree wholly before ``start_after`` is never
+        entered, and only the names after it are sorted, so listing the tail of a directory
+        of a million audit records does not sort a million names.
+        """
         base = self._path(prefix.rstrip("/"))
         if not base.is_dir():
             return
-        keys: list[str] = []
-        for dirpath, _dirnames, filenames in os.walk(base):
-            rel = Path(dirpath).relative_to(self.root).as_posix()
-            keys.extend(f"{rel}/{name}" for name in filenames)
-        for key in sorted(keys):
-            if start_after is None or key > start_after:
-                yield key
+        yield from self._list_dir(base.relative_to(self.root).as_posix(), start_after)
+
+    def _list_dir(self, rel: str, start_after: str | None) -> Iterator[str]:
+        entries: list[tuple[str, bool]] = []
+        with os.scandir(self.root / rel) as scan:
+            for entry in scan:
+                key = f"{rel}/{entry.name}"
+                is_dir = entry.is_dir(follow_symlinks=False)
+                # "a/" sorts after "a.json": order directories by their keys' common prefix.
+                order = key + "/" if is_dir else key
+                before = start_after is not None and order <= start_after
+                if before and not (is_dir and start_after.startswith(order)):
+                    continue
+                entries.append((order, is_dir))
+        for order, is_dir in sorted(entries):
+            if is_dir:
+                yield from self._list_dir(order[:-1], start_after)
+            else:
+                yield order
 
     def uri(self, key: str) -> str:
         """The ``file://`` URI of the object behind ``key``."""
