@@ -158,15 +158,16 @@ def build_registry_stage(
         if onnx is not None:
             compared = equivalence(loaded, onnx, _evaluation_rows(pipeline, store, lineage))
             if not compared["agrees"]:
-                refuse(
-                    [
-                        f"the ONNX copy does not match the model on the {compared['rows']} "
-                        f"evaluation rows: largest probability difference "
-                        f"{compared['max_abs_diff']:.3g} (tolerance {compared['tolerance']:g}), "
-                        f"{compared['label_disagreements']} labels differ; the converter "
-                        "mis-translates this estimator"
-                    ]
+                # A copy that scores otherwise than the judged model is never signed or served:
+                # the checks judged the skops model, so that is what is served.
+                context.log.warning(
+                    f"no ONNX copy: it does not match the model on the {compared['rows']} "
+                    f"evaluation rows (largest probability difference "
+                    f"{compared['max_abs_diff']:.3g}, tolerance {compared['tolerance']:g}, "
+                    f"{compared['label_disagreements']} labels differ); served through skops"
                 )
+                onnx = None
+        if onnx is not None:
             lineage[ONNX_FILE] = {**onnx_entry(onnx, pipeline), "equivalence": compared}
         signer = signer_from_environment()
         run_id = meta.get("mlflow_run_id")

@@ -88,7 +88,22 @@ def to_onnx(model: Any, pipeline: PipelineSpec) -> bytes | None:
     if PROBABILITIES not in outputs:
         _LOG.warning("no ONNX copy: the converted graph has outputs %s, no probabilities", outputs)
         return None
-    return graph.SerializeToString()
+    data = graph.SerializeToString()
+    import onnxruntime as ort
+
+    try:
+        # Some converted graphs do not load in onnxruntime (tree ensembles with double
+        # inputs): a copy that cannot be served is no copy.
+        ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    except (ort.capi.onnxruntime_pybind11_state.Fail,
+            ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+            ort.capi.onnxruntime_pybind11_state.NotImplemented) as exc:  # fmt: skip
+        _LOG.warning(
+            "no ONNX copy of %s: onnxruntime does not load the converted graph (%s); served "
+            "through skops", type(estimator).__name__, str(exc)[:300],
+        )  # fmt: skip
+        return None
+    return data
 
 
 def onnx_scores(data: bytes, columns: "dict[str, np.ndarray]") -> "np.ndarray":
