@@ -1,7 +1,10 @@
 """Helpers shared by the benchmark scripts: interleaved repetitions and a ratio report."""
 
 import os
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -58,3 +61,27 @@ def temporary_home(prefix: str) -> tuple[Path, Path]:
     )  # fmt: skip
     (home / "dagster.yaml").write_text(f"storage:\n  sqlite:\n    base_dir: {home}\n")
     return work, home
+
+
+def moto_server() -> tuple[subprocess.Popen, str]:
+    """A moto S3 server in its own process on a free loopback port: (process, endpoint)."""
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return server, f"http://127.0.0.1:{port}"
+        except OSError:
+            if time.monotonic() > deadline:
+                server.terminate()
+                raise
+            time.sleep(0.1)

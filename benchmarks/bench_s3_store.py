@@ -10,13 +10,9 @@ would be deduplicated).
 """
 
 import os
-import socket
-import subprocess
-import sys
-import time
 
 import boto3
-from _common import interleaved, report
+from _common import interleaved, moto_server, report
 
 from secure_pipeline.storage.s3 import S3SnapshotStore
 
@@ -24,26 +20,7 @@ SIZES = {"1 MiB": 1 << 20, "16 MiB": 16 << 20, "96 MiB (multipart)": 96 << 20}
 
 
 def main() -> None:
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+    server, endpoint = moto_server()
     try:
         raw = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
         raw.create_bucket(Bucket="bench-raw")
