@@ -293,7 +293,9 @@ def executor_mode(environment: Environment) -> str:
     """Where steps run: ``SECURE_PIPELINE_EXECUTOR``, else by environment.
 
     Production defaults to Kubernetes; a production deployment on one host (air-gapped, no
-    cluster) sets ``multiprocess`` explicitly, so it is never chosen by accident.
+    cluster) sets ``multiprocess`` explicitly, so it is never chosen by accident. On one host a
+    stage job's steps run in its run's process unless run configuration asks for a process
+    per step (see `secure_pipeline.orchestration.jobs.local_executor`).
     """
     value = read("SECURE_PIPELINE_EXECUTOR")
     if value is None:

@@ -19,7 +19,9 @@ On ``validated_<source>``:
 Every verdict is also an audit record.
 """
 
+import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
@@ -51,6 +53,50 @@ def _latest(instance: dg.DagsterInstance, key: dg.AssetKey) -> Any:
     if record is None:
         raise dg.Failure(f"{key.to_user_string()} has not been materialized yet")
     return record
+
+
+# What schema_conforms parsed and validated, for validated_* in the same process: pipeline name
+# -> (fileset digest, schema version, batch, report). At most one entry per pipeline, popped on
+# use. It holds only what this process computed from bytes it read verified by digest, and is
+# served only for the very same bytes (their SHA-256) and schema; a step in another process
+# (multiprocess, a k8s step pod) finds nothing here and parses again.
+_PARSED: dict[str, tuple[str, str, Any, Any]] = {}
+
+
+def _fileset_digest(files: Mapping[str, bytes]) -> str:
+    digest = hashlib.sha256()
+    for member in sorted(files):
+        digest.update(f"{len(member)}:{member}:{len(files[member])}:".encode())
+        digest.update(files[member])
+    return digest.hexdigest()
+
+
+def _parse_and_validate(
+    pipeline: PipelineSpec, files: Mapping[str, bytes], *, remember: bool
+) -> tuple[Any, Any]:
+    """Parse and pandera-validate a raw fileset, or take the result this process just made.
+
+    Args:
+        pipeline: The spec (its name keys the memo, its schema version must match).
+        files: The raw files, as read (verified) from the store.
+        remember: Keep the result for the next caller (schema_conforms), instead of taking
+            a kept one (validated_*).
+
+    Returns:
+        ``(batch, report)``.
+    """
+    from secure_pipeline.validation.parsing import parse_fileset
+    from secure_pipeline.validation.schema import validate_batch
+
+    digest, version = _fileset_digest(files), pipeline.schema.version
+    kept = None if remember else _PARSED.pop(pipeline.name, None)
+    if kept is not None and kept[0] == digest and kept[1] == version:
+        return kept[2], kept[3]
+    batch = parse_fileset(files, pipeline.schema)
+    report = validate_batch(batch, pipeline.schema)
+    if remember:
+        _PARSED[pipeline.name] = (digest, version, batch, report)
+    return batch, report
 
 
 def _dropped_note(schema: Any) -> str:
@@ -169,13 +215,9 @@ def build_validation_stage(
     def schema_conforms(
         context: dg.AssetCheckExecutionContext, snapshot_store: SnapshotStoreResource
     ) -> dg.AssetCheckResult:
-        from secure_pipeline.validation.parsing import parse_fileset
-        from secure_pipeline.validation.schema import validate_batch
-
         record = _latest(context.instance, raw_key)
         files = load_recorded(snapshot_store.get_store(), record, raw_key)
-        batch = parse_fileset(files, schema)
-        report = validate_batch(batch, schema)
+        batch, report = _parse_and_validate(pipeline, files, remember=True)
         structural = bool(report.structural)
         passed = not structural and report.rejected_rows == 0
         return verdict(
@@ -244,14 +286,14 @@ def build_validation_stage(
     def validated(
         context: dg.AssetExecutionContext, raw: dict, snapshot_store: SnapshotStoreResource
     ):  # no return annotation: with a check spec, dagster reads one as per-output types
-        from secure_pipeline.validation.parsing import parse_fileset
         from secure_pipeline.validation.quarantine import quarantine_table
-        from secure_pipeline.validation.schema import validate_batch, validated_rows
+        from secure_pipeline.validation.schema import validated_rows
 
         # First: without its key (production must configure it) nothing is parsed at all.
         key = _pseudonym_key(pipeline)
-        batch = parse_fileset(raw, schema)
-        report = validate_batch(batch, schema)
+        # In the same process as schema_conforms (the default executor), its parse of these
+        # very bytes is reused; elsewhere they are parsed again.
+        batch, report = _parse_and_validate(pipeline, raw, remember=False)
         if report.structural:
             raise dg.Failure(
                 description=(

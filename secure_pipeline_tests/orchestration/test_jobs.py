@@ -201,7 +201,7 @@ def test_run_pods_use_the_run_service_account(production) -> None:
 def test_local_jobs_use_the_default_executor() -> None:
     defs = adult_pipeline().build_definitions(Environment.LOCAL)
     for name in STAGES:
-        assert defs.resolve_job_def(name).executor_def.name == "multiprocess_preloaded"
+        assert defs.resolve_job_def(name).executor_def.name == "in_process_by_default"
 
 
 def test_a_single_host_production_runs_without_kubernetes(monkeypatch) -> None:
@@ -209,7 +209,7 @@ def test_a_single_host_production_runs_without_kubernetes(monkeypatch) -> None:
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("SECURE_PIPELINE_EXECUTOR", "multiprocess")
     defs = adult_pipeline().build_definitions()
-    assert defs.resolve_job_def("adult_train").executor_def.name == "multiprocess_preloaded"
+    assert defs.resolve_job_def("adult_train").executor_def.name == "in_process_by_default"
     monkeypatch.setenv("SECURE_PIPELINE_EXECUTOR", "k8s")
     with pytest.raises(Exception, match="SECURE_PIPELINE_EXECUTOR must be one of"):
         adult_pipeline().build_definitions()
