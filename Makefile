@@ -82,6 +82,7 @@ bench: sync
 	$(RUN) python benchmarks/bench_live_recording.py
 	$(RUN) python benchmarks/bench_recovery.py
 	$(RUN) python benchmarks/bench_audit.py --quick
+	$(RUN) python benchmarks/bench_serving.py
 
 clean:
 	rm -rf .venv $(TOOLS) .pytest_cache .ruff_cache

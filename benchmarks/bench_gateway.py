@@ -84,7 +84,7 @@ with dg.DagsterInstance.get() as instance:
     result = materialize_all(adult_pipeline(), instance)
     assert result.success, [e.message for e in result.all_events if e.is_failure]
     meta = instance.get_latest_materialization_event(
-        dg.AssetKey("registered_model")).asset_materialization.metadata
+        dg.AssetKey(["adult", "registered_model"])).asset_materialization.metadata
     print("VERSION", meta["model_version"].value, flush=True)
 """
 

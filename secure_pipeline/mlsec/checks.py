@@ -209,12 +209,20 @@ def _track(
 ) -> None:
     from secure_pipeline.training.tracking import log_check, tracked_run
 
-    if judged.mlflow_run_id is None:
-        return
-    with tracked_run(experiment_name(pipeline), run_id=judged.mlflow_run_id) as mlflow:
-        log_check(mlflow, check, metrics, result)
+    try:
+        if judged.mlflow_run_id is None:
+            return
+        with tracked_run(experiment_name(pipeline), run_id=judged.mlflow_run_id) as mlflow:
+            log_check(mlflow, check, metrics, result)
+            if figure is not None:
+                mlflow.log_figure(figure, f"plots/{check}.png")
+    finally:
         if figure is not None:
-            mlflow.log_figure(figure, f"plots/{check}.png")
+            # pyplot keeps every figure until closed: one process now runs a stage's checks
+            # (and a test process many runs), so each is released once logged.
+            import matplotlib.pyplot as plt
+
+            plt.close(figure)
 
 
 def _fairness_advice(pipeline: PipelineSpec, judged: Judged, result: Any) -> str | None:

@@ -230,6 +230,38 @@ def _no_constant(name: str) -> None:
     raise AssertionError(f"{name} in an error document")
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"age": "forty"}, {"age": True}, {"age": 300}, {"age": 16}, {"age": 17.5},
+        {"age": None}, {"age": 2**60 + 1}, {"age": 10**400}, {"workclass": "Pirate"},
+        {"workclass": 7}, {"capital_gain": True}, {"capital_gain": None},
+        {"ssn": "123-45-6789"},
+    ],
+    ids=repr,
+)  # fmt: skip
+def test_a_bad_value_among_many_rows_is_refused_as_alone(served, change) -> None:
+    # Many rows are tested a column at a time, one row value by value: the same refusal.
+    service, client = served
+    good = _payload(_rows(100), [f.name for f in service.fields])
+    bad = {**good[57], **change}
+    alone = client.post("/predict", json={"rows": [bad]})
+    among = client.post("/predict", json={"rows": [*good[:57], bad, *good[58:]]})
+    assert alone.status_code == among.status_code == 422, among.text
+    (expected,) = alone.json()["problems"]
+    (found,) = among.json()["problems"]
+    assert found == {**expected, "row": 57}
+
+
+def test_a_missing_field_among_many_rows_is_refused_as_alone(served) -> None:
+    service, client = served
+    good = _payload(_rows(100), [f.name for f in service.fields])
+    bad = {k: v for k, v in good[57].items() if k != "education"}
+    among = client.post("/predict", json={"rows": [*good[:57], bad, *good[58:]]})
+    assert among.status_code == 422
+    assert among.json()["problems"] == [{"row": 57, "field": "education", "expected": "present"}]
+
+
 def test_an_integer_beyond_the_float_range_is_a_schema_error(served) -> None:
     service, client = served
     row = _payload(_rows(1), [f.name for f in service.fields])[0]

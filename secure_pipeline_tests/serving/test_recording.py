@@ -124,6 +124,23 @@ def test_a_batch_is_signed_stored_and_read_back(local_store) -> None:
     assert empty.requests == 0
 
 
+@pytest.mark.parametrize("sample_rate", [1.0, 0.5])
+def test_columns_as_arrays_record_what_a_frame_records(local_store, sample_rate) -> None:
+    # The ONNX path hands the recorder one array per input column, never a frame.
+    request = _scored(40)
+    columns = {name: request[0][name].to_numpy() for name in INPUTS}
+    recorder = _recorder(local_store, _pipeline(sample_rate=sample_rate))
+    kept = recorder.record(columns, *request[1:])
+    assert 0 < kept <= 40 if sample_rate < 1 else kept == 40
+    recorder.flush()
+    traffic = _window(local_store).traffic
+    expected = request[0].assign(id=request[4]).set_index("id").loc[traffic["id"]]
+    np.testing.assert_array_equal(traffic[INPUTS].to_numpy(), expected[INPUTS].to_numpy())
+    assert traffic["sex"].tolist() == [
+        request[1]["sex"][request[4].index(i)] for i in traffic["id"]
+    ]
+
+
 def test_a_batch_without_rows_still_counts_the_answers(local_store) -> None:
     recorder = _recorder(local_store)
     for code in (500, 500, 200):

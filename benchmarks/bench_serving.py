@@ -1,0 +1,400 @@
+"""The model server vs MLflow's, and the ONNX path's cost vs onnxruntime called directly.
+
+Goals: the slot's throughput >= 5x that of ``mlflow models serve`` of the same model version, for
+single-row and 100-row requests; the slot's per-request cost on the ONNX path <= 2x
+``InferenceSession.run`` called directly on the same input.
+
+The model is the reference pipeline's, trained, signed, registered and promoted once in a
+temporary home (a subprocess, ~40 s), with its verified ONNX copy.
+
+1. Over HTTP, one load generator in this process for both servers: N threads, each with one
+   persistent keep-alive connection, sending requests back to back (closed loop) for
+   ``SECONDS``, the two servers alternating window by window (ABBA) ``REPEATS`` times, at 1
+   and 4 connections, with 1 and 100 rows per request.
+
+   * the slot: ``secure-pipeline serve`` as the blue-green deployment starts it (one uvicorn
+     process; mutual TLS 1.3, the model verified before load, input validation, metrics, live
+     recording of every row), ``POST /predict`` with raw rows;
+   * MLflow: ``mlflow models serve -m models:/adult/<version> --env-manager local --workers 1``
+     (one uvicorn process, plain HTTP, no TLS; it loads a skops model only with
+     ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true``, trusting the type list the artifact itself
+     names, set for this baseline alone), ``POST /invocations`` with the same rows
+     already encoded as the model's inputs (``dataframe_records``: it has no feature encoding of
+     its own), answering labels.
+
+   Every answer must be 200 (anything else makes the figures invalid). Throughput is the median
+   over the windows; the ratio is slot / MLflow within the invocation. The client shares the two
+   cores with the server under test.
+
+2. In this process, per request (median of ``CALL_REPEATS`` calls after a warm-up): the slot's
+   request path without the socket (the body's JSON parse with the slot's own refusals,
+   ``ModelService.predict`` and the JSON answer as Starlette renders it) on the ONNX path and on
+   the skops path (the same service with its ONNX predictor set aside), against
+   ``session.run`` on the already-encoded feeds of the same rows and ``predict_proba`` on the
+   already-built frame.
+
+Runs ~3 minutes on 2 cores: ``python benchmarks/bench_serving.py``.
+"""
+
+import gc
+import http.client
+import json
+import os
+import shutil
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_gateway import (  # noqa: E402 - a sibling script
+    ROW,
+    children,
+    free_port,
+    process_cpu,
+    reference_model,
+)
+
+THROUGHPUT_GOAL = 5.0
+COST_GOAL = 2.0
+CONNECTIONS = (1, 4)
+ROWS = (1, 100)
+SECONDS = 2.0
+REPEATS = 4
+CALL_REPEATS = 400
+_ISOLATED_PREFIXES = ("SECURE_PIPELINE_", "DAGSTER_PG_", "AWS_", "MLFLOW_")
+HEADERS = {"Content-Type": "application/json"}
+
+
+@dataclass
+class Target:
+    """One server under load: how to connect, where to post and what."""
+
+    connect: Callable[[], http.client.HTTPConnection]
+    path: str
+    bodies: dict[int, bytes]
+    pids: list[int]
+
+
+@dataclass
+class Window:
+    """One target's requests in one load window."""
+
+    seconds: float
+    latencies: list[float] = field(default_factory=list)
+    failures: Counter = field(default_factory=Counter)
+    cpu: float = 0.0
+
+    @property
+    def throughput(self) -> float:
+        """Answered (200) requests per second."""
+        return len(self.latencies) / self.seconds
+
+
+def load(target: Target, rows: int, connections: int, seconds: float) -> Window:
+    """Send ``rows``-row requests to ``target`` for ``seconds`` from ``connections`` threads."""
+    body = target.bodies[rows]
+    ready = threading.Barrier(connections + 1)
+    start: list[float] = []
+    results: list[tuple[Window, float]] = []
+    lock = threading.Lock()
+
+    def send(connection: http.client.HTTPConnection) -> int:
+        connection.request("POST", target.path, body, HEADERS)
+        response = connection.getresponse()
+        response.read()
+        return response.status
+
+    def worker() -> None:
+        window = Window(seconds)
+        connection = target.connect()
+        try:
+            if (status := send(connection)) != 200:  # connect (and handshake) first
+                window.failures[f"warm-up {status}"] += 1
+        except (OSError, http.client.HTTPException) as exc:
+            window.failures[f"warm-up {type(exc).__name__}"] += 1
+        ready.wait()
+        end, clock, last = start[0] + seconds, time.perf_counter, 0.0
+        while clock() < end:
+            sent = clock()
+            try:
+                status = send(connection)
+                last = clock()
+                if status == 200:
+                    window.latencies.append(last - sent)
+                else:
+                    window.failures[str(status)] += 1
+            except (OSError, http.client.HTTPException) as exc:
+                last = clock()
+                window.failures[type(exc).__name__] += 1
+                connection.close()
+                connection = target.connect()
+        connection.close()
+        with lock:
+            results.append((window, last))
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(connections)]
+    for thread in threads:
+        thread.start()
+    gc.collect()
+    gc.disable()  # a collection in the client is not the server's cost
+    try:
+        before = process_cpu(target.pids)
+        start.append(time.perf_counter())
+        ready.wait()
+        for thread in threads:
+            thread.join()
+        cpu = process_cpu(target.pids) - before
+    finally:
+        gc.enable()
+    merged = Window(max(last for _, last in results) - start[0], cpu=cpu)
+    for window, _ in results:
+        merged.latencies += window.latencies
+        merged.failures += window.failures
+    return merged
+
+
+def start_mlflow(version: str) -> tuple[subprocess.Popen, int]:
+    """``mlflow models serve`` of the registered version; waits until it answers /ping."""
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "mlflow"), "models", "serve",
+               "-m", f"models:/adult/{version}", "--env-manager", "local", "--workers", "1",
+               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    # MLflow runs `uvicorn` by name: this environment's scripts go first on its PATH.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        # MLflow loads no skops model without this (it would trust the type list the artifact
+        # itself carries): a baseline only, the reason the slot verifies and loads on its own.
+        env={**os.environ, "PATH": path, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true"},
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"mlflow models serve exited:\n{process.stderr.read()[-3000:]}")
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            connection.request("GET", "/ping")
+            if connection.getresponse().status == 200:
+                connection.close()
+                return process, port
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError("mlflow models serve did not answer /ping within 120 s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop a server started in its own session, and its workers."""
+    try:
+        os.killpg(process.pid, 15)
+        process.wait(timeout=10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(process.pid, 9)
+
+
+def median_call(fn: Callable[[], object], repeats: int = CALL_REPEATS) -> float:
+    """Median seconds of one call of ``fn`` (after 20 warm-up calls)."""
+    for _ in range(20):
+        fn()
+    samples = []
+    clock = time.perf_counter
+    gc.collect()
+    for _ in range(repeats):
+        started = clock()
+        fn()
+        samples.append(clock() - started)
+    return statistics.median(samples)
+
+
+def per_request_costs(service: Any) -> dict[int, dict[str, float]]:
+    """Rows -> the slot's request path (ONNX, skops) and the bare runtimes, in seconds."""
+    from starlette.responses import JSONResponse
+
+    from secure_pipeline.serving import server
+
+    costs: dict[int, dict[str, float]] = {}
+    predictor = service.predictor
+    for rows in ROWS:
+        body = json.dumps({"rows": [ROW] * rows}).encode()
+
+        def request(body: bytes = body) -> bytes:
+            document = json.loads(
+                body, parse_constant=server._refuse_constant, parse_float=server._finite_float
+            )
+            return JSONResponse(service.predict(document)).body
+
+        columns = server.rows_to_frame(
+            [ROW] * rows, service.fields, service.pipeline, service.inputs, service.limits,
+            service._optional, as_arrays=True,
+        )  # fmt: skip
+        feeds = predictor.feeds(columns)
+        session = predictor.session
+        frame = server.rows_to_frame(
+            [ROW] * rows, service.fields, service.pipeline, service.inputs, service.limits,
+            service._optional,
+        )  # fmt: skip
+        model = service.model
+        figures = {
+            "onnxruntime session.run": median_call(
+                lambda session=session, feeds=feeds: session.run(None, feeds)
+            ),
+            "slot request, ONNX path": median_call(request),
+            "sklearn predict_proba": median_call(
+                lambda model=model, frame=frame: model.predict_proba(frame)
+            ),
+        }
+        service.predictor = None
+        try:
+            figures["slot request, skops path"] = median_call(request)
+        finally:
+            service.predictor = predictor
+        costs[rows] = figures
+    return costs
+
+
+def encoded_rows(service: Any, rows: int) -> list[dict[str, Any]]:
+    """The model-input encoding of ``rows`` copies of the request row (what MLflow takes)."""
+    from secure_pipeline.serving import server
+
+    frame = server.rows_to_frame(
+        [ROW] * rows, service.fields, service.pipeline, service.inputs, service.limits,
+        service._optional,
+    )  # fmt: skip
+    return json.loads(frame.to_json(orient="records"))
+
+
+def main() -> None:
+    from secure_pipeline import environment as env
+    from secure_pipeline.promotion.bluegreen import (
+        DeploymentState,
+        controller_context,
+        down,
+        slot_pki,
+        up,
+    )
+    from secure_pipeline.reference.adult import adult_pipeline
+    from secure_pipeline.serving.certs import init_dev_pki
+    from secure_pipeline.serving.server import ModelService
+
+    work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    home, directory = work / "home", work / "deployment"
+    home.mkdir()
+    for name in list(os.environ):
+        if name.startswith(_ISOLATED_PREFIXES) or name == "DAGSTER_HOME":
+            del os.environ[name]
+    os.environ.update(SECURE_PIPELINE_HOME=str(home), DAGSTER_HOME=str(home))
+    mlflow_server = None
+    try:
+        started = time.perf_counter()
+        version = reference_model(home)
+        print(f"reference model adult/{version} trained, registered and promoted "
+              f"({time.perf_counter() - started:.0f} s)")  # fmt: skip
+        env.configure_mlflow()  # the home's registry, for MLflow's server too
+
+        # In this process: the same verified model, for the per-request costs and the encoding.
+        service = ModelService(adult_pipeline(), f"models:/adult/{version}", "blue")
+        service.load()
+        if service.state != "ready" or service.runtime != "onnx":
+            raise RuntimeError(f"the slot did not load its ONNX copy: {service.reason}")
+        costs = per_request_costs(service)
+        bodies_mlflow = {
+            rows: json.dumps({"dataframe_records": encoded_rows(service, rows)}).encode()
+            for rows in ROWS
+        }
+        service.close()
+
+        pki = init_dev_pki(work / "pki")
+        up(
+            directory, adult_pipeline(), model_ref=f"models:/adult/{version}",
+            listen=f"127.0.0.1:{free_port()}",
+            slot_ports={"blue": free_port(), "green": free_port()},
+            server_cert=pki.server_cert, server_key=pki.server_key, client_ca=pki.ca_cert,
+            identities={"ops": ("admin",)},
+        )  # fmt: skip
+        state = DeploymentState.load(directory)
+        slot_host, _, slot_port = state.slots["blue"].address.rpartition(":")
+        slot_context = controller_context(slot_pki(directory))
+        slot_context.minimum_version = ssl.TLSVersion.TLSv1_3
+        mlflow_server, mlflow_port = start_mlflow(version)
+        targets = {
+            "slot (ONNX)": Target(
+                lambda: http.client.HTTPSConnection(
+                    slot_host, int(slot_port), context=slot_context, timeout=30
+                ),
+                "/predict",
+                {rows: json.dumps({"rows": [ROW] * rows}).encode() for rows in ROWS},
+                [state.slots["blue"].pid],
+            ),
+            "mlflow models serve": Target(
+                lambda: http.client.HTTPConnection("127.0.0.1", mlflow_port, timeout=30),
+                "/invocations",
+                bodies_mlflow,
+                [mlflow_server.pid, *children(mlflow_server.pid)],
+            ),
+        }
+        print(f"load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs; "
+              f"{SECONDS:g} s windows, ABBA x {REPEATS}")  # fmt: skip
+        failures: Counter = Counter()
+        verdicts: list[tuple[str, float]] = []
+        print("\n1. throughput over HTTP (requests/s, median of windows; server CPU as a share "
+              "of one core)")  # fmt: skip
+        for rows in ROWS:
+            for connections in CONNECTIONS:
+                for target in targets.values():
+                    load(target, rows, connections, 0.5)  # warm-up
+                windows: dict[str, list[Window]] = {name: [] for name in targets}
+                for repeat in range(REPEATS):
+                    for name in list(targets)[:: 1 if repeat % 2 == 0 else -1]:
+                        windows[name].append(load(targets[name], rows, connections, SECONDS))
+                medians = {}
+                for name, runs in windows.items():
+                    failures += sum((w.failures for w in runs), Counter())
+                    medians[name] = statistics.median(w.throughput for w in runs)
+                    latencies = sorted(x for w in runs for x in w.latencies)
+                    p50 = latencies[len(latencies) // 2] * 1000 if latencies else float("nan")
+                    cpu = sum(w.cpu for w in runs) / sum(w.seconds for w in runs)
+                    print(f"  {rows:>3} row(s), {connections} conn, {name:<22} "
+                          f"{medians[name]:8.0f} req/s ({medians[name] * rows:9.0f} rows/s)  "
+                          f"p50 {p50:6.2f} ms  CPU {cpu:4.0%}")  # fmt: skip
+                ratio = medians["slot (ONNX)"] / medians["mlflow models serve"]
+                print(f"  {'':>3}  -> slot / mlflow {ratio:.2f}x")
+                verdicts.append((f"{rows} row(s), {connections} connection(s)", ratio))
+
+        print("\n2. per request in this process (median of "
+              f"{CALL_REPEATS} calls, microseconds)")  # fmt: skip
+        cost_verdicts = []
+        for rows, figures in costs.items():
+            base = figures["onnxruntime session.run"]
+            for name, seconds in figures.items():
+                print(f"  {rows:>3} row(s)  {name:<28} {seconds * 1e6:9.1f} us   "
+                      f"{seconds / base:6.2f}x session.run")  # fmt: skip
+            cost_verdicts.append((rows, figures["slot request, ONNX path"] / base))
+
+        print("\nverdicts")
+        for what, ratio in verdicts:
+            print(f"  throughput {what}: slot {ratio:.2f}x mlflow (goal >= {THROUGHPUT_GOAL:g}x: "
+                  f"{'meets' if ratio >= THROUGHPUT_GOAL else 'MISSES'})")  # fmt: skip
+        for rows, ratio in cost_verdicts:
+            print(f"  ONNX path {rows} row(s): {ratio:.2f}x session.run (goal <= "
+                  f"{COST_GOAL:g}x: {'meets' if ratio <= COST_GOAL else 'MISSES'})")  # fmt: skip
+        if sum(failures.values()):
+            print(f"INVALID: some requests were not answered 200: {dict(failures)}")
+    finally:
+        if mlflow_server is not None:
+            stop(mlflow_server)
+        if (directory / "deployment.json").is_file():
+            down(directory)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
