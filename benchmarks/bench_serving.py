@@ -172,7 +172,10 @@ def start_mlflow(version: str) -> tuple[subprocess.Popen, int]:
     # MLflow runs `uvicorn` by name: this environment's scripts go first on its PATH.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
         # MLflow loads no skops model without this (it would trust the type list the artifact
         # itself carries): a baseline only, the reason the slot verifies and loads on its own.
         env={**os.environ, "PATH": path, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true"},
