@@ -149,6 +149,7 @@ def main() -> None:
 
         raw = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
         rates: dict[str, float] = {}
+        local_rates: dict[int, float] = {}
         lookups: dict[int, float] = {}
         for n in sizes:
             local = LocalSnapshotStore(work / f"trail-{n}", fsync=False)
@@ -158,6 +159,7 @@ def main() -> None:
             seconds, status = timed(lambda log=log: log.verify(trust=trust))
             rate = status.count / seconds
             rates.setdefault("local", rate)
+            local_rates[n] = rate
             print(f"  verify local        {seconds:7.2f} s  {rate:9.0f} records/s  "
                   f"ratio to 10k {rate / rates['local']:5.2f}  "
                   f"vs per-record {rate / base_rate:5.1f}x")  # fmt: skip
@@ -196,8 +198,11 @@ def main() -> None:
         for n in sorted(lookups):
             print(f"  {n:>9} records  {lookups[n] * 1000:8.1f} ms  ratio to 1k "
                   f"{lookups[n] / lookups[1_000]:5.2f}")  # fmt: skip
-        verdict = "meets" if rates["local"] >= 50_000 else "MISSES"
-        print(f"\ngoal >= 50k records/s locally: {verdict} ({rates['local']:.0f} at 10k)")
+        # Judged at every size: a rate that holds at 10k but not at 1M is not linear.
+        slowest = min(local_rates, key=local_rates.__getitem__)
+        verdict = "meets" if local_rates[slowest] >= 50_000 else "MISSES"
+        print(f"\ngoal >= 50k records/s locally at every size: {verdict} (slowest "
+              f"{local_rates[slowest]:.0f} at {slowest:,} records)")  # fmt: skip
     finally:
         server.terminate()
         shutil.rmtree(work, ignore_errors=True)

@@ -26,7 +26,8 @@ temporary home (a subprocess, ~40 s), with its verified ONNX copy.
    over the windows; the ratio is slot / MLflow within the invocation. The client shares the two
    cores with the server under test.
 
-2. In this process, per request (median of ``CALL_REPEATS`` calls after a warm-up): the slot's
+2. In this process, per request (the variants taking turns in blocks, each block's ratio against
+   its own ``session.run``): the slot's
    request path without the socket (the body's JSON parse with the slot's own refusals,
    ``ModelService.predict`` and the JSON answer as Starlette renders it) on the ONNX path and on
    the skops path (the same service with its ONNX predictor set aside), against
@@ -70,7 +71,8 @@ CONNECTIONS = (1, 4)
 ROWS = (1, 100)
 SECONDS = 2.0
 REPEATS = 4
-CALL_REPEATS = 400
+CALL_REPEATS = 800
+BLOCKS = 16
 _ISOLATED_PREFIXES = ("SECURE_PIPELINE_", "DAGSTER_PG_", "AWS_", "MLFLOW_")
 HEADERS = {"Content-Type": "application/json"}
 
@@ -204,13 +206,10 @@ def stop(process: subprocess.Popen) -> None:
         os.killpg(process.pid, 9)
 
 
-def median_call(fn: Callable[[], object], repeats: int = CALL_REPEATS) -> float:
-    """Median seconds of one call of ``fn`` (after 20 warm-up calls)."""
-    for _ in range(20):
-        fn()
+def median_call(fn: Callable[[], object], repeats: int) -> float:
+    """Median seconds of one call of ``fn`` over ``repeats`` calls."""
     samples = []
     clock = time.perf_counter
-    gc.collect()
     for _ in range(repeats):
         started = clock()
         fn()
@@ -218,13 +217,18 @@ def median_call(fn: Callable[[], object], repeats: int = CALL_REPEATS) -> float:
     return statistics.median(samples)
 
 
-def per_request_costs(service: Any) -> dict[int, dict[str, float]]:
-    """Rows -> the slot's request path (ONNX, skops) and the bare runtimes, in seconds."""
+def per_request_costs(service: Any) -> dict[int, dict[str, tuple[float, float]]]:
+    """Rows -> variant -> (median seconds, median ratio to ``session.run`` in its block).
+
+    The variants take turns in ``BLOCKS`` blocks of ``CALL_REPEATS / BLOCKS`` calls each, so a
+    slower moment of the machine hits all of them; each block's ratio is against the
+    ``session.run`` median of the same block.
+    """
     from starlette.responses import JSONResponse
 
     from secure_pipeline.serving import server
 
-    costs: dict[int, dict[str, float]] = {}
+    costs: dict[int, dict[str, tuple[float, float]]] = {}
     predictor = service.predictor
     for rows in ROWS:
         body = json.dumps({"rows": [ROW] * rows}).encode()
@@ -234,6 +238,13 @@ def per_request_costs(service: Any) -> dict[int, dict[str, float]]:
                 body, parse_constant=server._refuse_constant, parse_float=server._finite_float
             )
             return JSONResponse(service.predict(document)).body
+
+        def skops_request(body: bytes = body) -> bytes:
+            service.predictor = None
+            try:
+                return request(body)
+            finally:
+                service.predictor = predictor
 
         columns = server.rows_to_frame(
             [ROW] * rows, service.fields, service.pipeline, service.inputs, service.limits,
@@ -246,21 +257,43 @@ def per_request_costs(service: Any) -> dict[int, dict[str, float]]:
             service._optional,
         )  # fmt: skip
         model = service.model
-        figures = {
-            "onnxruntime session.run": median_call(
-                lambda session=session, feeds=feeds: session.run(None, feeds)
+        variants: dict[str, Callable[[], object]] = {
+            "onnxruntime session.run": lambda s=session, f=feeds: s.run(None, f),
+            "  of it: JSON parse + render": lambda b=body: (
+                JSONResponse(
+                    json.loads(
+                        b, parse_constant=server._refuse_constant, parse_float=server._finite_float
+                    )
+                ).body
             ),
-            "slot request, ONNX path": median_call(request),
-            "sklearn predict_proba": median_call(
-                lambda model=model, frame=frame: model.predict_proba(frame)
-            ),
+            "  of it: validate + encode rows": lambda r=[ROW] * rows: server.rows_to_frame(
+                r,
+                service.fields,
+                service.pipeline,
+                service.inputs,
+                service.limits,
+                service._optional,
+                as_arrays=True,
+                features=service._features,
+            ),  # fmt: skip
+            "slot request, ONNX path": request,
+            "sklearn predict_proba": lambda m=model, f=frame: m.predict_proba(f),
+            "slot request, skops path": skops_request,
         }
-        service.predictor = None
-        try:
-            figures["slot request, skops path"] = median_call(request)
-        finally:
-            service.predictor = predictor
-        costs[rows] = figures
+        for fn in variants.values():  # warm-up
+            median_call(fn, 20)
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        ratios: dict[str, list[float]] = {name: [] for name in variants}
+        gc.collect()
+        for _ in range(BLOCKS):
+            block = {name: median_call(fn, CALL_REPEATS // BLOCKS) for name, fn in variants.items()}
+            for name, seconds in block.items():
+                times[name].append(seconds)
+                ratios[name].append(seconds / block["onnxruntime session.run"])
+        costs[rows] = {
+            name: (statistics.median(times[name]), statistics.median(ratios[name]))
+            for name in variants
+        }
     return costs
 
 
@@ -372,15 +405,14 @@ def main() -> None:
                 print(f"  {'':>3}  -> slot / mlflow {ratio:.2f}x")
                 verdicts.append((f"{rows} row(s), {connections} connection(s)", ratio))
 
-        print("\n2. per request in this process (median of "
-              f"{CALL_REPEATS} calls, microseconds)")  # fmt: skip
+        print(f"\n2. per request in this process ({CALL_REPEATS} calls each in {BLOCKS} "
+              "interleaved blocks; median time, median of the blocks' ratios)")  # fmt: skip
         cost_verdicts = []
         for rows, figures in costs.items():
-            base = figures["onnxruntime session.run"]
-            for name, seconds in figures.items():
+            for name, (seconds, ratio) in figures.items():
                 print(f"  {rows:>3} row(s)  {name:<28} {seconds * 1e6:9.1f} us   "
-                      f"{seconds / base:6.2f}x session.run")  # fmt: skip
-            cost_verdicts.append((rows, figures["slot request, ONNX path"] / base))
+                      f"{ratio:6.2f}x session.run")  # fmt: skip
+            cost_verdicts.append((rows, figures["slot request, ONNX path"][1]))
 
         print("\nverdicts")
         for what, ratio in verdicts:
