@@ -86,21 +86,37 @@ class Direct:
         self.audit = AuditLog(self.store)
         self.run_id = str(uuid.uuid4())
         self.steps: dict[str, float] = {}
+        self.parsed: Any = None  # schema_conforms's (batch, report), for validated_*
         self.experiment = f"secure_pipeline/{self.pipeline.name}"
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
-        """Time one step (named like its Dagster step key)."""
+        """Time one step (named like its Dagster step key: ``adult__features``)."""
         started = time.perf_counter()
         yield
-        self.steps[name] = time.perf_counter() - started
+        self.steps[f"{self.pipeline.name}__{name}"] = time.perf_counter() - started
+
+    def path(self, asset: str | list[str]) -> list[str]:
+        """The store path of one of the pipeline's assets (keys carry the pipeline's name)."""
+        return [self.pipeline.name, *([asset] if isinstance(asset, str) else asset)]
+
+    def user(self, asset: str) -> str:
+        """An asset's key as a user string (``adult/features``), as manifests name it."""
+        return f"{self.pipeline.name}/{asset}"
+
+    def up(self, upstream: dict[str, str]) -> dict[str, str]:
+        """Upstream digests keyed by the assets' user strings, as the IO manager records them."""
+        return {self.user(name): digest for name, digest in upstream.items()}
 
     def output(self, asset: str, data: bytes, ext: str, fmt: str, **manifest: Any) -> Any:
         """What the IO manager does with an output: store it create-only and audit it."""
-        ref = self.store.put_bytes(asset, data, ext=ext, format=fmt, run_id=self.run_id,
-                                   code_version=self.pipeline.code_version, **manifest)  # fmt: skip
+        if "upstream" in manifest:
+            manifest["upstream"] = self.up(manifest["upstream"])
+        ref = self.store.put_bytes(self.path(asset), data, ext=ext, format=fmt,
+                                   run_id=self.run_id, code_version=self.pipeline.code_version,
+                                   **manifest)  # fmt: skip
         self.audit.append(
-            "snapshot.stored", signer=self.signer(asset), actor=f"asset:{asset}",
+            "snapshot.stored", signer=self.signer(asset), actor=f"asset:{self.user(asset)}",
             run_id=self.run_id, subject=ref.sha256,
             details={"key": ref.key, "format": fmt, "bytes": ref.size, "new": ref.created},
         )  # fmt: skip
@@ -137,6 +153,7 @@ class Direct:
         from secure_pipeline.verdicts import verdict_statement
 
         signer = self.signer(asset)
+        asset = self.user(asset)
         details = {"asset": asset, "check": check, "passed": passed, "severity": severity,
                    **summary}  # fmt: skip
         if subject is not None:
@@ -193,7 +210,7 @@ class Direct:
                 retrieved_at = utc_now()
                 with connector.open(uri, max_bytes=source.max_bytes) as fetched:
                     ref = store.put_stream(
-                        name, fetched.chunks, ext=source.format, format=source.format,
+                        self.path(name), fetched.chunks, ext=source.format, format=source.format,
                         max_bytes=source.max_bytes, run_id=self.run_id,
                         code_version=pipeline.code_version,
                         extra={"member": source_file.member, "source": redact_uri(uri)},
@@ -205,15 +222,16 @@ class Direct:
                     run_id=self.run_id, schema_version=pipeline.schema.version,
                     facts=fetched.facts,
                 ))  # fmt: skip
-            index = store.put_fileset(name, members, run_id=self.run_id,
+            index = store.put_fileset(self.path(name), members, run_id=self.run_id,
                                       code_version=pipeline.code_version)  # fmt: skip
             provenance = store.put_bytes(
-                [name, "_provenance"], provenance_document(name, location, index.sha256, records),
+                self.path([name, "_provenance"]),
+                provenance_document(self.user(name), location, index.sha256, records),
                 ext="json", format="provenance", upstream={}, run_id=self.run_id,
                 code_version=pipeline.code_version,
             )  # fmt: skip
             self.audit.append(
-                "ingestion.stored", signer=self.signer(name), actor=f"asset:{name}",
+                "ingestion.stored", signer=self.signer(name), actor=f"asset:{self.user(name)}",
                 run_id=self.run_id,
                 subject=index.sha256,
                 details={"pipeline": pipeline.name, "source": redact_uri(location),
@@ -232,6 +250,8 @@ class Direct:
         with self.step(f"{name}_schema_conforms"):
             batch = parse_fileset(store.read_fileset(index), pipeline.schema)
             report = validate_batch(batch, pipeline.schema)
+            # Kept for validated_*, as the stage does in one process (the same bytes).
+            self.parsed = (batch, report)
             structural = bool(report.structural)
             self.verdict(name, "schema_conforms",
                          not structural and report.rejected_rows == 0, index.sha256,
@@ -245,23 +265,25 @@ class Direct:
         """validated_adult (+ reject_rate_within_limit), expectations_met."""
         from secure_pipeline.storage.snapshots import canonical_json
         from secure_pipeline.storage.tables import table_to_parquet
+        from secure_pipeline.validation.assets import _pseudonym_key
         from secure_pipeline.validation.expectations import run_expectations
-        from secure_pipeline.validation.parsing import parse_fileset
         from secure_pipeline.validation.quarantine import quarantine_table
-        from secure_pipeline.validation.schema import validate_batch
+        from secure_pipeline.validation.schema import validated_rows
 
         pipeline, store = self.pipeline, self.store
         raw_name, name = pipeline.raw_asset_name, pipeline.validated_asset_name
         with self.step(name):
-            batch = parse_fileset(store.read_fileset(raw), pipeline.schema)  # the IO manager
-            report = validate_batch(batch, pipeline.schema)
+            key = _pseudonym_key(pipeline)
+            store.read_fileset(raw)  # the IO manager reads (and verifies) the fileset
+            batch, report = self.parsed  # schema_conforms's parse of the same bytes
             assert not report.structural
             assert report.rejected is not None
-            kept = batch.frame[~report.rejected].reset_index(drop=True)
-            quarantine = quarantine_table(batch, report)
+            kept = validated_rows(batch, report, pipeline.schema, key)
+            quarantine = quarantine_table(batch, report, pipeline.schema, key)
             validated = self.table(name, kept, {raw_name: raw.sha256})
-            store.put_bytes([name, "_quarantine"], table_to_parquet(quarantine), ext="parquet",
-                            format="parquet", upstream={raw_name: raw.sha256},
+            store.put_bytes(self.path([name, "_quarantine"]), table_to_parquet(quarantine),
+                            ext="parquet", format="parquet",
+                            upstream=self.up({raw_name: raw.sha256}),
                             run_id=self.run_id, code_version=pipeline.code_version,
                             extra={"rows": quarantine.num_rows})  # fmt: skip
             self.verdict(name, "reject_rate_within_limit",
@@ -271,9 +293,9 @@ class Direct:
         with self.step(f"{name}_expectations_met"):
             result = run_expectations(self.frame(validated), pipeline.schema)
             store.put_bytes(
-                [name, "_expectations"],
+                self.path([name, "_expectations"]),
                 canonical_json(json.loads(json.dumps(result.document, default=str))),
-                ext="json", format="json", upstream={name: validated.sha256},
+                ext="json", format="json", upstream=self.up({name: validated.sha256}),
                 run_id=self.run_id, code_version=pipeline.code_version,
             )  # fmt: skip
             self.verdict(name, "expectations_met", result.success, validated.sha256,
@@ -282,9 +304,11 @@ class Direct:
         return validated
 
     def features(self, validated: Any) -> Any:
-        """features, feature_drift."""
+        """features, feature_drift, poisoning_screen."""
+        from secure_pipeline.canonical import canonical_json
         from secure_pipeline.features.drift import population_stability
         from secure_pipeline.features.engineering import build_features, feature_catalog
+        from secure_pipeline.mlsec.poisoning import screen_document, screen_features
         from secure_pipeline.registry.evidence import champion_lineage
         from secure_pipeline.trust.policy import trust_policy
 
@@ -307,6 +331,23 @@ class Direct:
                          {"max_psi": round(psi, 6), "feature": drift[0].feature,
                           "reference": features.sha256},
                          "ERROR" if psi >= policy.drift_fail_psi else "WARN")  # fmt: skip
+        with self.step("features_poisoning_screen"):
+            result = screen_features(self.frame(features), pipeline)
+            document = self.store.put_bytes(
+                self.path(["features", "_poisoning"]),
+                canonical_json(screen_document(result, pipeline)), ext="json", format="json",
+                upstream=self.up({"features": features.sha256}), run_id=self.run_id,
+                code_version=pipeline.code_version,
+            )  # fmt: skip
+            worst = result.worst
+            share = worst.share if worst else 0.0
+            self.verdict("features", "poisoning_screen",
+                         share <= policy.max_suspected_poisoning, features.sha256,
+                         {"screened": True, "rows": result.rows,
+                          "suspected": len(result.suspected),
+                          "worst_member": worst.member if worst else None,
+                          "worst_member_share": round(share, 6),
+                          "result": document.sha256})  # fmt: skip
         return features
 
     def train(self, features: Any) -> dict[str, Any]:
@@ -341,7 +382,7 @@ class Direct:
                 mlflow_run = run.info.run_id
             self.audit.append(
                 "model.trained", signer=self.signer("trained_model"),
-                actor="asset:trained_model", run_id=self.run_id,
+                actor=f"asset:{self.user('trained_model')}", run_id=self.run_id,
                 subject=model_sha,
                 details={"pipeline": pipeline.name, "estimator": spec.estimator,
                          "features_sha256": features.sha256, "mlflow_run_id": mlflow_run,
@@ -479,10 +520,14 @@ class Direct:
         """registered_model (bundle, signing, verification, MLflow), signature_verifies."""
         import mlflow
 
+        from secure_pipeline.registry.assets import _evaluation_rows
         from secure_pipeline.registry.bundle import (
             LINEAGE_FILE,
+            ONNX_FILE,
             build_lineage,
             model_card,
+            model_interface,
+            onnx_entry,
             verdict_problems,
             write_bundle,
         )
@@ -495,6 +540,8 @@ class Direct:
         )
         from secure_pipeline.registry.verification import verify_bundle_dir
         from secure_pipeline.storage.snapshots import canonical_json, sha256_hex
+        from secure_pipeline.training.onnx import equivalence, to_onnx
+        from secure_pipeline.training.serialization import load_model
         from secure_pipeline.training.tracking import tracking_uri
         from secure_pipeline.trust.policy import trust_policy
 
@@ -506,6 +553,13 @@ class Direct:
             lineage, evidence = build_lineage(pipeline, store, trust, model_sha256=model_sha,
                                               model_metadata=model, run_id=run)  # fmt: skip
             assert not verdict_problems(lineage["checks"])
+            # The ONNX copy, proven on the evaluation rows, as registration makes it.
+            loaded = load_model(model_bytes, trusted=pipeline.model.trusted_types)
+            onnx = None if pipeline.holds_personal_data else to_onnx(loaded, pipeline)
+            if onnx is not None:
+                compared = equivalence(loaded, onnx, _evaluation_rows(pipeline, store, lineage))
+                assert compared["agrees"], compared
+                lineage[ONNX_FILE] = {**onnx_entry(onnx, pipeline), "equivalence": compared}
             mlflow.set_tracking_uri(tracking_uri())
             results = {
                 name: mlflow.artifacts.load_dict(
@@ -517,8 +571,10 @@ class Direct:
             with tempfile.TemporaryDirectory(prefix="bundle-") as temporary:
                 bundle = Path(temporary) / "bundle"
                 bundle.mkdir()
-                write_bundle(bundle, model_bytes, lineage,
-                             model_card(pipeline, lineage, results), evidence)  # fmt: skip
+                interface = model_interface(pipeline, model_bytes, store,
+                                            lineage["data"]["features"])  # fmt: skip
+                write_bundle(bundle, model_bytes, lineage, model_card(pipeline, lineage, results),
+                             evidence, interface, onnx)  # fmt: skip
                 sign_bundle(bundle, signer)
                 verification = verify_bundle_dir(bundle, trust=trust, pipeline=pipeline,
                                                  store=store)  # fmt: skip
@@ -540,11 +596,14 @@ class Direct:
                 lineage_sha256=tags["lineage_sha256"],
                 runs={"mlflow_run_id": model["mlflow_run_id"], "dagster_run_id": run},
             )  # fmt: skip
-            kept_lineage = store.put_bytes(["registered_model", "_lineage"], lineage_bytes,
-                                           ext="json", format="json", run_id=run)  # fmt: skip
-            kept_signature = store.put_bytes(["registered_model", "_signature"], signature,
-                                             ext="sig", format="sigstore", run_id=run)  # fmt: skip
-            audit.append("model.registered", signer=release, actor="asset:registered_model",
+            kept_lineage = store.put_bytes(self.path(["registered_model", "_lineage"]),
+                                           lineage_bytes, ext="json", format="json",
+                                           run_id=run)  # fmt: skip
+            kept_signature = store.put_bytes(self.path(["registered_model", "_signature"]),
+                                             signature, ext="sig", format="sigstore",
+                                             run_id=run)  # fmt: skip
+            audit.append("model.registered", signer=release,
+                         actor=f"asset:{self.user('registered_model')}",
                          run_id=run,
                          subject=model_sha,
                          details={"name": pipeline.name, "version": version, **tags})  # fmt: skip
@@ -579,7 +638,7 @@ class Direct:
         with self.step("promoted_model"):
             value = json.loads(self.store.read_bytes(registered))
             outcome = promote(self.pipeline, value["name"], value["version"], store=self.store,
-                              audit=self.audit, actor="asset:promoted_model",
+                              audit=self.audit, actor=f"asset:{self.user('promoted_model')}",
                               run_id=self.run_id)  # fmt: skip
             self.output("promoted_model", canonical_json(json.loads(json.dumps(outcome))), "json",
                         "json", upstream={"registered_model": registered.sha256})  # fmt: skip
@@ -645,8 +704,8 @@ def dagster_in_process(home: Path) -> str:
             instance=instance, raise_on_error=True, asset_selection=keys
         )
         checks = result.get_asset_check_evaluations()
-        assert len(checks) == 10
-        assert all(c.passed for c in checks)
+        assert len(checks) == 11, [c.asset_check_key for c in checks]
+        assert all(c.passed for c in checks), [c.asset_check_key for c in checks if not c.passed]
         return result.run_id
 
 

@@ -50,6 +50,8 @@ EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
 EMPTY_JSON = b"{}"
 
 SIGNATURE_FILE = "model.sig"
+# The judged model and its verified ONNX copy (registry.bundle's MODEL_FILE and ONNX_FILE).
+_WEIGHT_FILES = frozenset({"model.skops", "model.onnx"})
 _WEIGHT_CONFIG_FILES = frozenset({"MLmodel", "conda.yaml", "python_env.yaml", "requirements.txt"})
 _DOC_FILES = frozenset({"MODEL_CARD.md", "lineage.json"})
 _MAX_LAYERS = 10_000
@@ -61,7 +63,7 @@ _WINDOWS_DRIVE = re.compile(r"[A-Za-z]:")
 
 def _media_type_for(name: str) -> str:
     path = PurePosixPath(name)
-    if name == "model.skops":
+    if name in _WEIGHT_FILES:
         return WEIGHT_MEDIA_TYPE
     if name in _WEIGHT_CONFIG_FILES:
         return WEIGHT_CONFIG_MEDIA_TYPE

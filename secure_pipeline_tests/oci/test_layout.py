@@ -57,6 +57,7 @@ def bundle(tmp_path: Path) -> Path:
     directory = tmp_path / "bundle"
     (directory / "evidence").mkdir(parents=True)
     (directory / "model.skops").write_bytes(os.urandom(200_000))
+    (directory / "model.onnx").write_bytes(os.urandom(20_000))
     (directory / "MLmodel").write_text("flavors:\n  sklearn: {}\n")
     (directory / "lineage.json").write_text(json.dumps({"run": os.urandom(4).hex()}))
     (directory / "evidence" / "x.json").write_text('{"verdict": "pass"}')
@@ -132,6 +133,7 @@ def test_push_attach_and_pull(
         "evidence/x.json": (DOC_MEDIA_TYPE, "x.json"),
         "lineage.json": (DOC_MEDIA_TYPE, "lineage.json"),
         "model.skops": (WEIGHT_MEDIA_TYPE, "model.skops"),
+        "model.onnx": (WEIGHT_MEDIA_TYPE, "model.onnx"),  # the ONNX copy is weights too
         "score.py": (CODE_MEDIA_TYPE, "score.py"),
     }
     # The same bundle pushed again is the same artifact.
