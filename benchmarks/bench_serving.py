@@ -27,12 +27,12 @@ temporary home (a subprocess, ~40 s), with its verified ONNX copy.
    cores with the server under test.
 
 2. In this process, per request (the variants taking turns in blocks, each block's ratio against
-   its own ``session.run``): the slot's
-   request path without the socket (the body's JSON parse with the slot's own refusals,
-   ``ModelService.predict`` and the JSON answer as Starlette renders it) on the ONNX path and on
-   the skops path (the same service with its ONNX predictor set aside), against
-   ``session.run`` on the already-encoded feeds of the same rows and ``predict_proba`` on the
-   already-built frame.
+   its own ``session.run``): the slot's request path without the socket (the body's JSON parse
+   with the slot's own refusals, ``ModelService.predict`` and the JSON answer as Starlette
+   renders it) on the ONNX path and on the skops path (the same service with its ONNX predictor
+   set aside), against ``session.run`` on the already-encoded feeds of the same rows and
+   ``predict_proba`` on the already-built frame; and two parts of the request path alone (the
+   JSON parse and render of the request body, the rows' validation and encoding).
 
 Runs ~3 minutes on 2 cores: ``python benchmarks/bench_serving.py``.
 """
@@ -259,7 +259,7 @@ def per_request_costs(service: Any) -> dict[int, dict[str, tuple[float, float]]]
         model = service.model
         variants: dict[str, Callable[[], object]] = {
             "onnxruntime session.run": lambda s=session, f=feeds: s.run(None, f),
-            "  of it: JSON parse + render": lambda b=body: (
+            "  of it: JSON parse + render of the body": lambda b=body: (
                 JSONResponse(
                     json.loads(
                         b, parse_constant=server._refuse_constant, parse_float=server._finite_float

@@ -219,6 +219,9 @@ def build_validation_stage(
         files = load_recorded(snapshot_store.get_store(), record, raw_key)
         batch, report = _parse_and_validate(pipeline, files, remember=True)
         structural = bool(report.structural)
+        if structural:
+            # Blocking: validated_* will not run, so nothing here should hold the batch.
+            _PARSED.pop(pipeline.name, None)
         passed = not structural and report.rejected_rows == 0
         return verdict(
             snapshot_store,

@@ -79,6 +79,7 @@ def test_a_failed_blocking_check_stops_the_stage_on_its_own_executor(
         ]
         started = {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
     assert "schema_conforms" in failed
+    assert "loans" not in validation_assets._PARSED  # nothing left holding the batch
     assert "loans__raw_loans_schema_conforms" in started
     assert not any("validated_loans" in key or "features" in key for key in started), started
     for asset in ("validated_loans", "features"):
