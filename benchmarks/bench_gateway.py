@@ -244,6 +244,22 @@ def reference_model(home: Path) -> str:
     return versions[-1]
 
 
+def isolated_work(prefix: str) -> tuple[Path, Path, Path]:
+    """A temporary work directory whose home this process (and what it starts) uses alone.
+
+    Returns:
+        ``(work, home, deployment directory)``; the caller removes ``work``.
+    """
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    home = work / "home"
+    home.mkdir()
+    for name in list(os.environ):
+        if name.startswith(_ISOLATED_PREFIXES) or name == "DAGSTER_HOME":
+            del os.environ[name]
+    os.environ.update(SECURE_PIPELINE_HOME=str(home), DAGSTER_HOME=str(home))
+    return work, home, work / "deployment"
+
+
 def free_port() -> int:
     """A TCP port nothing listens on right now."""
     with socket.socket() as sock:
@@ -333,14 +349,8 @@ def main() -> None:
     from secure_pipeline.reference.adult import adult_pipeline
     from secure_pipeline.serving.certs import init_dev_pki, issue_client_cert
 
-    work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
-    home, directory = work / "home", work / "deployment"
-    home.mkdir()
     # This process and the slot it starts use the temporary home only.
-    for name in list(os.environ):
-        if name.startswith(_ISOLATED_PREFIXES) or name == "DAGSTER_HOME":
-            del os.environ[name]
-    os.environ.update(SECURE_PIPELINE_HOME=str(home), DAGSTER_HOME=str(home))
+    work, home, directory = isolated_work("bench-gateway-")
     try:
         started = time.perf_counter()
         version = reference_model(home)

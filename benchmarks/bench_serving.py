@@ -42,11 +42,9 @@ import http.client
 import json
 import os
 import shutil
-import ssl
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -61,6 +59,7 @@ from bench_gateway import (  # noqa: E402 - a sibling script
     ROW,
     children,
     free_port,
+    isolated_work,
     process_cpu,
     reference_model,
 )
@@ -73,7 +72,6 @@ SECONDS = 2.0
 REPEATS = 4
 CALL_REPEATS = 800
 BLOCKS = 16
-_ISOLATED_PREFIXES = ("SECURE_PIPELINE_", "DAGSTER_PG_", "AWS_", "MLFLOW_")
 HEADERS = {"Content-Type": "application/json"}
 
 
@@ -246,16 +244,9 @@ def per_request_costs(service: Any) -> dict[int, dict[str, tuple[float, float]]]
             finally:
                 service.predictor = predictor
 
-        columns = server.rows_to_frame(
-            [ROW] * rows, service.fields, service.pipeline, service.inputs, service.limits,
-            service._optional, as_arrays=True,
-        )  # fmt: skip
-        feeds = predictor.feeds(columns)
+        feeds = predictor.feeds(encode(service, rows, as_arrays=True))
         session = predictor.session
-        frame = server.rows_to_frame(
-            [ROW] * rows, service.fields, service.pipeline, service.inputs, service.limits,
-            service._optional,
-        )  # fmt: skip
+        frame = encode(service, rows)
         model = service.model
         variants: dict[str, Callable[[], object]] = {
             "onnxruntime session.run": lambda s=session, f=feeds: s.run(None, f),
@@ -266,16 +257,7 @@ def per_request_costs(service: Any) -> dict[int, dict[str, tuple[float, float]]]
                     )
                 ).body
             ),
-            "  of it: validate + encode rows": lambda r=[ROW] * rows: server.rows_to_frame(
-                r,
-                service.fields,
-                service.pipeline,
-                service.inputs,
-                service.limits,
-                service._optional,
-                as_arrays=True,
-                features=service._features,
-            ),  # fmt: skip
+            "  of it: validate + encode rows": lambda r=rows: encode(service, r, as_arrays=True),
             "slot request, ONNX path": request,
             "sklearn predict_proba": lambda m=model, f=frame: m.predict_proba(f),
             "slot request, skops path": skops_request,
@@ -297,15 +279,19 @@ def per_request_costs(service: Any) -> dict[int, dict[str, tuple[float, float]]]
     return costs
 
 
-def encoded_rows(service: Any, rows: int) -> list[dict[str, Any]]:
-    """The model-input encoding of ``rows`` copies of the request row (what MLflow takes)."""
+def encode(service: Any, rows: int, *, as_arrays: bool = False) -> Any:
+    """``rows`` copies of the request row, validated and encoded as the slot does."""
     from secure_pipeline.serving import server
 
-    frame = server.rows_to_frame(
+    return server.rows_to_frame(
         [ROW] * rows, service.fields, service.pipeline, service.inputs, service.limits,
-        service._optional,
+        service._optional, as_arrays=as_arrays, features=service._features,
     )  # fmt: skip
-    return json.loads(frame.to_json(orient="records"))
+
+
+def encoded_rows(service: Any, rows: int) -> list[dict[str, Any]]:
+    """The model-input encoding of ``rows`` copies of the request row (what MLflow takes)."""
+    return json.loads(encode(service, rows).to_json(orient="records"))
 
 
 def main() -> None:
@@ -321,13 +307,7 @@ def main() -> None:
     from secure_pipeline.serving.certs import init_dev_pki
     from secure_pipeline.serving.server import ModelService
 
-    work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
-    home, directory = work / "home", work / "deployment"
-    home.mkdir()
-    for name in list(os.environ):
-        if name.startswith(_ISOLATED_PREFIXES) or name == "DAGSTER_HOME":
-            del os.environ[name]
-    os.environ.update(SECURE_PIPELINE_HOME=str(home), DAGSTER_HOME=str(home))
+    work, home, directory = isolated_work("bench-serving-")
     mlflow_server = None
     try:
         started = time.perf_counter()
@@ -358,8 +338,7 @@ def main() -> None:
         )  # fmt: skip
         state = DeploymentState.load(directory)
         slot_host, _, slot_port = state.slots["blue"].address.rpartition(":")
-        slot_context = controller_context(slot_pki(directory))
-        slot_context.minimum_version = ssl.TLSVersion.TLSv1_3
+        slot_context = controller_context(slot_pki(directory))  # TLS 1.3, the slot CA
         mlflow_server, mlflow_port = start_mlflow(version)
         targets = {
             "slot (ONNX)": Target(

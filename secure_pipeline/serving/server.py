@@ -483,14 +483,19 @@ def rows_to_frame(
     if not _all_valid(rows, fields, optional, names, required):
         _refuse_rows(rows, fields, optional, names, required)
     if features is None:
-        catalog = {f.name: f for f in feature_catalog(pipeline)}
-        features = [catalog[name] for name in inputs]
+        features = _input_features(pipeline, inputs)
     values = _feature_values(features, rows, fields, pipeline)
     if as_arrays:
         return values
     import pandas as pd
 
     return pd.DataFrame(values)
+
+
+def _input_features(pipeline: PipelineSpec, inputs: Sequence[str]) -> list[Feature]:
+    """The catalog's features of the model's ``inputs``, in order."""
+    catalog = {f.name: f for f in feature_catalog(pipeline)}
+    return [catalog[name] for name in inputs]
 
 
 def _all_valid(
@@ -709,7 +714,6 @@ class ModelService:
             counter.labels(**self.slot_labels())
         for kind in ("traffic", "feedback"):
             self.live_written.labels(**self.slot_labels(), kind=kind)
-        self._score_metric: Any = None
         # Metric children by labels: a labels() call per request and label cost ~10 µs each.
         self._children: dict[tuple[Any, ...], Any] = {}
         self._label_names = self._labels()
@@ -821,8 +825,7 @@ class ModelService:
             self.version = version
             self.inputs = verified.inputs
             self.fields = fields
-            catalog = {f.name: f for f in feature_catalog(self.pipeline)}
-            self._features = [catalog[name] for name in verified.inputs]
+            self._features = _input_features(self.pipeline, verified.inputs)
             self._sensitive = [*sensitive, *optional]
             self._optional = optional
             self.recorder = recorder
@@ -872,9 +875,7 @@ class ModelService:
         positive, negative = self._label_names
         ids = new_ids(len(scores))
         labels = [positive if score >= 0.5 else negative for score in scores]
-        scored = self._score_metric
-        if scored is None:  # the model's version labels it: known once loaded
-            scored = self._score_metric = self.scores.labels(**self.model_labels())
+        scored = self._counted(self.scores)
         by_label: dict[str, int] = {}
         predictions = []
         for score, label, prediction_id in zip(scores.tolist(), labels, ids, strict=True):

@@ -95,7 +95,9 @@ def _parse_and_validate(
     batch = parse_fileset(files, pipeline.schema)
     report = validate_batch(batch, pipeline.schema)
     if remember:
-        _PARSED[pipeline.name] = (digest, version, batch, report)
+        _PARSED.pop(pipeline.name, None)
+        if not report.structural:  # else blocking: validated_* will not run to take it
+            _PARSED[pipeline.name] = (digest, version, batch, report)
     return batch, report
 
 
@@ -219,9 +221,6 @@ def build_validation_stage(
         files = load_recorded(snapshot_store.get_store(), record, raw_key)
         batch, report = _parse_and_validate(pipeline, files, remember=True)
         structural = bool(report.structural)
-        if structural:
-            # Blocking: validated_* will not run, so nothing here should hold the batch.
-            _PARSED.pop(pipeline.name, None)
         passed = not structural and report.rejected_rows == 0
         return verdict(
             snapshot_store,
