@@ -196,7 +196,7 @@ def _wait(what: str, probe: Any, timeout: float) -> Any:
 
 
 def _bad_batch_written(store: LocalSnapshotStore, slot: str, since: float) -> bool:
-    """Whether ``slot`` wrote a signed traffic batch opened after the traffic turned bad."""
+    """Whether ``slot``'s signed traffic batches hold enough of the bad traffic to judge it."""
     import datetime as dt
 
     from secure_pipeline.serving.recording import load_window
@@ -205,8 +205,12 @@ def _bad_batch_written(store: LocalSnapshotStore, slot: str, since: float) -> bo
     now = dt.datetime.now(dt.UTC)
     window = load_window(store, trust_policy(), PIPELINE, since=now - dt.timedelta(hours=1),
                          until=now + dt.timedelta(seconds=1))  # fmt: skip
-    bad = window.traffic[(window.traffic["slot"] == slot) & (window.traffic["age"] >= 85)]
-    return len(bad) >= PIPELINE.monitoring.min_rows
+    served = window.traffic[window.traffic["slot"] == slot]
+    bad = served[served["age"] >= 85]
+    # Half the slot's recorded rows at least: the clean rows it served before the traffic
+    # turned stay in the window, and a fast slot records many (with few bad ones among them
+    # the drift is only a warning, which rolls nothing back).
+    return len(bad) >= PIPELINE.monitoring.min_rows and len(bad) >= len(served) / 2
 
 
 def run(home: Path, work: Path, version_a: str) -> Recovery:
