@@ -154,4 +154,10 @@ def test_the_example_slots_job_scrapes_over_the_slot_pkis_mutual_tls(tmp_path: P
                 "a failed scrape",
                 lambda: [t for t in prometheus.targets() if t["health"] == "down"],
             )
-            assert "tls: certificate required" in target["lastError"], target
+            # TLS 1.3: the client finishes its side before the slot checks for a certificate,
+            # so the refusal reaches Prometheus as the slot's alert or, when its request was
+            # already on the wire, as the reset that follows it.
+            error = target["lastError"]
+            assert "tls: certificate required" in error or "connection reset by peer" in error, (
+                target
+            )
