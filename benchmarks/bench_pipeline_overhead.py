@@ -515,18 +515,36 @@ class Direct:
                          metrics["roc_auc"] >= policy.min_roc_auc
                          and metrics["balanced_accuracy"] >= policy.min_balanced_accuracy, sha,
                          {k: round(v, 6) for k, v in metrics.items()})  # fmt: skip
+        with self.step("trained_model_onnx_equivalent"):
+            from secure_pipeline.training.onnx import convert, equivalence
+
+            loaded, _, splits, x, _, _ = judge()
+            onnx, _ = convert(loaded, pipeline)
+            summary: dict[str, Any] = {"onnx_sha256": None}
+            if onnx is not None:
+                compared = equivalence(loaded, onnx, x.iloc[splits.evaluation].reset_index(
+                    drop=True))  # fmt: skip
+                assert compared["agrees"], compared
+                ref = self.store.put_bytes(
+                    self.path(["trained_model", "_onnx"]), onnx, ext="onnx", format="onnx",
+                    run_id=self.run_id,
+                )  # fmt: skip
+                summary = {"onnx_sha256": ref.sha256, **{k: compared[k] for k in (
+                    "rows", "max_abs_diff", "label_disagreements", "tolerance")}}  # fmt: skip
+                track("onnx_equivalent", {"max_abs_diff": compared["max_abs_diff"]}, summary)
+            self.verdict("trained_model", "onnx_equivalent", True, sha, summary)
 
     def register(self, model: dict[str, Any]) -> Any:
         """registered_model (bundle, signing, verification, MLflow), signature_verifies."""
         import mlflow
 
-        from secure_pipeline.registry.assets import _evaluation_rows
         from secure_pipeline.registry.bundle import (
             LINEAGE_FILE,
             ONNX_FILE,
             build_lineage,
             model_card,
             model_interface,
+            onnx_copy,
             onnx_entry,
             verdict_problems,
             write_bundle,
@@ -540,8 +558,6 @@ class Direct:
         )
         from secure_pipeline.registry.verification import verify_bundle_dir
         from secure_pipeline.storage.snapshots import canonical_json, sha256_hex
-        from secure_pipeline.training.onnx import equivalence, to_onnx
-        from secure_pipeline.training.serialization import load_model
         from secure_pipeline.training.tracking import tracking_uri
         from secure_pipeline.trust.policy import trust_policy
 
@@ -553,12 +569,9 @@ class Direct:
             lineage, evidence = build_lineage(pipeline, store, trust, model_sha256=model_sha,
                                               model_metadata=model, run_id=run)  # fmt: skip
             assert not verdict_problems(lineage["checks"])
-            # The ONNX copy, proven on the evaluation rows, as registration makes it.
-            loaded = load_model(model_bytes, trusted=pipeline.model.trusted_types)
-            onnx = None if pipeline.holds_personal_data else to_onnx(loaded, pipeline)
+            # The ONNX copy the signed onnx_equivalent verdict names, as registration reads it.
+            onnx, compared = onnx_copy(pipeline, store, trust, lineage, evidence)
             if onnx is not None:
-                compared = equivalence(loaded, onnx, _evaluation_rows(pipeline, store, lineage))
-                assert compared["agrees"], compared
                 lineage[ONNX_FILE] = {**onnx_entry(onnx, pipeline), "equivalence": compared}
             mlflow.set_tracking_uri(tracking_uri())
             results = {

@@ -22,6 +22,7 @@ from secure_pipeline.names import (
     FAIRNESS,
     FEATURE_DRIFT,
     MEMBERSHIP,
+    ONNX_EQUIVALENT,
     PERFORMANCE,
     POISONING_SCREEN,
     PROVENANCE_COMPLETE,
@@ -54,6 +55,7 @@ HEADLINE_METRICS: Mapping[str, str] = {
     ROBUSTNESS: "accuracy_drop",
     MEMBERSHIP: "attack_auc",
     FAIRNESS: "max_equalized_odds_difference",
+    ONNX_EQUIVALENT: "max_abs_diff",
     SIGNATURE_VERIFIES: "problems_found",
 }
 

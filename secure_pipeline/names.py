@@ -33,6 +33,7 @@ PERFORMANCE = "performance_meets_policy"
 ROBUSTNESS = "adversarial_robustness"
 MEMBERSHIP = "membership_inference_risk"
 FAIRNESS = "fairness_audit"
+ONNX_EQUIVALENT = "onnx_equivalent"
 SIGNATURE_VERIFIES = "signature_verifies"
 # The live checks of ``live_traffic`` (the served champion, judged on what it scores).
 LIVE_INPUT_DRIFT = "live_input_drift"
@@ -49,7 +50,7 @@ REQUIRED_CHECKS: dict[str, tuple[str, ...]] = {
     "raw": (PROVENANCE_COMPLETE, SCHEMA_CONFORMS),
     "validated": (REJECT_RATE, EXPECTATIONS_MET),
     "features": (FEATURE_DRIFT, POISONING_SCREEN),
-    "model": (PERFORMANCE, ROBUSTNESS, MEMBERSHIP, FAIRNESS),
+    "model": (PERFORMANCE, ROBUSTNESS, MEMBERSHIP, FAIRNESS, ONNX_EQUIVALENT),
 }
 
 # Registry aliases (mirrors of the gate's signed decisions).

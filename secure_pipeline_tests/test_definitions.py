@@ -59,6 +59,7 @@ def test_defs_is_lazy_and_loads_the_reference_graph() -> None:
         ("adult/trained_model", "adversarial_robustness"),
         ("adult/trained_model", "membership_inference_risk"),
         ("adult/trained_model", "fairness_audit"),
+        ("adult/trained_model", "onnx_equivalent"),
         ("adult/registered_model", "signature_verifies"),
         ("adult/live_traffic", "live_input_drift"),
         ("adult/live_traffic", "live_score_drift"),

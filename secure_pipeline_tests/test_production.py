@@ -185,7 +185,7 @@ def test_the_run_is_recorded_in_postgres_with_every_check_passed(production_env)
             "provenance_complete", "schema_conforms", "reject_rate_within_limit",
             "expectations_met", "feature_drift", "poisoning_screen", "performance_meets_policy",
             "adversarial_robustness", "membership_inference_risk", "fairness_audit",
-            "signature_verifies", *LIVE_CHECKS,
+            "onnx_equivalent", "signature_verifies", *LIVE_CHECKS,
         }  # fmt: skip
 
 

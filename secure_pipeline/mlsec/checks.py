@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 
 from secure_pipeline.metadata import table
-from secure_pipeline.names import FAIRNESS, MEMBERSHIP, PERFORMANCE, ROBUSTNESS
+from secure_pipeline.names import FAIRNESS, MEMBERSHIP, ONNX_EQUIVALENT, PERFORMANCE, ROBUSTNESS
 from secure_pipeline.retries import retry_transient_io
 from secure_pipeline.spec import PipelineSpec
 from secure_pipeline.storage.io_manager import recorded_snapshot
@@ -275,8 +275,13 @@ def _largest_gap(result: Any) -> float:
     return round(max(finite), 6) if finite else math.nan
 
 
+def onnx_copy_key(pipeline: PipelineSpec, digest: str) -> str:
+    """Where the ONNX copy with ``digest`` of a ``trained_model`` snapshot is stored."""
+    return snapshot_key([*pipeline.names.trained_model.path, "_onnx"], digest, "onnx")
+
+
 def build_ml_checks(pipeline: PipelineSpec) -> list[dg.AssetChecksDefinition]:
-    """Build the four blocking gates of ``trained_model``.
+    """Build the five blocking gates of ``trained_model``.
 
     Args:
         pipeline: The spec.
@@ -752,5 +757,71 @@ def build_ml_checks(pipeline: PipelineSpec) -> list[dg.AssetChecksDefinition]:
             "; ".join(problems + ([advice] if advice else [])),
         )
 
+    @dg.asset_check(
+        asset=model_key,
+        name=ONNX_EQUIVALENT,
+        blocking=True,
+        description=(
+            "The model's ONNX copy (skl2onnx, served through onnxruntime) scores every "
+            "evaluation row like the skops model: no probability differs by more than the "
+            "stated tolerance and no label at 0.5 differs. The copy is stored by digest and "
+            "this signed verdict names it: registration signs exactly that file into the "
+            "bundle, and a copy that disagrees fails here, so no model is registered with it. "
+            "An estimator skl2onnx cannot convert passes with no copy and is served through "
+            "skops."
+        ),
+        op_tags=pipeline.orchestration.train.dagster_tags(TRAIN),
+    )
+    @retry_transient_io(pipeline.orchestration)
+    def onnx_equivalent(
+        context: dg.AssetCheckExecutionContext, snapshot_store: SnapshotStoreResource
+    ) -> dg.AssetCheckResult:
+        from secure_pipeline.training.onnx import TOLERANCE, convert, equivalence
+
+        judged = judge(context.instance, snapshot_store, pipeline)
+        data, reason = convert(judged.model, pipeline)
+        if data is None:
+            return decide(
+                context, snapshot_store, judged, ONNX_EQUIVALENT, True,
+                {"onnx_sha256": None, "reason": reason[:400], "tolerance": TOLERANCE},
+                {"onnx": "none: served through skops", "reason": reason, "max_abs_diff": 0.0},
+                None,
+            )  # fmt: skip
+        rows = judged.splits.evaluation
+        compared = equivalence(judged.model, data, judged.x.iloc[rows].reset_index(drop=True))
+        ref = snapshot_store.get_store().put_bytes(
+            [*model_key.path, "_onnx"], data, ext="onnx", format="onnx",
+            upstream={model_key.to_user_string(): judged.model_sha256},
+            run_id=context.run.run_id, code_version=pipeline.code_version,
+        )  # fmt: skip
+        evaluated = "external test set" if len(judged.splits.test) else "holdout"
+        summary = {
+            "onnx_sha256": ref.sha256 if compared["agrees"] else None,
+            "judged_onnx_sha256": ref.sha256,
+            "rows": compared["rows"],
+            "max_abs_diff": compared["max_abs_diff"],
+            "label_disagreements": compared["label_disagreements"],
+            "tolerance": compared["tolerance"],
+            "evaluated_on": evaluated,
+        }
+        _track(pipeline, judged, ONNX_EQUIVALENT,
+               {"max_abs_diff": compared["max_abs_diff"],
+                "label_disagreements": float(compared["label_disagreements"])},
+               summary)  # fmt: skip
+        problem = (
+            f"the ONNX copy {ref.sha256[:12]} does not score like the model on the "
+            f"{compared['rows']} {evaluated} rows: largest probability difference "
+            f"{compared['max_abs_diff']:.3g} (tolerance {compared['tolerance']:g}), "
+            f"{compared['label_disagreements']} labels differ. A converter that computes "
+            "otherwise than the judged model must not serve it: check the skl2onnx version "
+            "and the estimator's options, or use an estimator it converts exactly."
+        )
+        return decide(
+            context, snapshot_store, judged, ONNX_EQUIVALENT, bool(compared["agrees"]), summary,
+            {**{k: v for k, v in summary.items() if v is not None},
+             "onnx_key": ref.key, "onnx": "agrees" if compared["agrees"] else "disagrees"},
+            problem,
+        )  # fmt: skip
+
     return [performance_meets_policy, adversarial_robustness, membership_inference_risk,
-            fairness_audit]  # fmt: skip
+            fairness_audit, onnx_equivalent]  # fmt: skip

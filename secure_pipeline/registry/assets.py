@@ -41,19 +41,6 @@ def _check_results(run_id: str | None) -> dict[str, Any]:
     return results
 
 
-def _evaluation_rows(pipeline: Any, store: Any, lineage: dict[str, Any]) -> Any:
-    """The model inputs of the held-out rows of the features snapshot the lineage names."""
-    from secure_pipeline.storage.tables import parquet_to_table
-    from secure_pipeline.training.models import model_inputs, split_rows
-
-    features = lineage["data"]["features"]
-    table = parquet_to_table(
-        store.read_bytes((str(features["key"]), str(features["sha256"])))
-    ).to_pandas()
-    columns = model_inputs(pipeline)[0].columns
-    return table[columns].iloc[split_rows(table, pipeline).evaluation].reset_index(drop=True)
-
-
 def registered(
     instance: dg.DagsterInstance, store: SnapshotStoreResource, pipeline: PipelineSpec
 ) -> dict[str, Any]:
@@ -102,6 +89,7 @@ def build_registry_stage(
             build_lineage,
             model_card,
             model_interface,
+            onnx_copy,
             onnx_entry,
             verdict_problems,
             version_description,
@@ -147,26 +135,9 @@ def build_registry_stage(
         problems = verdict_problems(lineage["checks"])
         if problems:
             refuse(problems)
-        from secure_pipeline.training.onnx import equivalence, to_onnx
-        from secure_pipeline.training.serialization import load_model
-
-        # Converted from the exact bytes the checks judged; None: served through skops. The
-        # release stage never decrypts rows, so a pipeline holding personal data has no rows
-        # to prove the copy on: it is served through skops.
-        loaded = load_model(model_bytes, trusted=pipeline.model.trusted_types)
-        onnx = None if pipeline.holds_personal_data else to_onnx(loaded, pipeline)
-        if onnx is not None:
-            compared = equivalence(loaded, onnx, _evaluation_rows(pipeline, store, lineage))
-            if not compared["agrees"]:
-                # A copy that scores otherwise than the judged model is never signed or served:
-                # the checks judged the skops model, so that is what is served.
-                context.log.warning(
-                    f"no ONNX copy: it does not match the model on the {compared['rows']} "
-                    f"evaluation rows (largest probability difference "
-                    f"{compared['max_abs_diff']:.3g}, tolerance {compared['tolerance']:g}, "
-                    f"{compared['label_disagreements']} labels differ); served through skops"
-                )
-                onnx = None
+        # The ONNX copy the train identity's signed onnx_equivalent verdict judged and named,
+        # read by that digest (verified); None: the verdict found no convertible copy.
+        onnx, compared = onnx_copy(pipeline, store, trust, lineage, evidence)
         if onnx is not None:
             lineage[ONNX_FILE] = {**onnx_entry(onnx, pipeline), "equivalence": compared}
         signer = signer_from_environment()

@@ -42,6 +42,7 @@ from secure_pipeline.errors import (
 from secure_pipeline.names import (
     FAIRNESS,
     MEMBERSHIP,
+    ONNX_EQUIVALENT,
     POISONING_SCREEN,
     REQUIRED_CHECKS,
     ROBUSTNESS,
@@ -324,6 +325,61 @@ def onnx_entry(data: bytes, pipeline: PipelineSpec) -> dict[str, Any]:
         "inputs": input_dtypes(pipeline),
         "tolerance": TOLERANCE,
     }
+
+
+def onnx_copy(
+    pipeline: PipelineSpec,
+    store: SnapshotStore,
+    trust: TrustPolicy,
+    lineage: Mapping[str, Any],
+    evidence: Mapping[str, bytes],
+) -> tuple[bytes | None, dict[str, Any] | None]:
+    """The ONNX copy the model's signed ``onnx_equivalent`` verdict names, read by its digest.
+
+    Args:
+        pipeline: The spec.
+        store: The snapshot store (holds the copy the check stored).
+        trust: The trust policy (the verdict must be the train identity's).
+        lineage: The lineage being built (its checks name the verdict's envelope).
+        evidence: The verdict envelopes by bundle path.
+
+    Returns:
+        The copy's bytes and the equivalence figures, or (None, None) when the verdict found
+        no convertible copy.
+
+    Raises:
+        LineageError: When the lineage holds no such verdict or the envelope does not verify.
+        IntegrityError: When the stored copy does not hash to the digest the verdict names.
+    """
+    from secure_pipeline.mlsec.checks import onnx_copy_key
+
+    predicate = _onnx_verdict(lineage.get("checks", []), evidence, trust)
+    metrics = predicate.get("metrics", {})
+    digest = metrics.get("onnx_sha256")
+    if digest is None:
+        return None, None
+    if not _HEX64.fullmatch(str(digest)):
+        raise LineageError(f"the {ONNX_EQUIVALENT} verdict names no valid ONNX digest")
+    data = store.read_bytes((onnx_copy_key(pipeline, digest), digest))
+    figures = ("rows", "max_abs_diff", "label_disagreements", "tolerance", "evaluated_on")
+    return data, {k: metrics.get(k) for k in figures}
+
+
+def _onnx_verdict(checks: Any, files: Mapping[str, bytes], trust: TrustPolicy) -> Mapping[str, Any]:
+    """The verified predicate of the lineage's ``onnx_equivalent`` verdict."""
+    for check in checks:
+        if check.get("stage") == "model" and check.get("check") == ONNX_EQUIVALENT:
+            data = files.get(str(check.get("attestation")))
+            if data is None:
+                break
+            try:
+                return attestations.open_envelope(
+                    data, trust, identities=(VERDICT_IDENTITY["model"],),
+                    predicate_type=attestations.VERDICT_TYPE, what=f"the {ONNX_EQUIVALENT} verdict",
+                ).predicate  # fmt: skip
+            except SignatureError as exc:
+                raise LineageError(str(exc)) from None
+    raise LineageError(f"the lineage holds no signed verdict of {ONNX_EQUIVALENT}")
 
 
 def model_card(
@@ -732,7 +788,6 @@ def verify_lineage(
         problems.append(
             f"{MODEL_FILE} does not hash to the lineage's model digest {model.get('sha256')}"
         )
-    problems.extend(_onnx_problems(directory, lineage))
     data = lineage.get("data", {})
     if set(data) != {"raw", "validated", "features"}:
         problems.append(
@@ -767,6 +822,7 @@ def verify_lineage(
             problems.append(problem)
         elif attestation is not None:
             judged.append((check, attestation))
+    problems.extend(_onnx_problems(directory, lineage, judged))
     problems.extend(verdict_problems(checks))
     if pipeline is not None and lineage.get("policy_sha256") != policy_fingerprint(pipeline):
         problems.append(
@@ -792,27 +848,48 @@ def verify_lineage(
     return problems
 
 
-def _onnx_problems(directory: Path, lineage: Mapping[str, Any]) -> list[str]:
-    """The ONNX file is exactly the one the lineage records, or absent from both.
+def _onnx_problems(
+    directory: Path,
+    lineage: Mapping[str, Any],
+    judged: list[tuple[Mapping[str, Any], attestations.Attestation]],
+) -> list[str]:
+    """The ONNX file is exactly the one the lineage records and the signed verdict judged.
 
     A recorded ONNX file that is missing or changed fails: serving must never fall back to the
-    skops file silently, which would hide the tampering.
+    skops file silently, which would hide the tampering. The digest must be the one the train
+    identity's ``onnx_equivalent`` verdict names (the copy it proved on the evaluation rows),
+    and a bundle whose verdict names no copy holds none.
     """
     entry = lineage.get(ONNX_FILE)
     path = directory / ONNX_FILE
+    mine = ("model", ONNX_EQUIVALENT)
+    proved = [a for c, a in judged if (c.get("stage"), c.get("check")) == mine]
+    named = proved[0].predicate.get("metrics", {}).get("onnx_sha256") if proved else None
     if entry is None:
-        return (
+        problems = (
             [f"the bundle holds {ONNX_FILE} but the lineage records none: remove it or re-register"]
             if path.exists()
             else []
         )
+        if named is not None:
+            problems.append(
+                f"the {ONNX_EQUIVALENT} verdict proved ONNX copy {str(named)[:12]}, which the "
+                "lineage does not record"
+            )
+        return problems
     if not isinstance(entry, Mapping) or not _HEX64.fullmatch(str(entry.get("sha256"))):
         return [f"the lineage's {ONNX_FILE} entry gives no valid sha256"]
+    problems = []
+    if proved and named != entry["sha256"]:
+        problems.append(
+            f"the lineage's {ONNX_FILE} ({entry['sha256'][:12]}) is not the copy the signed "
+            f"{ONNX_EQUIVALENT} verdict proved equivalent ({str(named)[:12]})"
+        )
     if not path.is_file():
-        return [f"the lineage records {ONNX_FILE} but the bundle has none"]
+        return [*problems, f"the lineage records {ONNX_FILE} but the bundle has none"]
     if hashlib.sha256(path.read_bytes()).hexdigest() != entry["sha256"]:
-        return [f"{ONNX_FILE} does not hash to the lineage's ONNX digest {entry['sha256']}"]
-    return []
+        problems.append(f"{ONNX_FILE} does not hash to the lineage's ONNX digest {entry['sha256']}")
+    return problems
 
 
 def _check_snapshot(store: SnapshotStore, member: tuple[str, str]) -> None:

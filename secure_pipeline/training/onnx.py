@@ -12,7 +12,7 @@ The graph has ONE INPUT PER MODEL INPUT COLUMN, named exactly like the column, i
 Outputs: ``label`` (``tensor(int64)``, ``[None]``) and ``probabilities`` (``tensor(double)``,
 ``[None, 2]``, a plain tensor, no ZipMap); column 1 is the positive class.
 
-`to_onnx` returns None (with a logged reason) when skl2onnx cannot convert the estimator: the
+`convert` returns None and the reason when skl2onnx cannot convert the estimator: the
 model is then served through skops only and registration goes on. `onnx_scores` loads a graph
 from bytes (never a file path, never pickle) and returns the positive-class probabilities.
 """
@@ -57,6 +57,23 @@ def to_onnx(model: Any, pipeline: PipelineSpec) -> bytes | None:
     Returns:
         The serialized graph, or None (reason logged) for an estimator skl2onnx cannot convert.
     """
+    data, reason = convert(model, pipeline)
+    if data is None:
+        _LOG.warning("%s", reason)
+    return data
+
+
+def convert(model: Any, pipeline: PipelineSpec) -> tuple[bytes | None, str]:
+    """Convert a fitted model pipeline to ONNX, saying why not when it cannot be.
+
+    Args:
+        model: The fitted scikit-learn pipeline (``preprocess`` then ``model``).
+        pipeline: The spec (its model inputs name the graph inputs).
+
+    Returns:
+        The serialized graph and "", or None and why there is no copy (the model is then
+        served through skops).
+    """
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import DoubleTensorType, Int64TensorType
     from skl2onnx.common.exceptions import MissingShapeCalculator
@@ -69,6 +86,7 @@ def to_onnx(model: Any, pipeline: PipelineSpec) -> bytes | None:
         for name, dtype in input_dtypes(pipeline).items()
     ]
     estimator = model.steps[-1][1] if hasattr(model, "steps") else model
+    named = type(estimator).__name__
     try:
         graph = convert_sklearn(
             model,
@@ -79,15 +97,17 @@ def to_onnx(model: Any, pipeline: PipelineSpec) -> bytes | None:
     except (MissingShapeCalculator, RuntimeError, NotImplementedError, TypeError) as exc:
         # skl2onnx names an unsupported estimator with these; the model is then served through
         # skops, which the registration records by leaving the ONNX file out.
-        _LOG.warning(
-            "no ONNX copy of %s: skl2onnx cannot convert it (%s: %s); served through skops",
-            type(estimator).__name__, type(exc).__name__, str(exc)[:300],
-        )  # fmt: skip
-        return None
+        return None, (
+            f"no ONNX copy of {named}: skl2onnx cannot convert it ({type(exc).__name__}: "
+            f"{str(exc)[:300]}); served through skops"
+        )
     outputs = [o.name for o in graph.graph.output]
     if PROBABILITIES not in outputs:
-        _LOG.warning("no ONNX copy: the converted graph has outputs %s, no probabilities", outputs)
-        return None
+        return (
+            None,
+            f"no ONNX copy of {named}: the converted graph has outputs {outputs}, no "
+            f"{PROBABILITIES}; served through skops",
+        )
     data = graph.SerializeToString()
     import onnxruntime as ort
 
@@ -98,12 +118,11 @@ def to_onnx(model: Any, pipeline: PipelineSpec) -> bytes | None:
     except (ort.capi.onnxruntime_pybind11_state.Fail,
             ort.capi.onnxruntime_pybind11_state.InvalidGraph,
             ort.capi.onnxruntime_pybind11_state.NotImplemented) as exc:  # fmt: skip
-        _LOG.warning(
-            "no ONNX copy of %s: onnxruntime does not load the converted graph (%s); served "
-            "through skops", type(estimator).__name__, str(exc)[:300],
-        )  # fmt: skip
-        return None
-    return data
+        return None, (
+            f"no ONNX copy of {named}: onnxruntime does not load the converted graph "
+            f"({str(exc)[:300]}); served through skops"
+        )
+    return data, ""
 
 
 def onnx_scores(data: bytes, columns: "dict[str, np.ndarray]") -> "np.ndarray":

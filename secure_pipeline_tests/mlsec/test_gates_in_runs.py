@@ -49,6 +49,7 @@ def test_an_overfit_model_is_stopped_with_its_digest_recorded(instance, isolated
         "adversarial_robustness",
         "membership_inference_risk",
         "fairness_audit",
+        "onnx_equivalent",
     }
     for evaluation in evaluations.values():
         assert evaluation.metadata["model_sha256"].value == digest

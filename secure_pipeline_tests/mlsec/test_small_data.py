@@ -31,6 +31,7 @@ GATES = {
     "adversarial_robustness",
     "membership_inference_risk",
     "fairness_audit",
+    "onnx_equivalent",
 }
 
 

@@ -65,3 +65,38 @@ def test_a_keyed_signer_dropping_the_onnx_file_is_refused(bundle, reference_run)
     result = verify_bundle_dir(bundle, trust=trust_policy(), pipeline=None, store=None)
     assert not result.ok
     assert any("lineage records model.onnx but the bundle has none" in p for p in result.problems)
+
+
+def _resign_with_lineage(bundle: Path, edit) -> list[str]:
+    """A holder of the release key edits the lineage and re-signs; the verification problems."""
+    lineage = json.loads((bundle / LINEAGE_FILE).read_text())
+    edit(lineage)
+    (bundle / LINEAGE_FILE).write_text(json.dumps(lineage, indent=2, sort_keys=True))
+    (bundle / "model.sig").unlink()
+    sign_bundle(bundle, signer_from_environment())
+    result = verify_bundle_dir(bundle, trust=trust_policy(), pipeline=None, store=None)
+    assert not result.ok
+    return result.problems
+
+
+def test_a_keyed_signer_swapping_in_an_unproved_onnx_copy_is_refused(bundle, reference_run):
+    # The release key cannot vouch for a graph: only the train identity's onnx_equivalent
+    # verdict, which proved one digest on the evaluation rows, can.
+    import hashlib
+
+    other = bytearray((bundle / ONNX_FILE).read_bytes())
+    other[-1] ^= 0x01
+    (bundle / ONNX_FILE).write_bytes(bytes(other))
+
+    def point_at_it(lineage):
+        lineage[ONNX_FILE]["sha256"] = hashlib.sha256(bytes(other)).hexdigest()
+
+    problems = _resign_with_lineage(bundle, point_at_it)
+    assert any("is not the copy the signed onnx_equivalent verdict proved" in p for p in problems)
+
+
+def test_a_keyed_signer_removing_the_proved_copy_from_file_and_lineage_is_refused(bundle):
+    # Serving a verified ONNX model through skops instead is a silent change of runtime.
+    (bundle / ONNX_FILE).unlink()
+    problems = _resign_with_lineage(bundle, lambda lineage: lineage.pop(ONNX_FILE))
+    assert any("verdict proved ONNX copy" in p and "does not record" in p for p in problems)

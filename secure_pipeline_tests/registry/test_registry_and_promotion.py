@@ -134,6 +134,7 @@ def test_lineage_names_every_snapshot_and_signed_verdict(bundle, state) -> None:
         "provenance_complete", "schema_conforms", "reject_rate_within_limit",
         "expectations_met", "feature_drift", "poisoning_screen", "performance_meets_policy",
         "adversarial_robustness", "membership_inference_risk", "fairness_audit",
+        "onnx_equivalent",
     }  # fmt: skip
     model_checks = [c for c in lineage["checks"] if c["stage"] == "model"]
     assert {c["subject"] for c in model_checks} == {state.model_sha}
@@ -245,9 +246,12 @@ def test_a_pickled_model_file_is_refused_at_load_even_when_signed(bundle, state)
     for check in lineage["checks"]:
         if check["stage"] == "model":
             check["subject"] = digest
+            # The ONNX copy stays the one its verdict proved: only the skops file changes.
+            summary = ({"onnx_sha256": lineage["model.onnx"]["sha256"]}
+                       if check["check"] == "onnx_equivalent" else {})  # fmt: skip
             document = verdict_statement(
                 adult_pipeline(), asset="adult/trained_model", check=check["check"], subject=digest,
-                passed=True, severity=check["severity"], summary={}, run_id="r",
+                passed=True, severity=check["severity"], summary=summary, run_id="r",
                 trust_digest="",
             )  # fmt: skip
             envelope = attestations.sign(document, signer_for(TRAIN))

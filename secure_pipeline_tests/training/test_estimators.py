@@ -223,6 +223,7 @@ def test_a_type_the_spec_does_not_declare_fails_training_and_is_served_once_decl
             "adversarial_robustness": True,
             "membership_inference_risk": True,
             "fairness_audit": True,
+            "onnx_equivalent": True,
         }
         metadata = instance.get_latest_materialization_event(
             dg.AssetKey(["adult", "trained_model"])

@@ -130,6 +130,7 @@ def test_reference_pipeline_passes_every_gate(instance, isolated_env) -> None:
         ("trained_model", "adversarial_robustness"),
         ("trained_model", "membership_inference_risk"),
         ("trained_model", "fairness_audit"),
+        ("trained_model", "onnx_equivalent"),
     ]:
         evaluation = _check(result, asset, check)
         assert evaluation is not None, (asset, check)
