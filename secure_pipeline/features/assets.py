@@ -202,7 +202,7 @@ def build_features_stage(
 
     @dg.asset(
         key=features_key,
-        ins={"validated": dg.AssetIn(key=validated_key)},
+        deps=[validated_key],
         group_name="features",
         kinds={"pandas", "parquet"},
         owners=list(pipeline.owners) or None,
@@ -213,7 +213,8 @@ def build_features_stage(
             "view for fairness audits, log-amounts, the declared derived features (value maps, "
             "bands, date differences: the same code the model server runs), the 0/1 label and "
             "the split. Stored as an immutable, content-addressed snapshot whose digest is the "
-            "data version. The feature catalog says how each feature is derived."
+            "data version, made a row group of validated rows at a time (memory holds one). "
+            "The feature catalog says how each feature is derived."
         ),
         metadata={
             COLUMN_SCHEMA: features_table_schema(pipeline),
@@ -226,21 +227,65 @@ def build_features_stage(
         freshness_policy=ingest_freshness_policy(pipeline),
     )
     @retry_transient_io(pipeline.orchestration)
-    def features(context: dg.AssetExecutionContext, validated: Any) -> dg.MaterializeResult[Any]:
-        from secure_pipeline.features.engineering import build_features
+    def features(
+        context: dg.AssetExecutionContext, snapshot_store: SnapshotStoreResource
+    ) -> dg.MaterializeResult[Any]:
+        from collections import Counter
 
-        table = build_features(validated, pipeline)
-        metadata: dict[str, object] = {
-            "features": len(catalog),
-            "sensitive_features": ", ".join(f.name for f in catalog if f.sensitive) or "none",
-            "rows_by_split": dg.MetadataValue.json(
-                {str(k): int(v) for k, v in table[RESERVED_SPLIT_COLUMN].value_counts().items()}
-            ),
-        }
-        if LABEL_COLUMN in table:
-            metadata["positive_rate"] = round(float(table[LABEL_COLUMN].mean()), 4)
-        context.log.info(f"{len(table)} rows, {len(catalog)} features")
-        return dg.MaterializeResult(value=table, metadata=metadata)
+        from secure_pipeline.features.engineering import build_features
+        from secure_pipeline.storage.io_manager import store_snapshot
+        from secure_pipeline.storage.tables import ParquetStream, frame_table, verified_row_groups
+
+        record = context.instance.get_latest_materialization_event(validated_key)
+        if record is None:
+            raise dg.Failure(f"{validated_key.to_user_string()} has not been materialized yet")
+        source = recorded_snapshot(record, validated_key)
+        splits: Counter[str] = Counter()
+        positives, labelled = 0, False
+        stream = ParquetStream()
+
+        def feature_rows() -> Any:
+            nonlocal positives, labelled
+            with verified_row_groups(snapshot_store.get_store(), source[:2]) as groups:
+                for group in groups:
+                    rows = build_features(group.to_pandas(), pipeline)
+                    for name, count in rows[RESERVED_SPLIT_COLUMN].value_counts().items():
+                        splits[str(name)] += int(count)
+                    if LABEL_COLUMN in rows:
+                        labelled = True
+                        positives += int(rows[LABEL_COLUMN].sum())
+                    data = stream.write(frame_table(rows))
+                    if data:
+                        yield data
+            yield stream.finish()
+
+        ref, metadata = store_snapshot(
+            snapshot_store,
+            features_key,
+            feature_rows(),
+            ext="parquet",
+            fmt="parquet",
+            upstream={validated_key.to_user_string(): source[1]},
+            run_id=context.run.run_id,
+            code_version=pipeline.code_version,
+            identity=INGEST,
+            # A feature row is still a person's row when the source identifies people.
+            encrypt=pipeline.holds_personal_data,
+            describe=stream.summary,
+        )
+        # The declared columns (descriptions, roles) stay the UI's view of the table.
+        metadata.pop(COLUMN_SCHEMA, None)
+        metadata.update(
+            {
+                "features": len(catalog),
+                "sensitive_features": ", ".join(f.name for f in catalog if f.sensitive) or "none",
+                "rows_by_split": dg.MetadataValue.json(dict(splits)),
+            }
+        )
+        if labelled and stream.rows:
+            metadata["positive_rate"] = round(positives / stream.rows, 4)
+        context.log.info(f"{stream.rows} rows, {len(catalog)} features")
+        return dg.MaterializeResult(data_version=dg.DataVersion(ref.sha256), metadata=metadata)
 
     @dg.asset_check(
         asset=features_key,

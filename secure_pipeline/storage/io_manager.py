@@ -10,7 +10,7 @@ real snapshot is ignored, and a changed snapshot is refused.
 """
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import dagster as dg
@@ -70,7 +70,7 @@ def snapshot_metadata(
 def store_snapshot(
     store: SnapshotStoreResource,
     asset_key: dg.AssetKey,
-    data: bytes,
+    data: bytes | Iterable[bytes],
     *,
     ext: str,
     fmt: str,
@@ -82,6 +82,7 @@ def store_snapshot(
     code_version: str | None = None,
     identity: str,
     encrypt: bool = False,
+    describe: Callable[[], Mapping[str, Any]] | None = None,
 ) -> tuple[SnapshotRef, dict[str, Any]]:
     """Store an asset's serialized value, audit it, and build its materialization metadata.
 
@@ -92,7 +93,8 @@ def store_snapshot(
     Args:
         store: The snapshot store resource.
         asset_key: The asset stored.
-        data: Its serialized bytes.
+        data: Its serialized bytes, or a stream of them (stored as it is made, never held
+            whole; nothing is stored when the stream raises).
         ext: Key extension.
         fmt: Format recorded in the manifest.
         partition: The partition, if any.
@@ -104,25 +106,33 @@ def store_snapshot(
         identity: The stage identity that signs the ``snapshot.stored`` record.
         encrypt: Envelope-encrypt the snapshot under a data key of its own (rows that can be
             tied to a person).
+        describe: For a stream: called once it is consumed, for ``rows`` and ``schema``
+            (known only then); they replace the arguments of those names.
 
     Returns:
         The stored snapshot and its metadata.
     """
     from secure_pipeline.trust.signers import signer_for
 
-    ref = store.get_store().put_bytes(
-        asset_key.path,
-        data,
-        ext=ext,
-        format=fmt,
-        partition=partition,
-        schema=dict(schema) if schema is not None else None,
-        upstream=dict(upstream or {}),
-        run_id=run_id,
-        code_version=code_version,
-        extra={"rows": rows} if rows is not None else {},
-        encrypt=encrypt,
-    )
+    found: dict[str, Any] = {"rows": rows, "schema": schema}
+
+    def manifest_fields() -> dict[str, Any]:
+        if describe is not None:
+            found.update(describe())
+        return {
+            "schema": dict(found["schema"]) if found["schema"] is not None else None,
+            "extra": {"rows": found["rows"]} if found["rows"] is not None else {},
+        }
+
+    common = {"ext": ext, "format": fmt, "partition": partition,
+              "upstream": dict(upstream or {}), "run_id": run_id,
+              "code_version": code_version, "encrypt": encrypt}  # fmt: skip
+    snapshots = store.get_store()
+    if isinstance(data, bytes | bytearray | memoryview):
+        ref = snapshots.put_bytes(asset_key.path, bytes(data), **common, **manifest_fields())
+    else:
+        ref = snapshots.put_stream(asset_key.path, data, describe=manifest_fields, **common)
+    rows, schema = found["rows"], found["schema"]
     record = store.get_audit_log().append(
         "snapshot.stored",
         signer=signer_for(identity),

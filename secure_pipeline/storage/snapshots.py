@@ -682,6 +682,7 @@ class SnapshotStore(abc.ABC):
         partition: str | None = None,
         max_bytes: int | None = None,
         encrypt: bool = False,
+        describe: Callable[[], Mapping[str, Any]] | None = None,
         **manifest: Any,
     ) -> SnapshotRef:
         """Store a stream of unknown length as a snapshot, hashing it in the same pass.
@@ -700,6 +701,8 @@ class SnapshotStore(abc.ABC):
             partition: The partition key, if any.
             max_bytes: Refuse payloads (plaintext) longer than this.
             encrypt: Store the stream encrypted under a new key of the store's keyring.
+            describe: Called once the stream is consumed, for manifest fields only known then
+                (a table's rows and schema); they override ``manifest``'s.
             **manifest: Further `SnapshotManifest` fields.
 
         Returns:
@@ -741,6 +744,8 @@ class SnapshotStore(abc.ABC):
                     keyring.discard(data_key.key_id)  # nothing was stored with it
                 raise
             digest = writer.sha256
+            if describe is not None:
+                manifest = {**manifest, **describe()}
             # The spool holds ciphertext when encrypting: its digest is not the snapshot's.
             spool_digest = digest if header is None else None
             encryption = header.manifest_entry() if header is not None else None
@@ -887,6 +892,39 @@ class SnapshotStore(abc.ABC):
         # concurrent change to the stored object cannot slip in between check and use.
         self._compare(key, expected, sha256_hex(data))
         return data
+
+    def iter_bytes(self, ref: SnapshotRef | tuple[str, str]) -> Iterator[bytes]:
+        """Stream a snapshot's bytes (plaintext), verifying the digest when the stream ends.
+
+        For readers that must not hold a whole snapshot: what they make from the chunks must
+        not be used or stored before the iterator is exhausted, since only then is the digest
+        known. A mismatch (or a missing object) raises from the last ``next``.
+
+        Args:
+            ref: The snapshot reference, or ``(key, sha256)``.
+
+        Yields:
+            The plaintext, in the chunks the store reads.
+
+        Raises:
+            ErasedError: When the snapshot was shredded.
+            KeyUnavailableError: When it is encrypted and this store cannot unwrap its key.
+            IntegrityError: When the bytes are missing, fail decryption or do not match.
+        """
+        key, expected = (ref.key, ref.sha256) if isinstance(ref, SnapshotRef) else ref
+        check_sha256(expected)
+        hasher = hashlib.sha256()
+        try:
+            _header, chunks = self._open_plaintext(key)
+        except FileNotFoundError:
+            raise IntegrityError(
+                f"snapshot {self.uri(key)} is missing (expected sha256 {expected}); it was "
+                "deleted or never written. Re-materialize the asset that produced it."
+            ) from None
+        for chunk in chunks:
+            hasher.update(chunk)
+            yield chunk
+        self._compare(key, expected, hasher.hexdigest())
 
     def download_to(self, ref: SnapshotRef | tuple[str, str], path: Path) -> Path:
         """Stream a snapshot into ``path``, verifying it; the file is removed on a mismatch.

@@ -19,13 +19,14 @@ On ``validated_<source>``:
 Every verdict is also an audit record.
 """
 
-import hashlib
 import json
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import dagster as dg
 
+from secure_pipeline.errors import IntegrityError
 from secure_pipeline.metadata import (
     COLUMN_SCHEMA,
     bullets,
@@ -43,7 +44,7 @@ from secure_pipeline.retries import retry_transient_io
 from secure_pipeline.spec import RESERVED_SPLIT_COLUMN, PipelineSpec
 from secure_pipeline.storage.io_manager import load_recorded, recorded_snapshot, store_snapshot
 from secure_pipeline.storage.resources import SnapshotStoreResource
-from secure_pipeline.storage.snapshots import canonical_json
+from secure_pipeline.storage.snapshots import FILESET_FORMAT, canonical_json
 from secure_pipeline.trust.identities import INGEST
 from secure_pipeline.verdicts import verdict
 
@@ -56,49 +57,63 @@ def _latest(instance: dg.DagsterInstance, key: dg.AssetKey) -> Any:
 
 
 # What schema_conforms parsed and validated, for validated_* in the same process: pipeline name
-# -> (fileset digest, schema version, batch, report). At most one entry per pipeline, popped on
-# use. It holds only what this process computed from bytes it read verified by digest, and is
-# served only for the very same bytes (their SHA-256) and schema; a step in another process
-# (multiprocess, a k8s step pod) finds nothing here and parses again.
-_PARSED: dict[str, tuple[str, str, Any, Any]] = {}
+# -> (fileset digest, schema version, chunks, report). At most one entry per pipeline, popped on
+# use, and only for a fileset of at most one chunk per member and `CHUNK_BYTES` in all (memory
+# stays bounded by a chunk; a larger one is parsed again, a chunk at a time). It holds only what
+# this process computed from a fileset whose every byte it verified (the stream was read to
+# its end), and is served only for the same fileset digest and schema; a step in another
+# process (multiprocess, a k8s step pod) finds nothing here and parses again.
+_PARSED: dict[str, tuple[str, str, list[Any], Any]] = {}
 
 
-def _fileset_digest(files: Mapping[str, bytes]) -> str:
-    digest = hashlib.sha256()
-    for member in sorted(files):
-        digest.update(f"{len(member)}:{member}:{len(files[member])}:".encode())
-        digest.update(files[member])
-    return digest.hexdigest()
+def _raw_members(store: Any, record: Any, raw_key: dg.AssetKey) -> tuple[str, dict[str, Any], int]:
+    """The raw fileset a record names: its digest, each member's stream opener, total bytes."""
+    key, digest, _fmt = recorded_snapshot(record, raw_key)
+    index = json.loads(store.read_bytes((key, digest)))
+    files = index.get("files") if isinstance(index, dict) else None
+    if index.get("format") != FILESET_FORMAT or not isinstance(files, dict):
+        raise IntegrityError(f"{key} is not a fileset index")
+
+    def opener(member: Mapping[str, Any]) -> Any:
+        return lambda: store.iter_bytes((member["key"], member["sha256"]))
+
+    total = sum(int(m.get("size") or 0) for m in files.values())
+    return digest, {name: opener(m) for name, m in files.items()}, total
 
 
 def _parse_and_validate(
-    pipeline: PipelineSpec, files: Mapping[str, bytes], *, remember: bool
-) -> tuple[Any, Any]:
-    """Parse and pandera-validate a raw fileset, or take the result this process just made.
+    pipeline: PipelineSpec, store: Any, record: Any, *, remember: bool
+) -> tuple[Iterable[Any], Any]:
+    """Parse and pandera-validate a raw fileset chunk by chunk, or take what was just made.
 
     Args:
         pipeline: The spec (its name keys the memo, its schema version must match).
-        files: The raw files, as read (verified) from the store.
-        remember: Keep the result for the next caller (schema_conforms), instead of taking
-            a kept one (validated_*).
+        store: The snapshot store.
+        record: The raw asset's materialization to validate.
+        remember: Keep a small fileset's result for the next caller (schema_conforms),
+            instead of taking a kept one (validated_*).
 
     Returns:
-        ``(batch, report)``.
+        ``(chunks, report)``: iterate ``chunks`` (``(batch, chunk report)`` pairs) to the end
+        before reading ``report`` (a `StreamReport`), which is final only then.
     """
-    from secure_pipeline.validation.parsing import parse_fileset
-    from secure_pipeline.validation.schema import validate_batch
+    from secure_pipeline.validation.streaming import CHUNK_BYTES, FilesetStream
 
-    digest, version = _fileset_digest(files), pipeline.schema.version
+    raw_key, version = pipeline.names.raw, pipeline.schema.version
+    digest, members, size = _raw_members(store, record, raw_key)
     kept = None if remember else _PARSED.pop(pipeline.name, None)
     if kept is not None and kept[0] == digest and kept[1] == version:
         return kept[2], kept[3]
-    batch = parse_fileset(files, pipeline.schema)
-    report = validate_batch(batch, pipeline.schema)
-    if remember:
-        _PARSED.pop(pipeline.name, None)
-        if not report.structural:  # else blocking: validated_* will not run to take it
-            _PARSED[pipeline.name] = (digest, version, batch, report)
-    return batch, report
+    stream = FilesetStream(members, pipeline.schema, chunk_bytes=CHUNK_BYTES)
+    if not remember:
+        return stream, stream.report
+    _PARSED.pop(pipeline.name, None)
+    if size > CHUNK_BYTES:
+        return stream, stream.report
+    chunks = list(stream)
+    if not stream.report.structural:  # else blocking: validated_* will not run to take it
+        _PARSED[pipeline.name] = (digest, version, chunks, stream.report)
+    return chunks, stream.report
 
 
 def _dropped_note(schema: Any) -> str:
@@ -218,8 +233,11 @@ def build_validation_stage(
         context: dg.AssetCheckExecutionContext, snapshot_store: SnapshotStoreResource
     ) -> dg.AssetCheckResult:
         record = _latest(context.instance, raw_key)
-        files = load_recorded(snapshot_store.get_store(), record, raw_key)
-        batch, report = _parse_and_validate(pipeline, files, remember=True)
+        chunks, report = _parse_and_validate(
+            pipeline, snapshot_store.get_store(), record, remember=True
+        )
+        for _chunk in chunks:
+            pass  # the report is final once every chunk is read (and every member verified)
         structural = bool(report.structural)
         passed = not structural and report.rejected_rows == 0
         return verdict(
@@ -248,15 +266,16 @@ def build_validation_stage(
                 "structural_problems": bullets(report.structural),
                 "failures_by_column": _failure_table(report.failures),
                 "failing_examples": dg.MetadataValue.json(report.examples),
-                "unparseable_lines": len(report.rejected_lines),
-                "comment_lines": dg.MetadataValue.json(batch.comment_lines),
+                "unparseable_lines": report.unparseable_lines,
+                "comment_lines": dg.MetadataValue.json(report.comment_lines),
+                "chunks": report.chunks,
             },
             description=(report.structural or [None])[0],
         )
 
     @dg.asset(
         key=validated_key,
-        ins={"raw": dg.AssetIn(key=raw_key)},
+        deps=[raw_key],
         group_name="ingestion",
         kinds={"pandera", "parquet"},
         owners=owners,
@@ -286,63 +305,77 @@ def build_validation_stage(
     )
     @retry_transient_io(pipeline.orchestration)
     def validated(
-        context: dg.AssetExecutionContext, raw: dict, snapshot_store: SnapshotStoreResource
+        context: dg.AssetExecutionContext, snapshot_store: SnapshotStoreResource
     ):  # no return annotation: with a check spec, dagster reads one as per-output types
         from secure_pipeline.validation.quarantine import quarantine_table
         from secure_pipeline.validation.schema import validated_rows
+        from secure_pipeline.validation.streaming import kept_counts
 
         # First: without its key (production must configure it) nothing is parsed at all.
         key = _pseudonym_key(pipeline)
-        # In the same process as schema_conforms (the default executor), its parse of these
-        # very bytes is reused; elsewhere they are parsed again.
-        batch, report = _parse_and_validate(pipeline, raw, remember=False)
-        if report.structural:
-            raise dg.Failure(
-                description=(
-                    f"{raw_key.to_user_string()} does not conform to the schema; nothing was "
-                    "validated: " + "; ".join(report.structural)
-                ),
-                metadata={"structural_problems": bullets(report.structural)},
-            )
-        assert report.rejected is not None
-        # Only the kept columns go on: ignored and personal ones end here (pseudonymised ones
-        # as keyed hashes), in validated_* and in the quarantine alike.
-        kept = validated_rows(batch, report, schema, key)
         store = snapshot_store.get_store()
-        raw_record = context.instance.get_latest_materialization_event(raw_key)
-        raw_digest = recorded_snapshot(raw_record, raw_key)[1] if raw_record else None
-        quarantine = quarantine_table(batch, report, schema, key)
-        from secure_pipeline.storage.tables import schema_summary, table_to_parquet, to_arrow
+        raw_record = _latest(context.instance, raw_key)
+        raw_digest = recorded_snapshot(raw_record, raw_key)[1]
+        upstream = {raw_key.to_user_string(): raw_digest}
+        # In the same process as schema_conforms (the default executor), its parse of a small
+        # fileset is reused; elsewhere, or for a large one, it is parsed again a chunk at a time.
+        chunks, report = _parse_and_validate(pipeline, store, raw_record, remember=False)
+        from secure_pipeline.storage.tables import ParquetStream, frame_table
+
+        kept_stream, quarantine_stream = ParquetStream(), ParquetStream()
+        quarantine_bytes = bytearray()
+        splits: Counter[str] = Counter()
+
+        def kept_rows() -> Iterator[bytes]:
+            """validated_* as it is made; raises (nothing stored) on a structural problem."""
+            for batch, chunk in chunks:
+                if report.structural:
+                    continue  # read on: every member's digest is checked at its end
+                kept = validated_rows(batch, chunk, schema, key)
+                kept_counts(kept[RESERVED_SPLIT_COLUMN], splits)
+                quarantine_bytes.extend(
+                    quarantine_stream.write(quarantine_table(batch, chunk, schema, key))
+                )
+                data = kept_stream.write(frame_table(kept))
+                if data:
+                    yield data
+            if report.structural:
+                raise dg.Failure(
+                    description=(
+                        f"{raw_key.to_user_string()} does not conform to the schema; nothing "
+                        "was validated: " + "; ".join(report.structural)
+                    ),
+                    metadata={"structural_problems": bullets(report.structural)},
+                )
+            yield kept_stream.finish()
 
         # Stored here, not by the IO manager: the reject-rate verdict must name the digest of
         # the snapshot it lets through.
-        table = to_arrow(kept)
         validated_ref, validated_metadata = store_snapshot(
             snapshot_store,
             validated_key,
-            table_to_parquet(table),
+            kept_rows(),
             ext="parquet",
             fmt="parquet",
-            rows=table.num_rows,
-            schema=schema_summary(table),
-            upstream={raw_key.to_user_string(): raw_digest} if raw_digest else {},
+            upstream=upstream,
             run_id=context.run.run_id,
             code_version=pipeline.code_version,
             identity=INGEST,
             encrypt=pipeline.holds_personal_data,
+            describe=kept_stream.summary,
         )
         # The declared schema (roles, descriptions, rules) over the physical one.
         validated_metadata[COLUMN_SCHEMA] = declared_table_schema(pipeline, validated=True)
-
+        quarantine_bytes.extend(quarantine_stream.finish())
         quarantined = store.put_bytes(
             [*validated_key.path, "_quarantine"],
-            table_to_parquet(quarantine),
+            bytes(quarantine_bytes),
             ext="parquet",
             format="parquet",
-            upstream={raw_key.to_user_string(): raw_digest} if raw_digest else {},
+            upstream=upstream,
             run_id=context.run.run_id,
             code_version=pipeline.code_version,
-            extra={"rows": quarantine.num_rows},
+            extra={"rows": quarantine_stream.rows},
             encrypt=pipeline.holds_personal_data,
         )
         rate = report.reject_rate
@@ -370,13 +403,12 @@ def build_validation_stage(
                 f"allows {policy.max_reject_rate:.2%}"
             ),
         )
-        splits = kept[RESERVED_SPLIT_COLUMN].value_counts().to_dict()
         return dg.MaterializeResult(
             data_version=dg.DataVersion(validated_ref.sha256),
             metadata={
                 **validated_metadata,
                 "rows_in": report.rows,
-                "rows_valid": len(kept),
+                "rows_valid": kept_stream.rows,
                 "rows_quarantined": report.rejected_rows,
                 "reject_rate": round(rate, 6),
                 "rows_by_split": dg.MetadataValue.json({str(k): int(v) for k, v in splits.items()}),

@@ -122,12 +122,13 @@ def _file_problem(member: str, data: bytes, schema: DatasetSchema) -> str | None
     return None
 
 
-def _utf8_problem(member: str, data: bytes) -> str:
+def _utf8_problem(member: str, data: bytes, byte_offset: int = 0) -> str:
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
         return (
-            f"file {member!r} is not valid UTF-8 text (byte {exc.start}: {exc.reason}); "
+            f"file {member!r} is not valid UTF-8 text (byte {byte_offset + exc.start}: "
+            f"{exc.reason}); "
             "re-export the file as UTF-8"
         )
     return ""
@@ -203,14 +204,28 @@ def _withholds(schema: DatasetSchema) -> bool:
 
 
 def _read_member(
-    member: str, data: bytes, schema: DatasetSchema, batch: ParsedBatch
+    member: str,
+    data: bytes,
+    schema: DatasetSchema,
+    batch: ParsedBatch,
+    *,
+    whole: bool = True,
+    byte_offset: int = 0,
 ) -> "pa.Table | None":
+    """Read one member (``whole``) or one chunk of lines of it, header first, into strings.
+
+    A chunk (``whole=False``) that holds no data is no problem, nor is one whose lines all have
+    the wrong number of fields: whether the member has any data is decided over all its chunks.
+    ``byte_offset`` places a chunk's bytes in the member, for the error that names a byte.
+    """
     import pyarrow as pa
 
     if schema.comment_prefix:
         data, comments = _mark_comments(data, schema.comment_prefix.encode())
         batch.comment_lines[member] = comments
     problem = _file_problem(member, data, schema)
+    if problem and not whole and not data.strip():
+        return None
     if problem:
         batch.problems.append(problem)
         return None
@@ -240,13 +255,13 @@ def _read_member(
     except pa.ArrowInvalid as exc:
         # pyarrow checks UTF-8 as it converts; decode only now to say where it broke.
         batch.problems.append(
-            _utf8_problem(member, data)
+            _utf8_problem(member, data, byte_offset)
             or f"file {member!r} could not be parsed as {schema.name} CSV: "
             + (WITHHELD if _withholds(schema) else str(exc))
         )
         return None
     batch.rejected_lines.extend(rejected)
-    if table.num_rows == 0 and rejected:
+    if table.num_rows == 0 and rejected and whole:
         batch.problems.append(
             f"file {member!r}: no line has the declared {len(names)} fields "
             f"({rejected[0].reason} on line {rejected[0].line}); wrong delimiter or format?"
@@ -421,7 +436,6 @@ def parse_fileset(files: Mapping[str, bytes], schema: DatasetSchema) -> ParsedBa
     Returns:
         The parsed batch; check ``problems`` before using the frame.
     """
-    import numpy as np
     import pandas as pd
     import pyarrow as pa
 
@@ -439,7 +453,78 @@ def parse_fileset(files: Mapping[str, bytes], schema: DatasetSchema) -> ParsedBa
         if not batch.problems:
             batch.problems.append("the fileset has no files")
         return batch
-    table = pa.concat_tables(tables)
+    _type(batch, pa.concat_tables(tables), schema)
+    if len(batch.frame) == 0:
+        batch.problems.append(f"the fileset has no data rows (expected {schema.name} rows)")
+    return batch
+
+
+def member_problem(
+    member: str,
+    schema: DatasetSchema,
+    *,
+    has_data: bool,
+    rows: int,
+    first_rejected: RejectedLine | None,
+) -> str | None:
+    """What is wrong with a member read in chunks, judged once all of them are read.
+
+    Args:
+        member: The member.
+        schema: The declared schema.
+        has_data: Whether any chunk held more than whitespace.
+        rows: Lines that split into the declared fields, over all chunks.
+        first_rejected: The member's first line with the wrong number of fields, if any.
+
+    Returns:
+        The problem `parse_fileset` reports for the same whole file, or None.
+    """
+    if not has_data:
+        return f"file {member!r} is empty: expected {schema.name} rows, found no data"
+    if rows == 0 and first_rejected is not None:
+        return (
+            f"file {member!r}: no line has the declared {len(schema.column_names)} fields "
+            f"({first_rejected.reason} on line {first_rejected.line}); wrong delimiter or "
+            "format?"
+        )
+    return None
+
+
+def parse_chunk(
+    member: str, data: bytes, schema: DatasetSchema, *, byte_offset: int = 0
+) -> ParsedBatch:
+    """Parse one chunk of a member's lines (the header first, when the schema has one).
+
+    Like `parse_fileset` on that one file, except that a chunk with no data, or whose every
+    line has the wrong number of fields, is no problem of its own: `streaming` decides that
+    over the whole member. Line numbers are the chunk's (header = line 1).
+
+    Args:
+        member: The member the chunk comes from.
+        data: The header line and whole lines of the member.
+        schema: The declared schema.
+        byte_offset: Where ``data`` would start in the member (for an encoding error).
+
+    Returns:
+        The parsed chunk; check ``problems`` before using the frame.
+    """
+    import pandas as pd
+    import pyarrow as pa
+
+    batch = ParsedBatch(frame=pd.DataFrame())
+    table = _read_member(member, data, schema, batch, whole=False, byte_offset=byte_offset)
+    if table is not None:  # typed even when empty: a chunk of bad lines has the columns too
+        member_column = pa.array([member] * table.num_rows, pa.string())
+        _type(batch, table.append_column(RESERVED_SPLIT_COLUMN, member_column), schema)
+    return batch
+
+
+def _type(batch: ParsedBatch, table: "pa.Table", schema: DatasetSchema) -> None:
+    """Convert the read strings to the declared types, into ``batch``."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
     columns: dict[str, Any] = {}
     texts: dict[str, Any] = {}
     for spec in schema.columns:
@@ -463,6 +548,3 @@ def parse_fileset(files: Mapping[str, bytes], schema: DatasetSchema) -> ParsedBa
     texts[RESERVED_SPLIT_COLUMN] = table.column(RESERVED_SPLIT_COLUMN)
     batch.text = pa.table(texts)
     batch.frame = pd.DataFrame(columns)
-    if len(batch.frame) == 0:
-        batch.problems.append(f"the fileset has no data rows (expected {schema.name} rows)")
-    return batch

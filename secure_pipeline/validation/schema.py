@@ -19,6 +19,7 @@ schema's kept columns, pseudonymised ones as keyed hashes.
 """
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -202,12 +203,17 @@ class SchemaReport:
         return self.rejected_rows / self.rows if self.rows else 1.0
 
 
-def validate_batch(batch: ParsedBatch, schema: DatasetSchema) -> SchemaReport:
+def validate_batch(
+    batch: ParsedBatch, schema: DatasetSchema, *, whole: bool = True
+) -> SchemaReport:
     """Validate a parsed batch against the schema, collecting every failure.
 
     Args:
         batch: The parsed fileset.
         schema: The declared schema.
+        whole: The batch is the whole fileset. A chunk of it (False) is not judged for
+            failing a check in every row, nor for having no rows: those are decided over all
+            chunks (`all_rows_failing`).
 
     Returns:
         The report; ``structural`` non-empty means the batch must not be used.
@@ -219,8 +225,10 @@ def validate_batch(batch: ParsedBatch, schema: DatasetSchema) -> SchemaReport:
     report.structural.extend(batch.problems)
     frame = batch.frame
     if report.structural or frame.empty:
-        if not report.structural:
+        if not report.structural and whole:
             report.structural.append("the batch has no rows")
+        if not report.structural:
+            report.rejected = np.zeros(0, dtype=bool)
         return report
     rejected = np.zeros(len(frame), dtype=bool)
     reasons: dict[int, list[str]] = defaultdict(list)
@@ -246,18 +254,27 @@ def validate_batch(batch: ParsedBatch, schema: DatasetSchema) -> SchemaReport:
     except pa.errors.SchemaErrors as errors:
         personal = {c.name for c in schema.columns if c.role in ("personal", "identifier")}
         _collect(errors.failure_cases, batch, report, rejected, reasons, counts, personal)
-    for name, checks in counts.items():
-        for check, count in checks.items():
-            if count == len(frame) and len(frame) > 1:
-                report.structural.append(
-                    f"column {name!r} fails {check} in all {count} rows: expected "
-                    f"{expected.get(name, '?')} values as declared; the column is probably "
-                    "shifted, renamed or of another type (schema drift)"
-                )
+    if whole:
+        report.structural.extend(all_rows_failing(counts, len(frame), schema))
     report.failures = {k: dict(v) for k, v in counts.items()}
     report.rejected = rejected
     report.reasons = dict(reasons)
     return report
+
+
+def all_rows_failing(
+    counts: Mapping[str, Mapping[str, int]], rows: int, schema: DatasetSchema
+) -> list[str]:
+    """The structural problem of each column that fails one check in every one of ``rows``."""
+    expected = {c.name: c.dtype for c in schema.columns}
+    return [
+        f"column {name!r} fails {check} in all {count} rows: expected "
+        f"{expected.get(name, '?')} values as declared; the column is probably shifted, "
+        "renamed or of another type (schema drift)"
+        for name, checks in counts.items()
+        for check, count in checks.items()
+        if count == rows and rows > 1
+    ]
 
 
 def _collect(

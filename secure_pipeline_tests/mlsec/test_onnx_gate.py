@@ -56,8 +56,9 @@ def test_a_converter_whose_copy_disagrees_fails_the_gate_and_nothing_is_register
     store = LocalSnapshotStore(isolated_env / "store")
     digest = gate.metadata["model_sha256"].value
     found = [
-        attestations.open_envelope(data, trust_policy(), identities=("train",),
-                                   predicate_type=attestations.VERDICT_TYPE)  # fmt: skip
+        attestations.open_envelope(
+            data, trust_policy(), identities=("train",), predicate_type=attestations.VERDICT_TYPE
+        )  # fmt: skip
         for _, data in attestations.stored_envelopes(store, "verdicts", digest)
     ]
     mine = [a.predicate for a in found if a.predicate["check"] == "onnx_equivalent"]
@@ -71,7 +72,8 @@ def test_registration_takes_the_copy_only_from_a_train_signed_verdict(isolated_e
     # An insider's unsigned envelope naming a copy of their choosing is not evidence.
     forged = b'{"payloadType": "application/vnd.in-toto+json", "payload": "e30=", "signatures": []}'
     with pytest.raises(LineageError):
-        onnx_copy(None, store, trust_policy(), lineage,
-                  {"evidence/model.onnx_equivalent.json": forged})  # type: ignore[arg-type]
+        onnx_copy(
+            None, store, trust_policy(), lineage, {"evidence/model.onnx_equivalent.json": forged}
+        )  # type: ignore[arg-type]
     with pytest.raises(LineageError, match="no signed verdict of onnx_equivalent"):
         onnx_copy(None, store, trust_policy(), {"checks": []}, {})  # type: ignore[arg-type]

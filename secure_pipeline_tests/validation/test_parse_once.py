@@ -1,4 +1,4 @@
-"""validated_* reuses schema_conforms's parse in one process, and only for the same bytes."""
+"""validated_* reuses schema_conforms's parse in one process, only for the same fileset."""
 
 import os
 from pathlib import Path
@@ -7,7 +7,7 @@ import dagster as dg
 import pytest
 
 from secure_pipeline.validation import assets as validation_assets
-from secure_pipeline.validation import parsing
+from secure_pipeline.validation import streaming
 from secure_pipeline_tests.helpers import materialize
 from secure_pipeline_tests.validation.test_validation_stage import GOOD, _source, loans_pipeline
 
@@ -20,15 +20,15 @@ def instance(isolated_env: Path):
 
 @pytest.fixture
 def parses(monkeypatch) -> list[int]:
-    """Counts the real parser's calls (it still does all the work)."""
+    """Counts the real parser's calls, one per chunk (it still does all the work)."""
     calls: list[int] = []
-    real = parsing.parse_fileset
+    real = streaming.parse_chunk
 
-    def counted(files, schema):
+    def counted(*args, **kwargs):
         calls.append(1)
-        return real(files, schema)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(parsing, "parse_fileset", counted)
+    monkeypatch.setattr(streaming, "parse_chunk", counted)
     return calls
 
 
@@ -43,15 +43,41 @@ def test_validated_reuses_the_check_parse_in_one_process(instance, tmp_path, par
     assert "loans" not in validation_assets._PARSED  # popped on use
 
 
-def test_another_fileset_is_never_served_from_the_memo(tmp_path, parses) -> None:
+def test_another_fileset_is_never_served_from_the_memo(instance, tmp_path, parses) -> None:
     pipeline = loans_pipeline(_source(tmp_path, GOOD))
-    # The check parsed other bytes (an insider swapped the fileset between the two steps).
-    other = {"main": GOOD.replace(b"a1,1200.0", b"a1,999999.0")}
-    kept, _ = validation_assets._parse_and_validate(pipeline, other, remember=True)
-    batch, _ = validation_assets._parse_and_validate(pipeline, {"main": GOOD}, remember=False)
-    assert len(parses) == 2  # parsed again, not served from the memo
-    assert batch is not kept
+    assert materialize(pipeline, instance, assets=["raw_loans"]).success
+    parses.clear()
+    # The check parsed another fileset (an insider swapped it between the two steps): what it
+    # kept names that fileset's digest, not the one validated_* reads.
+    forged = ([], streaming.StreamReport(rows=1, parsed_rows=1))
+    validation_assets._PARSED["loans"] = ("0" * 64, pipeline.schema.version, *forged)
+    result = materialize(pipeline, instance, assets=["validated_loans"])
+    assert result.success
+    assert len(parses) == 1  # parsed again, not served from the memo
+    meta = instance.get_latest_materialization_event(
+        dg.AssetKey(["loans", "validated_loans"])
+    ).asset_materialization.metadata
+    assert meta["rows_valid"].value > 0
     assert "loans" not in validation_assets._PARSED
+
+
+def test_a_large_fileset_is_parsed_in_chunks_and_not_kept(instance, tmp_path, monkeypatch):
+    # Above one chunk the parse is not kept (memory stays bounded by a chunk): each step parses
+    # again, a chunk at a time, and both see the same rows.
+    calls: list[int] = []
+    real = streaming.parse_chunk
+    monkeypatch.setattr(streaming, "parse_chunk", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(streaming, "CHUNK_BYTES", 64)
+    lines = GOOD.splitlines()
+    pipeline = loans_pipeline(_source(tmp_path, b"\n".join(lines + lines[1:] * 14) + b"\n"))
+    result = _run(pipeline, instance)
+    assert result.success
+    assert len(calls) > 4  # several chunks, parsed by each step
+    assert "loans" not in validation_assets._PARSED
+    meta = instance.get_latest_materialization_event(
+        dg.AssetKey(["loans", "validated_loans"])
+    ).asset_materialization.metadata
+    assert meta["rows_in"].value == 15 * (len(lines) - 1)
 
 
 def _ingest_job() -> dg.JobDefinition:
