@@ -717,7 +717,7 @@ def dagster_in_process(home: Path) -> str:
             instance=instance, raise_on_error=True, asset_selection=keys
         )
         checks = result.get_asset_check_evaluations()
-        assert len(checks) == 11, [c.asset_check_key for c in checks]
+        assert len(checks) == 12, [c.asset_check_key for c in checks]
         assert all(c.passed for c in checks), [c.asset_check_key for c in checks if not c.passed]
         return result.run_id
 
