@@ -5,8 +5,9 @@ named like the column, shape ``[None, 1]`` (numeric ``tensor(double)``, category
 ``tensor(int64)``), and an output ``probabilities`` ``[None, 2]`` whose column 1 is the
 positive class. `OnnxPredictor` is built from bytes that already verified (never from a path),
 runs on the CPU with one thread per operator and between operators (a slot is one process per
-core), and refuses a graph whose inputs are not exactly the model's input columns with their
-dtypes: such a slot must never become ready.
+core; the session is `training.onnx.inference_session`'s, as the equivalence check's), and
+refuses a graph whose inputs are not exactly the model's input columns with their dtypes: such a
+slot must never become ready.
 """
 
 from collections.abc import Mapping
@@ -36,17 +37,12 @@ class OnnxPredictor:
     """
 
     def __init__(self, data: bytes, expected: Mapping[str, str]) -> None:
-        import onnxruntime as ort
         from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        from secure_pipeline.training.onnx import inference_session
+
         try:
-            self.session = ort.InferenceSession(
-                data, sess_options=options, providers=["CPUExecutionProvider"]
-            )
+            self.session = inference_session(data)
         # onnxruntime's own load errors derive from Exception directly; name them.
         except (ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.Fail,
                 ort_errors.InvalidArgument, RuntimeError, ValueError) as exc:  # fmt: skip

@@ -114,7 +114,7 @@ def convert(model: Any, pipeline: PipelineSpec) -> tuple[bytes | None, str]:
     try:
         # Some converted graphs do not load in onnxruntime (tree ensembles with double
         # inputs): a copy that cannot be served is no copy.
-        ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        inference_session(data)
     except (ort.capi.onnxruntime_pybind11_state.Fail,
             ort.capi.onnxruntime_pybind11_state.InvalidGraph,
             ort.capi.onnxruntime_pybind11_state.NotImplemented) as exc:  # fmt: skip
@@ -123,6 +123,21 @@ def convert(model: Any, pipeline: PipelineSpec) -> tuple[bytes | None, str]:
             f"({str(exc)[:300]}); served through skops"
         )
     return data, ""
+
+
+def inference_session(data: bytes) -> Any:
+    """An onnxruntime session of a graph, from its bytes: CPU only, one thread each way.
+
+    One thread per operator and between operators: a model server slot is one process per
+    core, and a check shares its process with the run. Load errors are onnxruntime's own.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def onnx_scores(data: bytes, columns: "dict[str, np.ndarray]") -> "np.ndarray":
@@ -136,12 +151,8 @@ def onnx_scores(data: bytes, columns: "dict[str, np.ndarray]") -> "np.ndarray":
         One float64 probability per row.
     """
     import numpy as np
-    import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    session = inference_session(data)
     feeds = {}
     for spec in session.get_inputs():
         dtype = np.int64 if spec.type == "tensor(int64)" else np.float64
