@@ -5,7 +5,7 @@ on a local store, ingesting Adult-shaped CSV (header-less, as the real files; 90
 training member, 10 % in the test member) from a folder: ``raw_adult`` with
 ``provenance_complete`` and ``schema_conforms``, ``validated_adult`` with
 ``reject_rate_within_limit``, and ``features``. The run is the code a user runs, streaming a
-chunk of lines (`secure_pipeline.validation.streaming.CHUNK_BYTES`) and a row group at a time.
+chunk of lines (the source's ``chunk_bytes``, 32 MiB by default) and a row group at a time.
 The checks that still read a whole table (``expectations_met``, ``feature_drift``,
 ``poisoning_screen``) are left out: they are not bounded yet, and would measure themselves.
 

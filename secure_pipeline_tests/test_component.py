@@ -146,6 +146,7 @@ def test_values_are_checked_across_sections_once_readable(tmp_path, monkeypatch)
     attributes["model"]["train_member"] = "mian"
     attributes["policy"]["fairness_report_only"] = ["race"]
     attributes["canary"] = {"canary_weight": 90}
+    attributes["source"]["chunk_bytes"] = 0
     message = _refusal({"loans": _dump(document)}, tmp_path, monkeypatch)
     for line in (
         "attributes.schema.positive_label: 'maybe' is not an allowed value of the label column",
@@ -159,9 +160,10 @@ def test_values_are_checked_across_sections_once_readable(tmp_path, monkeypatch)
         "not a feature",
         "attributes.model.train_member: model train_member 'mian' is not a source file member",
         "attributes.canary.canary_weight: must be 1..50 percent, found 90",
+        "attributes.source.chunk_bytes: source chunk_bytes must be positive",
     ):
         assert line in message, message
-    assert "(9 problems;" in message
+    assert "(10 problems;" in message
     assert "are checked once" not in message  # everything was read
 
 

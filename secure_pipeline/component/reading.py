@@ -354,6 +354,8 @@ def _locate(message: str, spec: dict[str, Any]) -> _Located | None:
         return at("source", "location_env_var", involves=["source"])
     if message.startswith("source max_bytes "):
         return at("source", "max_bytes", involves=["source"])
+    if message.startswith("source chunk_bytes "):
+        return at("source", "chunk_bytes", involves=["source"])
     if message.startswith("schema column names must be unique"):
         i = _second([c.name for c in columns])
         return at("schema", "columns", i, "name" if i is not None else None, involves=["schema"])

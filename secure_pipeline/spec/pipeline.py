@@ -104,6 +104,8 @@ class PipelineSpec:
             found.append(f"location_env_var {self.source.location_env_var!r} is not a valid name")
         if self.source.max_bytes <= 0:
             found.append("source max_bytes must be positive")
+        if self.source.chunk_bytes <= 0:
+            found.append("source chunk_bytes must be positive (bytes of a file parsed at a time)")
         names = self.schema.column_names
         if len(set(names)) != len(names):
             duplicated = sorted({n for n in names if names.count(n) > 1})

@@ -58,11 +58,11 @@ def _latest(instance: dg.DagsterInstance, key: dg.AssetKey) -> Any:
 
 # What schema_conforms parsed and validated, for validated_* in the same process: pipeline name
 # -> (fileset digest, schema version, chunks, report). At most one entry per pipeline, popped on
-# use, and only for a fileset of at most one chunk per member and `CHUNK_BYTES` in all (memory
-# stays bounded by a chunk; a larger one is parsed again, a chunk at a time). It holds only what
-# this process computed from a fileset whose every byte it verified (the stream was read to
-# its end), and is served only for the same fileset digest and schema; a step in another
-# process (multiprocess, a k8s step pod) finds nothing here and parses again.
+# use, and only for a fileset of at most the source's ``chunk_bytes`` in all (memory stays
+# bounded by a chunk; a larger one is parsed again, a chunk at a time). It holds only what this
+# process computed from a fileset whose every byte it verified (the stream was read to its
+# end), and is served only for the same fileset digest and schema; a step in another process
+# (multiprocess, a k8s step pod) finds nothing here and parses again.
 _PARSED: dict[str, tuple[str, str, list[Any], Any]] = {}
 
 
@@ -97,18 +97,19 @@ def _parse_and_validate(
         ``(chunks, report)``: iterate ``chunks`` (``(batch, chunk report)`` pairs) to the end
         before reading ``report`` (a `StreamReport`), which is final only then.
     """
-    from secure_pipeline.validation.streaming import CHUNK_BYTES, FilesetStream
+    from secure_pipeline.validation.streaming import FilesetStream
 
     raw_key, version = pipeline.names.raw, pipeline.schema.version
+    chunk_bytes = pipeline.source.chunk_bytes
     digest, members, size = _raw_members(store, record, raw_key)
     kept = None if remember else _PARSED.pop(pipeline.name, None)
     if kept is not None and kept[0] == digest and kept[1] == version:
         return kept[2], kept[3]
-    stream = FilesetStream(members, pipeline.schema, chunk_bytes=CHUNK_BYTES)
+    stream = FilesetStream(members, pipeline.schema, chunk_bytes=chunk_bytes)
     if not remember:
         return stream, stream.report
     _PARSED.pop(pipeline.name, None)
-    if size > CHUNK_BYTES:
+    if size > chunk_bytes:
         return stream, stream.report
     chunks = list(stream)
     if not stream.report.structural:  # else blocking: validated_* will not run to take it

@@ -1,7 +1,8 @@
 """A raw fileset parsed and validated a chunk of lines at a time: memory bounded by the chunk.
 
 Each member is read from the store as a stream (`SnapshotStore.iter_bytes`, verified when it
-ends) and cut at line ends into chunks of about `CHUNK_BYTES`; each chunk (the header line
+ends) and cut at line ends into chunks of about the source's ``chunk_bytes`` (32 MiB unless
+the spec says otherwise); each chunk (the header line
 first, when the schema has one) is parsed and pandera-validated exactly as a whole file is
 (`parsing.parse_chunk`, `schema.validate_batch`), so a row gets the same verdict and reason
 whichever chunk it falls in. What only the whole fileset can decide is decided over all chunks
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from secure_pipeline.spec import DatasetSchema
+from secure_pipeline.spec.data import DEFAULT_CHUNK_BYTES
 from secure_pipeline.validation.parsing import (
     WITHHELD,
     ParsedBatch,
@@ -30,10 +32,6 @@ from secure_pipeline.validation.parsing import (
 )
 from secure_pipeline.validation.schema import SchemaReport, all_rows_failing, validate_batch
 
-# About 32 MiB of CSV per chunk: some 300,000 rows of a dozen columns, ≈0.4 GB of parse and
-# pandera working memory. Large enough that pyarrow's threaded reader and pandera's vectorised
-# checks run at full speed; a batch this size or smaller is one chunk per member.
-CHUNK_BYTES = 32 << 20
 _EXAMPLES = 3
 
 
@@ -144,7 +142,7 @@ class FilesetStream:
         members: Mapping[str, Callable[[], Iterable[bytes]]],
         schema: DatasetSchema,
         *,
-        chunk_bytes: int = CHUNK_BYTES,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     ) -> None:
         """Prepare the stream; nothing is read before iteration."""
         self.members = members

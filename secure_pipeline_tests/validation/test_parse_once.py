@@ -67,9 +67,9 @@ def test_a_large_fileset_is_parsed_in_chunks_and_not_kept(instance, tmp_path, mo
     calls: list[int] = []
     real = streaming.parse_chunk
     monkeypatch.setattr(streaming, "parse_chunk", lambda *a, **k: calls.append(1) or real(*a, **k))
-    monkeypatch.setattr(streaming, "CHUNK_BYTES", 64)
     lines = GOOD.splitlines()
-    pipeline = loans_pipeline(_source(tmp_path, b"\n".join(lines + lines[1:] * 14) + b"\n"))
+    data = b"\n".join(lines + lines[1:] * 14) + b"\n"
+    pipeline = loans_pipeline(_source(tmp_path, data), chunk_bytes=64)
     result = _run(pipeline, instance)
     assert result.success
     assert len(calls) > 4  # several chunks, parsed by each step

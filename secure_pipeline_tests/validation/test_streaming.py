@@ -10,7 +10,6 @@ import pytest
 
 from secure_pipeline.storage.local import LocalSnapshotStore
 from secure_pipeline.validation import assets as validation_assets
-from secure_pipeline.validation import streaming
 from secure_pipeline.validation.parsing import parse_fileset
 from secure_pipeline.validation.quarantine import quarantine_table
 from secure_pipeline.validation.schema import validate_batch, validated_rows
@@ -120,7 +119,7 @@ def test_a_member_changed_behind_the_store_stores_nothing(
     # The insider edits the raw file after ingestion. The chunks before the change are parsed
     # before the digest is known: validated_* must still store nothing and name the snapshot.
     rows = HEADER + b"\n".join(GOOD_ROWS * 15) + b"\n"
-    pipeline = loans_pipeline(_source(tmp_path, rows))
+    pipeline = loans_pipeline(_source(tmp_path, rows), chunk_bytes=64)
     with dg.instance_for_test(temp_dir=str(isolated_env)) as instance:
         assert materialize(pipeline, instance, assets=["raw_loans"]).success
         store = LocalSnapshotStore(isolated_env / "store")
@@ -128,7 +127,6 @@ def test_a_member_changed_behind_the_store_stores_nothing(
                      if k.endswith(".csv")]  # fmt: skip
         # A late row changed: the first chunks verify nothing on their own.
         overwrite_raw(store, member, rows[:-30] + b"a1,1.0,12,N,no\n" + rows[-15:])
-        monkeypatch.setattr(streaming, "CHUNK_BYTES", 64)
         # validated_* runs in another process (a step pod): nothing parsed by schema_conforms
         # here is at hand, and the file is read again.
         validation_assets._PARSED.clear()
