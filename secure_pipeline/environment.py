@@ -160,7 +160,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "SECURE_PIPELINE_EXECUTOR",
         "`kubernetes` (the production default: each stage job's steps run as pods in the "
-        "stage's namespace) or `multiprocess` (the local default; a single-host deployment).",
+        "stage's namespace) or `local` (the local default; a single-host deployment: a stage "
+        "job's steps in its run's process, a process per step when run configuration asks; "
+        "`multiprocess` is its earlier name, still accepted).",
     ),
     # The inference gateway's own settings: only the gateway process needs them, so the code
     # location does not require them in production; GatewayConfig.from_environment does.
@@ -286,21 +288,27 @@ def is_loopback_url(url: str) -> bool:
         return False
 
 
-EXECUTORS = ("kubernetes", "multiprocess")
+# ``local``: one host, a stage job's steps in its run's process (a process per step when run
+# configuration asks). ``multiprocess`` is its earlier name, still accepted.
+EXECUTORS = ("kubernetes", "local", "multiprocess")
 
 
 def executor_mode(environment: Environment) -> str:
     """Where steps run: ``SECURE_PIPELINE_EXECUTOR``, else by environment.
 
     Production defaults to Kubernetes; a production deployment on one host (air-gapped, no
-    cluster) sets ``multiprocess`` explicitly, so it is never chosen by accident. On one host a
-    stage job's steps run in its run's process unless run configuration asks for a process
-    per step (see `secure_pipeline.orchestration.jobs.local_executor`).
+    cluster) sets ``local`` explicitly, so it is never chosen by accident. On one host a stage
+    job's steps run in its run's process unless run configuration asks for a process per step
+    (see `secure_pipeline.orchestration.jobs.local_executor`).
+
+    Returns:
+        ``kubernetes`` or ``local`` (``multiprocess``, the earlier name, reads as ``local``).
     """
     value = read("SECURE_PIPELINE_EXECUTOR")
     if value is None:
-        return "kubernetes" if environment is Environment.PRODUCTION else "multiprocess"
-    return value.lower()
+        return "kubernetes" if environment is Environment.PRODUCTION else "local"
+    value = value.lower()
+    return "local" if value == "multiprocess" else value
 
 
 def _read_any(name: str) -> str | None:

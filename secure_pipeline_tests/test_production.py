@@ -5,7 +5,7 @@ The whole reference graph is materialized with ``dagster asset materialize`` und
 PostgreSQL server (TLS 1.3 only), snapshots and the audit trail go to an S3 API server over TLS
 (moto) into an Object Lock bucket with SSE-KMS, the model registry is an MLflow tracking server
 process over TLS, the source is an HTTPS server with the test CA, and the release is signed with
-a production key named in a trust policy. Steps run on the multiprocess executor (the
+a production key named in a trust policy. Steps run on the local executor (the
 single-host mode); the Kubernetes executor's pods are covered by ``orchestration/test_jobs``.
 """
 
@@ -100,7 +100,7 @@ def deployment(pki, tmp_path_factory, dev_keys) -> Iterator[Deployment]:
             **_clean_environ(),
             **aws,
             "SECURE_PIPELINE_ENV": "production",
-            "SECURE_PIPELINE_EXECUTOR": "multiprocess",
+            "SECURE_PIPELINE_EXECUTOR": "local",
             "SECURE_PIPELINE_SOURCE_URI": f"{source.url}/data/",
             "SECURE_PIPELINE_CA_BUNDLE": str(pki.ca),
             "SECURE_PIPELINE_S3_BUCKET": BUCKET,

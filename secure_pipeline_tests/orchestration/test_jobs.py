@@ -207,9 +207,10 @@ def test_local_jobs_use_the_default_executor() -> None:
 def test_a_single_host_production_runs_without_kubernetes(monkeypatch) -> None:
     for name, value in PRODUCTION.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setenv("SECURE_PIPELINE_EXECUTOR", "multiprocess")
-    defs = adult_pipeline().build_definitions()
-    assert defs.resolve_job_def("adult_train").executor_def.name == "in_process_by_default"
+    for name in ("local", "multiprocess"):  # the earlier name still means one host
+        monkeypatch.setenv("SECURE_PIPELINE_EXECUTOR", name)
+        defs = adult_pipeline().build_definitions()
+        assert defs.resolve_job_def("adult_train").executor_def.name == "in_process_by_default"
     monkeypatch.setenv("SECURE_PIPELINE_EXECUTOR", "k8s")
     with pytest.raises(Exception, match="SECURE_PIPELINE_EXECUTOR must be one of"):
         adult_pipeline().build_definitions()
