@@ -65,7 +65,12 @@ MODEL_FILE = "model.skops"
 # records it under this same name.
 ONNX_FILE = "model.onnx"
 EVIDENCE_DIR = "evidence"
-LINEAGE_VERSION = 2
+# 3: the model's ONNX copy is proved by the train identity's signed onnx_equivalent verdict.
+LINEAGE_VERSION = 3
+# The first version whose model stage has an onnx_equivalent verdict. An earlier bundle still
+# verifies without one (models promoted before keep serving), but its ONNX copy was vouched
+# for by the release identity alone: it is never served (`onnx_proved`), the skops file is.
+ONNX_PROVED_FROM = 3
 MAX_LINEAGE_BYTES = 16 * 1024 * 1024
 VERDICTS = "verdicts"
 # Rows of the input example: enough to show the shape of a request, few enough to read.
@@ -325,6 +330,12 @@ def onnx_entry(data: bytes, pipeline: PipelineSpec) -> dict[str, Any]:
         "inputs": input_dtypes(pipeline),
         "tolerance": TOLERANCE,
     }
+
+
+def onnx_proved(lineage: Mapping[str, Any]) -> bool:
+    """Whether the lineage's version binds an ONNX copy to a signed equivalence verdict."""
+    version = lineage.get("lineage_version")
+    return isinstance(version, int) and version >= ONNX_PROVED_FROM
 
 
 def onnx_copy(
@@ -803,6 +814,8 @@ def verify_lineage(
     except LineageError as exc:
         return [*problems, str(exc)]
     wanted = {(stage, name) for stage, names in required.items() for name in names}
+    if not onnx_proved(lineage):
+        wanted.discard(("model", ONNX_EQUIVALENT))
     checks = list(lineage.get("checks", []))
     recorded = [(c.get("stage"), c.get("check")) for c in checks]
     for stage, name in sorted(wanted - set(recorded)):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from secure_pipeline.errors import PolicyViolation
-from secure_pipeline.registry.bundle import MODEL_FILE, ONNX_FILE
+from secure_pipeline.registry.bundle import MODEL_FILE, ONNX_FILE, onnx_proved
 from secure_pipeline.registry.verification import Verification, verify_bundle_dir
 from secure_pipeline.spec import PipelineSpec
 from secure_pipeline.trust.policy import TrustPolicy
@@ -109,7 +109,9 @@ def load_from(verification: Verification, *, trusted: Sequence[str] = ()) -> Ver
     model = load_model(data, source=str(directory / MODEL_FILE), trusted=trusted)
     onnx = None
     entry = verification.lineage.get(ONNX_FILE)
-    if entry is not None:
+    # A copy no signed onnx_equivalent verdict proved (a bundle registered before those
+    # verdicts) is not served: the skops file is what the checks judged.
+    if entry is not None and onnx_proved(verification.lineage):
         # The same read-once rule: these bytes, checked against the verified digest.
         onnx = (directory / ONNX_FILE).read_bytes()
         if hashlib.sha256(onnx).hexdigest() != entry.get("sha256"):

@@ -111,10 +111,13 @@ def _mark_comments(data: bytes, prefix: bytes) -> tuple[bytes, int]:
     return b"\n".join(prefix if line.startswith(prefix) else line for line in lines), count
 
 
-def _file_problem(member: str, data: bytes, schema: DatasetSchema) -> str | None:
+def _file_problem(
+    member: str, data: bytes, schema: DatasetSchema, *, start: bool = True
+) -> str | None:
+    """Empty, or binary: NUL bytes in the first 64 KiB of the file (``start``: ``data`` is it)."""
     if not data.strip():
         return f"file {member!r} is empty: expected {schema.name} rows, found no data"
-    if b"\x00" in data[:65536]:
+    if start and b"\x00" in data[:65536]:
         return (
             f"file {member!r} is not text: it contains NUL bytes (binary data where "
             f"{schema.name} CSV was expected)"
@@ -194,6 +197,12 @@ def _header_names(member: str, found: list[str], schema: DatasetSchema) -> tuple
     return names, ""
 
 
+def first_line(data: bytes) -> bytes:
+    r"""The first line of ``data`` without its end (``\n``, ``\r\n`` or a lone ``\r``)."""
+    ends = [i for i in (data.find(b"\n"), data.find(b"\r")) if i >= 0]
+    return data[: min(ends)] if ends else data
+
+
 def _withholds(schema: DatasetSchema) -> bool:
     """Whether the schema has columns whose values must not be quoted.
 
@@ -210,29 +219,40 @@ def _read_member(
     batch: ParsedBatch,
     *,
     whole: bool = True,
+    first: bool = True,
     byte_offset: int = 0,
 ) -> "pa.Table | None":
     """Read one member (``whole``) or one chunk of lines of it, header first, into strings.
 
     A chunk (``whole=False``) that holds no data is no problem, nor is one whose lines all have
     the wrong number of fields: whether the member has any data is decided over all its chunks.
-    ``byte_offset`` places a chunk's bytes in the member, for the error that names a byte.
+    ``byte_offset`` places a chunk's bytes in the member, for the error that names a byte;
+    ``first`` says the chunk is the member's first (where binary data is looked for).
     """
     import pyarrow as pa
 
     if schema.comment_prefix:
         data, comments = _mark_comments(data, schema.comment_prefix.encode())
         batch.comment_lines[member] = comments
-    problem = _file_problem(member, data, schema)
+    problem = _file_problem(member, data, schema, start=whole or first)
     if problem and not whole and not data.strip():
-        return None
+        # A chunk of whitespace: blank lines are no rows; a line of spaces is a row to judge
+        # (whether the member is empty is decided over all its chunks).
+        if not data.strip(b"\r\n"):
+            return None
+        problem = None
     if problem:
         batch.problems.append(problem)
         return None
     names = list(schema.column_names)
     skip = 0
     if schema.has_header:
-        first = data.lstrip(b"\n").split(b"\n", 1)[0].decode("utf-8", "replace").rstrip("\r")
+        # Blank lines before the header are no rows: without them, the reader's one skipped
+        # row is the header itself.
+        stripped = data.lstrip(b"\r\n")
+        byte_offset += len(data) - len(stripped)
+        data = stripped
+        first = first_line(data).decode("utf-8", "replace")
         # Names exactly as written: surrounding whitespace in a name is drift too.
         found = next(csv.reader([first], delimiter=schema.delimiter), [])
         problem = _header_problem(member, found, schema)
@@ -261,6 +281,17 @@ def _read_member(
         )
         return None
     batch.rejected_lines.extend(rejected)
+    comments = batch.comment_lines.get(member, 0)
+    lines = sum(1 for line in data.splitlines() if line) - skip  # blank lines are no rows
+    if table.num_rows + len(rejected) + comments != lines:
+        # The reader joined lines: a quote opened in a field and not closed on its line takes
+        # the lines after it into that field. Those rows would be neither kept nor quarantined.
+        batch.problems.append(
+            f"file {member!r}: {lines} lines, but {table.num_rows + len(rejected) + comments} "
+            'rows: a quote (") opened in a field is not closed on the same line, so lines were '
+            "read into it. A quoted value must not span lines; fix the quoting at the source"
+        )
+        return None
     if table.num_rows == 0 and rejected and whole:
         batch.problems.append(
             f"file {member!r}: no line has the declared {len(names)} fields "
@@ -491,7 +522,7 @@ def member_problem(
 
 
 def parse_chunk(
-    member: str, data: bytes, schema: DatasetSchema, *, byte_offset: int = 0
+    member: str, data: bytes, schema: DatasetSchema, *, first: bool, byte_offset: int = 0
 ) -> ParsedBatch:
     """Parse one chunk of a member's lines (the header first, when the schema has one).
 
@@ -503,6 +534,8 @@ def parse_chunk(
         member: The member the chunk comes from.
         data: The header line and whole lines of the member.
         schema: The declared schema.
+        first: Whether this is the member's first chunk (binary data is looked for in the
+            first 64 KiB of the member, as for a whole file).
         byte_offset: Where ``data`` would start in the member (for an encoding error).
 
     Returns:
@@ -512,7 +545,9 @@ def parse_chunk(
     import pyarrow as pa
 
     batch = ParsedBatch(frame=pd.DataFrame())
-    table = _read_member(member, data, schema, batch, whole=False, byte_offset=byte_offset)
+    table = _read_member(
+        member, data, schema, batch, whole=False, first=first, byte_offset=byte_offset
+    )
     if table is not None:  # typed even when empty: a chunk of bad lines has the columns too
         member_column = pa.array([member] * table.num_rows, pa.string())
         _type(batch, table.append_column(RESERVED_SPLIT_COLUMN, member_column), schema)

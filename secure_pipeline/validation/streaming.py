@@ -27,6 +27,7 @@ from secure_pipeline.validation.parsing import (
     WITHHELD,
     ParsedBatch,
     RejectedLine,
+    first_line,
     member_problem,
     parse_chunk,
 )
@@ -90,12 +91,17 @@ class StreamReport:
 
 
 def line_chunks(stream: Iterable[bytes], chunk_bytes: int) -> Iterator[tuple[bytes, int]]:
-    """Cut a byte stream at line ends into pieces of about ``chunk_bytes``.
+    r"""Cut a byte stream at line ends outside quotes into pieces of about ``chunk_bytes``.
+
+    A cut is never made inside a quoted field (after an odd number of ``"``): the reader of
+    each piece then sees every quote as the reader of the whole file does, so a quote left open
+    takes the same lines into its field (and fails the same way) whatever the chunk size. Line
+    ends are ``\n``, or ``\r`` in a stream that has no ``\n`` (old Mac files).
 
     Args:
         stream: The member's bytes, in any chunks.
-        chunk_bytes: The size a piece reaches before it is cut at its last line end (a line
-            longer than that stays whole).
+        chunk_bytes: The size a piece reaches before it is cut at its last line end (a line,
+            or a quoted field, longer than that stays whole).
 
     Yields:
         Each piece (whole lines; the last may lack its line end) and its offset in the member.
@@ -105,9 +111,9 @@ def line_chunks(stream: Iterable[bytes], chunk_bytes: int) -> Iterator[tuple[byt
     for block in stream:
         pending += block
         while len(pending) >= chunk_bytes:
-            cut = pending.rfind(b"\n", 0, chunk_bytes) + 1 or pending.find(b"\n", chunk_bytes) + 1
+            cut = _cut(pending, chunk_bytes)
             if cut == 0:
-                break  # one line longer than a chunk: read on until it ends
+                break  # no line end outside quotes yet: read on
             piece = bytes(pending[:cut])
             del pending[:cut]
             yield piece, offset
@@ -116,11 +122,33 @@ def line_chunks(stream: Iterable[bytes], chunk_bytes: int) -> Iterator[tuple[byt
         yield bytes(pending), offset
 
 
+def _cut(pending: bytearray, chunk_bytes: int) -> int:
+    """Where to cut: after the last line end outside quotes within ``chunk_bytes``.
+
+    Else after the first one beyond it; 0 when there is none yet.
+    """
+    end = b"\n" if b"\n" in pending else b"\r"
+    if b'"' not in pending:
+        return pending.rfind(end, 0, chunk_bytes) + 1 or pending.find(end, chunk_bytes) + 1
+    import numpy as np
+
+    data = np.frombuffer(pending, dtype=np.uint8)
+    # Parity of the quotes up to each byte (uint8 wraps, which keeps the parity).
+    quoted = np.cumsum(data == ord('"'), dtype=np.uint8) & 1
+    ends = np.flatnonzero((data == ord(end)) & (quoted == 0))
+    del data, quoted  # release the buffer: the caller resizes it
+    if not len(ends):
+        return 0
+    within = ends[ends < chunk_bytes]
+    return int((within[-1] if len(within) else ends[0]) + 1)
+
+
 def _header_line(piece: bytes) -> bytes:
     """The first line of a member (as the parser takes it), with its line end."""
-    text = piece.lstrip(b"\n")
-    end = text.find(b"\n")
-    return text[: end + 1] if end >= 0 else text + b"\n"
+    text = piece.lstrip(b"\r\n")
+    line = first_line(text)
+    end = text[len(line) : len(line) + 2]
+    return line + (b"\r\n" if end == b"\r\n" else end[:1] or b"\n")
 
 
 class FilesetStream:
@@ -173,26 +201,27 @@ class FilesetStream:
         schema, report = self.schema, self.report
         header = b""
         lines_before = 0  # data lines of the member in earlier chunks (blank lines uncounted)
-        parsed, has_data, failed = 0, False, False
+        parsed, has_lines, has_text = 0, False, False
+        problems: list[str] = []  # the member's; an all-whitespace member is only "empty"
         first_rejected: RejectedLine | None = None
         for piece, offset in line_chunks(stream, self.chunk_bytes):
-            if failed:
+            has_text = has_text or bool(piece.strip())
+            if problems:
                 continue  # read on, unparsed: the member's digest is checked at its end
-            has_data = has_data or bool(piece.strip())
-            if not has_data:
-                continue
+            first = not has_lines
+            has_lines = has_lines or bool(piece.strip(b"\r\n"))
+            if not has_lines:
+                continue  # blank lines before any line are no rows
             data, at = piece, offset
-            if lines_before or header:
+            if not first:  # the header line first, as the reader of the whole file has it
                 data, at = header + piece, offset - len(header)
             elif schema.has_header:
                 header = _header_line(piece)
-            batch = parse_chunk(member, data, schema, byte_offset=at)
+            batch = parse_chunk(member, data, schema, first=first, byte_offset=at)
             comments = batch.comment_lines.get(member, 0)
             report.comment_lines[member] = report.comment_lines.get(member, 0) + comments
             if batch.problems:
-                for problem in batch.problems:
-                    report._problem(problem)
-                failed = True
+                problems.extend(batch.problems)
                 continue
             if lines_before:
                 batch.rejected_lines = [
@@ -207,12 +236,15 @@ class FilesetStream:
             chunk = validate_batch(batch, schema, whole=False)
             report._merge(batch, chunk)
             yield batch, chunk
-        if not failed:
+        if not has_text:
+            problems = []  # whitespace only: empty, as the whole file is judged
+        if not problems:
             problem = member_problem(
-                member, schema, has_data=has_data, rows=parsed, first_rejected=first_rejected
+                member, schema, has_data=has_text, rows=parsed, first_rejected=first_rejected
             )
-            if problem:
-                report._problem(problem)
+            problems = [problem] if problem else []
+        for problem in problems:
+            report._problem(problem)
 
 
 def kept_counts(splits: Any, counts: Counter[str]) -> None:

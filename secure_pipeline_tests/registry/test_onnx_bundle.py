@@ -100,3 +100,32 @@ def test_a_keyed_signer_removing_the_proved_copy_from_file_and_lineage_is_refuse
     (bundle / ONNX_FILE).unlink()
     problems = _resign_with_lineage(bundle, lambda lineage: lineage.pop(ONNX_FILE))
     assert any("verdict proved ONNX copy" in p and "does not record" in p for p in problems)
+
+
+def test_a_bundle_from_before_the_onnx_gate_verifies_and_is_served_through_skops(
+    bundle, reference_run
+):
+    # A lineage of version 2 (registered before onnx_equivalent existed) needs no such verdict,
+    # so models promoted then keep verifying; its ONNX copy was vouched for by the release
+    # identity alone, so it is never served: the skops file the checks judged is.
+    def as_version_2(lineage):
+        lineage["lineage_version"] = 2
+        lineage["checks"] = [c for c in lineage["checks"] if c["check"] != "onnx_equivalent"]
+
+    lineage = json.loads((bundle / LINEAGE_FILE).read_text())
+    as_version_2(lineage)
+    (bundle / LINEAGE_FILE).write_text(json.dumps(lineage, indent=2, sort_keys=True))
+    (bundle / "evidence" / "model.onnx_equivalent.json").unlink()
+    (bundle / "model.sig").unlink()
+    sign_bundle(bundle, signer_from_environment())
+    result = verify_bundle_dir(bundle, trust=trust_policy(), pipeline=None, store=None)
+    assert result.ok, result.problems
+    loaded = load_verified(bundle, trust=trust_policy(), pipeline=None)
+    assert loaded.onnx is None
+    # The same lineage claiming version 3 must have the verdict.
+    lineage["lineage_version"] = 3
+    (bundle / LINEAGE_FILE).write_text(json.dumps(lineage, indent=2, sort_keys=True))
+    (bundle / "model.sig").unlink()
+    sign_bundle(bundle, signer_from_environment())
+    result = verify_bundle_dir(bundle, trust=trust_policy(), pipeline=None, store=None)
+    assert any("no verdict of onnx_equivalent" in p for p in result.problems)

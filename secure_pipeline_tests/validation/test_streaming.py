@@ -1,6 +1,7 @@
 """A fileset validated a chunk at a time gets exactly the verdicts of the whole file, and a
 tampered member stored nothing, even though its first chunks were parsed before the end."""
 
+import dataclasses
 from pathlib import Path
 
 import dagster as dg
@@ -138,3 +139,48 @@ def test_a_member_changed_behind_the_store_stores_nothing(
         validated = dg.AssetKey(["loans", "validated_loans"])
         assert instance.get_latest_materialization_event(validated) is None
         assert not list(store.list_keys("snapshots/loans/validated_loans/"))
+
+
+_GOOD = b"\n".join(GOOD_ROWS)
+_NO_HEADER = dataclasses.replace(SCHEMA, has_header=False)
+ADVERSARIAL = {
+    # A quote left open takes the lines after it into its field: the whole file fails, and so
+    # must every chunking of it (a cut inside the quote would quietly keep those rows).
+    "stray quote": (SCHEMA, HEADER + _GOOD + b'\n"a1,5,12,N,yes\n' + _GOOD + b"\n"),
+    "quoted newline": (SCHEMA, HEADER + b'a1,"5\n0",12,N,yes\n' + _GOOD + b"\n"),
+    "quoted fields": (SCHEMA, HEADER + b'"a1","5",12,"N","yes"\n' + _GOOD + b"\n"),
+    "CR line ends": (SCHEMA, (HEADER + _GOOD + b"\n").replace(b"\n", b"\r")),
+    "CRLF line ends": (SCHEMA, (HEADER + _GOOD + b"\n").replace(b"\n", b"\r\n")),
+    "blank lines first": (SCHEMA, b"\n\n" + HEADER + _GOOD + b"\n"),
+    "a line of spaces first": (SCHEMA, b" \n" + HEADER + _GOOD + b"\n"),
+    "whitespace only": (SCHEMA, b"   \n  "),
+    "NUL past 64 KiB": (SCHEMA, HEADER + (_GOOD + b"\n") * 400 + b"a1,5\x00,12,N,yes\n"),
+    "spaces line, no header": (_NO_HEADER, _GOOD + b"\n \n" + _GOOD + b"\n"),
+    "spaces line and last": (SCHEMA, HEADER + _GOOD + b"\n \n" + _GOOD + b"\n  "),
+    "long line": (SCHEMA, HEADER + _GOOD + b"\na1," + b"9" * 200 + b",12,N,yes\n" + _GOOD),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ADVERSARIAL))
+@pytest.mark.parametrize("chunk_bytes", [1, 7, 50, 70_000])
+def test_awkward_files_get_the_whole_file_verdict_at_any_chunk_size(name, chunk_bytes) -> None:
+    schema, data = ADVERSARIAL[name]
+    batch = parse_fileset({"main": data}, schema)
+    whole = validate_batch(batch, schema)
+    stream = FilesetStream({"main": lambda: iter([data])}, schema, chunk_bytes=chunk_bytes)
+    lines = sorted(r.line for _, chunk in stream for r in chunk.rejected_lines)
+    streamed = stream.report
+    if whole.structural:
+        assert streamed.structural, name  # refused whatever the chunking (the words may differ)
+        return
+    assert streamed.structural == []
+    assert (streamed.parsed_rows, streamed.rejected_rows) == (len(batch.frame), whole.rejected_rows)
+    assert lines == sorted(r.line for r in whole.rejected_lines)
+
+
+def test_a_quote_left_open_is_refused_not_left_to_swallow_rows() -> None:
+    # Before, the reader took every line after the quote into one field: ten rows were neither
+    # kept nor quarantined, and the batch passed with one rejected line.
+    _, data = ADVERSARIAL["stray quote"]
+    report = validate_batch(parse_fileset({"main": data}, SCHEMA), SCHEMA)
+    assert any("is not closed on the same line" in p for p in report.structural)
