@@ -20,7 +20,12 @@ from secure_pipeline.metadata import (
 from secure_pipeline.names import FEATURE_DRIFT
 from secure_pipeline.retries import retry_transient_io
 from secure_pipeline.spec import RESERVED_SPLIT_COLUMN, PipelineSpec
-from secure_pipeline.storage.io_manager import ENCRYPTED_METADATA, load_recorded, recorded_snapshot
+from secure_pipeline.storage.io_manager import (
+    ENCRYPTED_METADATA,
+    latest_record,
+    load_recorded,
+    recorded_snapshot,
+)
 from secure_pipeline.storage.resources import SnapshotStoreResource
 from secure_pipeline.storage.snapshots import SnapshotStore, snapshot_key
 from secure_pipeline.trust.identities import INGEST
@@ -235,11 +240,9 @@ def build_features_stage(
         from secure_pipeline.features.engineering import build_features
         from secure_pipeline.storage.io_manager import store_snapshot
         from secure_pipeline.storage.tables import ParquetStream, frame_table, verified_row_groups
+        from secure_pipeline.validation.streaming import count_splits
 
-        record = context.instance.get_latest_materialization_event(validated_key)
-        if record is None:
-            raise dg.Failure(f"{validated_key.to_user_string()} has not been materialized yet")
-        source = recorded_snapshot(record, validated_key)
+        source = recorded_snapshot(latest_record(context.instance, validated_key), validated_key)
         splits: Counter[str] = Counter()
         positives, labelled = 0, False
         stream = ParquetStream()
@@ -249,20 +252,16 @@ def build_features_stage(
             with verified_row_groups(snapshot_store.get_store(), source[:2]) as groups:
                 for group in groups:
                     rows = build_features(group.to_pandas(), pipeline)
-                    for name, count in rows[RESERVED_SPLIT_COLUMN].value_counts().items():
-                        splits[str(name)] += int(count)
+                    count_splits(rows[RESERVED_SPLIT_COLUMN], splits)
                     if LABEL_COLUMN in rows:
                         labelled = True
                         positives += int(rows[LABEL_COLUMN].sum())
-                    data = stream.write(frame_table(rows))
-                    if data:
-                        yield data
-            yield stream.finish()
+                    yield frame_table(rows)
 
         ref, metadata = store_snapshot(
             snapshot_store,
             features_key,
-            feature_rows(),
+            stream.chunks(feature_rows()),
             ext="parquet",
             fmt="parquet",
             upstream={validated_key.to_user_string(): source[1]},
@@ -308,9 +307,7 @@ def build_features_stage(
         from secure_pipeline.features.drift import population_stability
 
         store = snapshot_store.get_store()
-        current_record = context.instance.get_latest_materialization_event(features_key)
-        if current_record is None:
-            raise dg.Failure("features has not been materialized yet")
+        current_record = latest_record(context.instance, features_key)
         from secure_pipeline.storage.tables import parquet_to_table
 
         reference_key, reference_digest, reference_what = drift_reference(

@@ -27,7 +27,7 @@ from secure_pipeline.metadata import table
 from secure_pipeline.names import FAIRNESS, MEMBERSHIP, ONNX_EQUIVALENT, PERFORMANCE, ROBUSTNESS
 from secure_pipeline.retries import retry_transient_io
 from secure_pipeline.spec import PipelineSpec
-from secure_pipeline.storage.io_manager import recorded_snapshot
+from secure_pipeline.storage.io_manager import latest_record, recorded_snapshot
 from secure_pipeline.storage.resources import SnapshotStoreResource
 from secure_pipeline.storage.snapshots import snapshot_key
 from secure_pipeline.training.assets import experiment_name
@@ -126,9 +126,7 @@ def judge(
     from secure_pipeline.training.serialization import load_model
 
     key = pipeline.names.trained_model
-    record = instance.get_latest_materialization_event(key)
-    if record is None:
-        raise dg.Failure(f"{key.to_user_string()} has not been materialized yet")
+    record = latest_record(instance, key)
     model_key, model_sha, _ = recorded_snapshot(record, key)
     snapshots = store.get_store()
     # The spec's declared types (code), never a list from a record an insider could write.
@@ -275,9 +273,14 @@ def _largest_gap(result: Any) -> float:
     return round(max(finite), 6) if finite else math.nan
 
 
+def _onnx_copies(pipeline: PipelineSpec) -> list[str]:
+    """The store path of the ONNX copies of ``trained_model`` snapshots."""
+    return [*pipeline.names.trained_model.path, "_onnx"]
+
+
 def onnx_copy_key(pipeline: PipelineSpec, digest: str) -> str:
     """Where the ONNX copy with ``digest`` of a ``trained_model`` snapshot is stored."""
-    return snapshot_key([*pipeline.names.trained_model.path, "_onnx"], digest, "onnx")
+    return snapshot_key(_onnx_copies(pipeline), digest, "onnx")
 
 
 def build_ml_checks(pipeline: PipelineSpec) -> list[dg.AssetChecksDefinition]:
@@ -790,7 +793,7 @@ def build_ml_checks(pipeline: PipelineSpec) -> list[dg.AssetChecksDefinition]:
         rows = judged.splits.evaluation
         compared = equivalence(judged.model, data, judged.x.iloc[rows].reset_index(drop=True))
         ref = snapshot_store.get_store().put_bytes(
-            [*model_key.path, "_onnx"], data, ext="onnx", format="onnx",
+            _onnx_copies(pipeline), data, ext="onnx", format="onnx",
             upstream={model_key.to_user_string(): judged.model_sha256},
             run_id=context.run.run_id, code_version=pipeline.code_version,
         )  # fmt: skip

@@ -500,11 +500,13 @@ def build_poisoning_check(
     def poisoning_screen(
         context: dg.AssetCheckExecutionContext, snapshot_store: SnapshotStoreResource
     ) -> dg.AssetCheckResult:
-        from secure_pipeline.storage.io_manager import load_recorded, recorded_snapshot
+        from secure_pipeline.storage.io_manager import (
+            latest_record,
+            load_recorded,
+            recorded_snapshot,
+        )
 
-        record = context.instance.get_latest_materialization_event(features_key)
-        if record is None:
-            raise dg.Failure(f"{features_key.to_user_string()} has not been materialized yet")
+        record = latest_record(context.instance, features_key)
         key, subject, _ = recorded_snapshot(record, features_key)
         common = {"pipeline": pipeline, "identity": INGEST, "run_id": context.run.run_id,
                   "asset_key": features_key, "check_name": POISONING_SCREEN,

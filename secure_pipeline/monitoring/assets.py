@@ -33,7 +33,7 @@ from secure_pipeline.names import (
 from secure_pipeline.retries import retry_transient_io
 from secure_pipeline.serving.recording import parse_utc, utc_iso
 from secure_pipeline.spec import PipelineSpec
-from secure_pipeline.storage.io_manager import recorded_snapshot, store_snapshot
+from secure_pipeline.storage.io_manager import latest_record, recorded_snapshot, store_snapshot
 from secure_pipeline.storage.resources import SnapshotStoreResource
 from secure_pipeline.storage.snapshots import SnapshotStore
 from secure_pipeline.trust.identities import MONITOR
@@ -337,9 +337,7 @@ def build_live_stage(
         from secure_pipeline.serving.recording import load_window, window_digest
         from secure_pipeline.trust.policy import trust_policy
 
-        record = context.instance.get_latest_materialization_event(key)
-        if record is None:
-            raise dg.Failure(f"{key.to_user_string()} has not been materialized yet")
+        record = latest_record(context.instance, key)
         manifest_key, subject, _ = recorded_snapshot(record, key)
         store, trust = snapshot_store.get_store(), trust_policy()
         manifest = json.loads(store.read_bytes((manifest_key, subject)))

@@ -15,7 +15,7 @@ import dagster as dg
 from secure_pipeline.names import FAIRNESS, MEMBERSHIP, ROBUSTNESS, SIGNATURE_VERIFIES
 from secure_pipeline.retries import retry_transient_io
 from secure_pipeline.spec import PipelineSpec
-from secure_pipeline.storage.io_manager import load_recorded, recorded_snapshot
+from secure_pipeline.storage.io_manager import latest_record, load_recorded, recorded_snapshot
 from secure_pipeline.storage.resources import SnapshotStoreResource
 from secure_pipeline.storage.snapshots import sha256_hex
 from secure_pipeline.training.assets import experiment_name
@@ -46,10 +46,7 @@ def registered(
 ) -> dict[str, Any]:
     """What the latest materialization of ``registered_model`` registered (name, version...)."""
     key = pipeline.names.registered_model
-    record = instance.get_latest_materialization_event(key)
-    if record is None:
-        raise dg.Failure(f"{key.to_user_string()} has not been materialized yet")
-    return load_recorded(store.get_store(), record, key)
+    return load_recorded(store.get_store(), latest_record(instance, key), key)
 
 
 def build_registry_stage(
@@ -109,9 +106,7 @@ def build_registry_stage(
 
         store, audit = snapshot_store.get_store(), snapshot_store.get_audit_log()
         trust, release = trust_policy(), signer_for(RELEASE)
-        record = context.instance.get_latest_materialization_event(model_key)
-        if record is None:
-            raise dg.Failure(f"{model_key.to_user_string()} has not been materialized yet")
+        record = latest_record(context.instance, model_key)
         key, model_sha, _ = recorded_snapshot(record, model_key)
         model_bytes = store.read_bytes((key, model_sha))
         meta = {k: v.value for k, v in record.asset_materialization.metadata.items()}

@@ -224,6 +224,18 @@ def recorded_snapshot(
     return str(key), str(digest), str(fmt)
 
 
+def latest_record(instance: dg.DagsterInstance, key: dg.AssetKey) -> Any:
+    """The latest materialization record of ``key``.
+
+    Raises:
+        Failure: When it has not been materialized yet.
+    """
+    record = instance.get_latest_materialization_event(key)
+    if record is None:
+        raise dg.Failure(f"{key.to_user_string()} has not been materialized yet")
+    return record
+
+
 def load_recorded(
     store: SnapshotStore,
     record: Any,

@@ -875,10 +875,7 @@ class SnapshotStore(abc.ABC):
         try:
             data = self._read_all(key)
         except FileNotFoundError:
-            raise IntegrityError(
-                f"snapshot {self.uri(key)} is missing (expected sha256 {expected}); it was "
-                "deleted or never written. Re-materialize the asset that produced it."
-            ) from None
+            raise self._missing(key, expected) from None
         if enc.is_encrypted(data):
             with memoryview(data) as view:
                 header = enc.parse_header(view, name=self.uri(key))
@@ -917,10 +914,7 @@ class SnapshotStore(abc.ABC):
         try:
             _header, chunks = self._open_plaintext(key)
         except FileNotFoundError:
-            raise IntegrityError(
-                f"snapshot {self.uri(key)} is missing (expected sha256 {expected}); it was "
-                "deleted or never written. Re-materialize the asset that produced it."
-            ) from None
+            raise self._missing(key, expected) from None
         for chunk in chunks:
             hasher.update(chunk)
             yield chunk
@@ -941,21 +935,11 @@ class SnapshotStore(abc.ABC):
             KeyUnavailableError: When it is encrypted and this store cannot unwrap its key.
             IntegrityError: When the bytes are missing, fail decryption or do not match.
         """
-        key, expected = (ref.key, ref.sha256) if isinstance(ref, SnapshotRef) else ref
-        hasher = hashlib.sha256()
         out = path.open("wb")  # outside the try: a bad destination is not a missing snapshot
         try:
             with out:
-                _header, chunks = self._open_plaintext(key)
-                for chunk in chunks:
-                    hasher.update(chunk)
+                for chunk in self.iter_bytes(ref):
                     out.write(chunk)
-            self._compare(key, expected, hasher.hexdigest())
-        except FileNotFoundError:
-            path.unlink(missing_ok=True)
-            raise IntegrityError(
-                f"snapshot {self.uri(key)} is missing (expected sha256 {expected})."
-            ) from None
         except BaseException:
             path.unlink(missing_ok=True)
             raise
@@ -1035,6 +1019,12 @@ class SnapshotStore(abc.ABC):
             name: self.read_bytes((member["key"], member["sha256"]))
             for name, member in index["files"].items()
         }
+
+    def _missing(self, key: str, expected: str) -> IntegrityError:
+        return IntegrityError(
+            f"snapshot {self.uri(key)} is missing (expected sha256 {expected}); it was "
+            "deleted or never written. Re-materialize the asset that produced it."
+        )
 
     def _compare(self, key: str, expected: str, found: str) -> None:
         if found != expected:

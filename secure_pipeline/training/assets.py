@@ -8,6 +8,7 @@ from secure_pipeline.retries import retry_transient_io
 from secure_pipeline.spec import PipelineSpec
 from secure_pipeline.storage.io_manager import (
     EXTENSION_METADATA,
+    latest_record,
     load_recorded,
     recorded_snapshot,
 )
@@ -78,9 +79,7 @@ def build_training_stage(pipeline: PipelineSpec) -> list[dg.AssetsDefinition]:
         from secure_pipeline.training.serialization import dump_model, require_declared_types
         from secure_pipeline.training.tracking import run_link, run_link_metadata, tracked_run
 
-        record = context.instance.get_latest_materialization_event(features_key)
-        if record is None:
-            raise dg.Failure(f"{features_key.to_user_string()} has not been materialized yet")
+        record = latest_record(context.instance, features_key)
         features_ref, features_sha, _ = recorded_snapshot(record, features_key)
         features = load_recorded(snapshot_store.get_store(), record, features_key)
         trained = train(features, pipeline)

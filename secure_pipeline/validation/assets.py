@@ -42,19 +42,16 @@ from secure_pipeline.names import (
 )
 from secure_pipeline.retries import retry_transient_io
 from secure_pipeline.spec import RESERVED_SPLIT_COLUMN, PipelineSpec
-from secure_pipeline.storage.io_manager import load_recorded, recorded_snapshot, store_snapshot
+from secure_pipeline.storage.io_manager import (
+    latest_record,
+    load_recorded,
+    recorded_snapshot,
+    store_snapshot,
+)
 from secure_pipeline.storage.resources import SnapshotStoreResource
 from secure_pipeline.storage.snapshots import FILESET_FORMAT, canonical_json
 from secure_pipeline.trust.identities import INGEST
 from secure_pipeline.verdicts import verdict
-
-
-def _latest(instance: dg.DagsterInstance, key: dg.AssetKey) -> Any:
-    record = instance.get_latest_materialization_event(key)
-    if record is None:
-        raise dg.Failure(f"{key.to_user_string()} has not been materialized yet")
-    return record
-
 
 # What schema_conforms parsed and validated, for validated_* in the same process: pipeline name
 # -> (fileset digest, schema version, chunks, report). At most one entry per pipeline, popped on
@@ -181,7 +178,7 @@ def build_validation_stage(
     ) -> dg.AssetCheckResult:
         from secure_pipeline.ingestion.provenance import provenance_problems
 
-        record = _latest(context.instance, raw_key)
+        record = latest_record(context.instance, raw_key)
         _key, index_sha, _fmt = recorded_snapshot(record, raw_key)
         store = snapshot_store.get_store()
         meta = record.asset_materialization.metadata
@@ -233,7 +230,7 @@ def build_validation_stage(
     def schema_conforms(
         context: dg.AssetCheckExecutionContext, snapshot_store: SnapshotStoreResource
     ) -> dg.AssetCheckResult:
-        record = _latest(context.instance, raw_key)
+        record = latest_record(context.instance, raw_key)
         chunks, report = _parse_and_validate(
             pipeline, snapshot_store.get_store(), record, remember=True
         )
@@ -310,12 +307,12 @@ def build_validation_stage(
     ):  # no return annotation: with a check spec, dagster reads one as per-output types
         from secure_pipeline.validation.quarantine import quarantine_table
         from secure_pipeline.validation.schema import validated_rows
-        from secure_pipeline.validation.streaming import kept_counts
+        from secure_pipeline.validation.streaming import count_splits
 
         # First: without its key (production must configure it) nothing is parsed at all.
         key = _pseudonym_key(pipeline)
         store = snapshot_store.get_store()
-        raw_record = _latest(context.instance, raw_key)
+        raw_record = latest_record(context.instance, raw_key)
         raw_digest = recorded_snapshot(raw_record, raw_key)[1]
         upstream = {raw_key.to_user_string(): raw_digest}
         # In the same process as schema_conforms (the default executor), its parse of a small
@@ -327,19 +324,17 @@ def build_validation_stage(
         quarantine_bytes = bytearray()
         splits: Counter[str] = Counter()
 
-        def kept_rows() -> Iterator[bytes]:
-            """validated_* as it is made; raises (nothing stored) on a structural problem."""
+        def kept_rows() -> Iterator[Any]:
+            """validated_*, a table per chunk; raises (nothing stored) on a structural problem."""
             for batch, chunk in chunks:
                 if report.structural:
                     continue  # read on: every member's digest is checked at its end
                 kept = validated_rows(batch, chunk, schema, key)
-                kept_counts(kept[RESERVED_SPLIT_COLUMN], splits)
+                count_splits(kept[RESERVED_SPLIT_COLUMN], splits)
                 quarantine_bytes.extend(
                     quarantine_stream.write(quarantine_table(batch, chunk, schema, key))
                 )
-                data = kept_stream.write(frame_table(kept))
-                if data:
-                    yield data
+                yield frame_table(kept)
             if report.structural:
                 raise dg.Failure(
                     description=(
@@ -348,14 +343,13 @@ def build_validation_stage(
                     ),
                     metadata={"structural_problems": bullets(report.structural)},
                 )
-            yield kept_stream.finish()
 
         # Stored here, not by the IO manager: the reject-rate verdict must name the digest of
         # the snapshot it lets through.
         validated_ref, validated_metadata = store_snapshot(
             snapshot_store,
             validated_key,
-            kept_rows(),
+            kept_stream.chunks(kept_rows()),
             ext="parquet",
             fmt="parquet",
             upstream=upstream,
@@ -439,7 +433,7 @@ def build_validation_stage(
     ) -> dg.AssetCheckResult:
         from secure_pipeline.validation.expectations import run_expectations
 
-        record = _latest(context.instance, validated_key)
+        record = latest_record(context.instance, validated_key)
         store = snapshot_store.get_store()
         frame = load_recorded(store, record, validated_key)
         report = run_expectations(frame, schema)

@@ -199,8 +199,10 @@ def _header_names(member: str, found: list[str], schema: DatasetSchema) -> tuple
 
 def first_line(data: bytes) -> bytes:
     r"""The first line of ``data`` without its end (``\n``, ``\r\n`` or a lone ``\r``)."""
-    ends = [i for i in (data.find(b"\n"), data.find(b"\r")) if i >= 0]
-    return data[: min(ends)] if ends else data
+    end = data.find(b"\n")
+    end = len(data) if end < 0 else end
+    carriage = data.find(b"\r", 0, end)  # within the first line only, not the whole chunk
+    return data[: carriage if carriage >= 0 else end]
 
 
 def _withholds(schema: DatasetSchema) -> bool:
@@ -282,8 +284,9 @@ def _read_member(
         return None
     batch.rejected_lines.extend(rejected)
     comments = batch.comment_lines.get(member, 0)
-    lines = sum(1 for line in data.splitlines() if line) - skip  # blank lines are no rows
-    if table.num_rows + len(rejected) + comments != lines:
+    # Only a quote makes the reader join lines: without one, every line is a row or rejected.
+    lines = sum(1 for line in data.splitlines() if line) - skip if b'"' in data else 0
+    if lines and table.num_rows + len(rejected) + comments != lines:
         # The reader joined lines: a quote opened in a field and not closed on its line takes
         # the lines after it into that field. Those rows would be neither kept nor quarantined.
         batch.problems.append(

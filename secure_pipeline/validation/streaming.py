@@ -247,7 +247,7 @@ class FilesetStream:
             report._problem(problem)
 
 
-def kept_counts(splits: Any, counts: Counter[str]) -> None:
+def count_splits(splits: Any, counts: Counter[str]) -> None:
     """Add a chunk's rows per split (file) to ``counts``."""
     for name, count in splits.value_counts().items():
         counts[str(name)] += int(count)
