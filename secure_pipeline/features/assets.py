@@ -1,7 +1,7 @@
 """The features stage as Dagster definitions: ``features`` and its ``feature_drift`` check."""
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
@@ -23,7 +23,6 @@ from secure_pipeline.spec import RESERVED_SPLIT_COLUMN, PipelineSpec
 from secure_pipeline.storage.io_manager import (
     ENCRYPTED_METADATA,
     latest_record,
-    load_recorded,
     recorded_snapshot,
 )
 from secure_pipeline.storage.resources import SnapshotStoreResource
@@ -31,6 +30,9 @@ from secure_pipeline.storage.snapshots import SnapshotStore, snapshot_key
 from secure_pipeline.trust.identities import INGEST
 from secure_pipeline.trust.policy import TrustPolicy
 from secure_pipeline.verdicts import verdict
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Reads the current champion's verified lineage: ``(version, lineage)`` or None. The registry
 # provides it (`secure_pipeline.registry.evidence.champion_lineage`); composition passes it in,
@@ -113,6 +115,17 @@ def drift_reference(
         f"{features_key.to_user_string()} has no readable snapshot yet"
         + (f" ({erased.rstrip('; ')})" if erased else "")
     )
+
+
+def _row_groups(
+    store: SnapshotStore, ref: tuple[str, str], columns: list[str]
+) -> "Iterator[pd.DataFrame]":
+    """A features snapshot's columns as frames, one verified row group at a time."""
+    from secure_pipeline.storage.tables import verified_row_groups
+
+    with verified_row_groups(store, ref) as groups:
+        for group in groups:
+            yield group.select(columns).to_pandas()
 
 
 def features_table_schema(pipeline: PipelineSpec) -> dg.TableSchema:
@@ -304,25 +317,26 @@ def build_features_stage(
     def feature_drift(
         context: dg.AssetCheckExecutionContext, snapshot_store: SnapshotStoreResource
     ) -> dg.AssetCheckResult:
-        from secure_pipeline.features.drift import population_stability
+        from secure_pipeline.features.drift import chunked_stability
 
         store = snapshot_store.get_store()
         current_record = latest_record(context.instance, features_key)
-        from secure_pipeline.storage.tables import parquet_to_table
-
         reference_key, reference_digest, reference_what = drift_reference(
             context.instance, store, pipeline, champion_lineage
         )
-        current = load_recorded(store, current_record, features_key)
-        reference = parquet_to_table(
-            store.read_bytes((reference_key, reference_digest))
-        ).to_pandas()
-        drift = population_stability(reference, current, catalog, policy.drift_bins)
+        current_key, subject, _fmt = recorded_snapshot(current_record, features_key)
+        names = [f.name for f in catalog]
+        # Both tables a row group at a time, each verified before its first row is read.
+        drift = chunked_stability(
+            lambda: _row_groups(store, (reference_key, reference_digest), names),
+            _row_groups(store, (current_key, subject), names),
+            catalog,
+            policy.drift_bins,
+        )
         worst = drift[0] if drift else None
         psi = worst.psi if worst else 0.0
         failed = psi >= policy.drift_fail_psi
         warned = psi >= policy.drift_warn_psi
-        subject = recorded_snapshot(current_record, features_key)[1]
         psi_table = table(
             ({"feature": d.feature, "psi": round(d.psi, 6), "bins": d.bins} for d in drift),
             {"feature": "string", "psi": "float", "bins": "int"},

@@ -6,7 +6,7 @@ categorical features compare category shares. Missing values are a bin of their 
 reading: below 0.1 stable, 0.1-0.25 a shift worth a look, above 0.25 a population change.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -16,6 +16,9 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
+# Reference rows above which a numeric feature's bin edges come from a systematic sample: 1M
+# values of 8 bytes per feature, whatever the size of the reference.
+REFERENCE_SAMPLE_ROWS = 1_000_000
 # Floor for empty bins: an empty bin would otherwise make the index infinite.
 _FLOOR = 1e-4
 
@@ -87,20 +90,124 @@ def population_stability(
         features: The features to compare (both tables must have them).
         bins: Quantile bins for numeric features.
     """
+    return chunked_stability(lambda: iter((reference,)), (current,), features, bins)
+
+
+def chunked_stability(
+    reference: "Callable[[], Iterable[pd.DataFrame]]",
+    current: "Iterable[pd.DataFrame]",
+    features: Sequence[Feature],
+    bins: int,
+    *,
+    sample_rows: int = REFERENCE_SAMPLE_ROWS,
+) -> list[FeatureDrift]:
+    """PSI of each feature over tables read a chunk at a time, most drifted first.
+
+    Memory holds one chunk, the per-bin counts and, per numeric feature, the reference values
+    its bin edges are taken from: every value up to ``sample_rows`` reference rows (the edges,
+    and so the index, are then exactly `population_stability`'s on the whole tables), a
+    systematic sample of at most ``sample_rows`` (every 2^k-th row) above that. The counts are
+    always of every row: with a sample, the reference is read a second time to count it.
+
+    Args:
+        reference: Opens the reference table as an iterable of chunks (called twice when the
+            reference has more than ``sample_rows`` rows).
+        current: The chunks of the table being checked.
+        features: The features to compare (every chunk must have them).
+        bins: Quantile bins for numeric features.
+        sample_rows: The most reference values per numeric feature held for the bin edges.
+    """
     import numpy as np
 
+    if sample_rows < 1:
+        raise ValueError(f"sample_rows must be positive, found {sample_rows}")
+    numeric = [f for f in features if f.kind != "categorical"]
+    ref_counts: dict[str, np.ndarray] = {}
+    samples: dict[str, list[np.ndarray]] = {f.name: [] for f in numeric}
+    seen = kept = 0
+    stride = 1
+    for chunk in reference():
+        _count_categories(ref_counts, chunk, features)
+        # Keep the rows whose position in the whole table is a multiple of the stride.
+        first = (-seen) % stride
+        for feature in numeric:
+            samples[feature.name].append(_values(chunk, feature)[first::stride])
+        kept += len(range(first, len(chunk), stride))
+        seen += len(chunk)
+        while kept > sample_rows:
+            # The kept positions are 0, s, 2s, ...: every other one is 0, 2s, 4s, ...
+            for name, parts in samples.items():
+                samples[name] = [np.concatenate(parts)[::2]]
+            kept, stride = (kept + 1) // 2, stride * 2
+    edges = {}
+    for feature in numeric:
+        values = np.concatenate(samples.pop(feature.name) or [np.array([], dtype="float64")])
+        edges[feature.name] = _edges(values[~np.isnan(values)], bins)
+        if stride == 1:  # the sample is the whole column
+            ref_counts[feature.name] = _binned(values, edges[feature.name])
+    if stride > 1:
+        for chunk in reference():
+            _count_bins(ref_counts, chunk, numeric, edges)
+    cur_counts: dict[str, np.ndarray] = {}
+    for chunk in current:
+        _count_categories(cur_counts, chunk, features)
+        _count_bins(cur_counts, chunk, numeric, edges)
     results = []
     for feature in features:
-        ref = reference[feature.name].to_numpy(dtype="float64", na_value=np.nan)
-        cur = current[feature.name].to_numpy(dtype="float64", na_value=np.nan)
+        ref, cur = _aligned(ref_counts.get(feature.name), cur_counts.get(feature.name), feature)
+        results.append(FeatureDrift(feature.name, _psi(ref, cur), len(ref)))
+    return sorted(results, key=lambda d: d.psi, reverse=True)
+
+
+def _values(chunk: "pd.DataFrame", feature: Feature) -> "np.ndarray":
+    import numpy as np
+
+    return chunk[feature.name].to_numpy(dtype="float64", na_value=np.nan)
+
+
+def _add(counts: dict[str, "np.ndarray"], name: str, more: "np.ndarray") -> None:
+    total = counts.get(name)
+    counts[name] = more if total is None else _padded(total, len(more)) + _padded(more, len(total))
+
+
+def _padded(counts: "np.ndarray", size: int) -> "np.ndarray":
+    import numpy as np
+
+    return np.pad(counts, (0, max(0, size - len(counts))))
+
+
+def _count_categories(
+    counts: dict[str, "np.ndarray"], chunk: "pd.DataFrame", features: Sequence[Feature]
+) -> None:
+    import numpy as np
+
+    for feature in features:
         if feature.kind == "categorical":
             # codes -1..n-1; shift by one so missing (-1) is bin 0
-            size = len(feature.categories) + 1
-            ref_counts = np.bincount(ref.astype("int64") + 1, minlength=size)
-            cur_counts = np.bincount(cur.astype("int64") + 1, minlength=size)
-        else:
-            edges = _edges(ref[~np.isnan(ref)], bins)
+            codes = _values(chunk, feature).astype("int64") + 1
+            _add(counts, feature.name, np.bincount(codes, minlength=len(feature.categories) + 1))
 
-            ref_counts, cur_counts = _binned(ref, edges), _binned(cur, edges)
-        results.append(FeatureDrift(feature.name, _psi(ref_counts, cur_counts), len(ref_counts)))
-    return sorted(results, key=lambda d: d.psi, reverse=True)
+
+def _count_bins(
+    counts: dict[str, "np.ndarray"],
+    chunk: "pd.DataFrame",
+    numeric: Sequence[Feature],
+    edges: dict[str, "np.ndarray"],
+) -> None:
+    for feature in numeric:
+        _add(counts, feature.name, _binned(_values(chunk, feature), edges[feature.name]))
+
+
+def _aligned(
+    ref: "np.ndarray | None", cur: "np.ndarray | None", feature: Feature
+) -> tuple["np.ndarray", "np.ndarray"]:
+    """Both sides' counts over the same bins (a side with no chunk counts nothing)."""
+    import numpy as np
+
+    size = max(len(ref) if ref is not None else 0, len(cur) if cur is not None else 0)
+    if not size:
+        size = len(feature.categories) + 1 if feature.kind == "categorical" else 2
+    empty = np.zeros(size, dtype="int64")
+    ref = empty if ref is None else _padded(ref, size)
+    cur = empty if cur is None else _padded(cur, size)
+    return ref, cur

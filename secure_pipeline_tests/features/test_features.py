@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from secure_pipeline.features.drift import population_stability
+from secure_pipeline.features.drift import chunked_stability, population_stability
 from secure_pipeline.features.engineering import build_features, feature_catalog
 from secure_pipeline.reference.adult import DATA_DIR, adult_pipeline
 from secure_pipeline.validation.parsing import parse_fileset
@@ -94,3 +94,48 @@ def test_psi_sees_shifts_in_constant_and_mostly_zero_columns(adult_features) -> 
     # values beyond the reference's range are their own bin
     beyond = adult_features.assign(log1p_capital_gain=gains.where(gains != gains.max(), 20.0))
     assert population_stability(adult_features, beyond, catalog, 10)[0].psi > 0.0
+
+
+def _chunks(frame: pd.DataFrame, size: int) -> list[pd.DataFrame]:
+    return [frame.iloc[start : start + size] for start in range(0, len(frame), size)]
+
+
+@pytest.mark.parametrize("size", [1_000, 4_096, 16_281, 100_000])
+def test_psi_a_chunk_at_a_time_is_the_whole_tables(adult_features, size) -> None:
+    catalog = feature_catalog(adult_pipeline())
+    reference = adult_features[adult_features["split"] == "train"]
+    current = adult_features.assign(age=adult_features["age"] + 3)
+    whole = population_stability(reference, current, catalog, 10)
+    chunked = chunked_stability(
+        lambda: iter(_chunks(reference, size)), _chunks(current, size), catalog, 10
+    )
+    assert [(d.feature, d.bins) for d in chunked] == [(d.feature, d.bins) for d in whole]
+    assert [d.psi for d in chunked] == pytest.approx([d.psi for d in whole], abs=1e-12)
+
+
+def test_psi_over_a_sampled_reference(adult_features) -> None:
+    # 48,842 reference rows, at most 1,000 kept for the bin edges: every 64th row.
+    catalog = feature_catalog(adult_pipeline())
+    opened = []
+
+    def reference():
+        opened.append(True)
+        return iter(_chunks(adult_features, 3_000))
+
+    same = chunked_stability(reference, _chunks(adult_features, 5_000), catalog, 10,
+                             sample_rows=1_000)  # fmt: skip
+    assert len(opened) == 2  # once for the sample, once to count every row
+    assert max(d.psi for d in same) == pytest.approx(0.0, abs=1e-9)
+    older = adult_features.assign(age=adult_features["age"] + 15)
+    drift = chunked_stability(reference, _chunks(older, 5_000), catalog, 10, sample_rows=1_000)
+    assert drift[0].feature == "age"
+    assert drift[0].psi > 0.25
+    exact = {d.feature: d.psi for d in population_stability(adult_features, older, catalog, 10)}
+    assert drift[0].psi == pytest.approx(exact["age"], rel=0.2)
+
+
+def test_psi_sample_size_must_be_positive(adult_features) -> None:
+    catalog = feature_catalog(adult_pipeline())
+    with pytest.raises(ValueError, match="sample_rows must be positive"):
+        chunked_stability(lambda: iter([adult_features]), [adult_features], catalog, 10,
+                          sample_rows=0)  # fmt: skip
