@@ -131,7 +131,8 @@ def chunked_stability(
         # Keep the rows whose position in the whole table is a multiple of the stride.
         first = (-seen) % stride
         for feature in numeric:
-            samples[feature.name].append(_values(chunk, feature)[first::stride])
+            # A copy: a strided view would keep the whole chunk's column alive until halved.
+            samples[feature.name].append(_values(chunk, feature)[first::stride].copy())
         kept += len(range(first, len(chunk), stride))
         seen += len(chunk)
         while kept > sample_rows:
