@@ -122,7 +122,7 @@ def chunked_stability(
     if sample_rows < 1:
         raise ValueError(f"sample_rows must be positive, found {sample_rows}")
     numeric = [f for f in features if f.kind != "categorical"]
-    ref_counts: dict[str, np.ndarray] = {}
+    ref_counts = _category_bins(features)
     samples: dict[str, list[np.ndarray]] = {f.name: [] for f in numeric}
     seen = kept = 0
     stride = 1
@@ -143,20 +143,22 @@ def chunked_stability(
     edges = {}
     for feature in numeric:
         values = np.concatenate(samples.pop(feature.name) or [np.array([], dtype="float64")])
-        edges[feature.name] = _edges(values[~np.isnan(values)], bins)
-        if stride == 1:  # the sample is the whole column
-            ref_counts[feature.name] = _binned(values, edges[feature.name])
+        edge = edges[feature.name] = _edges(values[~np.isnan(values)], bins)
+        # With a stride of one the sample is the whole column; otherwise count on a second pass.
+        ref_counts[feature.name] = (
+            _binned(values, edge) if stride == 1 else np.zeros(len(edge) + 2, dtype="int64")
+        )
     if stride > 1:
         for chunk in reference():
             _count_bins(ref_counts, chunk, numeric, edges)
-    cur_counts: dict[str, np.ndarray] = {}
+    cur_counts = {name: np.zeros_like(counts) for name, counts in ref_counts.items()}
     for chunk in current:
         _count_categories(cur_counts, chunk, features)
         _count_bins(cur_counts, chunk, numeric, edges)
-    results = []
-    for feature in features:
-        ref, cur = _aligned(ref_counts.get(feature.name), cur_counts.get(feature.name), feature)
-        results.append(FeatureDrift(feature.name, _psi(ref, cur), len(ref)))
+    results = [
+        FeatureDrift(f.name, _psi(ref_counts[f.name], cur_counts[f.name]), len(ref_counts[f.name]))
+        for f in features
+    ]
     return sorted(results, key=lambda d: d.psi, reverse=True)
 
 
@@ -166,15 +168,15 @@ def _values(chunk: "pd.DataFrame", feature: Feature) -> "np.ndarray":
     return chunk[feature.name].to_numpy(dtype="float64", na_value=np.nan)
 
 
-def _add(counts: dict[str, "np.ndarray"], name: str, more: "np.ndarray") -> None:
-    total = counts.get(name)
-    counts[name] = more if total is None else _padded(total, len(more)) + _padded(more, len(total))
-
-
-def _padded(counts: "np.ndarray", size: int) -> "np.ndarray":
+def _category_bins(features: Sequence[Feature]) -> dict[str, "np.ndarray"]:
+    """Zero counts for each categorical feature: missing, then one bin per category."""
     import numpy as np
 
-    return np.pad(counts, (0, max(0, size - len(counts))))
+    return {
+        f.name: np.zeros(len(f.categories) + 1, dtype="int64")
+        for f in features
+        if f.kind == "categorical"
+    }
 
 
 def _count_categories(
@@ -185,8 +187,15 @@ def _count_categories(
     for feature in features:
         if feature.kind == "categorical":
             # codes -1..n-1; shift by one so missing (-1) is bin 0
-            codes = _values(chunk, feature).astype("int64") + 1
-            _add(counts, feature.name, np.bincount(codes, minlength=len(feature.categories) + 1))
+            total = counts[feature.name]
+            found = np.bincount(_values(chunk, feature).astype("int64") + 1, minlength=len(total))
+            if len(found) > len(total):
+                raise ValueError(
+                    f"feature {feature.name!r} has code {len(found) - 2}, expected codes -1 to "
+                    f"{len(total) - 2} (its {len(total) - 1} categories): the table was not "
+                    "encoded with this catalog"
+                )
+            total += found
 
 
 def _count_bins(
@@ -196,19 +205,4 @@ def _count_bins(
     edges: dict[str, "np.ndarray"],
 ) -> None:
     for feature in numeric:
-        _add(counts, feature.name, _binned(_values(chunk, feature), edges[feature.name]))
-
-
-def _aligned(
-    ref: "np.ndarray | None", cur: "np.ndarray | None", feature: Feature
-) -> tuple["np.ndarray", "np.ndarray"]:
-    """Both sides' counts over the same bins (a side with no chunk counts nothing)."""
-    import numpy as np
-
-    size = max(len(ref) if ref is not None else 0, len(cur) if cur is not None else 0)
-    if not size:
-        size = len(feature.categories) + 1 if feature.kind == "categorical" else 2
-    empty = np.zeros(size, dtype="int64")
-    ref = empty if ref is None else _padded(ref, size)
-    cur = empty if cur is None else _padded(cur, size)
-    return ref, cur
+        counts[feature.name] += _binned(_values(chunk, feature), edges[feature.name])

@@ -139,3 +139,10 @@ def test_psi_sample_size_must_be_positive(adult_features) -> None:
     with pytest.raises(ValueError, match="sample_rows must be positive"):
         chunked_stability(lambda: iter([adult_features]), [adult_features], catalog, 10,
                           sample_rows=0)  # fmt: skip
+
+
+def test_psi_refuses_codes_beyond_the_catalog(adult_features) -> None:
+    catalog = feature_catalog(adult_pipeline())
+    beyond = adult_features.assign(sex=adult_features["sex"].where(adult_features.index > 0, 7))
+    with pytest.raises(ValueError, match="'sex' has code 7, expected codes -1 to 1"):
+        population_stability(adult_features, beyond, catalog, 10)
