@@ -23,6 +23,7 @@ from secure_pipeline.pipeline import (
 from secure_pipeline.reference.adult import adult_pipeline
 from secure_pipeline.storage.audit import AuditLog
 from secure_pipeline.storage.local import LocalSnapshotStore
+from secure_pipeline_tests.conftest import overwrite_raw
 from secure_pipeline_tests.helpers import materialize, materialize_all
 from secure_pipeline_tests.tls_server import serve
 
@@ -319,3 +320,30 @@ def test_unversioned_landing_zone_fails_provenance(instance, s3_client, moto_end
     assert not provenance.passed
     assert "version_id" in provenance.description
     assert not _materialized(instance, "validated_loans")
+
+
+def test_a_forged_drift_reference_is_refused(instance, tmp_path, isolated_env) -> None:
+    # The insider rewrites the reference snapshot, a valid Parquet file at the same key, to
+    # look like the shifted data it wants to pass: without verification the index would be 0.
+    assert materialize_data(loans_pipeline(_source(tmp_path, GOOD)), instance).success
+    store = LocalSnapshotStore(isolated_env / "store")
+    (key,) = [k for k in store.list_keys("snapshots/loans/features/") if k.endswith(".parquet")]
+    reference = pq.read_table(store.root / key)
+    region = reference.schema.get_field_index("region")
+    forged = reference.set_column(
+        region, "region", pa.array([1] * reference.num_rows, reference.schema.field(region).type)
+    )
+    sink = io.BytesIO()
+    pq.write_table(forged, sink)
+    overwrite_raw(store, key, sink.getvalue())
+    shifted = (
+        HEADER
+        + b"\n".join(r.replace(b",N,", b",S,").replace(b",,", b",S,") for r in GOOD_ROWS)
+        + b"\n"
+    )
+    result = materialize_data(loans_pipeline(_source(tmp_path, shifted)), instance)
+    assert not result.success
+    drift = _check(result, "features", "feature_drift")
+    assert drift is None or not drift.passed
+    errors = [e.step_failure_data.error.to_string() for e in result.get_step_failure_events()]
+    assert any(f"{key} failed verification" in error for error in errors), errors
