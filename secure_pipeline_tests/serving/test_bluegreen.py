@@ -337,6 +337,9 @@ def test_an_admitted_model_tampered_in_the_registry_is_never_deployed(env) -> No
                                                                         actor="test")  # fmt: skip
     finally:
         model.write_bytes(original)
+    # The refusal can come before the load generator's next request; wait for some answers so
+    # the assertion is about traffic, not about an empty window.
+    _wait_for(env.traffic, before, 20)
     served = _served_by(env.traffic, before)
     assert set(served) == {(200, live)}
     state = DeploymentState.load(env.directory)
