@@ -7,6 +7,8 @@
 * `link`: a ``MetadataValue.url`` for a web address, the plain text otherwise (a local SQLite
   tracking store has no page to link to).
 * `ingest_freshness_policy`: a freshness policy from the spec's ingest schedule.
+* `daily_partitions` / `partition_of`: the daily partitions of a partitioned source, and the
+  partition a step works on.
 * `HEADLINE_METRICS`: the number each check's UI plot and the metrics exporter follow.
 """
 
@@ -273,3 +275,22 @@ def ingest_freshness_policy(pipeline: "PipelineSpec") -> dg.FreshnessPolicy | No
         return None
     period = cron_period(spec.ingest_cron, spec.timezone)
     return dg.FreshnessPolicy.time_window(fail_window=2 * period, warn_window=period)
+
+
+def daily_partitions(pipeline: "PipelineSpec") -> dg.DailyPartitionsDefinition | None:
+    """The daily partitions of raw, validated and features; None when the source has none."""
+    partitions = pipeline.source.partitions
+    if partitions is None:
+        return None
+    return dg.DailyPartitionsDefinition(start_date=partitions.start, end_date=partitions.end)
+
+
+def partition_check_options(pipeline: "PipelineSpec") -> dict[str, Any]:
+    """The ``asset_check`` options that judge each partition on its own (none: unpartitioned)."""
+    partitions = daily_partitions(pipeline)
+    return {} if partitions is None else {"partitions_def": partitions}
+
+
+def partition_of(context: Any) -> str | None:
+    """The partition an asset or check step works on; None for an unpartitioned one."""
+    return context.partition_key if context.has_partition_key else None

@@ -33,6 +33,7 @@ from secure_pipeline.spec import (
     PrivacySpec,
     SecurityPolicy,
     SourceFile,
+    SourcePartitions,
     SourceSpec,
 )
 
@@ -61,6 +62,7 @@ __all__ = [
     "SecurePipeline",
     "SecurityPolicy",
     "SourceFile",
+    "SourcePartitions",
     "SourceSpec",
 ]
 

@@ -12,7 +12,10 @@ from secure_pipeline.features.engineering import (
 )
 from secure_pipeline.metadata import (
     COLUMN_SCHEMA,
+    daily_partitions,
     ingest_freshness_policy,
+    partition_check_options,
+    partition_of,
     split_column,
     table,
     table_column,
@@ -100,7 +103,7 @@ def drift_reference(
             ascending=True,
         )  # fmt: skip
         for record in result.records:
-            key, sha, _ = recorded_snapshot(record, features_key)
+            key, sha, _ = recorded_snapshot(record, features_key, record.partition_key)
             if not store.shredded(key):
                 first = "the oldest readable" if erased else "the first"
                 return (
@@ -243,6 +246,7 @@ def build_features_stage(
         tags=pipeline.names.asset_tags("features"),
         op_tags=pipeline.orchestration.ingest.dagster_tags(INGEST),
         freshness_policy=ingest_freshness_policy(pipeline),
+        partitions_def=daily_partitions(pipeline),
     )
     @retry_transient_io(pipeline.orchestration)
     def features(
@@ -255,7 +259,10 @@ def build_features_stage(
         from secure_pipeline.storage.tables import ParquetStream, frame_table, verified_row_groups
         from secure_pipeline.validation.streaming import count_splits
 
-        source = recorded_snapshot(latest_record(context.instance, validated_key), validated_key)
+        partition = partition_of(context)
+        source = recorded_snapshot(
+            latest_record(context.instance, validated_key, partition), validated_key, partition
+        )
         splits: Counter[str] = Counter()
         positives, labelled = 0, False
         stream = ParquetStream()
@@ -277,6 +284,7 @@ def build_features_stage(
             stream.chunks(feature_rows()),
             ext="parquet",
             fmt="parquet",
+            partition=partition,
             upstream={validated_key.to_user_string(): source[1]},
             run_id=context.run.run_id,
             code_version=pipeline.code_version,
@@ -312,6 +320,7 @@ def build_features_stage(
             "must not replace one trained on the reference without review."
         ),
         op_tags=pipeline.orchestration.ingest.dagster_tags(INGEST),
+        **partition_check_options(pipeline),
     )
     @retry_transient_io(pipeline.orchestration)
     def feature_drift(
@@ -320,11 +329,12 @@ def build_features_stage(
         from secure_pipeline.features.drift import chunked_stability
 
         store = snapshot_store.get_store()
-        current_record = latest_record(context.instance, features_key)
+        partition = partition_of(context)
+        current_record = latest_record(context.instance, features_key, partition)
         reference_key, reference_digest, reference_what = drift_reference(
             context.instance, store, pipeline, champion_lineage
         )
-        current_key, subject, _fmt = recorded_snapshot(current_record, features_key)
+        current_key, subject, _fmt = recorded_snapshot(current_record, features_key, partition)
         names = [f.name for f in catalog]
         # Both tables a row group at a time, each verified before its first row is read.
         drift = chunked_stability(

@@ -21,13 +21,16 @@ from secure_pipeline.ingestion.connectors import connector_for, join_location
 from secure_pipeline.ingestion.provenance import ProvenanceRecord, provenance_document
 from secure_pipeline.metadata import (
     COLUMN_SCHEMA,
+    daily_partitions,
     declared_table_schema,
     ingest_freshness_policy,
+    partition_of,
     table,
 )
 from secure_pipeline.redaction import redact_text, redact_uri
 from secure_pipeline.retries import retry_transient_io
 from secure_pipeline.spec import PipelineSpec
+from secure_pipeline.spec.data import PARTITION_PLACEHOLDER
 from secure_pipeline.storage.io_manager import snapshot_metadata
 from secure_pipeline.storage.resources import SnapshotStoreResource
 from secure_pipeline.storage.snapshots import FILESET_FORMAT, SnapshotRef, SnapshotStore, utc_now
@@ -223,6 +226,7 @@ def build_raw_asset(pipeline: PipelineSpec) -> dg.AssetsDefinition:
         tags=pipeline.names.asset_tags("ingestion"),
         op_tags=pipeline.orchestration.ingest.dagster_tags(INGEST),
         freshness_policy=ingest_freshness_policy(pipeline),
+        partitions_def=daily_partitions(pipeline),
     )
     @retry_transient_io(pipeline.orchestration)
     def raw_asset(
@@ -233,11 +237,17 @@ def build_raw_asset(pipeline: PipelineSpec) -> dg.AssetsDefinition:
         store = snapshot_store.get_store()
         environment = env.current_environment()
         location, pins = batch_location(pipeline, config)
+        partition = partition_of(context)
+        # A partitioned source reads the day's files: {date} in the location (also one set by
+        # location_env_var) or in the file paths is the partition key.
+        files = source.located(partition)[1]
+        if partition is not None:
+            location = location.replace(PARTITION_PLACEHOLDER, partition)
         members: dict[str, SnapshotRef] = {}
         records: list[ProvenanceRecord] = []
         entry = _entry_filters(pipeline, store)
         filters: dict[str, Any] = {}
-        for source_file in source.files:
+        for source_file in files:
             uri = join_location(location, source_file.path)
             connector = connector_for(
                 uri,
@@ -259,6 +269,7 @@ def build_raw_asset(pipeline: PipelineSpec) -> dg.AssetsDefinition:
                     chunks,
                     ext=source.format,
                     format=source.format,
+                    partition=partition,
                     max_bytes=source.max_bytes,
                     encrypt=pipeline.holds_personal_data,
                     run_id=context.run.run_id,
@@ -290,7 +301,11 @@ def build_raw_asset(pipeline: PipelineSpec) -> dg.AssetsDefinition:
             )
             context.log.info(f"stored {source_file.member} ({ref.size} bytes) as {ref.uri}")
         index = store.put_fileset(
-            key.path, members, run_id=context.run.run_id, code_version=pipeline.code_version
+            key.path,
+            members,
+            partition=partition,
+            run_id=context.run.run_id,
+            code_version=pipeline.code_version,
         )
         subject_index = None
         if filters:
@@ -300,6 +315,7 @@ def build_raw_asset(pipeline: PipelineSpec) -> dg.AssetsDefinition:
             provenance_document(name, location, index.sha256, records),
             ext="json",
             format="provenance",
+            partition=partition,
             upstream={},
             run_id=context.run.run_id,
             code_version=pipeline.code_version,
@@ -314,6 +330,7 @@ def build_raw_asset(pipeline: PipelineSpec) -> dg.AssetsDefinition:
             subject=index.sha256,
             details={
                 "pipeline": pipeline.name,
+                **({"partition": partition} if partition is not None else {}),
                 "source": redact_uri(location),
                 "files": {m: {"sha256": r.sha256, "bytes": r.size} for m, r in members.items()},
                 "provenance_sha256": provenance.sha256,

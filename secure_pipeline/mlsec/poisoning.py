@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
-from secure_pipeline.metadata import table
+from secure_pipeline.metadata import partition_check_options, partition_of, table
 from secure_pipeline.names import POISONING_SCREEN
 from secure_pipeline.retries import retry_transient_io
 from secure_pipeline.spec import LABEL_COLUMN, RESERVED_SPLIT_COLUMN, PipelineSpec
@@ -410,7 +410,7 @@ def screen_document(result: ScreenResult, pipeline: PipelineSpec) -> dict[str, A
 
 def _landing_batch(
     instance: dg.DagsterInstance, store: "SnapshotStore", pipeline: PipelineSpec, key: str,
-    digest: str,
+    digest: str, partition: str | None,
 ) -> dict[str, str] | None:  # fmt: skip
     """The raw snapshot (and its landing location) the features snapshot was built from.
 
@@ -427,7 +427,7 @@ def _landing_batch(
     )
     if not validated_digest:
         return None
-    validated_key = snapshot_key(names.validated.path, validated_digest, "parquet")
+    validated_key = snapshot_key(names.validated.path, validated_digest, "parquet", partition)
     raw_digest = store.read_manifest((validated_key, validated_digest)).upstream.get(
         names.raw.to_user_string()
     )
@@ -495,6 +495,7 @@ def build_poisoning_check(
             + ("" if policy.poisoning_screen else " Turned off by the policy: passes, saying so.")
         ),
         op_tags=pipeline.orchestration.ingest.dagster_tags(INGEST),
+        **partition_check_options(pipeline),
     )
     @retry_transient_io(pipeline.orchestration)
     def poisoning_screen(
@@ -506,8 +507,9 @@ def build_poisoning_check(
             recorded_snapshot,
         )
 
-        record = latest_record(context.instance, features_key)
-        key, subject, _ = recorded_snapshot(record, features_key)
+        partition = partition_of(context)
+        record = latest_record(context.instance, features_key, partition)
+        key, subject, _ = recorded_snapshot(record, features_key, partition)
         common = {"pipeline": pipeline, "identity": INGEST, "run_id": context.run.run_id,
                   "asset_key": features_key, "check_name": POISONING_SCREEN,
                   "subject": subject}  # fmt: skip
@@ -525,7 +527,7 @@ def build_poisoning_check(
                 description="poisoning screen turned off by the policy",
             )
         store = snapshot_store.get_store()
-        features = load_recorded(store, record, features_key)
+        features = load_recorded(store, record, features_key, partition)
         try:
             result = screen_features(features, pipeline)
         except CannotScreenError as exc:
@@ -545,7 +547,7 @@ def build_poisoning_check(
                 },
                 description=f"cannot be judged: {exc}",
             )
-        return _screen_verdict(context, snapshot_store, common, result, key)
+        return _screen_verdict(context, snapshot_store, common, result, key, partition)
 
     def _screen_verdict(
         context: dg.AssetCheckExecutionContext,
@@ -553,6 +555,7 @@ def build_poisoning_check(
         common: dict[str, Any],
         result: ScreenResult,
         key: str,
+        partition: str | None,
     ) -> dg.AssetCheckResult:
         from secure_pipeline.canonical import canonical_json
 
@@ -563,6 +566,7 @@ def build_poisoning_check(
             canonical_json(screen_document(result, pipeline)),
             ext="json",
             format="json",
+            partition=partition,
             upstream={features_key.to_user_string(): subject},
             run_id=context.run.run_id,
             code_version=pipeline.code_version,
@@ -607,7 +611,7 @@ def build_poisoning_check(
             )
             if reference is not None:
                 metadata["increase_over_champion"] = round(share - reference[1], 6)
-        batch = _landing_batch(context.instance, store, pipeline, key, subject)
+        batch = _landing_batch(context.instance, store, pipeline, key, subject, partition)
         if batch is not None:
             metadata["rates_by_batch"] = table(
                 [{**batch, "rows": result.rows, "suspected": len(result.suspected),

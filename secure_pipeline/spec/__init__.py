@@ -14,6 +14,7 @@ from secure_pipeline.spec.data import (
     ColumnType,
     DatasetSchema,
     SourceFile,
+    SourcePartitions,
     SourceSpec,
 )
 from secure_pipeline.spec.pipeline import PipelineSpec
@@ -54,6 +55,7 @@ __all__ = [
     "PrivacySpec",
     "SecurityPolicy",
     "SourceFile",
+    "SourcePartitions",
     "SourceSpec",
     "feature_catalog",
 ]

@@ -184,6 +184,32 @@ class SourceFile:
     path: str
 
 
+# Where a partitioned source's location or file paths name the day: ``2026-01-31``.
+PARTITION_PLACEHOLDER = "{date}"
+
+
+@dataclass(frozen=True)
+class SourcePartitions:
+    """Daily partitions of a source: one batch of files per day.
+
+    Raw, validated and features become partitioned assets: every day is ingested, validated,
+    judged and stored on its own (its snapshots under its own partition key), so a backfill of
+    N days is N independent runs, and a run's memory is one day's. The day is written into the
+    location or the file paths with ``{date}``.
+
+    Attributes:
+        start: The first day, in ISO 8601 (``2026-01-01``).
+        end: The day after the last one, when the source ends; open-ended otherwise (a new day
+            every midnight, UTC).
+        window: How many consecutive days, ending with the latest one ingested, the model is
+            trained on.
+    """
+
+    start: str
+    end: str | None = None
+    window: int = 30
+
+
 @dataclass(frozen=True)
 class SourceSpec:
     """Where a dataset comes from.
@@ -210,6 +236,8 @@ class SourceSpec:
         retention_days: How long raw snapshots of this source (and the snapshots derived from
             them) stay readable; older ones have their data keys destroyed by the daily privacy
             job (storage limitation, GDPR Art. 5(1)(e)). None keeps them until erased.
+        partitions: Daily partitions, when the source delivers a batch per day (``{date}`` in
+            the location or the file paths); None: one table, ingested whole each time.
     """
 
     name: str
@@ -223,3 +251,14 @@ class SourceSpec:
     tls_pins: tuple[str, ...] = ()
     read_timeout_seconds: float = 60.0
     retention_days: int | None = None
+    partitions: SourcePartitions | None = None
+
+    def located(self, partition: str | None) -> "tuple[str, tuple[SourceFile, ...]]":
+        """The location and files of one day (``{date}`` replaced), or as written when None."""
+        if partition is None:
+            return self.location, self.files
+        files = tuple(
+            SourceFile(f.member, f.path.replace(PARTITION_PLACEHOLDER, partition))
+            for f in self.files
+        )
+        return self.location.replace(PARTITION_PLACEHOLDER, partition), files

@@ -9,7 +9,12 @@ from secure_pipeline.names import PipelineNames
 from secure_pipeline.spec._imports import import_path_problem
 from secure_pipeline.spec._patterns import DOTTED_NAME, ENV_NAME, NAME
 from secure_pipeline.spec.catalog import feature_catalog
-from secure_pipeline.spec.data import RESERVED_SPLIT_COLUMN, DatasetSchema, SourceSpec
+from secure_pipeline.spec.data import (
+    PARTITION_PLACEHOLDER,
+    RESERVED_SPLIT_COLUMN,
+    DatasetSchema,
+    SourceSpec,
+)
 from secure_pipeline.spec.policy import CanaryPolicy, MonitoringSpec, PrivacySpec, SecurityPolicy
 from secure_pipeline.spec.stages import (
     BUILTIN_ESTIMATORS,
@@ -78,6 +83,45 @@ class PipelineSpec:
                 f"pipeline spec {self.name!r} is invalid:\n"
                 + "\n".join(f"  - {p}" for p in problems)
             )
+
+    def _partition_problems(self) -> list[str]:
+        """A partitioned source names its day; an unpartitioned one has no day to name."""
+        source, partitions = self.source, self.source.partitions
+        places = [source.location, *(f.path for f in source.files)]
+        named = [PARTITION_PLACEHOLDER in p for p in places]
+        if partitions is None:
+            return (
+                [
+                    f"the source names {PARTITION_PLACEHOLDER} in its location or file paths but "
+                    "has no partitions: add partitions (start, window) or write the paths out"
+                ]
+                if any(named)
+                else []
+            )
+        found = []
+        days = []
+        for label, value in (("start", partitions.start), ("end", partitions.end)):
+            try:
+                days.append(_dt.date.fromisoformat(value) if value is not None else None)
+            except (TypeError, ValueError):
+                found.append(f"source partitions {label} {value!r} is not an ISO date (2026-01-31)")
+        if len(days) == 2 and days[1] is not None and days[1] <= days[0]:
+            found.append(
+                f"source partitions end {partitions.end} must be after start {partitions.start}"
+            )
+        if partitions.window < 1:
+            found.append(f"source partitions window must be at least 1, found {partitions.window}")
+        if not named[0] and not all(named[1:]):
+            found.append(
+                f"a partitioned source must name the day with {PARTITION_PLACEHOLDER} in its "
+                "location, or in every file path: without it every day would read the same files"
+            )
+        if self.orchestration.landing_env_var:
+            found.append(
+                "a partitioned source reads each day from its dated location; the landing-zone "
+                "sensor delivers unpartitioned batches: drop landing_env_var or the partitions"
+            )
+        return found
 
     def _problems(self) -> list[str]:
         found: list[str] = []
@@ -162,6 +206,7 @@ class PipelineSpec:
                     "they can expire under immutable storage. Mark the columns that identify "
                     "people, or drop retention_days"
                 )
+        found.extend(self._partition_problems())
         found.extend(f"canary: {p}" for p in self.canary.problems())
         found.extend(f"monitoring: {p}" for p in self.monitoring.problems())
         found.extend(self._model_problems())

@@ -224,15 +224,24 @@ def recorded_snapshot(
     return str(key), str(digest), str(fmt)
 
 
-def latest_record(instance: dg.DagsterInstance, key: dg.AssetKey) -> Any:
-    """The latest materialization record of ``key``.
+def latest_record(
+    instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None = None
+) -> Any:
+    """The latest materialization record of ``key`` (of one of its partitions, if given).
 
     Raises:
-        Failure: When it has not been materialized yet.
+        Failure: When it (that partition) has not been materialized yet.
     """
-    record = instance.get_latest_materialization_event(key)
+    if partition is None:
+        record = instance.get_latest_materialization_event(key)
+    else:
+        result = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
+        )
+        record = result.records[0] if result.records else None
     if record is None:
-        raise dg.Failure(f"{key.to_user_string()} has not been materialized yet")
+        where = f" partition {partition}" if partition is not None else ""
+        raise dg.Failure(f"{key.to_user_string()}{where} has not been materialized yet")
     return record
 
 

@@ -30,8 +30,11 @@ from secure_pipeline.errors import IntegrityError
 from secure_pipeline.metadata import (
     COLUMN_SCHEMA,
     bullets,
+    daily_partitions,
     declared_table_schema,
     ingest_freshness_policy,
+    partition_check_options,
+    partition_of,
     table,
 )
 from secure_pipeline.names import (
@@ -63,9 +66,11 @@ from secure_pipeline.verdicts import verdict
 _PARSED: dict[str, tuple[str, str, list[Any], Any]] = {}
 
 
-def _raw_members(store: Any, record: Any, raw_key: dg.AssetKey) -> tuple[str, dict[str, Any], int]:
+def _raw_members(
+    store: Any, record: Any, raw_key: dg.AssetKey, partition: str | None
+) -> tuple[str, dict[str, Any], int]:
     """The raw fileset a record names: its digest, each member's stream opener, total bytes."""
-    key, digest, _fmt = recorded_snapshot(record, raw_key)
+    key, digest, _fmt = recorded_snapshot(record, raw_key, partition)
     index = json.loads(store.read_bytes((key, digest)))
     files = index.get("files") if isinstance(index, dict) else None
     if index.get("format") != FILESET_FORMAT or not isinstance(files, dict):
@@ -79,7 +84,7 @@ def _raw_members(store: Any, record: Any, raw_key: dg.AssetKey) -> tuple[str, di
 
 
 def _parse_and_validate(
-    pipeline: PipelineSpec, store: Any, record: Any, *, remember: bool
+    pipeline: PipelineSpec, store: Any, record: Any, partition: str | None, *, remember: bool
 ) -> tuple[Iterable[Any], Any]:
     """Parse and pandera-validate a raw fileset chunk by chunk, or take what was just made.
 
@@ -87,6 +92,7 @@ def _parse_and_validate(
         pipeline: The spec (its name keys the memo, its schema version must match).
         store: The snapshot store.
         record: The raw asset's materialization to validate.
+        partition: The partition it must belong to, if any.
         remember: Keep a small fileset's result for the next caller (schema_conforms),
             instead of taking a kept one (validated_*).
 
@@ -98,7 +104,7 @@ def _parse_and_validate(
 
     raw_key, version = pipeline.names.raw, pipeline.schema.version
     chunk_bytes = pipeline.source.chunk_bytes
-    digest, members, size = _raw_members(store, record, raw_key)
+    digest, members, size = _raw_members(store, record, raw_key, partition)
     kept = None if remember else _PARSED.pop(pipeline.name, None)
     if kept is not None and kept[0] == digest and kept[1] == version:
         return kept[2], kept[3]
@@ -171,6 +177,7 @@ def build_validation_stage(
             "data cannot be shown: nothing downstream is built from it."
         ),
         op_tags=pipeline.orchestration.ingest.dagster_tags(INGEST),
+        **partition_check_options(pipeline),
     )
     @retry_transient_io(pipeline.orchestration)
     def provenance_complete(
@@ -178,8 +185,9 @@ def build_validation_stage(
     ) -> dg.AssetCheckResult:
         from secure_pipeline.ingestion.provenance import provenance_problems
 
-        record = latest_record(context.instance, raw_key)
-        _key, index_sha, _fmt = recorded_snapshot(record, raw_key)
+        partition = partition_of(context)
+        record = latest_record(context.instance, raw_key, partition)
+        _key, index_sha, _fmt = recorded_snapshot(record, raw_key, partition)
         store = snapshot_store.get_store()
         meta = record.asset_materialization.metadata
         index = json.loads(store.read_bytes((meta["snapshot_key"].value, index_sha)))
@@ -225,14 +233,16 @@ def build_validation_stage(
             "per-column counts and examples; those rows are quarantined."
         ),
         op_tags=pipeline.orchestration.ingest.dagster_tags(INGEST),
+        **partition_check_options(pipeline),
     )
     @retry_transient_io(pipeline.orchestration)
     def schema_conforms(
         context: dg.AssetCheckExecutionContext, snapshot_store: SnapshotStoreResource
     ) -> dg.AssetCheckResult:
-        record = latest_record(context.instance, raw_key)
+        partition = partition_of(context)
+        record = latest_record(context.instance, raw_key, partition)
         chunks, report = _parse_and_validate(
-            pipeline, snapshot_store.get_store(), record, remember=True
+            pipeline, snapshot_store.get_store(), record, partition, remember=True
         )
         for _chunk in chunks:
             pass  # the report is final once every chunk is read (and every member verified)
@@ -250,7 +260,7 @@ def build_validation_stage(
             severity=dg.AssetCheckSeverity.WARN
             if report.rejected_rows and not structural
             else dg.AssetCheckSeverity.ERROR,
-            subject=recorded_snapshot(record, raw_key)[1],
+            subject=recorded_snapshot(record, raw_key, partition)[1],
             summary={
                 "rows": report.rows,
                 "rejected_rows": report.rejected_rows,
@@ -294,12 +304,14 @@ def build_validation_stage(
                     f"At most {policy.max_reject_rate:.2%} of the batch's rows were quarantined. "
                     "More means the source changed or broke: nothing downstream is built."
                 ),
+                **partition_check_options(pipeline),
             )
         ],
         metadata={COLUMN_SCHEMA: declared_table_schema(pipeline, validated=True)},
         tags=pipeline.names.asset_tags("validation"),
         op_tags=pipeline.orchestration.ingest.dagster_tags(INGEST),
         freshness_policy=ingest_freshness_policy(pipeline),
+        partitions_def=daily_partitions(pipeline),
     )
     @retry_transient_io(pipeline.orchestration)
     def validated(
@@ -312,12 +324,13 @@ def build_validation_stage(
         # First: without its key (production must configure it) nothing is parsed at all.
         key = _pseudonym_key(pipeline)
         store = snapshot_store.get_store()
-        raw_record = latest_record(context.instance, raw_key)
-        raw_digest = recorded_snapshot(raw_record, raw_key)[1]
+        partition = partition_of(context)
+        raw_record = latest_record(context.instance, raw_key, partition)
+        raw_digest = recorded_snapshot(raw_record, raw_key, partition)[1]
         upstream = {raw_key.to_user_string(): raw_digest}
         # In the same process as schema_conforms (the default executor), its parse of a small
         # fileset is reused; elsewhere, or for a large one, it is parsed again a chunk at a time.
-        chunks, report = _parse_and_validate(pipeline, store, raw_record, remember=False)
+        chunks, report = _parse_and_validate(pipeline, store, raw_record, partition, remember=False)
         from secure_pipeline.storage.tables import ParquetStream, frame_table
 
         kept_stream, quarantine_stream = ParquetStream(), ParquetStream()
@@ -352,6 +365,7 @@ def build_validation_stage(
             kept_stream.chunks(kept_rows()),
             ext="parquet",
             fmt="parquet",
+            partition=partition,
             upstream=upstream,
             run_id=context.run.run_id,
             code_version=pipeline.code_version,
@@ -367,6 +381,7 @@ def build_validation_stage(
             bytes(quarantine_bytes),
             ext="parquet",
             format="parquet",
+            partition=partition,
             upstream=upstream,
             run_id=context.run.run_id,
             code_version=pipeline.code_version,
@@ -426,6 +441,7 @@ def build_validation_stage(
             "not look like this dataset: nothing downstream is built from it."
         ),
         op_tags=pipeline.orchestration.ingest.dagster_tags(INGEST),
+        **partition_check_options(pipeline),
     )
     @retry_transient_io(pipeline.orchestration)
     def expectations_met(
@@ -433,16 +449,18 @@ def build_validation_stage(
     ) -> dg.AssetCheckResult:
         from secure_pipeline.validation.expectations import run_expectations
 
-        record = latest_record(context.instance, validated_key)
+        partition = partition_of(context)
+        record = latest_record(context.instance, validated_key, partition)
         store = snapshot_store.get_store()
-        frame = load_recorded(store, record, validated_key)
+        frame = load_recorded(store, record, validated_key, partition)
         report = run_expectations(frame, schema)
-        subject = recorded_snapshot(record, validated_key)[1]
+        subject = recorded_snapshot(record, validated_key, partition)[1]
         document = store.put_bytes(
             [*validated_key.path, "_expectations"],
             canonical_json(json.loads(json.dumps(report.document, default=str))),
             ext="json",
             format="json",
+            partition=partition,
             upstream={validated_key.to_user_string(): subject},
             run_id=context.run.run_id,
             code_version=pipeline.code_version,
