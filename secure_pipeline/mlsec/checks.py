@@ -121,7 +121,7 @@ def judge(
     """
     from secure_pipeline.errors import IntegrityError
     from secure_pipeline.features.engineering import LABEL_COLUMN
-    from secure_pipeline.storage.tables import parquet_to_table
+    from secure_pipeline.features.window import read_training_features
     from secure_pipeline.training.models import model_inputs, split_rows
     from secure_pipeline.training.serialization import load_model
 
@@ -137,12 +137,11 @@ def judge(
     )
     meta = record.asset_materialization.metadata
     features_key, features_sha = meta["features_key"].value, meta["features_sha256"].value
-    if features_key != snapshot_key(pipeline.names.features.path, features_sha, "parquet"):
-        raise IntegrityError(
-            f"trained_model {model_sha[:12]} names training data {features_key}, which is not "
-            f"the features snapshot {features_sha}"
-        )
-    features = parquet_to_table(snapshots.read_bytes((features_key, features_sha))).to_pandas()
+    try:
+        # One features snapshot, or a partitioned pipeline's window of days (each verified).
+        features = read_training_features(snapshots, pipeline, features_key, features_sha)
+    except IntegrityError as exc:
+        raise IntegrityError(f"trained_model {model_sha[:12]}: {exc}") from None
     inputs, _ = model_inputs(pipeline)
     splits = split_rows(features, pipeline)
     recorded = meta.get("split")

@@ -79,9 +79,28 @@ def build_training_stage(pipeline: PipelineSpec) -> list[dg.AssetsDefinition]:
         from secure_pipeline.training.serialization import dump_model, require_declared_types
         from secure_pipeline.training.tracking import run_link, run_link_metadata, tracked_run
 
-        record = latest_record(context.instance, features_key)
-        features_ref, features_sha, _ = recorded_snapshot(record, features_key)
-        features = load_recorded(snapshot_store.get_store(), record, features_key)
+        store = snapshot_store.get_store()
+        window: dict[str, Any] = {}
+        if pipeline.source.partitions is not None:
+            from secure_pipeline.features.window import (
+                read_training_features,
+                store_window,
+                window_metadata,
+            )
+
+            # The declared window of days, named by one snapshot: the model's training data.
+            ref, days = store_window(pipeline, store, context.instance, context.run.run_id)
+            features_ref, features_sha = ref.key, ref.sha256
+            features = read_training_features(store, pipeline, features_ref, features_sha)
+            window = window_metadata(days)
+            context.log.info(
+                f"training window {days[0]['partition']}..{days[-1]['partition']} "
+                f"({len(days)} days, {len(features)} rows) stored as {ref.uri}"
+            )
+        else:
+            record = latest_record(context.instance, features_key)
+            features_ref, features_sha, _ = recorded_snapshot(record, features_key)
+            features = load_recorded(store, record, features_key)
         trained = train(features, pipeline)
         data = dump_model(trained.model)
         # Fail here, naming the types to declare, rather than at the first check or server
@@ -143,6 +162,7 @@ def build_training_stage(pipeline: PipelineSpec) -> list[dg.AssetsDefinition]:
                 "model_sha256": model_sha,
                 "features_sha256": features_sha,
                 "features_key": features_ref,
+                **window,
                 "estimator_path": spec.estimator_path,
                 "params": dg.MetadataValue.json(dict(spec.params)),
                 "trusted_types": dg.MetadataValue.json(_trusted_types(pipeline)),
