@@ -38,13 +38,19 @@ def is_window_key(pipeline: PipelineSpec, key: str, sha256: str) -> bool:
     return key == snapshot_key(window_path(pipeline), sha256, "json")
 
 
-def window_document(pipeline: PipelineSpec, days: Sequence[Mapping[str, str]]) -> bytes:
-    """The canonical window document of ``days`` (each ``partition``, ``key``, ``sha256``)."""
+def window_document(pipeline: str, asset: str, days: Sequence[Mapping[str, Any]]) -> bytes:
+    """The canonical window document of ``days`` (each ``partition``, ``key``, ``sha256``).
+
+    Args:
+        pipeline: The pipeline's name.
+        asset: Its features asset (``adult/features``).
+        days: The days, in order.
+    """
     return canonical_json(
         {
             "format": WINDOW_FORMAT,
-            "pipeline": pipeline.name,
-            "asset": pipeline.names.features.to_user_string(),
+            "pipeline": pipeline,
+            "asset": asset,
             "days": [
                 {"partition": d["partition"], "key": d["key"], "sha256": d["sha256"]} for d in days
             ],
@@ -107,7 +113,7 @@ def store_window(
         days.append({"partition": day, "key": key, "sha256": sha})
     ref = store.put_bytes(
         window_path(pipeline),
-        window_document(pipeline, days),
+        window_document(pipeline.name, pipeline.names.features.to_user_string(), days),
         ext="json",
         format=WINDOW_FORMAT,
         upstream={},
@@ -138,7 +144,9 @@ def read_window(store: SnapshotStore, pipeline: PipelineSpec, sha256: str) -> li
                 f"training window {sha256[:12]} names {day.get('key')} for {day['partition']}, "
                 f"which is not that day's {features.to_user_string()} snapshot"
             )
-    if window_document(pipeline, days) != canonical_json(document):
+    if window_document(
+        pipeline.name, pipeline.names.features.to_user_string(), days
+    ) != canonical_json(document):
         raise IntegrityError(f"{key} holds fields a training window does not have")
     return days
 

@@ -88,6 +88,7 @@ def build_registry_stage(
             model_interface,
             onnx_copy,
             onnx_entry,
+            training_features,
             verdict_problems,
             version_description,
             write_bundle,
@@ -142,7 +143,9 @@ def build_registry_stage(
             bundle.mkdir()
             card = model_card(pipeline, lineage, _check_results(run_id))
             # Signature and input example first: the bundle signature must cover them.
-            interface = model_interface(pipeline, model_bytes, store, lineage["data"]["features"])
+            # The example comes from the (last day's) features the model was trained on.
+            key_, sha_ = training_features(lineage)[-1]
+            interface = model_interface(pipeline, model_bytes, store, {"key": key_, "sha256": sha_})
             write_bundle(bundle, model_bytes, lineage, card, evidence, interface, onnx)
             sign_bundle(bundle, signer)
             verification = verify_bundle_dir(bundle, trust=trust, pipeline=pipeline, store=store)

@@ -67,6 +67,10 @@ ONNX_FILE = "model.onnx"
 EVIDENCE_DIR = "evidence"
 # 3: the model's ONNX copy is proved by the train identity's signed onnx_equivalent verdict.
 LINEAGE_VERSION = 3
+# 4: the same, for a model of a partitioned pipeline: ``data`` names the training window and
+# every day's raw, validated and features snapshots; each day's checks are recorded with it.
+PARTITIONED_LINEAGE_VERSION = 4
+DATA_STAGES = ("raw", "validated", "features")
 # The first version whose model stage has an onnx_equivalent verdict. An earlier bundle still
 # verifies without one (models promoted before keep serving), but its ONNX copy was vouched
 # for by the release identity alone: it is never served (`onnx_proved`), the skops file is.
@@ -122,15 +126,99 @@ def stage_assets(pipeline: PipelineSpec) -> dict[str, Any]:
     return {stage: pipeline.names.stage_key(stage) for stage in REQUIRED_CHECKS}
 
 
-def _snapshot(store: SnapshotStore, asset: Any, sha: str, ext: str) -> dict[str, Any]:
+def _snapshot(
+    store: SnapshotStore, asset: Any, sha: str, ext: str, partition: str | None = None
+) -> dict[str, Any]:
     # Content stored again after its first copy was crypto-shredded lives under the next
     # generation's key; the newest generation is the readable one.
-    key = snapshot_key(asset.path, sha, ext)
+    key = snapshot_key(asset.path, sha, ext, partition)
     generation = 2
-    while store.exists(following := snapshot_key(asset.path, sha, ext, generation=generation)):
+    while store.exists(
+        following := snapshot_key(asset.path, sha, ext, partition, generation=generation)
+    ):
         key, generation = following, generation + 1
     manifest = store.read_manifest((key, sha))
-    return {"asset": asset.to_user_string(), "key": key, "sha256": sha, "size": manifest.size}
+    entry = {"asset": asset.to_user_string(), "key": key, "sha256": sha, "size": manifest.size}
+    return entry if partition is None else {**entry, "partition": partition}
+
+
+def _data_chain(
+    store: SnapshotStore, assets: Mapping[str, Any], features_sha: str, partition: str | None
+) -> dict[str, dict[str, Any]]:
+    """The raw, validated and features snapshots behind one features snapshot."""
+    features = _snapshot(store, assets["features"], features_sha, "parquet", partition)
+    validated_sha = _upstream(store, features, assets["validated"])
+    validated = _snapshot(store, assets["validated"], validated_sha, "parquet", partition)
+    raw_sha = _upstream(store, validated, assets["raw"])
+    raw = _snapshot(store, assets["raw"], raw_sha, "json", partition)
+    return {"raw": raw, "validated": validated, "features": features}
+
+
+def lineage_snapshots(lineage: Mapping[str, Any]) -> list[tuple[str, str | None, dict[str, Any]]]:
+    """Every data snapshot a lineage names: ``(stage, partition, entry)``, upstream first.
+
+    One of each stage for an unpartitioned pipeline; each day's of a partitioned one (its
+    ``data`` holds the ``window`` and the days under ``partitions``).
+    """
+    data = lineage.get("data", {})
+    if not isinstance(data, Mapping):
+        return []
+    if "window" not in data:
+        return [(stage, None, entry) for stage, entry in data.items()]
+    days = data.get("partitions")
+    if not isinstance(days, Mapping):
+        return []
+    return [
+        (stage, str(day), entry)
+        for day, stages in sorted(days.items())
+        if isinstance(stages, Mapping)
+        for stage, entry in stages.items()
+    ]
+
+
+def training_features(lineage: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The features snapshots the model was trained on, ``(key, sha256)``, in order."""
+    return [
+        (str(e.get("key")), str(e.get("sha256")))
+        for stage, _day, e in lineage_snapshots(lineage)
+        if stage == "features"
+    ]
+
+
+def _window_problems(lineage: Mapping[str, Any]) -> list[str]:
+    """A partitioned lineage's window is exactly the document its days make."""
+    from secure_pipeline.features.window import window_document
+
+    data = lineage.get("data", {})
+    window, days = data.get("window"), data.get("partitions")
+    if set(data) != {"window", "partitions"} or not isinstance(window, Mapping):
+        return [f"the lineage of a partitioned pipeline must name its window and days, found "
+                f"{sorted(data)}"]  # fmt: skip
+    if not isinstance(days, Mapping) or not days:
+        return ["the lineage names a training window without days"]
+    problems = []
+    for day, stages in sorted(days.items()):
+        if not isinstance(stages, Mapping) or set(stages) != set(DATA_STAGES):
+            found = sorted(stages) if isinstance(stages, Mapping) else stages
+            problems.append(
+                f"the lineage must name the raw, validated and features snapshots of {day}, "
+                f"found {found}"
+            )
+            continue
+        for stage, entry in stages.items():
+            if not isinstance(entry, Mapping) or entry.get("partition") != day:
+                problems.append(f"the lineage's {stage} snapshot of {day} is not of that day")
+    if problems:
+        return problems
+    listed = [{"partition": d, "key": s["features"].get("key"),
+               "sha256": s["features"].get("sha256")} for d, s in sorted(days.items())]  # fmt: skip
+    document = window_document(str(lineage.get("pipeline")), str(window.get("asset")), listed)
+    if sha256_hex(document) != window.get("sha256"):
+        problems.append(
+            f"the training window {str(window.get('sha256'))[:12]} is not the window of the days "
+            "the lineage names: a day was added, removed or replaced"
+        )
+    return problems
 
 
 def _upstream(store: SnapshotStore, snapshot: Mapping[str, Any], asset: Any) -> str:
@@ -144,7 +232,9 @@ def _upstream(store: SnapshotStore, snapshot: Mapping[str, Any], asset: Any) -> 
     return digest
 
 
-def _evidence_file(stage: str, check: str) -> str:
+def _evidence_file(stage: str, check: str, partition: str | None = None) -> str:
+    if partition is not None:
+        return f"{EVIDENCE_DIR}/{stage}.{partition}.{check}.json"
     return f"{EVIDENCE_DIR}/{stage}.{check}.json"
 
 
@@ -176,20 +266,27 @@ def _collect_verdicts(
     pipeline: PipelineSpec,
     store: SnapshotStore,
     trust: TrustPolicy,
-    subjects: Mapping[str, tuple[str, str]],
+    subjects: list[tuple[str, str | None, str, str]],
 ) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
-    """The latest signed verdict of every required check on its digest, under today's policy."""
+    """The latest signed verdict of every required check on its digest, under today's policy.
+
+    ``subjects`` are ``(stage, partition, asset, digest)``: each stage once, or each data
+    stage once per day of a partitioned pipeline's window.
+    """
     fingerprint = policy_fingerprint(pipeline)
     checks, files = [], {}
-    for stage, names in required_checks(trust).items():
-        asset, digest = subjects[stage]
+    required = required_checks(trust)
+    for stage, partition, asset, digest in subjects:
+        names = required.get(stage, ())
         verdicts, rejected = signed_verdicts(store, trust, stage=stage, asset=asset, digest=digest)
         for check in names:
             mine = [v for v in verdicts if v.predicate.get("check") == check]
             current = [v for v in mine if v.predicate.get("policy_sha256") == fingerprint]
             if not current:
                 raise LineageError(
-                    f"no verdict of {check} on {asset} for {digest[:12]} signed by the "
+                    f"no verdict of {check} on {asset}"
+                    + (f" {partition}" if partition is not None else "")
+                    + f" for {digest[:12]} signed by the "
                     f"{VERDICT_IDENTITY[stage]} identity under today's policy "
                     f"({fingerprint[:12]}) is in the store"
                     + (f"; {len(mine) - len(current)} were judged under another policy" if
@@ -199,11 +296,12 @@ def _collect_verdicts(
                     + ". Materialize the asset with its checks before registering the model."
                 )  # fmt: skip
             latest = max(current, key=lambda v: (str(v.predicate.get("evaluated_at")), v.sha256))
-            path = _evidence_file(stage, check)
+            path = _evidence_file(stage, check, partition)
             files[path] = latest.data
             checks.append(
                 {
                     "stage": stage,
+                    **({"partition": partition} if partition is not None else {}),
                     "asset": asset,
                     "check": check,
                     "subject": digest,
@@ -269,24 +367,40 @@ def build_lineage(
     """
     from importlib.metadata import version
 
+    from secure_pipeline.features.window import is_window_key, read_window
+
     assets = stage_assets(pipeline)
     model = _snapshot(store, assets["model"], model_sha256, "skops")
-    features = _snapshot(store, assets["features"], model_metadata["features_sha256"], "parquet")
-    validated = _snapshot(
-        store, assets["validated"], _upstream(store, features, assets["validated"]), "parquet"
-    )
-    raw = _snapshot(store, assets["raw"], _upstream(store, validated, assets["raw"]), "json")
-    subjects = {
-        "raw": (raw["asset"], raw["sha256"]),
-        "validated": (validated["asset"], validated["sha256"]),
-        "features": (features["asset"], features["sha256"]),
-        "model": (model["asset"], model_sha256),
-    }
+    features_sha = str(model_metadata["features_sha256"])
+    data: dict[str, Any]
+    if is_window_key(pipeline, str(model_metadata.get("features_key")), features_sha):
+        days = read_window(store, pipeline, features_sha)
+        data = {
+            "window": {
+                "asset": assets["features"].to_user_string(),
+                "key": str(model_metadata["features_key"]),
+                "sha256": features_sha,
+                "first": days[0]["partition"],
+                "last": days[-1]["partition"],
+            },
+            "partitions": {
+                d["partition"]: _data_chain(store, assets, d["sha256"], d["partition"])
+                for d in days
+            },
+        }
+    else:
+        data = _data_chain(store, assets, features_sha, None)
+    document = {"data": data}
+    subjects = [
+        (stage, day, str(e["asset"]), str(e["sha256"]))
+        for stage, day, e in lineage_snapshots(document)
+    ]
+    subjects.append(("model", None, str(model["asset"]), model_sha256))
     from secure_pipeline.training.serialization import TRUSTED_TYPES, allowed_types
 
     checks, evidence = _collect_verdicts(pipeline, store, trust, subjects)
     return {
-        "lineage_version": LINEAGE_VERSION,
+        "lineage_version": PARTITIONED_LINEAGE_VERSION if "window" in data else LINEAGE_VERSION,
         "pipeline": pipeline.name,
         "code_version": pipeline.code_version,
         "package_version": version("secure-pipeline"),
@@ -308,7 +422,7 @@ def build_lineage(
             "declared_trusted_types": list(pipeline.model.trusted_types),
             "mlflow_run_id": model_metadata.get("mlflow_run_id"),
         },
-        "data": {"raw": raw, "validated": validated, "features": features},
+        "data": data,
         "metrics": {k: v for k, v in model_metadata.items() if k.startswith(("holdout_", "test_"))},
         "policy": asdict(pipeline.policy),
         "policy_sha256": policy_fingerprint(pipeline),
@@ -415,12 +529,13 @@ def model_card(
         *_model_section(lineage["model"]),
         "## Data",
         "",
+        *_window_line(lineage),
         "| stage | snapshot | bytes |",
         "| --- | --- | --- |",
         *(
-            f"| {stage}{' (fileset index)' if stage == 'raw' else ''} | "
-            f"`{snap['sha256'][:16]}…` | {snap['size']} |"
-            for stage, snap in lineage["data"].items()
+            f"| {stage}{f' {day}' if day else ''}{' (fileset index)' if stage == 'raw' else ''} "
+            f"| `{snap['sha256'][:16]}…` | {snap['size']} |"
+            for stage, day, snap in lineage_snapshots(lineage)
         ),
         "",
         f"Inputs: {', '.join(lineage['model']['inputs'])}. Not used as inputs: "
@@ -537,6 +652,18 @@ class ModelInterface:
     signature: Any
     example: "pd.DataFrame"
     synthetic: bool
+
+
+def _window_line(lineage: Mapping[str, Any]) -> list[str]:
+    window = lineage["data"].get("window")
+    if window is None:
+        return []
+    days = len(lineage["data"]["partitions"])
+    return [
+        f"Trained on {days} days, {window['first']} to {window['last']} (training window "
+        f"`{window['sha256'][:16]}…`).",
+        "",
+    ]
 
 
 def model_interface(
@@ -800,31 +927,49 @@ def verify_lineage(
             f"{MODEL_FILE} does not hash to the lineage's model digest {model.get('sha256')}"
         )
     data = lineage.get("data", {})
-    if set(data) != {"raw", "validated", "features"}:
+    partitioned = isinstance(data, Mapping) and "window" in data
+    if pipeline is not None and partitioned != (pipeline.source.partitions is not None):
+        problems.append(
+            "the lineage names "
+            + ("a training window of days" if partitioned else "one unpartitioned dataset")
+            + f", but pipeline {pipeline.name!r} is "
+            + ("not " if pipeline.source.partitions is None else "")
+            + "partitioned today: retrain it under today's spec"
+        )
+    if partitioned:
+        problems.extend(_window_problems(lineage))
+    elif set(data) != set(DATA_STAGES):
         problems.append(
             f"the lineage must name the raw, validated and features snapshots, found {sorted(data)}"
         )
-    subjects = {"model": model.get("sha256"), **{s: v.get("sha256") for s, v in data.items()}}
-    assets = {"model": model.get("asset"), **{s: v.get("asset") for s, v in data.items()}}
-    for stage, digest in subjects.items():
+    snapshots = lineage_snapshots(lineage)
+    # Each subject by (stage, partition): a day's verdicts judge that day's snapshots only.
+    subjects: dict[tuple[str, str | None], Any] = {("model", None): model.get("sha256")}
+    assets: dict[tuple[str, str | None], Any] = {("model", None): model.get("asset")}
+    for stage, day, entry in snapshots:
+        subjects[(stage, day)] = entry.get("sha256") if isinstance(entry, Mapping) else None
+        assets[(stage, day)] = entry.get("asset") if isinstance(entry, Mapping) else None
+    for (stage, day), digest in subjects.items():
         if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
-            problems.append(f"the lineage gives no valid digest for the {stage} snapshot")
+            where = f" of {day}" if day is not None else ""
+            problems.append(f"the lineage gives no valid digest for the {stage} snapshot{where}")
     try:
         required = required_checks(trust)
     except LineageError as exc:
         return [*problems, str(exc)]
-    wanted = {(stage, name) for stage, names in required.items() for name in names}
+    wanted = {(stage, name, day) for stage, day in subjects for name in required.get(stage, ())}
     if not onnx_proved(lineage):
-        wanted.discard(("model", ONNX_EQUIVALENT))
+        wanted.discard(("model", ONNX_EQUIVALENT, None))
     checks = list(lineage.get("checks", []))
-    recorded = [(c.get("stage"), c.get("check")) for c in checks]
-    for stage, name in sorted(wanted - set(recorded)):
-        problems.append(f"the lineage records no verdict of {name} ({stage})")
+    recorded = [(c.get("stage"), c.get("check"), c.get("partition")) for c in checks]
+    for stage, name, day in sorted(wanted - set(recorded), key=str):
+        where = f", {day}" if day is not None else ""
+        problems.append(f"the lineage records no verdict of {name} ({stage}{where})")
     if len(recorded) != len(set(recorded)):
         problems.append("the lineage records a check more than once")
     judged: list[tuple[Mapping[str, Any], attestations.Attestation]] = []
     for check in checks:
-        key = (check.get("stage"), check.get("check"))
+        key = (check.get("stage"), check.get("check"), check.get("partition"))
         if key not in wanted:
             problems.append(f"the lineage records an unknown verdict {check.get('check')!r}")
             continue
@@ -844,7 +989,7 @@ def verify_lineage(
             "re-run its checks under today's policy before it may be promoted or served"
         )
     if store is not None:
-        for stage, snap in [("model", model), *data.items()]:
+        for stage, _day, snap in [("model", None, model), *snapshots]:
             try:
                 if stage == "raw":  # the raw snapshot is a fileset index
                     index = json.loads(store.read_bytes((snap["key"], snap["sha256"])))
@@ -933,22 +1078,23 @@ def _bundle_verdict(
     directory: Path,
     check: Mapping[str, Any],
     trust: TrustPolicy,
-    subjects: Mapping[str, Any],
-    assets: Mapping[str, Any],
+    subjects: Mapping[tuple[str, str | None], Any],
+    assets: Mapping[tuple[str, str | None], Any],
     policy_sha256: Any,
 ) -> tuple[attestations.Attestation | None, str | None]:
     """Verify one verdict of the lineage against the envelope in the bundle."""
     stage, name = str(check.get("stage")), str(check.get("check"))
-    label = f"the verdict of {name} on {check.get('asset')}"
-    expected = subjects.get(stage)
-    if check.get("subject") != expected or check.get("asset") != assets.get(stage):
+    day = check.get("partition")
+    label = f"the verdict of {name} on {check.get('asset')}" + (f" {day}" if day else "")
+    expected = subjects.get((stage, day))
+    if check.get("subject") != expected or check.get("asset") != assets.get((stage, day)):
         return None, (
             f"{name} judged {str(check.get('subject'))[:12]} of {check.get('asset')}, not the "
-            f"{stage} snapshot {str(expected)[:12]} of this model"
+            f"{stage} snapshot {str(expected)[:12]} of this model" + (f" for {day}" if day else "")
         )
     path = directory / str(check.get("attestation", ""))
     try:
-        if check.get("attestation") != _evidence_file(stage, name):
+        if check.get("attestation") != _evidence_file(stage, name, day):
             raise FileNotFoundError(path)
         data = path.read_bytes()
     except OSError:
