@@ -45,26 +45,30 @@ ChampionLineage = Callable[
 ]
 
 
-def champion_features(pipeline: PipelineSpec, lineage: dict[str, Any]) -> tuple[str, str]:
-    """The features snapshot a champion's signed lineage names: ``(key, sha256)``.
+def champion_features(pipeline: PipelineSpec, lineage: dict[str, Any]) -> list[tuple[str, str]]:
+    """The features snapshots a champion's signed lineage names: ``(key, sha256)`` of each.
+
+    One for an unpartitioned pipeline; a partitioned one's window of days, in order.
 
     Raises:
-        IntegrityError: When it is not a snapshot of this pipeline's ``features`` asset.
+        IntegrityError: When one is not a snapshot of this pipeline's ``features`` asset.
     """
     from secure_pipeline.errors import IntegrityError
+    from secure_pipeline.features.window import training_features
 
-    features = lineage["data"]["features"]
-    key, sha = str(features["key"]), str(features["sha256"])
-    directory, _, filename = key.rpartition("/")
-    expected = snapshot_key(pipeline.names.features.path, sha, "parquet").rpartition("/")[0]
-    if directory != expected or not filename.startswith(f"{sha}."):
-        raise IntegrityError(
-            f"the champion's signed lineage names {key} as its training features, expected "
-            f"a snapshot under snapshots/{pipeline.name}/features/: the champion was made "
-            "before asset keys were scoped by pipeline (start a new home, see the README's "
-            "migration note) or belongs to another pipeline"
-        )
-    return key, sha
+    found = []
+    for key, sha, day in training_features(lineage):
+        directory, _, filename = key.rpartition("/")
+        expected = snapshot_key(pipeline.names.features.path, sha, "parquet", day)
+        if directory != expected.rpartition("/")[0] or not filename.startswith(f"{sha}."):
+            raise IntegrityError(
+                f"the champion's signed lineage names {key} as its training features, expected "
+                f"a snapshot under snapshots/{pipeline.name}/features/: the champion was made "
+                "before asset keys were scoped by pipeline (start a new home, see the README's "
+                "migration note) or belongs to another pipeline"
+            )
+        found.append((key, sha))
+    return found
 
 
 def drift_reference(
@@ -72,12 +76,13 @@ def drift_reference(
     store: SnapshotStore,
     pipeline: PipelineSpec,
     champion_lineage: ChampionLineage,
-) -> tuple[str, str, str]:
-    """The features snapshot drift is measured against: ``(key, sha256, description)``.
+) -> tuple[list[tuple[str, str]], str, str]:
+    """The features drift is measured against: ``(snapshots, digest, description)``.
 
-    The snapshot the current champion model was trained on, read from the champion's signed
-    lineage (kept, verified, in the snapshot store); until a model has been promoted, the
-    first features snapshot ever materialized.
+    The snapshots the current champion model was trained on (a partitioned pipeline's window
+    of days), read from the champion's signed lineage (kept, verified, in the snapshot store);
+    until a model has been promoted, the first features snapshot ever materialized. The digest
+    names the reference: its one snapshot's, or the champion's training window's.
 
     Raises:
         dg.Failure: When no features snapshot exists yet.
@@ -90,9 +95,12 @@ def drift_reference(
     erased = ""
     if champion is not None:
         version, lineage = champion
-        key, sha = champion_features(pipeline, lineage)
-        if not store.shredded(key):
-            return key, sha, f"the snapshot champion version {version} was trained on"
+        refs = champion_features(pipeline, lineage)
+        if not any(store.shredded(key) for key, _ in refs):
+            window = lineage["data"].get("window")
+            digest = str(window["sha256"]) if window else refs[0][1]
+            what = "the snapshot" if len(refs) == 1 else f"the {len(refs)} days of features"
+            return refs, digest, f"{what} champion version {version} was trained on"
         # Erased (or expired) since: the closest reference left is the oldest readable one.
         erased = f"the snapshot champion version {version} was trained on was erased; "
     features_key = pipeline.names.features
@@ -107,7 +115,7 @@ def drift_reference(
             if not store.shredded(key):
                 first = "the oldest readable" if erased else "the first"
                 return (
-                    key,
+                    [(key, sha)],
                     sha,
                     f"{erased}{first} features snapshot" + ("" if erased else " (no champion yet)"),
                 )
@@ -331,14 +339,14 @@ def build_features_stage(
         store = snapshot_store.get_store()
         partition = partition_of(context)
         current_record = latest_record(context.instance, features_key, partition)
-        reference_key, reference_digest, reference_what = drift_reference(
+        references, reference_digest, reference_what = drift_reference(
             context.instance, store, pipeline, champion_lineage
         )
         current_key, subject, _fmt = recorded_snapshot(current_record, features_key, partition)
         names = [f.name for f in catalog]
         # Both tables a row group at a time, each verified before its first row is read.
         drift = chunked_stability(
-            lambda: _row_groups(store, (reference_key, reference_digest), names),
+            lambda: (g for ref in references for g in _row_groups(store, ref, names)),
             _row_groups(store, (current_key, subject), names),
             catalog,
             policy.drift_bins,

@@ -13,14 +13,13 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import dagster as dg
-
 from secure_pipeline.canonical import canonical_json
 from secure_pipeline.errors import IntegrityError
 from secure_pipeline.spec import PipelineSpec
 from secure_pipeline.storage.snapshots import SnapshotRef, SnapshotStore, snapshot_key
 
 if TYPE_CHECKING:
+    import dagster as dg
     import pandas as pd
 
 WINDOW_FORMAT = "secure-pipeline/training-window@1"
@@ -58,7 +57,7 @@ def window_document(pipeline: str, asset: str, days: Sequence[Mapping[str, Any]]
     )
 
 
-def window_days(pipeline: PipelineSpec, instance: dg.DagsterInstance) -> list[str]:
+def window_days(pipeline: PipelineSpec, instance: "dg.DagsterInstance") -> list[str]:
     """The days training reads: ``window`` consecutive days ending with the latest one stored.
 
     Raises:
@@ -66,6 +65,8 @@ def window_days(pipeline: PipelineSpec, instance: dg.DagsterInstance) -> list[st
             day inside it is missing (a model trained on part of its window would claim data
             it never saw: backfill the day first).
     """
+    import dagster as dg
+
     from secure_pipeline.metadata import daily_partitions
 
     partitions, spec = daily_partitions(pipeline), pipeline.source.partitions
@@ -101,7 +102,7 @@ def window_days(pipeline: PipelineSpec, instance: dg.DagsterInstance) -> list[st
 
 
 def store_window(
-    pipeline: PipelineSpec, store: SnapshotStore, instance: dg.DagsterInstance, run_id: str
+    pipeline: PipelineSpec, store: SnapshotStore, instance: "dg.DagsterInstance", run_id: str
 ) -> tuple[SnapshotRef, list[dict[str, str]]]:
     """Store the window of the latest days (see `window_days`); return it and its days."""
     from secure_pipeline.storage.io_manager import latest_record, recorded_snapshot
@@ -187,8 +188,41 @@ def read_training_features(
 
 def window_metadata(days: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """What a model's materialization shows of its window."""
+    import dagster as dg
+
     return {
         "training_window": dg.MetadataValue.json(
             {"first": days[0]["partition"], "last": days[-1]["partition"], "days": len(days)}
         )
     }
+
+
+def lineage_snapshots(lineage: Mapping[str, Any]) -> list[tuple[str, str | None, dict[str, Any]]]:
+    """Every data snapshot a lineage names: ``(stage, partition, entry)``, upstream first.
+
+    One of each stage for an unpartitioned pipeline; each day's of a partitioned one (its
+    ``data`` holds the ``window`` and the days under ``partitions``).
+    """
+    data = lineage.get("data", {})
+    if not isinstance(data, Mapping):
+        return []
+    if "window" not in data:
+        return [(stage, None, entry) for stage, entry in data.items()]
+    days = data.get("partitions")
+    if not isinstance(days, Mapping):
+        return []
+    return [
+        (stage, str(day), entry)
+        for day, stages in sorted(days.items())
+        if isinstance(stages, Mapping)
+        for stage, entry in stages.items()
+    ]
+
+
+def training_features(lineage: Mapping[str, Any]) -> list[tuple[str, str, str | None]]:
+    """The features snapshots a model was trained on, ``(key, sha256, day)``, in order."""
+    return [
+        (str(e.get("key")), str(e.get("sha256")), day)
+        for stage, day, e in lineage_snapshots(lineage)
+        if stage == "features" and isinstance(e, Mapping)
+    ]

@@ -106,14 +106,20 @@ def _training_features(
     from secure_pipeline.features.assets import champion_features
     from secure_pipeline.storage.tables import parquet_to_table
 
-    key, sha = champion_features(pipeline, lineage)
-    if store.shredded(key):
-        raise dg.Failure(
-            f"the features snapshot champion version {version} was trained on ({sha[:12]}) was "
-            "erased: live inputs cannot be compared with it. Retrain on the current data and "
-            "promote the new model."
-        )
-    return parquet_to_table(store.read_bytes((key, sha))).to_pandas()
+    refs = champion_features(pipeline, lineage)
+    for key, sha in refs:
+        if store.shredded(key):
+            raise dg.Failure(
+                f"the features snapshot champion version {version} was trained on ({sha[:12]}) "
+                "was erased: live inputs cannot be compared with it. Retrain on the current "
+                "data and promote the new model."
+            )
+    tables = [parquet_to_table(store.read_bytes(ref)).to_pandas() for ref in refs]
+    if len(tables) == 1:
+        return tables[0]
+    import pandas as pd
+
+    return pd.concat(tables, ignore_index=True)
 
 
 def _reference_scores(

@@ -79,6 +79,7 @@ def build_registry_stage(
         context: dg.AssetExecutionContext, snapshot_store: SnapshotStoreResource
     ) -> dg.MaterializeResult[Any]:
         from secure_pipeline.errors import PolicyViolation
+        from secure_pipeline.features.window import training_features
         from secure_pipeline.registry.bundle import (
             LINEAGE_FILE,
             ONNX_FILE,
@@ -88,7 +89,6 @@ def build_registry_stage(
             model_interface,
             onnx_copy,
             onnx_entry,
-            training_features,
             verdict_problems,
             version_description,
             write_bundle,
@@ -144,11 +144,16 @@ def build_registry_stage(
             card = model_card(pipeline, lineage, _check_results(run_id))
             # Signature and input example first: the bundle signature must cover them.
             # The example comes from the (last day's) features the model was trained on.
-            key_, sha_ = training_features(lineage)[-1]
+            key_, sha_, _day = training_features(lineage)[-1]
             interface = model_interface(pipeline, model_bytes, store, {"key": key_, "sha256": sha_})
             write_bundle(bundle, model_bytes, lineage, card, evidence, interface, onnx)
             sign_bundle(bundle, signer)
             verification = verify_bundle_dir(bundle, trust=trust, pipeline=pipeline, store=store)
+            signed = any(step == "signature" and ok for step, ok, _ in verification.steps)
+            if not verification.ok and signed:
+                # Signed as it should be, yet its lineage does not hold: a snapshot it names
+                # changed or vanished since the checks judged it (re-hashed only here).
+                refuse(verification.problems)
             if not verification.ok:
                 raise PolicyViolation(
                     "the freshly signed bundle does not verify (is the signer the trust "

@@ -39,6 +39,7 @@ from secure_pipeline.errors import (
     SecurePipelineError,
     SignatureError,
 )
+from secure_pipeline.features.window import lineage_snapshots
 from secure_pipeline.names import (
     FAIRNESS,
     MEMBERSHIP,
@@ -152,37 +153,6 @@ def _data_chain(
     raw_sha = _upstream(store, validated, assets["raw"])
     raw = _snapshot(store, assets["raw"], raw_sha, "json", partition)
     return {"raw": raw, "validated": validated, "features": features}
-
-
-def lineage_snapshots(lineage: Mapping[str, Any]) -> list[tuple[str, str | None, dict[str, Any]]]:
-    """Every data snapshot a lineage names: ``(stage, partition, entry)``, upstream first.
-
-    One of each stage for an unpartitioned pipeline; each day's of a partitioned one (its
-    ``data`` holds the ``window`` and the days under ``partitions``).
-    """
-    data = lineage.get("data", {})
-    if not isinstance(data, Mapping):
-        return []
-    if "window" not in data:
-        return [(stage, None, entry) for stage, entry in data.items()]
-    days = data.get("partitions")
-    if not isinstance(days, Mapping):
-        return []
-    return [
-        (stage, str(day), entry)
-        for day, stages in sorted(days.items())
-        if isinstance(stages, Mapping)
-        for stage, entry in stages.items()
-    ]
-
-
-def training_features(lineage: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """The features snapshots the model was trained on, ``(key, sha256)``, in order."""
-    return [
-        (str(e.get("key")), str(e.get("sha256")))
-        for stage, _day, e in lineage_snapshots(lineage)
-        if stage == "features"
-    ]
 
 
 def _window_problems(lineage: Mapping[str, Any]) -> list[str]:
@@ -957,7 +927,10 @@ def verify_lineage(
         required = required_checks(trust)
     except LineageError as exc:
         return [*problems, str(exc)]
-    wanted = {(stage, name, day) for stage, day in subjects for name in required.get(stage, ())}
+    # Every stage of every day the lineage names needs its verdicts, present or not.
+    days = sorted({day for _stage, day, _entry in snapshots}, key=str) or [None]
+    stages = [("model", None), *((stage, day) for day in days for stage in DATA_STAGES)]
+    wanted = {(stage, name, day) for stage, day in stages for name in required.get(stage, ())}
     if not onnx_proved(lineage):
         wanted.discard(("model", ONNX_EQUIVALENT, None))
     checks = list(lineage.get("checks", []))

@@ -529,9 +529,9 @@ def test_drift_is_measured_against_the_champions_training_data(state, store, bun
 
     lineage = json.loads((bundle / LINEAGE_FILE).read_text())
     with dg.DagsterInstance.get() as instance:
-        key, sha, what = drift_reference(instance, store, adult_pipeline(), champion_lineage)
+        refs, sha, what = drift_reference(instance, store, adult_pipeline(), champion_lineage)
     assert sha == lineage["data"]["features"]["sha256"]
-    assert key == lineage["data"]["features"]["key"]
+    assert refs == [(lineage["data"]["features"]["key"], sha)]
     assert "champion version" in what
 
 

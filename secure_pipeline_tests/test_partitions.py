@@ -1,0 +1,270 @@
+"""Daily partitions: each day ingested, judged and stored on its own; a model learns a window.
+
+The Adult rows are cut into days (``<day>/adult.data`` and ``<day>/adult.test``). Each day runs
+the ingest job for its partition; training reads the declared window of days; the model's
+signed lineage names every day's snapshots and verdicts. The insider's attacks: rewrite a day's
+features after its checks passed, rewrite the stored training window, let a drifted day into
+the window.
+"""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from secure_pipeline.environment import Environment
+from secure_pipeline.errors import ConfigurationError
+from secure_pipeline.pipeline import SecurePipeline, SourcePartitions
+from secure_pipeline.reference.adult import DATA_DIR, adult_pipeline
+from secure_pipeline.storage.local import LocalSnapshotStore
+from secure_pipeline_tests.conftest import overwrite_raw
+
+DAYS = ("2026-01-01", "2026-01-02", "2026-01-03")
+TRAIN_ROWS, TEST_ROWS = 8000, 4000
+
+
+def _write_days(folder: Path) -> str:
+    """Three days of Adult rows; the third holds women only (its population drifted)."""
+    train = (DATA_DIR / "adult.data").read_text().splitlines(keepends=True)
+    test = (DATA_DIR / "adult.test").read_text().splitlines(keepends=True)
+    header, test = test[0], test[1:]
+    for i, day in enumerate(DAYS):
+        rows = train[i * TRAIN_ROWS : (i + 1) * TRAIN_ROWS]
+        held = test[i * TEST_ROWS : (i + 1) * TEST_ROWS]
+        if day == DAYS[2]:
+            rows = [r for r in train if ", Female," in r][:TRAIN_ROWS]
+            held = [r for r in test if ", Female," in r][:TEST_ROWS]
+        (folder / day).mkdir(parents=True)
+        (folder / day / "adult.data").write_text("".join(rows))
+        (folder / day / "adult.test").write_text(header + "".join(held))
+    return folder.as_uri() + "/{date}/"
+
+
+def daily(location: str, *, window: int = 2, name: str = "adult") -> SecurePipeline:
+    """The reference pipeline over daily folders, trained on the last ``window`` days."""
+    reference = adult_pipeline()
+    return dataclasses.replace(
+        reference,
+        name=name,
+        source=dataclasses.replace(
+            reference.source, location=location, location_env_var=None,
+            partitions=SourcePartitions(start=DAYS[0], window=window),
+        ),
+        schema=dataclasses.replace(reference.schema, min_rows=1000, max_rows=20_000),
+        orchestration=dataclasses.replace(reference.orchestration, landing_env_var=None),
+    )  # fmt: skip
+
+
+def _run(defs: dg.Definitions, job: str, instance: dg.DagsterInstance, partition=None):
+    return defs.resolve_job_def(job).execute_in_process(
+        instance=instance, partition_key=partition, raise_on_error=False
+    )
+
+
+def _failures(result) -> str:
+    return " | ".join(
+        str(e.event_specific_data.error.message) + str(e.event_specific_data.error.cause or "")
+        for e in result.all_events
+        if e.is_step_failure
+    )
+
+
+def _checks(result) -> dict[str, bool]:
+    return {
+        e.event_specific_data.check_name: e.event_specific_data.passed
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    }
+
+
+@pytest.fixture(scope="module")
+def days(tmp_path_factory, dev_keys):
+    """Days 1 and 2 ingested; a model trained on them, registered and promoted."""
+    from secure_pipeline_tests.conftest import pointed_at
+
+    home = tmp_path_factory.mktemp("daily-home")
+    location = _write_days(tmp_path_factory.mktemp("daily-data"))
+    with pointed_at(home, dev_keys):
+        pipeline = daily(location)
+        defs = pipeline.build_definitions(Environment.LOCAL)
+        with dg.DagsterInstance.get() as instance:
+            ingested = {d: _run(defs, "adult_ingest", instance, d) for d in DAYS[:2]}
+            trained = _run(defs, "adult_train", instance)
+            released = _run(defs, "adult_release", instance)
+            yield {
+                "home": home, "location": location, "pipeline": pipeline, "defs": defs,
+                "instance": instance, "ingested": ingested, "trained": trained,
+                "released": released,
+            }  # fmt: skip
+
+
+@pytest.fixture
+def at_home(days, monkeypatch):
+    """The module's days, with this test's environment pointed at their home."""
+    for name in ("SECURE_PIPELINE_HOME", "DAGSTER_HOME"):
+        monkeypatch.setenv(name, str(days["home"]))
+    return days
+
+
+def test_a_partitioned_source_must_name_its_day() -> None:
+    reference = adult_pipeline()
+    quiet = dataclasses.replace(reference.orchestration, landing_env_var=None)
+    with pytest.raises(ConfigurationError, match="must name the day with \\{date\\}"):
+        dataclasses.replace(
+            reference, orchestration=quiet,
+            source=dataclasses.replace(reference.source, partitions=SourcePartitions("2026-01-01")),
+        )  # fmt: skip
+    with pytest.raises(ConfigurationError, match="has no partitions"):
+        dataclasses.replace(
+            reference, source=dataclasses.replace(reference.source, location="file:///d/{date}/")
+        )
+    dated = dataclasses.replace(reference.source, location="file:///d/{date}/")
+    bad = [
+        (SourcePartitions("2026-13-01"), "is not an ISO date"),
+        (SourcePartitions("2026-01-02", end="2026-01-01"), "must be after start"),
+        (SourcePartitions("2026-01-01", window=0), "window must be at least 1"),
+    ]
+    for partitions, message in bad:
+        with pytest.raises(ConfigurationError, match=message):
+            dataclasses.replace(
+                reference, orchestration=quiet,
+                source=dataclasses.replace(dated, partitions=partitions),
+            )  # fmt: skip
+    with pytest.raises(ConfigurationError, match="landing-zone sensor delivers unpartitioned"):
+        dataclasses.replace(
+            reference, source=dataclasses.replace(dated, partitions=SourcePartitions("2026-01-01"))
+        )
+
+
+def test_each_day_is_ingested_judged_and_stored_on_its_own(at_home) -> None:
+    days = at_home
+    for day, result in days["ingested"].items():
+        assert result.success, _failures(result)
+        checks = _checks(result)
+        assert set(checks) >= {"provenance_complete", "schema_conforms", "reject_rate_within_limit",
+                               "expectations_met", "feature_drift", "poisoning_screen"}  # fmt: skip
+        assert all(checks.values()), checks
+        evaluations = [
+            e.event_specific_data
+            for e in result.all_events
+            if e.event_type_value == "ASSET_CHECK_EVALUATION"
+        ]
+        assert {e.partition for e in evaluations} == {day}
+    store = Path(days["home"]) / "store" / "snapshots" / "adult"
+    for asset in ("raw_adult", "validated_adult", "features"):
+        assert sorted(p.name for p in (store / asset).iterdir() if p.name.startswith("2026")) == [
+            *DAYS[:2]
+        ]
+    instance = days["instance"]
+    features = days["pipeline"].names.features
+    assert instance.get_materialized_partitions(features) == set(DAYS[:2])
+
+
+def test_the_model_learns_the_window_and_its_lineage_names_every_day(at_home) -> None:
+    days = at_home
+    from secure_pipeline.registry.evidence import champion_lineage
+    from secure_pipeline.trust.policy import trust_policy
+
+    assert days["trained"].success, _failures(days["trained"])
+    assert all(_checks(days["trained"]).values()), _checks(days["trained"])
+    assert days["released"].success, _failures(days["released"])
+    record = days["instance"].get_latest_materialization_event(days["pipeline"].names.trained_model)
+    metadata = record.asset_materialization.metadata
+    assert metadata["training_window"].value == {"first": DAYS[0], "last": DAYS[1], "days": 2}
+    assert metadata["rows"].value["fit"] + metadata["rows"].value["holdout"] > TRAIN_ROWS
+    store = LocalSnapshotStore(Path(days["home"]) / "store")
+    version, lineage = champion_lineage(days["pipeline"], store, trust_policy())
+    assert lineage["lineage_version"] == 4
+    assert sorted(lineage["data"]["partitions"]) == list(DAYS[:2])
+    assert lineage["data"]["window"]["sha256"] == metadata["features_sha256"].value
+    for day in DAYS[:2]:
+        stages = lineage["data"]["partitions"][day]
+        assert set(stages) == {"raw", "validated", "features"}
+        assert all(f"/{day}/" in entry["key"] for entry in stages.values())
+        judged = {c["check"] for c in lineage["checks"] if c.get("partition") == day}
+        assert judged == {"provenance_complete", "schema_conforms", "reject_rate_within_limit",
+                          "expectations_met", "feature_drift", "poisoning_screen"}  # fmt: skip
+
+
+def test_a_window_with_a_missing_day_is_refused(tmp_path) -> None:
+    from secure_pipeline.features.window import window_days
+
+    pipeline = daily(_write_days(tmp_path / "data"), window=3, name="gappy")
+    defs = pipeline.build_definitions(Environment.LOCAL)
+    with dg.DagsterInstance.get() as instance:
+        for day in (DAYS[0], DAYS[2]):
+            _run(defs, "gappy_ingest", instance, day)
+        with pytest.raises(dg.Failure, match="lacks gappy/features for 2026-01-02: backfill"):
+            window_days(pipeline, instance)
+        trained = _run(defs, "gappy_train", instance)
+        assert not trained.success
+        assert "lacks gappy/features for 2026-01-02" in _failures(trained)
+    shorter = daily(pipeline.source.location, window=5, name="gappy")
+    with (
+        dg.DagsterInstance.get() as instance,
+        pytest.raises(dg.Failure, match="window is 5 days, but 2026-01-03 is day 3"),
+    ):
+        window_days(shorter, instance)
+
+
+def test_a_day_rewritten_after_its_checks_is_never_registered(at_home) -> None:
+    """The insider swaps day 1's features for other valid Parquet once its checks passed."""
+    days = at_home
+    store = LocalSnapshotStore(Path(days["home"]) / "store")
+    instance, pipeline = days["instance"], days["pipeline"]
+    features = pipeline.names.features
+    day1 = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=features, asset_partitions=[DAYS[0]]), limit=1
+    ).records[0]
+    key = day1.asset_materialization.metadata["snapshot_key"].value
+    day2 = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=features, asset_partitions=[DAYS[1]]), limit=1
+    ).records[0]
+    other = store.read_object(day2.asset_materialization.metadata["snapshot_key"].value)
+    original = store.read_object(key)
+    try:
+        overwrite_raw(store, key, other)
+        released = _run(days["defs"], "adult_release", instance)
+    finally:
+        overwrite_raw(store, key, original)
+    assert not released.success
+    assert "is not registered" in _failures(released)
+    assert "failed verification" in _failures(released)
+
+
+def test_a_rewritten_training_window_is_never_registered(at_home) -> None:
+    """The insider rewrites the stored window to name day 2 twice (the window's own key)."""
+    days = at_home
+    store = LocalSnapshotStore(Path(days["home"]) / "store")
+    instance, pipeline = days["instance"], days["pipeline"]
+    record = instance.get_latest_materialization_event(pipeline.names.trained_model)
+    key = record.asset_materialization.metadata["features_key"].value
+    original = store.read_object(key)
+    document = json.loads(original)
+    document["days"][0] = {**document["days"][1], "partition": DAYS[0]}
+    try:
+        overwrite_raw(store, key, json.dumps(document).encode())
+        released = _run(days["defs"], "adult_release", instance)
+    finally:
+        overwrite_raw(store, key, original)
+    assert not released.success
+    assert "failed verification" in _failures(released)
+
+
+def test_a_day_that_drifted_keeps_the_model_of_its_window_out(at_home) -> None:
+    """Day 3 holds women only: its drift check fails, and no model trained on it registers."""
+    days = at_home
+    instance, defs = days["instance"], days["defs"]
+    third = _run(defs, "adult_ingest", instance, DAYS[2])
+    assert not third.success
+    assert _checks(third)["feature_drift"] is False
+    trained = _run(defs, "adult_train", instance)
+    assert trained.success, _failures(trained)
+    record = instance.get_latest_materialization_event(days["pipeline"].names.trained_model)
+    window = record.asset_materialization.metadata["training_window"].value
+    assert window == {"first": DAYS[1], "last": DAYS[2], "days": 2}
+    released = _run(defs, "adult_release", instance)
+    assert not released.success
+    assert "feature_drift on adult/features failed" in _failures(released)
