@@ -25,7 +25,7 @@ DAYS = ("2026-01-01", "2026-01-02", "2026-01-03")
 TRAIN_ROWS, TEST_ROWS = 8000, 4000
 
 
-def _write_days(folder: Path) -> str:
+def _write_days(folder: Path, *, drifted: bool = True) -> str:
     """Three days of Adult rows; the third holds women only (its population drifted)."""
     train = (DATA_DIR / "adult.data").read_text().splitlines(keepends=True)
     test = (DATA_DIR / "adult.test").read_text().splitlines(keepends=True)
@@ -33,7 +33,7 @@ def _write_days(folder: Path) -> str:
     for i, day in enumerate(DAYS):
         rows = train[i * TRAIN_ROWS : (i + 1) * TRAIN_ROWS]
         held = test[i * TEST_ROWS : (i + 1) * TEST_ROWS]
-        if day == DAYS[2]:
+        if drifted and day == DAYS[2]:
             rows = [r for r in train if ", Female," in r][:TRAIN_ROWS]
             held = [r for r in test if ", Female," in r][:TEST_ROWS]
         (folder / day).mkdir(parents=True)
@@ -136,6 +136,18 @@ def test_a_partitioned_source_must_name_its_day() -> None:
         dataclasses.replace(
             reference, source=dataclasses.replace(dated, partitions=SourcePartitions("2026-01-01"))
         )
+    identified = dataclasses.replace(
+        reference.schema,
+        columns=tuple(
+            dataclasses.replace(c, role="identifier") if c.name == "fnlwgt" else c
+            for c in reference.schema.columns
+        ),
+    )
+    with pytest.raises(ConfigurationError, match="cannot hold personal data yet"):
+        dataclasses.replace(
+            reference, orchestration=quiet, schema=identified,
+            source=dataclasses.replace(dated, partitions=SourcePartitions("2026-01-01")),
+        )  # fmt: skip
 
 
 def test_each_day_is_ingested_judged_and_stored_on_its_own(at_home) -> None:
@@ -188,10 +200,26 @@ def test_the_model_learns_the_window_and_its_lineage_names_every_day(at_home) ->
                           "expectations_met", "feature_drift", "poisoning_screen"}  # fmt: skip
 
 
+def test_the_train_sensor_starts_training_once_the_window_is_complete(at_home) -> None:
+    days = at_home
+    sensor = days["defs"].resolve_sensor_def("adult_train_on_new_features")
+    tick = sensor.evaluate_tick(dg.build_sensor_context(instance=days["instance"]))
+    [request] = tick.run_requests
+    latest = (
+        days["instance"]
+        .fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=days["pipeline"].names.features), limit=1
+        )
+        .records[0]
+    )
+    assert latest.partition_key == DAYS[1]
+    assert request.run_key == f"train:{latest.asset_materialization.tags['dagster/data_version']}"
+
+
 def test_a_window_with_a_missing_day_is_refused(tmp_path) -> None:
     from secure_pipeline.features.window import window_days
 
-    pipeline = daily(_write_days(tmp_path / "data"), window=3, name="gappy")
+    pipeline = daily(_write_days(tmp_path / "data", drifted=False), window=3, name="gappy")
     defs = pipeline.build_definitions(Environment.LOCAL)
     with dg.DagsterInstance.get() as instance:
         for day in (DAYS[0], DAYS[2]):
@@ -201,6 +229,11 @@ def test_a_window_with_a_missing_day_is_refused(tmp_path) -> None:
         trained = _run(defs, "gappy_train", instance)
         assert not trained.success
         assert "lacks gappy/features for 2026-01-02" in _failures(trained)
+        # The sensor waits instead of starting a run that would be refused.
+        sensor = defs.resolve_sensor_def("gappy_train_on_new_features")
+        tick = sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
+        assert not tick.run_requests
+        assert "lacks gappy/features for 2026-01-02" in tick.skip_message
     shorter = daily(pipeline.source.location, window=5, name="gappy")
     with (
         dg.DagsterInstance.get() as instance,
@@ -268,3 +301,58 @@ def test_a_day_that_drifted_keeps_the_model_of_its_window_out(at_home) -> None:
     released = _run(defs, "adult_release", instance)
     assert not released.success
     assert "feature_drift on adult/features failed" in _failures(released)
+
+
+def test_on_kubernetes_each_day_runs_its_steps_as_ingest_pods(monkeypatch) -> None:
+    """A backfill is a run per day; each run's every step is a pod of the ingest stage."""
+    from secure_pipeline_tests.orchestration.test_jobs import render_steps
+    from secure_pipeline_tests.test_environment import PRODUCTION
+
+    for name, value in PRODUCTION.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SECURE_PIPELINE_SOURCE_URI", "s3://landing/adult/{date}/")
+    pipeline = daily("file:///unused/{date}/")
+    pipeline = dataclasses.replace(
+        pipeline,
+        source=dataclasses.replace(pipeline.source, location_env_var="SECURE_PIPELINE_SOURCE_URI"),
+    )
+    defs = pipeline.build_definitions()
+    job = defs.resolve_job_def("adult_ingest")
+    assert isinstance(job.partitions_def, dg.DailyPartitionsDefinition)
+    assert job.partitions_def.get_partition_keys()[:3] == list(DAYS)
+    steps = list(render_steps(job))
+    assert {key for key, _, _ in steps} >= {
+        "adult__raw_adult", "adult__validated_adult", "adult__features",
+        "adult__features_feature_drift", "adult__features_poisoning_screen",
+    }  # fmt: skip
+    for _key, namespace, pod_job in steps:
+        assert namespace == "sp-ingest"
+        assert pod_job.spec.template.spec.service_account_name == "sp-ingest"
+    train = defs.resolve_job_def("adult_train")
+    assert train.partitions_def is None
+    assert {namespace for _, namespace, _ in render_steps(train)} == {"sp-train"}
+
+
+def test_a_yaml_pipeline_declares_its_days(tmp_path, monkeypatch) -> None:
+    import yaml
+
+    from secure_pipeline.component import folder_pipelines
+    from secure_pipeline_tests.test_component import REFERENCE_YAML, _project, _refusal, _tree
+
+    document = yaml.safe_load(REFERENCE_YAML.read_text())
+    attributes = document["attributes"]
+    attributes["source"]["location"] = "file:///data/adult/{date}/"
+    attributes["source"]["partitions"] = {"start": "2026-01-01", "window": 7}
+    attributes["orchestration"].pop("landing_env_var", None)
+    [pipeline] = folder_pipelines(
+        _tree(*_project(tmp_path / "good", {"adult": yaml.safe_dump(document)}), monkeypatch)
+    )
+    assert pipeline.source.partitions == SourcePartitions(start="2026-01-01", window=7)
+    defs = pipeline.build_definitions(Environment.LOCAL)
+    assert defs.resolve_job_def("adult_ingest").partitions_def.start.date().isoformat() == DAYS[0]
+    attributes["source"]["partitions"] = {"start": "2026-01-01", "window": 0, "every": "day"}
+    message = _refusal({"adult": yaml.safe_dump(document)}, tmp_path / "bad", monkeypatch)
+    assert "attributes.source.partitions.every: unknown key" in message
+    attributes["source"]["partitions"] = {"start": "2026-01-01", "window": 0}
+    message = _refusal({"adult": yaml.safe_dump(document)}, tmp_path / "zero", monkeypatch)
+    assert "source partitions window must be at least 1, found 0" in message

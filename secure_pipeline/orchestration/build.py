@@ -1,7 +1,7 @@
 """Turn a pipeline spec's orchestration settings into jobs, a schedule and sensors."""
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,6 +106,7 @@ def build_orchestration(
             run_key_prefix="train",
             interval=spec.chain_interval_seconds,
             production=production,
+            ready=_window_ready(pipeline) if pipeline.source.partitions is not None else None,
         ),
         chain_sensor(
             name=f"{pipeline.name}_release_on_passed_model",
@@ -170,3 +171,18 @@ def adhoc_k8s_executor(spec: OrchestrationSpec) -> dg.ExecutorDefinition:
             config, name="secure_pipeline_adhoc_k8s"
         )
     return _ADHOC_EXECUTORS[key]
+
+
+def _window_ready(pipeline: PipelineSpec) -> Callable[[dg.DagsterInstance], str | None]:
+    """Why training must wait for more days (a missing day, too few yet), or None."""
+
+    def ready(instance: dg.DagsterInstance) -> str | None:
+        from secure_pipeline.features.window import window_days
+
+        try:
+            window_days(pipeline, instance)
+        except dg.Failure as exc:
+            return str(exc.description)
+        return None
+
+    return ready

@@ -17,7 +17,7 @@ production.
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,8 +63,8 @@ def gate_state(
     run = instance.get_run_by_id(record.run_id)
     finished = run is None or run.is_finished
     for name in blocking_checks:
-        evaluation_record = instance.get_latest_asset_check_evaluation_record(
-            dg.AssetCheckKey(key, name)
+        evaluation_record = _latest_evaluation(
+            instance, dg.AssetCheckKey(key, name), record.partition_key
         )
         evaluation = evaluation_record.evaluation if evaluation_record else None
         # A planned check that never ran leaves a record without a verdict: not judged.
@@ -78,6 +78,24 @@ def gate_state(
         if not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
             return GateState(record.storage_id, version, "failed", f"{name} failed")
     return GateState(record.storage_id, version, "passed", "every blocking check passed")
+
+
+def _latest_evaluation(
+    instance: dg.DagsterInstance, check: dg.AssetCheckKey, partition: str | None
+) -> Any:
+    """The latest evaluation record of a check (of one partition's, for a partitioned asset).
+
+    Days of a backfill are judged in parallel: the check's latest evaluation overall may be
+    another day's, which says nothing about this one.
+    """
+    if partition is None:
+        return instance.get_latest_asset_check_evaluation_record(check)
+    from dagster._core.event_api import PartitionKeyFilter
+
+    history = instance.event_log_storage.get_asset_check_execution_history(
+        check, limit=1, partition_filter=PartitionKeyFilter(key=partition)
+    )
+    return history[0] if history else None
 
 
 def _default_status(production: bool) -> dg.DefaultSensorStatus:
@@ -107,6 +125,7 @@ def chain_sensor(
     interval: int,
     production: bool,
     asset_selection: Sequence[dg.AssetKey] | None = None,
+    ready: Callable[[dg.DagsterInstance], str | None] | None = None,
 ) -> dg.SensorDefinition:
     """A sensor starting ``job`` when ``upstream`` materializes and its blocking checks pass.
 
@@ -119,6 +138,8 @@ def chain_sensor(
         interval: Seconds between ticks.
         production: Whether the sensor starts running.
         asset_selection: Assets of ``job`` to materialize (all when None).
+        ready: Says why ``job`` must wait although the gate passed (a partitioned pipeline's
+            training window is not complete yet), or None; the sensor asks again next tick.
     """
 
     @dg.sensor(
@@ -144,6 +165,9 @@ def chain_sensor(
                 f"not starting {job.name}: {label} {state.data_version}: {state.detail}"
             )
             return dg.SensorResult(skip_reason=state.detail, cursor=str(state.storage_id))
+        waiting = ready(context.instance) if ready is not None else None
+        if waiting is not None:
+            return dg.SkipReason(f"{label} {state.data_version}: {waiting}")
         request = dg.RunRequest(
             run_key=f"{run_key_prefix}:{state.data_version or state.storage_id}",
             asset_selection=list(asset_selection) if asset_selection else None,
