@@ -1,22 +1,27 @@
 """A 30-day backfill of a daily-partitioned pipeline: per-partition time vs a single partition.
 
-The reference pipeline over daily folders (``<day>/adult.data``, ``<day>/adult.test``; each day
-distinct Adult rows, so nothing is deduplicated). Each partition run is the ingest job a
-backfill launches for that day: ``raw_adult``, ``validated_adult`` and ``features`` with every
-blocking check of each (provenance, schema, reject rate, expectations, drift against the first
-day, poisoning screen), executed in this process one after another as the backfill's runs.
+The reference pipeline over daily folders (``<day>/adult.data``, ``<day>/adult.test``; each
+day a different sample of Adult rows, so nothing is deduplicated). Each partition run is the
+ingest job a backfill launches for that day: ``raw_adult``, ``validated_adult`` and
+``features`` with every blocking check of each (provenance, schema, reject rate, expectations,
+drift against the first day, poisoning screen), executed in this process one after another as
+the backfill's runs. The poisoning screen's limit is raised to 0.12: on a few thousand rows its
+fold models leave more labels undecided than on the whole file (6 % at 4,000 rows, against
+the reference policy's 5 %); the screen still runs in full.
 
-1. Baseline: one partition in a fresh home, after a warm-up partition in another fresh home
-   (imports and first-use costs paid).
-2. Backfill: the 30 days in a third fresh home, each day's run timed.
-3. The single partition again in a fresh home, so drift during the invocation shows.
+1. Baseline: a single partition (the second day) in a fresh home, after the first day there,
+   untimed (the process's imports were paid by a warm-up in another home; the home's
+   first-use costs by its first day).
+2. Backfill: the 30 days in another fresh home, each day's run timed (the first day pays the
+   home's first-use costs: the median is the figure).
+3. The baseline again, so drift during the invocation shows.
 
 Printed: the baseline, the backfill's median and mean per-partition time with their ratios to
 the baseline (goal: ~1.0, the per-partition time does not grow with the days stored), and the
 mean of the first and last five days (the trend across the backfill). The days are written
 first (not timed) and removed after.
 
-Run: ``.venv/bin/python benchmarks/bench_partitions.py [--days 30] [--rows 1000]``.
+Run: ``.venv/bin/python benchmarks/bench_partitions.py [--days 30] [--rows 3000]``.
 """
 
 import argparse
@@ -34,19 +39,24 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def write_days(folder: Path, days: list[str], rows: int) -> str:
-    """Distinct Adult rows per day: ``rows`` training rows and half as many test rows."""
+    """A different sample of Adult rows each day: ``rows`` training rows, half as many test rows.
+
+    Each day's files differ (so no snapshot is deduplicated); the rows are real Adult rows, so
+    every check passes (with the poisoning limit of `daily_pipeline`).
+    """
+    import random
+
     from secure_pipeline.reference.adult import DATA_DIR
 
     train = (DATA_DIR / "adult.data").read_text().splitlines(keepends=True)
     test = (DATA_DIR / "adult.test").read_text().splitlines(keepends=True)
-    header, test = test[0], test[1:]
-    held = rows // 2
-    if rows * len(days) > len(train) or held * len(days) > len(test):
-        sys.exit(f"{len(days)} days of {rows} rows need more rows than the Adult files hold")
+    header, test = test[0], [line for line in test[1:] if line.strip()]
+    train = [line for line in train if line.strip()]
     for i, day in enumerate(days):
+        sample = random.Random(i)
         (folder / day).mkdir(parents=True)
-        (folder / day / "adult.data").write_text("".join(train[i * rows : (i + 1) * rows]))
-        (folder / day / "adult.test").write_text(header + "".join(test[i * held : (i + 1) * held]))
+        (folder / day / "adult.data").write_text("".join(sample.sample(train, rows)))
+        (folder / day / "adult.test").write_text(header + "".join(sample.sample(test, rows // 2)))
     return folder.as_uri() + "/{date}/"
 
 
@@ -64,11 +74,16 @@ def daily_pipeline(location: str, start: str, window: int, rows: int):
         ),
         schema=dataclasses.replace(reference.schema, min_rows=rows // 2, max_rows=rows * 4),
         orchestration=dataclasses.replace(reference.orchestration, landing_env_var=None),
+        policy=dataclasses.replace(reference.policy, max_suspected_poisoning=0.12),
     )  # fmt: skip
 
 
-def run_days(pipeline, days: list[str]) -> list[float]:
-    """Run the ingest job for each day in a fresh home; the wall time of each run."""
+def run_days(pipeline, days: list[str], warm: tuple[str, ...] = ()) -> list[float]:
+    """Run the ingest job for each day in a fresh home; the wall time of each run.
+
+    The ``warm`` days run first, untimed: the home's first-use costs (its SQLite storage, the
+    first audit segment) are paid before the timed days.
+    """
     import dagster as dg
 
     from secure_pipeline.environment import Environment
@@ -79,6 +94,8 @@ def run_days(pipeline, days: list[str]) -> list[float]:
         job = defs.resolve_job_def(f"{pipeline.name}_ingest")
         times = []
         with dg.DagsterInstance.get() as instance:
+            for day in warm:
+                job.execute_in_process(instance=instance, partition_key=day)
             for day in days:
                 start = time.perf_counter()
                 result = job.execute_in_process(
@@ -98,7 +115,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--days", type=int, default=30)
-    parser.add_argument("--rows", type=int, default=1000, help="training rows per day")
+    parser.add_argument("--rows", type=int, default=3000, help="training rows per day")
     args = parser.parse_args()
     logging.getLogger("dagster").setLevel(logging.WARNING)
     first = datetime.date(2026, 1, 1)
@@ -107,10 +124,10 @@ def main() -> None:
     try:
         location = write_days(data, days, args.rows)
         pipeline = daily_pipeline(location, days[0], args.days, args.rows)
-        run_days(pipeline, days[:1])  # warm-up: imports, first-use costs
-        single = run_days(pipeline, days[:1])[0]
+        run_days(pipeline, days[:1])  # warm-up of the process: imports, first-use costs
+        single = run_days(pipeline, days[1:2], warm=(days[0],))[0]
         backfill = run_days(pipeline, days)
-        again = run_days(pipeline, days[:1])[0]
+        again = run_days(pipeline, days[1:2], warm=(days[0],))[0]
     finally:
         shutil.rmtree(data, ignore_errors=True)
     baseline = statistics.mean([single, again])
