@@ -136,18 +136,6 @@ def test_a_partitioned_source_must_name_its_day() -> None:
         dataclasses.replace(
             reference, source=dataclasses.replace(dated, partitions=SourcePartitions("2026-01-01"))
         )
-    identified = dataclasses.replace(
-        reference.schema,
-        columns=tuple(
-            dataclasses.replace(c, role="identifier") if c.name == "fnlwgt" else c
-            for c in reference.schema.columns
-        ),
-    )
-    with pytest.raises(ConfigurationError, match="cannot hold personal data yet"):
-        dataclasses.replace(
-            reference, orchestration=quiet, schema=identified,
-            source=dataclasses.replace(dated, partitions=SourcePartitions("2026-01-01")),
-        )  # fmt: skip
 
 
 def test_each_day_is_ingested_judged_and_stored_on_its_own(at_home) -> None:

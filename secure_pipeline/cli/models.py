@@ -58,6 +58,7 @@ def _pipeline_status(instance: Any, pipeline: Any, store: Any) -> list[str]:
     import dagster as dg
 
     from secure_pipeline import names
+    from secure_pipeline.orchestration.sensors import latest_evaluation
     from secure_pipeline.storage.io_manager import SHA256
 
     keys = pipeline.names
@@ -78,15 +79,15 @@ def _pipeline_status(instance: Any, pipeline: Any, store: Any) -> list[str]:
             click.echo(f"  {key.to_user_string():<28} not materialized yet")
             continue
         metadata = record.asset_materialization.metadata
-        facts = [str(metadata[SHA256].value)[:12] if SHA256 in metadata else ""]
+        # A partitioned asset: its latest day, and that day's checks.
+        day = record.partition_key
+        facts = [day or "", str(metadata[SHA256].value)[:12] if SHA256 in metadata else ""]
         for name in ("dagster/row_count", "test_roc_auc", "model_uri", "champion"):
             if name in metadata:
                 facts.append(f"{name.removeprefix('dagster/')} {metadata[name].value}")
         click.echo(f"  {key.to_user_string():<28} {'  '.join(f for f in facts if f)}")
         for check in checks:
-            evaluation = instance.get_latest_asset_check_evaluation_record(
-                dg.AssetCheckKey(key, check)
-            )
+            evaluation = latest_evaluation(instance, dg.AssetCheckKey(key, check), day)
             verdict = evaluation.evaluation if evaluation else None
             if verdict is None:
                 click.echo(f"    {check:<28} not evaluated")

@@ -63,7 +63,7 @@ def gate_state(
     run = instance.get_run_by_id(record.run_id)
     finished = run is None or run.is_finished
     for name in blocking_checks:
-        evaluation_record = _latest_evaluation(
+        evaluation_record = latest_evaluation(
             instance, dg.AssetCheckKey(key, name), record.partition_key
         )
         evaluation = evaluation_record.evaluation if evaluation_record else None
@@ -80,7 +80,7 @@ def gate_state(
     return GateState(record.storage_id, version, "passed", "every blocking check passed")
 
 
-def _latest_evaluation(
+def latest_evaluation(
     instance: dg.DagsterInstance, check: dg.AssetCheckKey, partition: str | None
 ) -> Any:
     """The latest evaluation record of a check (of one partition's, for a partitioned asset).

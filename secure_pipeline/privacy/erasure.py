@@ -169,6 +169,7 @@ class _Ingestion:
     signed_index: list[Mapping[str, Any]]
     index_problem: str | None = None
     catalogue: Mapping[str, Any] | None = None
+    partition: str | None = None  # the day of a partitioned source
 
 
 class _Inventory:
@@ -188,11 +189,12 @@ class _Inventory:
         self.trained: dict[str, set[str]] = {}  # features digest -> model digests
         self.versions: dict[str, set[str]] = {}  # model digest -> registered versions
         self._read_trail()
-        self.latest = (
-            max(self.ingestions.values(), key=lambda i: i.seq).raw_sha256
-            if self.ingestions
-            else None
-        )
+        # The current data: the latest ingestion, or each day's of a partitioned source.
+        newest: dict[str | None, _Ingestion] = {}
+        for entry in self.ingestions.values():
+            if entry.partition not in newest or entry.seq > newest[entry.partition].seq:
+                newest[entry.partition] = entry
+        self.latest = frozenset(e.raw_sha256 for e in newest.values())
         self._read_catalogues()
         # A raw file unchanged between two ingestions is one snapshot in both of them.
         self.member_of: dict[str, set[str]] = {}
@@ -211,10 +213,12 @@ class _Inventory:
             if record.event == "ingestion.stored" and details.get("pipeline") == name:
                 digest = str(record.subject)
                 entry = self.ingestions.get(digest)
+                day = details.get("partition")
+                day = str(day) if day is not None else None
                 if entry is None:
                     entry = self.ingestions[digest] = _Ingestion(
-                        digest, snapshot_key(raw_path, digest, "json"), record.ts, record.seq,
-                        {}, [],
+                        digest, snapshot_key(raw_path, digest, "json", day), record.ts,
+                        record.seq, {}, [], partition=day,
                     )  # fmt: skip
                 entry.seq = record.seq  # the latest ingestion is the last one recorded
                 index = _signed_index(details)
@@ -224,9 +228,12 @@ class _Inventory:
                 # The signed request: what the erasure list must still hold.
                 self.requested.update(str(h) for h in details.get("subjects") or ())
             elif record.event == "model.trained" and details.get("pipeline") == name:
-                features = details.get("features_sha256")
-                if isinstance(features, str) and record.subject:
-                    self.trained.setdefault(features, set()).add(record.subject)
+                # One features snapshot, or each day of a partitioned model's window.
+                window = details.get("training_features")
+                trained = window if isinstance(window, list) else []
+                for features in [details.get("features_sha256"), *trained]:
+                    if isinstance(features, str) and record.subject:
+                        self.trained.setdefault(features, set()).add(record.subject)
             elif (
                 record.event == "model.registered"
                 and details.get("name") == self.pipeline.names.model_name
@@ -298,8 +305,14 @@ class _Inventory:
             prefix = f"snapshots/{asset}/"
             for key in self.store.list_keys(prefix):
                 rest = key[len(prefix) :]
-                if "/" in rest or rest.endswith(MANIFEST_SUFFIX):
+                if rest.endswith(MANIFEST_SUFFIX):
                     continue
+                parts = rest.split("/")
+                # <sha>.<ext>, or <day>/<sha>.<ext> of a partitioned asset; a folder named
+                # with "_" is an asset of its own (the quarantine, the training windows).
+                if len(parts) > 2 or (len(parts) == 2 and parts[0].startswith("_")):
+                    continue
+                rest = parts[-1]
                 digest = rest.split(".", 1)[0]
                 if len(digest) != 64 or not set(digest) <= _SHA:
                     continue
@@ -332,7 +345,7 @@ class _Inventory:
         entry = self.ingestions[digest]
         return IngestionHold(
             entry.raw_sha256, entry.raw_key, entry.ingested_at, dict(entry.members),
-            digest == self.latest, evidence,
+            digest in self.latest, evidence,
         )  # fmt: skip
 
     def models_of(self, digest: str) -> list[ModelHold]:
@@ -680,10 +693,10 @@ def _erasure_pass(
         def verdict(other: str, erased: set[str] = erased) -> str | None:
             if not erased & set(holding.get(other, ())):
                 return KEEP
-            return WAIT if other == latest and not now else None
+            return WAIT if other in latest and not now else None
 
         shred, wait, _keep = _plan(inventory, digest, verdict)
-        if digest == latest and not now:
+        if digest in latest and not now:
             shred, wait = [], shred + wait
         outcome.pending += [k for k in wait if not _is_shredded(store, k)]
         if not shred:
@@ -1027,16 +1040,16 @@ def _apply_retention(
         report.problems.append(f"retention not applied: {exc}")
         return
     override = pipeline.privacy.retention_overrides_champion
-    spared = None if champion is None or override else champion.raw_sha256
+    spared = frozenset() if champion is None or override else champion.raw_digests
 
     def verdict(other: str) -> str | None:
-        return KEEP if other not in expired or other == spared else None
+        return KEEP if other not in expired or other in spared else None
 
     outcome = _Outcome()
     audit = AuditLog(store)
     for digest in sorted(expired, key=lambda d: inventory.ingestions[d].seq):
         shred, _wait, keep = _plan(inventory, digest, verdict)
-        if digest == spared:
+        if digest in spared:
             shred, keep = [], shred + keep
         outcome.kept += [k for k in keep if not _is_shredded(store, k)]
         if not shred:

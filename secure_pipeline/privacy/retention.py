@@ -18,6 +18,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from secure_pipeline.errors import IntegrityError, PolicyViolation
+from secure_pipeline.features.window import lineage_snapshots
 from secure_pipeline.names import REGISTERED_MODEL
 from secure_pipeline.spec import PipelineSpec
 from secure_pipeline.storage.snapshots import SnapshotStore, snapshot_key
@@ -35,6 +36,9 @@ class ChampionLineage:
         validated_sha256: Digest of its validated snapshot.
         features_sha256: Digest of its feature table.
         keys: Store keys of those snapshots.
+        raw_digests: Every raw fileset index it was trained from: ``raw_sha256``, or each day
+            of a partitioned pipeline's window (the other digests are then the last day's).
+        all_digests: Every data digest of the lineage, every day's.
     """
 
     version: str
@@ -43,11 +47,15 @@ class ChampionLineage:
     validated_sha256: str
     features_sha256: str
     keys: tuple[str, ...]
+    raw_digests: frozenset[str] = frozenset()
+    all_digests: frozenset[str] = frozenset()
 
     @property
     def digests(self) -> frozenset[str]:
         """Every data digest of the lineage."""
-        return frozenset((self.raw_sha256, self.validated_sha256, self.features_sha256))
+        return frozenset(
+            (self.raw_sha256, self.validated_sha256, self.features_sha256, *self.all_digests)
+        )
 
 
 def as_date(moment: date | datetime | str) -> date:
@@ -109,9 +117,15 @@ def champion_lineage(
     key = snapshot_key([pipeline.name, REGISTERED_MODEL, "_lineage"], lineage_sha, "json")
     try:
         lineage: dict[str, Any] = json.loads(store.read_bytes((key, lineage_sha)))
-        data = lineage["data"]
-        stages = {stage: (str(data[stage]["key"]), str(data[stage]["sha256"]))
-                  for stage in ("raw", "validated", "features")}  # fmt: skip
+        snapshots = [
+            (stage, (str(entry["key"]), str(entry["sha256"])))
+            for stage, _day, entry in lineage_snapshots(lineage)
+        ]
+        # The last day's of each stage (the only one, unpartitioned); every day's below.
+        stages = {stage: ref for stage, ref in snapshots}
+        missing = {"raw", "validated", "features"} - set(stages)
+        if missing:
+            raise KeyError(f"no {' or '.join(sorted(missing))} snapshot")
         model_sha = str(lineage["model"]["sha256"])
     except (IntegrityError, ValueError, KeyError, TypeError) as exc:
         raise PolicyViolation(
@@ -129,5 +143,7 @@ def champion_lineage(
         raw_sha256=stages["raw"][1],
         validated_sha256=stages["validated"][1],
         features_sha256=stages["features"][1],
-        keys=tuple(k for k, _ in stages.values()),
+        keys=tuple(dict.fromkeys(k for _stage, (k, _sha) in snapshots)),
+        raw_digests=frozenset(sha for stage, (_k, sha) in snapshots if stage == "raw"),
+        all_digests=frozenset(sha for _stage, (_k, sha) in snapshots),
     )

@@ -121,14 +121,6 @@ class PipelineSpec:
                 "a partitioned source reads each day from its dated location; the landing-zone "
                 "sensor delivers unpartitioned batches: drop landing_env_var or the partitions"
             )
-        if self.schema.holds_personal_data:
-            # Erasure and retention find a model's data through one ingestion; a model trained
-            # on a window of days would escape them, so the combination is refused.
-            found.append(
-                "a partitioned source cannot hold personal data yet (columns with role "
-                "'identifier' or 'personal'): erasure and retention do not follow a model's "
-                "window of days; ingest it unpartitioned"
-            )
         return found
 
     def _problems(self) -> list[str]:

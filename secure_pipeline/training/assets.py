@@ -81,6 +81,7 @@ def build_training_stage(pipeline: PipelineSpec) -> list[dg.AssetsDefinition]:
 
         store = snapshot_store.get_store()
         window: dict[str, Any] = {}
+        training_days: list[str] = []
         if pipeline.source.partitions is not None:
             from secure_pipeline.features.window import (
                 read_training_features,
@@ -93,6 +94,7 @@ def build_training_stage(pipeline: PipelineSpec) -> list[dg.AssetsDefinition]:
             features_ref, features_sha = ref.key, ref.sha256
             features = read_training_features(store, pipeline, features_ref, features_sha)
             window = window_metadata(days)
+            training_days = [d["sha256"] for d in days]
             context.log.info(
                 f"training window {days[0]['partition']}..{days[-1]['partition']} "
                 f"({len(days)} days, {len(features)} rows) stored as {ref.uri}"
@@ -148,6 +150,8 @@ def build_training_stage(pipeline: PipelineSpec) -> list[dg.AssetsDefinition]:
                 "estimator": spec.estimator,
                 "estimator_path": spec.estimator_path,
                 "features_sha256": features_sha,
+                # Erasure and retention find the model through each day it learnt from.
+                **({"training_features": training_days} if training_days else {}),
                 "mlflow_run_id": run_id,
                 "test_roc_auc": trained.metrics.get("test_roc_auc"),
                 "holdout_roc_auc": trained.metrics.get("holdout_roc_auc"),
