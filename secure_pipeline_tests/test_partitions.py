@@ -132,10 +132,14 @@ def test_a_partitioned_source_must_name_its_day() -> None:
                 reference, orchestration=quiet,
                 source=dataclasses.replace(dated, partitions=partitions),
             )  # fmt: skip
-    with pytest.raises(ConfigurationError, match="landing-zone sensor delivers unpartitioned"):
-        dataclasses.replace(
-            reference, source=dataclasses.replace(dated, partitions=SourcePartitions("2026-01-01"))
-        )
+    files = reference.source.files
+    in_paths = dataclasses.replace(
+        reference.source,
+        files=tuple(dataclasses.replace(f, path="{date}-" + f.path) for f in files),
+        partitions=SourcePartitions("2026-01-01"),
+    )
+    with pytest.raises(ConfigurationError, match="with a landing zone, name the day with"):
+        dataclasses.replace(reference, source=in_paths)
 
 
 def test_each_day_is_ingested_judged_and_stored_on_its_own(at_home) -> None:
@@ -344,3 +348,68 @@ def test_a_yaml_pipeline_declares_its_days(tmp_path, monkeypatch) -> None:
     attributes["source"]["partitions"] = {"start": "2026-01-01", "window": 0}
     message = _refusal({"adult": yaml.safe_dump(document)}, tmp_path / "zero", monkeypatch)
     assert "source partitions window must be at least 1, found 0" in message
+
+
+@pytest.fixture
+def daily_landing(s3_client, s3_bucket, moto_endpoint, monkeypatch, tmp_path):
+    """The days delivered to an S3 landing zone, one batch folder per day."""
+    monkeypatch.setenv("SECURE_PIPELINE_S3_ENDPOINT", moto_endpoint)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    zone = f"s3://{s3_bucket}/landing/adult/"
+    monkeypatch.setenv("SECURE_PIPELINE_LANDING_URI", zone)
+    location = _write_days(tmp_path / "days", drifted=False)
+    folder = Path(location.removeprefix("file://").removesuffix("{date}/"))
+    for batch, day in (("2026-01-02T0200Z", DAYS[1]), ("not-a-day", DAYS[0])):
+        for name in ("adult.data", "adult.test"):
+            s3_client.put_object(
+                Bucket=s3_bucket, Key=f"landing/adult/{batch}/{name}",
+                Body=(folder / day / name).read_bytes(),
+            )  # fmt: skip
+    pipeline = daily(location)
+    return dataclasses.replace(
+        pipeline,
+        orchestration=dataclasses.replace(
+            pipeline.orchestration, landing_env_var="SECURE_PIPELINE_LANDING_URI"
+        ),
+    )
+
+
+def _landing_ingest(defs, instance, config: dict, day: str) -> dg.ExecuteInProcessResult:
+    return defs.resolve_job_def("adult_ingest").execute_in_process(
+        instance=instance,
+        partition_key=day,
+        run_config={"ops": {"adult__raw_adult": {"config": config}}},
+        raise_on_error=False,
+    )
+
+
+def test_a_landing_batch_is_ingested_as_the_day_it_is_named_after(daily_landing) -> None:
+    defs = daily_landing.build_definitions(Environment.LOCAL)
+    sensor = defs.resolve_sensor_def("adult_landing_zone")
+    with dg.DagsterInstance.get() as instance:
+        tick = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs))
+        [request] = tick.run_requests  # "not-a-day/" names no day: not ingested
+        assert request.partition_key == DAYS[1]
+        config = request.run_config["ops"]["adult__raw_adult"]["config"]
+        assert config["location"].endswith("/landing/adult/2026-01-02T0200Z/")
+        result = _landing_ingest(defs, instance, config, DAYS[1])
+        assert result.success, _failures(result)
+        assert instance.get_materialized_partitions(daily_landing.names.raw) == {DAYS[1]}
+
+
+def test_run_config_cannot_file_one_days_batch_as_another_day(daily_landing) -> None:
+    """The insider launches the run of 2026-01-03 on the batch of 2026-01-02."""
+    defs = daily_landing.build_definitions(Environment.LOCAL)
+    sensor = defs.resolve_sensor_def("adult_landing_zone")
+    with dg.DagsterInstance.get() as instance:
+        context = dg.build_sensor_context(instance=instance, definitions=defs)
+        [request] = sensor.evaluate_tick(context).run_requests
+        config = request.run_config["ops"]["adult__raw_adult"]["config"]
+        other = config["location"].replace("2026-01-02T0200Z", "not-a-day")
+        for day, batch in ((DAYS[2], config["location"]), (DAYS[0], other)):
+            result = _landing_ingest(defs, instance, {**config, "location": batch}, day)
+            assert not result.success
+            error = result.get_step_failure_events()[0].step_failure_data.error.cause
+            assert error.cls_name == "UntrustedSourceError"
+            assert f"is not a batch of {day}, the day this run ingests" in error.message
+        assert not instance.get_materialized_partitions(daily_landing.names.raw)

@@ -67,19 +67,25 @@ class SourceBatch(dg.Config):
 
 
 def batch_location(
-    pipeline: PipelineSpec, batch: SourceBatch
+    pipeline: PipelineSpec, batch: SourceBatch, partition: str | None = None
 ) -> tuple[str, dict[str, dict[str, str]]]:
     """The location and object pins a run ingests, refusing anything outside the landing zone.
 
     Run configuration can be typed by anyone who may launch a run; it may choose a batch of
-    the landing zone, never another place to ingest from.
+    the landing zone, never another place to ingest from, and for a partitioned pipeline only
+    the batch of the run's own day.
+
+    Args:
+        pipeline: The spec.
+        batch: The run's configuration.
+        partition: The day the run ingests, for a partitioned pipeline.
 
     Raises:
-        UntrustedSourceError: When the location is outside the landing zone, or pins name
-            files the source does not have.
+        UntrustedSourceError: When the location is outside the landing zone, is not the
+            batch of the run's day, or pins name files the source does not have.
     """
     from secure_pipeline.errors import ConfigurationError, UntrustedSourceError
-    from secure_pipeline.ingestion.landing import parse_landing_uri
+    from secure_pipeline.ingestion.landing import batch_day, parse_landing_uri
 
     if not batch.location:
         if batch.objects:
@@ -102,6 +108,12 @@ def batch_location(
         raise UntrustedSourceError(
             f"run config location {redact_uri(batch.location)!r} is not a batch folder of the "
             f"landing zone {redact_uri(zone)!r}; nothing was ingested"
+        )
+    if partition is not None and batch_day(prefix[len(zone_prefix) :]) != partition:
+        raise UntrustedSourceError(
+            f"run config batch {redact_uri(batch.location)!r} is not a batch of {partition}, "
+            "the day this run ingests: a day is ingested from a folder named after it "
+            f"({partition}/ or {partition}T...); nothing was ingested"
         )
     members = {f.member for f in pipeline.source.files}
     unknown = sorted(set(batch.objects) - members)
@@ -236,8 +248,8 @@ def build_raw_asset(pipeline: PipelineSpec) -> dg.AssetsDefinition:
     ) -> dg.MaterializeResult:
         store = snapshot_store.get_store()
         environment = env.current_environment()
-        location, pins = batch_location(pipeline, config)
         partition = partition_of(context)
+        location, pins = batch_location(pipeline, config, partition)
         # A partitioned source reads the day's files: {date} in the location (also one set by
         # location_env_var) or in the file paths is the partition key.
         files = source.located(partition)[1]

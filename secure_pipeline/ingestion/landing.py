@@ -149,6 +149,22 @@ class ScanResult:
     stopped_early: bool = False
 
 
+def batch_day(folder: str) -> str | None:
+    """The day a batch folder is named after (``2026-01-31/``, ``2026-01-31T0200Z/``), if any.
+
+    A partitioned pipeline ingests a batch as the partition of that day.
+    """
+    import datetime
+
+    name = folder.strip("/")
+    if "/" in name or len(name) < 10 or (len(name) > 10 and name[10] != "T"):
+        return None
+    try:
+        return datetime.date.fromisoformat(name[:10]).isoformat()
+    except ValueError:
+        return None
+
+
 def parse_landing_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/prefix/`` to ``(bucket, "prefix/")``.
 

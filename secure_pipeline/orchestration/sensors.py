@@ -181,10 +181,13 @@ def chain_sensor(
 def landing_sensor(pipeline: PipelineSpec, job: Any, production: bool) -> dg.SensorDefinition:
     """The ingest job once per complete batch arriving in the S3 landing zone."""
     from secure_pipeline.ingestion.assets import landing_location
+    from secure_pipeline.ingestion.landing import batch_day
+    from secure_pipeline.metadata import daily_partitions
 
     spec = pipeline.orchestration
     # The op of a prefixed asset key (adult/raw_adult) is named adult__raw_adult.
     raw = pipeline.names.raw.to_python_identifier()
+    partitions = daily_partitions(pipeline)
 
     @dg.sensor(
         name=f"{pipeline.name}_landing_zone",
@@ -216,9 +219,25 @@ def landing_sensor(pipeline: PipelineSpec, job: Any, production: bool) -> dg.Sen
             context.log.warning(
                 f"gave up waiting for batch {folder!r}: it never held every source file"
             )
+        batches, days = list(result.batches), {}
+        if partitions is not None:
+            # A partitioned pipeline ingests each batch as the day its folder is named after.
+            keys = set(partitions.get_partition_keys())
+            for batch in list(batches):
+                day = batch_day(batch.folder)
+                if day in keys:
+                    days[batch.folder] = day
+                    continue
+                batches.remove(batch)
+                context.log.warning(
+                    f"batch {batch.folder!r} is not named after a day of {pipeline.name}'s "
+                    f"partitions (from {pipeline.source.partitions.start}, YYYY-MM-DD/ or "
+                    "YYYY-MM-DDT.../): not ingested"
+                )
         requests = [
             dg.RunRequest(
                 run_key=batch.run_key,
+                partition_key=days.get(batch.folder),
                 run_config={
                     "ops": {
                         raw: {
@@ -231,7 +250,7 @@ def landing_sensor(pipeline: PipelineSpec, job: Any, production: bool) -> dg.Sen
                 },
                 tags={"secure_pipeline/landing_batch": batch.folder},
             )
-            for batch in result.batches
+            for batch in batches
         ]
         skip = None
         if not requests:

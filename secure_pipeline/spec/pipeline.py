@@ -116,10 +116,11 @@ class PipelineSpec:
                 f"a partitioned source must name the day with {PARTITION_PLACEHOLDER} in its "
                 "location, or in every file path: without it every day would read the same files"
             )
-        if self.orchestration.landing_env_var:
+        if self.orchestration.landing_env_var and any(named[1:]):
             found.append(
-                "a partitioned source reads each day from its dated location; the landing-zone "
-                "sensor delivers unpartitioned batches: drop landing_env_var or the partitions"
+                f"with a landing zone, name the day with {PARTITION_PLACEHOLDER} in the "
+                "location, not in the file paths: a batch folder named after its day holds "
+                "the files under their own names"
             )
         return found
 
