@@ -208,6 +208,21 @@ def test_the_train_sensor_starts_training_once_the_window_is_complete(at_home) -
     assert request.run_key == f"train:{latest.asset_materialization.tags['dagster/data_version']}"
 
 
+def test_status_shows_the_latest_day_and_its_checks(at_home, capsys) -> None:
+    from secure_pipeline.cli.models import _pipeline_status
+
+    days = at_home
+    store = LocalSnapshotStore(Path(days["home"]) / "store")
+    failed = _pipeline_status(days["instance"], days["pipeline"], store)
+    shown = capsys.readouterr().out
+    assert not failed
+    for asset in ("adult/raw_adult", "adult/validated_adult", "adult/features"):
+        [line] = [line for line in shown.splitlines() if line.strip().startswith(asset)]
+        assert DAYS[1] in line, shown
+    assert "feature_drift" in shown
+    assert "not evaluated" not in shown.split("adult/trained_model")[0], shown
+
+
 def test_a_window_with_a_missing_day_is_refused(tmp_path) -> None:
     from secure_pipeline.features.window import window_days
 

@@ -80,7 +80,7 @@ def _pipeline_status(instance: Any, pipeline: Any, store: Any) -> list[str]:
             continue
         metadata = record.asset_materialization.metadata
         # A partitioned asset: its latest day, and that day's checks.
-        day = record.partition_key
+        day = record.asset_materialization.partition
         facts = [day or "", str(metadata[SHA256].value)[:12] if SHA256 in metadata else ""]
         for name in ("dagster/row_count", "test_roc_auc", "model_uri", "champion"):
             if name in metadata:
@@ -89,7 +89,8 @@ def _pipeline_status(instance: Any, pipeline: Any, store: Any) -> list[str]:
         for check in checks:
             evaluation = latest_evaluation(instance, dg.AssetCheckKey(key, check), day)
             verdict = evaluation.evaluation if evaluation else None
-            if verdict is None:
+            # A planned check that has not run yet (or never did) leaves a record without one.
+            if not isinstance(verdict, dg.AssetCheckEvaluation):
                 click.echo(f"    {check:<28} not evaluated")
                 continue
             severity = verdict.severity.value if verdict.severity else "ERROR"
