@@ -68,6 +68,7 @@ from secure_pipeline.spec import Column, PipelineSpec
 if TYPE_CHECKING:
     import ssl
 
+    import numpy as np
     import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -620,6 +621,71 @@ def feedback_rows(
     return rows, problems[:20]
 
 
+class _ScoreHistogram:
+    """The predicted scores as a Prometheus histogram, observed a request's scores at once.
+
+    prometheus-client's ``Histogram`` takes one value per call (a lock and a bucket search
+    each: a tenth of a 100-row request's time on the ONNX path). This keeps each label set's
+    bucket counts in numpy and adds a request's scores with one search; the registry reads it
+    through the public collector interface as the same histogram family (``_bucket`` with
+    ``le``, ``_count``, ``_sum``).
+
+    Args:
+        name: The metric name.
+        documentation: Its help text.
+        labelnames: Its label names, in order.
+        buckets: The upper bounds (``+Inf`` is added).
+        registry: Where it is collected.
+    """
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str],
+        buckets: Sequence[float], registry: Any,
+    ) -> None:  # fmt: skip
+        import numpy as np
+        from prometheus_client.utils import floatToGoString
+
+        self.name, self.documentation, self.labelnames = name, documentation, list(labelnames)
+        self._bounds = np.array([*buckets, math.inf], dtype=float)
+        self._le = [floatToGoString(b) for b in self._bounds]
+        self._series: dict[tuple[str, ...], tuple[Any, list[float]]] = {}
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe(self, labels: Mapping[str, str], values: "np.ndarray") -> None:
+        """Add ``values`` to the series of ``labels`` (a value lands in the first bucket >= it)."""
+        import numpy as np
+
+        key = tuple(str(labels[n]) for n in self.labelnames)
+        counts = np.bincount(
+            np.searchsorted(self._bounds, values, side="left"), minlength=len(self._bounds)
+        )[: len(self._bounds)]
+        total = float(np.sum(values))
+        with self._lock:
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = (np.zeros(len(self._bounds), dtype=np.int64), [0.0])
+            series[0][:] += counts
+            series[1][0] += total
+
+    def describe(self) -> list[Any]:
+        """The family without samples (the registry checks names with it)."""
+        from prometheus_client.core import HistogramMetricFamily
+
+        return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+
+    def collect(self) -> list[Any]:
+        """The family with every series' cumulative buckets, count and sum."""
+        from prometheus_client.core import HistogramMetricFamily
+
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        with self._lock:
+            series = [(k, c.cumsum().tolist(), t[0]) for k, (c, t) in self._series.items()]
+        for key, cumulative, total in series:
+            family.add_metric(list(key), list(zip(self._le, cumulative, strict=True)), total)
+        return [family]
+
+
 class ModelService:
     """One slot: verifies and loads its model in the background, then scores requests.
 
@@ -684,8 +750,8 @@ class ModelService:
         self.latency = Histogram("secure_pipeline_request_duration_seconds", "Request latency.",
                                  [*model, "route"], buckets=LATENCY_BUCKETS,
                                  registry=self.registry)  # fmt: skip
-        self.scores = Histogram("secure_pipeline_prediction_score", "Predicted scores.",
-                                model, buckets=SCORE_BUCKETS, registry=self.registry)  # fmt: skip
+        self.scores = _ScoreHistogram("secure_pipeline_prediction_score", "Predicted scores.",
+                                      model, SCORE_BUCKETS, self.registry)  # fmt: skip
         self.labels = Counter("secure_pipeline_predictions", "Predictions by label.",
                               [*model, "label"], registry=self.registry)  # fmt: skip
         self.ready = Gauge("secure_pipeline_ready", "1 once the model verified and loaded.",
@@ -874,16 +940,17 @@ class ModelService:
             scores = self.model.predict_proba(frame)[:, 1]
         positive, negative = self._label_names
         ids = new_ids(len(scores))
-        labels = [positive if score >= 0.5 else negative for score in scores]
-        scored = self._counted(self.scores)
-        by_label: dict[str, int] = {}
-        predictions = []
-        for score, label, prediction_id in zip(scores.tolist(), labels, ids, strict=True):
-            scored.observe(score)
-            by_label[label] = by_label.get(label, 0) + 1
-            predictions.append({"score": round(score, 6), "label": label, "id": prediction_id})
-        for label, count in by_label.items():
-            self._counted(self.labels, label=label).inc(count)
+        values = scores.tolist()
+        labels = [positive if score >= 0.5 else negative for score in values]
+        self.scores.observe(self.model_labels(), scores)
+        predictions = [
+            {"score": round(score, 6), "label": label, "id": prediction_id}
+            for score, label, prediction_id in zip(values, labels, ids, strict=True)
+        ]
+        positives = labels.count(positive)
+        for label, count in ((positive, positives), (negative, len(labels) - positives)):
+            if count:
+                self._counted(self.labels, label=label).inc(count)
         if self.recorder is not None:
             sensitive = {f.name: f.raw([row.get(f.name) for row in rows])
                          for f in self._sensitive}  # fmt: skip

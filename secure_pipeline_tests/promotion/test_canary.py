@@ -22,14 +22,16 @@ def _slot(name: str) -> ModelService:
 def _traffic(
     service: ModelService, n: int, *, errors: int = 0, latency: float = 0.004, score=0.3
 ) -> None:
+    import numpy as np
+
     rng = random.Random(n)
-    scores = service.scores.labels(**service.model_labels())
     for i in range(n):
         code = "500" if i < errors else "200"
         service.observe_request("/predict", code, latency * rng.uniform(0.8, 1.2))
         if code == "200":
             value = score() if callable(score) else score
-            scores.observe(min(max(value + rng.uniform(-0.05, 0.05), 0.0), 1.0))
+            value = min(max(value + rng.uniform(-0.05, 0.05), 0.0), 1.0)
+            service.scores.observe(service.model_labels(), np.array([value]))
 
 
 def _page(service: ModelService):

@@ -166,3 +166,33 @@ def test_two_slots_in_one_process_keep_their_own_metrics() -> None:
     # Before a model loaded: not ready, no version, the reference asked for.
     assert 'secure_pipeline_ready{pipeline="adult",slot="green"} 0.0' in green_page
     assert 'model_ref="models:/adult/1",model_sha256="",model_version=""' in green_page
+
+
+def test_the_score_histogram_exposes_what_prometheus_clients_histogram_would() -> None:
+    """Scores observed a request at a time give the samples of one observe() per score."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from secure_pipeline.serving.server import SCORE_BUCKETS, _ScoreHistogram
+
+    values = np.array([0.0, 0.1, 0.1000001, 0.5, 0.49999, 0.73, 1.0, 0.3, 0.3, 0.95])
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    batched = _ScoreHistogram("s", "Predicted scores.", ["slot"], SCORE_BUCKETS, ours)
+    single = Histogram("s", "Predicted scores.", ["slot"], buckets=SCORE_BUCKETS, registry=theirs)
+    for slot, chunk in (("blue", values[:4]), ("blue", values[4:]), ("green", values[:1])):
+        batched.observe({"slot": slot}, chunk)
+        for value in chunk:
+            single.labels(slot=slot).observe(float(value))
+
+    def samples(registry) -> dict:
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in registry.collect()
+            for s in family.samples
+            if not s.name.endswith("_created")
+        }
+
+    mine, expected = samples(ours), samples(theirs)
+    assert mine.keys() == expected.keys()
+    for key, value in expected.items():  # sums added in another order: equal to the last bits
+        assert mine[key] == pytest.approx(value, rel=1e-12), key
+    assert mine[("s_count", (("slot", "blue"),))] == len(values)
