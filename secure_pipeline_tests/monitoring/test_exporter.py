@@ -232,13 +232,17 @@ def test_an_edited_champion_decision_shows_the_evidence_invalid(
     home: Path, reference_run: Registered
 ) -> None:
     store = LocalSnapshotStore(home / "store")
-    [key] = [k for k in store.list_keys("attestations/promotions/adult/")]
-    envelope = json.loads(store.read_object(key))
-    statement = json.loads(base64.b64decode(envelope["payload"]))
-    statement["predicate"]["secure_pipeline"]["version"] = "99"  # crown another version
-    statement["predicate"]["resourceUri"] = "models:/adult/99"
-    envelope["payload"] = base64.b64encode(json.dumps(statement).encode()).decode()
-    overwrite_raw(store, key, json.dumps(envelope).encode())
+    # Every decision of the shared run's home (a test that ran earlier may have promoted
+    # again there): none may stand in for the edited one.
+    keys = list(store.list_keys("attestations/promotions/adult/"))
+    assert keys
+    for key in keys:
+        envelope = json.loads(store.read_object(key))
+        statement = json.loads(base64.b64decode(envelope["payload"]))
+        statement["predicate"]["secure_pipeline"]["version"] = "99"  # crown another version
+        statement["predicate"]["resourceUri"] = "models:/adult/99"
+        envelope["payload"] = base64.b64encode(json.dumps(statement).encode()).decode()
+        overwrite_raw(store, key, json.dumps(envelope).encode())
     with dg.DagsterInstance.get() as instance:
         collector = _collector(home, instance)
         status = collector.refresh().champions["adult"]
