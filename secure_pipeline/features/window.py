@@ -73,16 +73,17 @@ def window_days(pipeline: PipelineSpec, instance: "dg.DagsterInstance") -> list[
     if partitions is None or spec is None:
         raise ValueError(f"pipeline {pipeline.name!r} has no partitions: it has no window")
     features = pipeline.names.features
-    stored = instance.get_materialized_partitions(features)
+    stored = set(instance.get_materialized_partitions(features))
     if not stored:
         raise dg.Failure(
             f"no day of {features.to_user_string()} is materialized: run the ingest job for a "
             "day (or backfill the window) before training"
         )
     keys = partitions.get_partition_keys()
-    latest = max(k for k in stored if k in keys) if any(k in keys for k in stored) else None
-    if latest is None:
+    known = stored & set(keys)
+    if not known:
         raise dg.Failure(f"no materialized day of {features.to_user_string()} is in its partitions")
+    latest = max(known)
     end = keys.index(latest) + 1
     if end < spec.window:
         raise dg.Failure(
@@ -171,19 +172,21 @@ def training_snapshots(
     return [(key, sha256)]
 
 
-def read_training_features(
-    store: SnapshotStore, pipeline: PipelineSpec, key: str, sha256: str
-) -> "pd.DataFrame":
-    """The training data a record names, every table verified, the window's days in order."""
+def read_tables(store: SnapshotStore, refs: Sequence[tuple[str, str]]) -> "pd.DataFrame":
+    """Features tables read verified, one after another as one frame (a window's days)."""
     import pandas as pd
 
     from secure_pipeline.storage.tables import parquet_to_table
 
-    tables = [
-        parquet_to_table(store.read_bytes(ref)).to_pandas()
-        for ref in training_snapshots(store, pipeline, key, sha256)
-    ]
+    tables = [parquet_to_table(store.read_bytes(ref)).to_pandas() for ref in refs]
     return tables[0] if len(tables) == 1 else pd.concat(tables, ignore_index=True)
+
+
+def read_training_features(
+    store: SnapshotStore, pipeline: PipelineSpec, key: str, sha256: str
+) -> "pd.DataFrame":
+    """The training data a record names, every table verified, the window's days in order."""
+    return read_tables(store, training_snapshots(store, pipeline, key, sha256))
 
 
 def window_metadata(days: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

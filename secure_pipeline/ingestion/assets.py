@@ -252,7 +252,7 @@ def build_raw_asset(pipeline: PipelineSpec) -> dg.AssetsDefinition:
         location, pins = batch_location(pipeline, config, partition)
         # A partitioned source reads the day's files: {date} in the location (also one set by
         # location_env_var) or in the file paths is the partition key.
-        files = source.located(partition)[1]
+        files = source.files_of(partition)
         if partition is not None:
             location = location.replace(PARTITION_PLACEHOLDER, partition)
         members: dict[str, SnapshotRef] = {}

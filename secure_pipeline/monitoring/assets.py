@@ -104,7 +104,7 @@ def _training_features(
         dg.Failure: When the snapshot was erased since.
     """
     from secure_pipeline.features.assets import champion_features
-    from secure_pipeline.storage.tables import parquet_to_table
+    from secure_pipeline.features.window import read_tables
 
     refs = champion_features(pipeline, lineage)
     for key, sha in refs:
@@ -114,12 +114,7 @@ def _training_features(
                 "was erased: live inputs cannot be compared with it. Retrain on the current "
                 "data and promote the new model."
             )
-    tables = [parquet_to_table(store.read_bytes(ref)).to_pandas() for ref in refs]
-    if len(tables) == 1:
-        return tables[0]
-    import pandas as pd
-
-    return pd.concat(tables, ignore_index=True)
+    return read_tables(store, refs)
 
 
 def _reference_scores(

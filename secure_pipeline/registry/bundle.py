@@ -39,7 +39,7 @@ from secure_pipeline.errors import (
     SecurePipelineError,
     SignatureError,
 )
-from secure_pipeline.features.window import lineage_snapshots
+from secure_pipeline.features.window import lineage_snapshots, window_document
 from secure_pipeline.names import (
     FAIRNESS,
     MEMBERSHIP,
@@ -157,8 +157,6 @@ def _data_chain(
 
 def _window_problems(lineage: Mapping[str, Any]) -> list[str]:
     """A partitioned lineage's window is exactly the document its days make."""
-    from secure_pipeline.features.window import window_document
-
     data = lineage.get("data", {})
     window, days = data.get("window"), data.get("partitions")
     if set(data) != {"window", "partitions"} or not isinstance(window, Mapping):

@@ -253,12 +253,11 @@ class SourceSpec:
     retention_days: int | None = None
     partitions: SourcePartitions | None = None
 
-    def located(self, partition: str | None) -> "tuple[str, tuple[SourceFile, ...]]":
-        """The location and files of one day (``{date}`` replaced), or as written when None."""
+    def files_of(self, partition: str | None) -> tuple[SourceFile, ...]:
+        """The files of one day (``{date}`` in their paths replaced), or as written when None."""
         if partition is None:
-            return self.location, self.files
-        files = tuple(
+            return self.files
+        return tuple(
             SourceFile(f.member, f.path.replace(PARTITION_PLACEHOLDER, partition))
             for f in self.files
         )
-        return self.location.replace(PARTITION_PLACEHOLDER, partition), files
