@@ -562,10 +562,15 @@ def _block(features: "pd.DataFrame | Mapping[str, np.ndarray]", inputs: Sequence
 
     if isinstance(features, Mapping):
         if list(features) == list(inputs):
+            rows = len(features[inputs[0]]) if inputs else 0
+            block = np.empty((rows, len(inputs)), dtype="float64")
             try:
-                return np.column_stack(
-                    [np.asarray(features[name], dtype="float64") for name in inputs]
-                )
+                for index, name in enumerate(inputs):  # a column at a time: no copies
+                    column = features[name]
+                    if len(column) != rows:  # numpy would broadcast a one-value column
+                        raise ValueError(f"column {name!r} has {len(column)} values, not {rows}")
+                    block[:, index] = column
+                return block
             except (TypeError, ValueError):  # a column that is not a number: a frame
                 pass
         import pandas as pd

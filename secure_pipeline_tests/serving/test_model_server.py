@@ -45,6 +45,7 @@ from secure_pipeline.serving.certs import (
 from secure_pipeline.serving.gateway import Gateway, GatewayConfig, Slot
 from secure_pipeline.serving.loader import load_verified
 from secure_pipeline.serving.server import ModelService, RequestError, ServingLimits, create_app
+from secure_pipeline.spec import Column
 from secure_pipeline.trust.policy import trust_policy
 from secure_pipeline.validation.parsing import parse_fileset
 from secure_pipeline_tests.services import free_port
@@ -562,3 +563,46 @@ def test_serve_without_tls_files_names_what_to_pass(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "mutual TLS only" in result.stderr
     assert "missing: --tls-key, --client-ca" in result.stderr
+
+
+# Values a caller may send in JSON, and a few only Python callers could.
+_EDGE_VALUES = [
+    None, True, False, 0, 1, -1, 16, 17, 17.0, 17.5, 90, 90.0, 90.5, 91, 2**53, 2**53 + 1,
+    -(2**53) - 1, 2**60 + 1, 10**400, 1e308, -1e308, math.inf, -math.inf, math.nan, -0.0, 3.0,
+    "", " ", "17", "State-gov", " State-gov ", "Pirate", "true", [], {}, (1,), b"17",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "column",
+    [
+        Column("n", "int", minimum=17, maximum=90),
+        Column("n", "int", nullable=True),
+        Column("n", "float", minimum=0.0),
+        Column("n", "float", nullable=True, maximum=1e6),
+        Column("c", "category", allowed=("State-gov", "Private")),
+        Column("c", "category", nullable=True, allowed=("State-gov",)),
+        Column("b", "bool"),
+        Column("b", "bool", nullable=True),
+        Column("s", "string", aliases=(("17", "seventeen"),)),
+    ],
+    ids=lambda c: f"{c.dtype}{'-nullable' if c.nullable else ''}",
+)
+def test_the_fast_value_test_passes_only_what_check_passes(column: Column) -> None:
+    # The request path tests values with `_accepts` and asks `check` only when it fails: a value
+    # it passed that `check` refuses would be scored. It must also pass the plain good values,
+    # or every request would take the slow path.
+    from secure_pipeline.serving.server import InputField
+
+    field = InputField(column, ("?",))
+    for value in _EDGE_VALUES:
+        if field._accepts(value):
+            assert field.check(value) is None, (column, value)
+    for value in _EDGE_VALUES:
+        many = [value] * 20
+        if field.all_valid(many):
+            assert field.check(value) is None, (column, value)
+    good = {"int": [17, 90, 40.0], "float": [0.0, 2.5, 7], "category": ["State-gov"],
+            "bool": [True, False], "string": ["anything"]}[column.dtype]  # fmt: skip
+    assert all(field._accepts(v) for v in good)
+    assert field.all_valid(good * 10)
