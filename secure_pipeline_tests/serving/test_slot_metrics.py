@@ -178,7 +178,10 @@ def test_the_score_histogram_exposes_what_prometheus_clients_histogram_would() -
     ours, theirs = CollectorRegistry(), CollectorRegistry()
     batched = _ScoreHistogram("s", "Predicted scores.", ["slot"], SCORE_BUCKETS, ours)
     single = Histogram("s", "Predicted scores.", ["slot"], buckets=SCORE_BUCKETS, registry=theirs)
-    for slot, chunk in (("blue", values[:4]), ("blue", values[4:]), ("green", values[:1])):
+    # Requests of several rows and of one row (observed by bisection, not numpy), on bounds too.
+    requests = [("blue", values[:4]), ("blue", values[4:]), ("green", values[:1])]
+    requests += [("red", values[i : i + 1]) for i in range(len(values))]
+    for slot, chunk in requests:
         batched.observe({"slot": slot}, chunk)
         for value in chunk:
             single.labels(slot=slot).observe(float(value))
@@ -196,3 +199,4 @@ def test_the_score_histogram_exposes_what_prometheus_clients_histogram_would() -
     for key, value in expected.items():  # sums added in another order: equal to the last bits
         assert mine[key] == pytest.approx(value, rel=1e-12), key
     assert mine[("s_count", (("slot", "blue"),))] == len(values)
+    assert mine[("s_count", (("slot", "red"),))] == len(values)
