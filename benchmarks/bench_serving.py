@@ -31,8 +31,10 @@ temporary home (a subprocess, ~40 s), with its verified ONNX copy.
    with the slot's own refusals, ``ModelService.predict`` and the JSON answer as Starlette
    renders it) on the ONNX path and on the skops path (the same service with its ONNX predictor
    set aside), against ``session.run`` on the already-encoded feeds of the same rows and
-   ``predict_proba`` on the already-built frame; and two parts of the request path alone (the
-   JSON parse and render of the request body, the rows' validation and encoding).
+   ``predict_proba`` on the already-built frame; two parts of the request path alone (the
+   JSON parse and render of the request body, the rows' validation and encoding); and the
+   floor of any JSON endpoint around the same graph (a body of rows already encoded as its
+   inputs parsed, fed, scored and the scores written back, with no refusal, metric or record).
 
 Runs ~3 minutes on 2 cores: ``python benchmarks/bench_serving.py``.
 """
@@ -222,9 +224,11 @@ def per_request_costs(service: Any) -> dict[int, dict[str, tuple[float, float]]]
     slower moment of the machine hits all of them; each block's ratio is against the
     ``session.run`` median of the same block.
     """
+    import numpy as np
     from starlette.responses import JSONResponse
 
     from secure_pipeline.serving import server
+    from secure_pipeline.serving.onnx_runtime import PROBABILITIES
 
     costs: dict[int, dict[str, tuple[float, float]]] = {}
     predictor = service.predictor
@@ -246,6 +250,19 @@ def per_request_costs(service: Any) -> dict[int, dict[str, tuple[float, float]]]
 
         feeds = predictor.feeds(encode(service, rows, as_arrays=True))
         session = predictor.session
+        # The floor of any JSON endpoint: rows already encoded as the graph's inputs, parsed,
+        # put in the feeds, scored and the scores written back; no refusal, metric or record.
+        encoded_body = json.dumps({"rows": encoded_rows(service, rows)}).encode()
+
+        def bare(
+            body: bytes = encoded_body, dtypes: dict = predictor.dtypes, session: Any = session
+        ) -> bytes:
+            given = json.loads(body)["rows"]
+            inputs = {name: np.array([row[name] for row in given], dtype=dtype).reshape(-1, 1)
+                      for name, dtype in dtypes.items()}  # fmt: skip
+            (probabilities,) = session.run([PROBABILITIES], inputs)
+            return json.dumps({"scores": probabilities[:, 1].tolist()}).encode()
+
         frame = encode(service, rows)
         model = service.model
         variants: dict[str, Callable[[], object]] = {
@@ -259,6 +276,7 @@ def per_request_costs(service: Any) -> dict[int, dict[str, tuple[float, float]]]
             ),
             "  of it: validate + encode rows": lambda r=rows: encode(service, r, as_arrays=True),
             "slot request, ONNX path": request,
+            "bare JSON endpoint, same graph": bare,
             "sklearn predict_proba": lambda m=model, f=frame: m.predict_proba(f),
             "slot request, skops path": skops_request,
         }
