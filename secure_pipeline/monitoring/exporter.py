@@ -75,14 +75,20 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         ("pipeline", "asset"),
     ),
     "check_passed": (
-        "gauge", "1 when the check's latest evaluation passed, else 0.",
-        ("pipeline", "asset", "check", "severity"),
+        "gauge", "1 when the check's latest evaluation passed, else 0 (of a partitioned "
+        "asset: its newest evaluated partition's).", ("pipeline", "asset", "check", "severity"),
     ),
     "check_last_evaluation_timestamp_seconds": (
-        "gauge", "Unix time of the check's latest evaluation.", ("pipeline", "asset", "check"),
+        "gauge", "Unix time of the check's latest evaluation (of a partitioned asset: its "
+        "newest evaluated partition's).", ("pipeline", "asset", "check"),
+    ),
+    "check_failed_partitions": (
+        "gauge", "Partitions of a partitioned asset whose latest evaluation of the check "
+        "failed, by the severity it failed at.", ("pipeline", "asset", "check", "severity"),
     ),
     "check_value": (
-        "gauge", "Every numeric metadata value of the check's latest evaluation.",
+        "gauge", "Every numeric metadata value of the check's latest evaluation (of a "
+        "partitioned asset: its newest evaluated partition's).",
         ("pipeline", "asset", "check", "metric"),
     ),
     "feature_psi": (
@@ -209,6 +215,10 @@ class Refreshed:
     at: float
 
 
+# For each check of a partitioned asset: severity -> partitions whose latest evaluation failed.
+_FailedPartitions = dict["dg.AssetCheckKey", dict[str, int]]
+
+
 @dataclass
 class _DagsterView:
     """One batch read of the instance."""
@@ -216,6 +226,7 @@ class _DagsterView:
     materialized: dict[str, float] = field(default_factory=dict)  # asset key string -> time
     run_success: dict[str, bool] = field(default_factory=dict)
     evaluations: dict["dg.AssetCheckKey", "_Evaluated"] = field(default_factory=dict)
+    failed_partitions: "_FailedPartitions" = field(default_factory=dict)
     anchors: dict[int, str] = field(default_factory=dict)
 
 
@@ -263,6 +274,12 @@ def _evaluated(execution: Any) -> _Evaluated:
     )
 
 
+# The status of a completed execution whose check did not pass (Dagster's own name).
+_FAILED = "FAILED"
+# Dagster's check severities (AssetCheckSeverity values).
+_SEVERITIES = ("ERROR", "WARN")
+
+
 def _completed_statuses() -> list[str]:
     from dagster._core.storage.asset_check_execution_record import (
         COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES,
@@ -271,24 +288,48 @@ def _completed_statuses() -> list[str]:
     return sorted(s.value for s in COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES)
 
 
-def _latest_completed_ids(storage: Any, keys: list["dg.AssetCheckKey"]) -> dict[Any, int] | None:
-    """Execution row id of the latest completed evaluation of each check (None: not SQL).
+@dataclass(frozen=True)
+class _Latest:
+    """Which completed evaluation of a check the metrics show, and its partitions' verdicts.
+
+    Attributes:
+        id: The execution row shown: for a partitioned asset the latest evaluation of its
+            newest evaluated partition (a backfill of older days re-evaluating them must not
+            hide today's verdict), else the check's latest.
+        failed: For a partitioned asset, the execution rows of the partitions whose latest
+            evaluation failed (None when the asset is not partitioned).
+    """
+
+    id: int
+    failed: tuple[int, ...] | None = None
+
+
+def _latest_completed_ids(
+    storage: Any, keys: list["dg.AssetCheckKey"]
+) -> dict[Any, _Latest] | None:
+    """The completed evaluation of each check to show (None: the storage is not SQL).
 
     Reads the asset check executions table of Dagster's SQL event log storage (SQLite,
-    PostgreSQL) the way the storage's own latest-execution query does, but the ids only.
+    PostgreSQL) the way the storage's own latest-execution query does, ids and statuses only:
+    the latest completed execution per check and partition, in one query.
     """
     import dagster as dg
     import sqlalchemy as db
     from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable
     from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
-    from dagster._core.storage.sqlalchemy_compat import db_fetch_mappings, db_select
+    from dagster._core.storage.sqlalchemy_compat import (
+        db_fetch_mappings,
+        db_select,
+        db_subquery,
+    )
 
     if not isinstance(storage, SqlEventLogStorage):
         return None
     table = AssetCheckExecutionsTable
     wanted = {(k.asset_key.to_string(), k.name): k for k in keys}
-    query = (
-        db_select([table.c.asset_key, table.c.check_name, db.func.max(table.c.id).label("id")])
+    columns = (table.c.asset_key, table.c.check_name, table.c.partition)
+    latest = db_subquery(
+        db_select([*columns, db.func.max(table.c.id).label("id")])
         .where(
             db.and_(
                 table.c.asset_key.in_(sorted({a for a, _ in wanted})),
@@ -296,15 +337,30 @@ def _latest_completed_ids(storage: Any, keys: list["dg.AssetCheckKey"]) -> dict[
                 table.c.execution_status.in_(_completed_statuses()),
             )
         )
-        .group_by(table.c.asset_key, table.c.check_name)
+        .group_by(*columns),
+        "latest_check_executions",
     )
+    query = db_select(
+        [latest.c.asset_key, latest.c.check_name, latest.c.partition, latest.c.id,
+         table.c.execution_status]
+    ).select_from(latest.join(table, table.c.id == latest.c.id))  # fmt: skip
     with storage.index_connection() as connection:
         rows = db_fetch_mappings(connection, query)
-    found: dict[dg.AssetCheckKey, int] = {}
+    by_key: dict[dg.AssetCheckKey, list[Any]] = {}
     for row in rows:
         key = wanted.get((row["asset_key"], row["check_name"]))
         if key is not None:
-            found[key] = int(row["id"])
+            by_key.setdefault(key, []).append(row)
+    found: dict[dg.AssetCheckKey, _Latest] = {}
+    for key, executions in by_key.items():
+        days = [r for r in executions if r["partition"] is not None]
+        if not days:  # not partitioned: one row, the check's latest
+            found[key] = _Latest(max(int(r["id"]) for r in executions))
+            continue
+        # Daily partition keys are ISO dates: the greatest is the newest day.
+        newest = max(days, key=lambda r: str(r["partition"]))
+        failed = tuple(int(r["id"]) for r in days if r["execution_status"] == _FAILED)
+        found[key] = _Latest(int(newest["id"]), failed)
     return found
 
 
@@ -459,6 +515,7 @@ class PipelineCollector:
         self._errors = dict.fromkeys(PARTS, 0)
         self._refreshed: Refreshed | None = None
         self._evaluated: dict[dg.AssetCheckKey, _Evaluated] = {}
+        self._failed_severity: dict[int, str] = {}  # execution row -> severity it failed at
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -531,7 +588,7 @@ class PipelineCollector:
                         view.anchors[anchor[0]] = anchor[1]
             if entry.last_run_id:
                 last_run[name] = entry.last_run_id
-        view.evaluations = self._latest_evaluations()
+        view.evaluations, view.failed_partitions = self._latest_evaluations()
         if with_anchors:
             for evaluated in view.evaluations.values():
                 if evaluated.anchor is not None:
@@ -550,33 +607,56 @@ class PipelineCollector:
                 view.run_success[name] = finished[run_id]
         return view
 
-    def _latest_evaluations(self) -> dict["dg.AssetCheckKey", "_Evaluated"]:
-        """The latest completed evaluation of every check, each deserialized once.
+    def _latest_evaluations(
+        self,
+    ) -> tuple[dict["dg.AssetCheckKey", "_Evaluated"], "_FailedPartitions"]:
+        """The evaluation of every check to show (`_Latest`), and failed partitions.
 
-        An evaluation's event carries all its metadata (tables, reports, JSON): deserializing
-        200 of them per scrape would cost more than the scrape's budget. So the ids of the
-        latest completed executions are read (one indexed query) and only the executions not
-        seen before are loaded; on an event log storage that is not SQL, every latest one is.
+        The second mapping holds, for each check of a partitioned asset, how many partitions'
+        latest evaluation failed, by severity. An evaluation's event carries all its metadata
+        (tables, reports, JSON): deserializing 200 of them per scrape would cost more than the
+        scrape's budget. So the ids of the latest completed executions are read (one indexed
+        query) and only the executions not seen before are loaded; on an event log storage
+        that is not SQL, every latest one is (partitions aside: that storage's API has no
+        batch query of them).
         """
         keys = [c.key for c in self.checks]
         if not keys:
-            return {}
+            return {}, {}
         storage = self.instance.event_log_storage
-        ids = _latest_completed_ids(storage, keys)
-        if ids is None:
-            return {k: _evaluated(r) for k, r in _latest_completed_records(storage, keys).items()}
+        shown = _latest_completed_ids(storage, keys)
+        if shown is None:
+            records = _latest_completed_records(storage, keys)
+            return {k: _evaluated(r) for k, r in records.items()}, {}
+        ids = {key: latest.id for key, latest in shown.items()}
         with self._lock:
-            cached = self._evaluated
+            cached, severities = self._evaluated, self._failed_severity
+        failed_ids = {i for latest in shown.values() for i in latest.failed or ()}
         wanted = {i for k, i in ids.items() if k not in cached or cached[k].id != i}
+        wanted |= failed_ids - severities.keys()
         loaded = _records_by_id(storage, wanted) if wanted else {}
         latest = {
             key: cached[key] if key in cached and cached[key].id == i else _evaluated(loaded[i])
             for key, i in ids.items()
             if i in loaded or (key in cached and cached[key].id == i)
         }
+        # A completed execution row never changes: each failed day's severity is read once,
+        # and kept while that day's latest evaluation is the failed one.
+        severities = {
+            i: severities[i] if i in severities else _evaluated(loaded[i]).severity
+            for i in failed_ids
+            if i in severities or i in loaded
+        }
+        failed: _FailedPartitions = {}
+        for key, day in shown.items():
+            if day.failed is not None:
+                counts = failed[key] = dict.fromkeys(_SEVERITIES, 0)  # both shown, at 0 too
+                for i in day.failed:
+                    if i in severities:
+                        counts[severities[i]] = counts.get(severities[i], 0) + 1
         with self._lock:
-            self._evaluated = latest
-        return latest
+            self._evaluated, self._failed_severity = latest, severities
+        return latest, failed
 
     def _add_dagster(self, families: dict[str, Any], view: _DagsterView) -> None:
         for asset in self.assets:
@@ -597,6 +677,8 @@ class PipelineCollector:
             if evaluated is None:
                 continue
             labels = [check.pipeline, check.asset, check.check]
+            for severity, count in view.failed_partitions.get(check.key, {}).items():
+                families["check_failed_partitions"].add_metric([*labels, severity], count)
             families["check_passed"].add_metric(
                 [*labels, evaluated.severity], 1.0 if evaluated.passed else 0.0
             )

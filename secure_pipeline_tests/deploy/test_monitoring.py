@@ -32,6 +32,7 @@ README = MONITORING / "README.md"
 # The alerts DESIGN15 agreed on; a new one needs its runbook section and unit tests too.
 EXPECTED_ALERTS = {
     "SecurePipelineGateFailed",
+    "SecurePipelinePartitionGateFailed",
     "SecurePipelineAssetStale",
     "SecurePipelineLiveDrift",
     "SecurePipelineChampionEvidenceInvalid",

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from datetime import timedelta
 from pathlib import Path
 
@@ -103,7 +104,8 @@ def test_describe_lists_every_family_of_the_contract() -> None:
         for n in (
             "asset_last_materialization_timestamp_seconds", "asset_last_run_success",
             "asset_stale_after_seconds", "check_passed", "check_last_evaluation_timestamp_seconds",
-            "check_value", "feature_psi", "champion_version", "champion_info",
+            "check_failed_partitions", "check_value", "feature_psi", "champion_version",
+            "champion_info",
             "champion_promoted_timestamp_seconds", "champion_age_seconds",
             "champion_evidence_valid", "audit_chain_valid", "audit_records",
             "monitoring_refresh_timestamp_seconds", "exporter_scrape_duration_seconds",
@@ -357,6 +359,74 @@ def test_synthetic_pipeline_freshness_failures_and_new_evaluations(isolated_env:
     assert refreshed.audit.records == 0
     assert refreshed.champions["demo"].evidence_valid is False  # no spec given for "demo"
     assert collector.errors()["champion"] == 1
+
+
+def _synthetic_daily(verdicts: dict[str, bool]) -> dg.Definitions:
+    """Pipeline ``daily``: a daily-partitioned ``source`` whose check passes per ``verdicts``."""
+    days = dg.DailyPartitionsDefinition(start_date="2026-11-01")
+    source = dg.AssetSpec(["daily", "source"], tags={PIPELINE_TAG: "daily"}, partitions_def=days)
+    with warnings.catch_warnings():  # per-partition checks: a preview feature of Dagster
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        rows = dg.AssetCheckSpec("reject_rate", asset=source.key, partitions_def=days)
+
+    @dg.multi_asset(specs=[source], check_specs=[rows], name="daily_source", partitions_def=days)
+    def build_source(context: dg.AssetExecutionContext):  # noqa: ANN202 - yields results
+        yield dg.MaterializeResult(asset_key=source.key)
+        yield dg.AssetCheckResult(
+            asset_key=source.key, check_name="reject_rate",
+            passed=verdicts[context.partition_key], severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"day": context.partition_key},
+        )  # fmt: skip
+
+    return dg.Definitions(assets=[build_source])
+
+
+def test_a_partitioned_check_shows_its_newest_day_and_counts_failed_days(
+    isolated_env: Path,
+) -> None:
+    # A backfill of older days evaluates them after today's: the latest evaluation overall is
+    # then an old day's, and a pass there must not hide today's failure.
+    verdicts = {"2026-11-01": True, "2026-11-02": True, "2026-11-03": False}
+    definitions = _synthetic_daily(verdicts)
+
+    def run(day: str) -> None:
+        dg.materialize(definitions.assets, instance=instance, partition_key=day,
+                       raise_on_error=False)  # fmt: skip
+
+    with dg.DagsterInstance.get() as instance:
+        collector = PipelineCollector(
+            definitions, instance, lambda: LocalSnapshotStore(isolated_env / "store"),
+            trust_policy, pipelines={},
+        )  # fmt: skip
+        run("2026-11-03")  # today's batch fails its check
+        run("2026-11-01")  # then the older days are backfilled; they pass
+        run("2026-11-02")
+        found = scrape(collector)
+        labels = {"pipeline": "daily", "asset": "source", "check": "reject_rate"}
+        assert value(found, "secure_pipeline_check_passed", **labels) == 0.0
+        failed = "secure_pipeline_check_failed_partitions"
+        assert value(found, failed, **labels, severity="ERROR") == 1.0
+        assert value(found, failed, **labels, severity="WARN") == 0.0
+        # The day is fixed and judged again: every day passes.
+        verdicts["2026-11-03"] = True
+        run("2026-11-03")
+        again = scrape(collector)
+        assert value(again, "secure_pipeline_check_passed", **labels) == 1.0
+        assert value(again, failed, **labels, severity="ERROR") == 0.0
+        # An older day failing now is counted, though the newest day still shows passed.
+        verdicts["2026-11-01"] = False
+        run("2026-11-01")
+        last = scrape(collector)
+        assert value(last, "secure_pipeline_check_passed", **labels) == 1.0
+        assert value(last, failed, **labels, severity="ERROR") == 1.0
+
+
+def test_an_unpartitioned_check_has_no_failed_partitions_sample(
+    demo_collector: PipelineCollector,
+) -> None:
+    found = scrape(demo_collector)
+    assert value(found, "secure_pipeline_check_passed", check="feature_drift") == 1.0
+    assert "secure_pipeline_check_failed_partitions" not in found
 
 
 # -- serving ----------------------------------------------------------------------------------
