@@ -381,7 +381,7 @@ def _synthetic_daily(verdicts: dict[str, bool]) -> dg.Definitions:
     return dg.Definitions(assets=[build_source])
 
 
-def test_a_partitioned_check_shows_its_newest_day_and_counts_failed_days(
+def test_a_partitioned_asset_shows_its_newest_day_and_counts_failed_days(
     isolated_env: Path,
 ) -> None:
     # A backfill of older days evaluates them after today's: the latest evaluation overall is
@@ -389,28 +389,39 @@ def test_a_partitioned_check_shows_its_newest_day_and_counts_failed_days(
     verdicts = {"2026-11-01": True, "2026-11-02": True, "2026-11-03": False}
     definitions = _synthetic_daily(verdicts)
 
-    def run(day: str) -> None:
+    def run(day: str) -> float:
+        """Materialize ``day``; when its materialization happened."""
         dg.materialize(definitions.assets, instance=instance, partition_key=day,
                        raise_on_error=False)  # fmt: skip
+        (record,) = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(["daily", "source"]),
+                                  asset_partitions=[day]), limit=1,
+        ).records  # fmt: skip
+        return record.timestamp
 
     with dg.DagsterInstance.get() as instance:
         collector = PipelineCollector(
             definitions, instance, lambda: LocalSnapshotStore(isolated_env / "store"),
             trust_policy, pipelines={},
         )  # fmt: skip
-        run("2026-11-03")  # today's batch fails its check
+        today = run("2026-11-03")  # today's batch fails its check
         run("2026-11-01")  # then the older days are backfilled; they pass
-        run("2026-11-02")
+        backfilled = run("2026-11-02")
         found = scrape(collector)
         labels = {"pipeline": "daily", "asset": "source", "check": "reject_rate"}
+        # Fresh as of the newest day, not the backfill (which did not bring a new day).
+        fresh = "secure_pipeline_asset_last_materialization_timestamp_seconds"
+        assert backfilled > today
+        assert value(found, fresh, pipeline="daily", asset="source") == today
         assert value(found, "secure_pipeline_check_passed", **labels) == 0.0
         failed = "secure_pipeline_check_failed_partitions"
         assert value(found, failed, **labels, severity="ERROR") == 1.0
         assert value(found, failed, **labels, severity="WARN") == 0.0
         # The day is fixed and judged again: every day passes.
         verdicts["2026-11-03"] = True
-        run("2026-11-03")
+        today = run("2026-11-03")
         again = scrape(collector)
+        assert value(again, fresh, pipeline="daily", asset="source") == today
         assert value(again, "secure_pipeline_check_passed", **labels) == 1.0
         assert value(again, failed, **labels, severity="ERROR") == 0.0
         # An older day failing now is counted, though the newest day still shows passed.
