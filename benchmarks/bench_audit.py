@@ -124,7 +124,7 @@ def timed(fn) -> tuple[float, object]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="10k and 100k records only")
-    parser.add_argument("--moto-max", type=int, default=100_000, help="largest trail on moto")
+    parser.add_argument("--moto-max", type=int, default=1_000_000, help="largest trail on moto")
     args = parser.parse_args()
     sizes = [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
     work = Path(tempfile.mkdtemp(prefix="bench-audit-"))
