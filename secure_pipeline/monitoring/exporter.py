@@ -307,13 +307,18 @@ class _Latest:
 
 
 def _latest_completed_ids(
-    storage: Any, keys: list["dg.AssetCheckKey"]
+    storage: Any, keys: list["dg.AssetCheckKey"], partitioned: "set[dg.AssetKey]"
 ) -> dict[Any, _Latest] | None:
     """The completed evaluation of each check to show (None: the storage is not SQL).
 
     Reads the asset check executions table of Dagster's SQL event log storage (SQLite,
     PostgreSQL) the way the storage's own latest-execution query does, ids and statuses only:
     the latest completed execution per check and partition, in one query.
+
+    Which rows count follows the asset's definition now (``partitioned``), not which rows
+    exist: an asset that stopped being partitioned is judged by its evaluations without a
+    partition (its old days' verdicts would hide a new failure), and a partitioned one by its
+    days. Only a check with no evaluation of the current kind yet shows its latest of the other.
     """
     import dagster as dg
     import sqlalchemy as db
@@ -356,13 +361,16 @@ def _latest_completed_ids(
     found: dict[dg.AssetCheckKey, _Latest] = {}
     for key, executions in by_key.items():
         days = [r for r in executions if r["partition"] is not None]
-        if not days:  # not partitioned: one row, the check's latest
-            found[key] = _Latest(max(int(r["id"]) for r in executions))
-            continue
-        # Daily partition keys are ISO dates: the greatest is the newest day.
-        newest = max(days, key=lambda r: str(r["partition"]))
-        failed = tuple(int(r["id"]) for r in days if r["execution_status"] == _FAILED)
-        found[key] = _Latest(int(newest["id"]), failed)
+        if key.asset_key not in partitioned:
+            whole = [r for r in executions if r["partition"] is None] or executions
+            found[key] = _Latest(max(int(r["id"]) for r in whole))
+        elif not days:  # partitioned now, evaluated only before it was
+            found[key] = _Latest(max(int(r["id"]) for r in executions), ())
+        else:
+            # Daily partition keys are ISO dates: the greatest is the newest day.
+            newest = max(days, key=lambda r: str(r["partition"]))
+            failed = tuple(int(r["id"]) for r in days if r["execution_status"] == _FAILED)
+            found[key] = _Latest(int(newest["id"]), failed)
     return found
 
 
@@ -662,7 +670,7 @@ class PipelineCollector:
         if not keys:
             return {}, {}
         storage = self.instance.event_log_storage
-        shown = _latest_completed_ids(storage, keys)
+        shown = _latest_completed_ids(storage, keys, {a.key for a in self.assets if a.partitioned})
         if shown is None:
             records = _latest_completed_records(storage, keys)
             return {k: _evaluated(r) for k, r in records.items()}, {}

@@ -361,9 +361,12 @@ def test_synthetic_pipeline_freshness_failures_and_new_evaluations(isolated_env:
     assert collector.errors()["champion"] == 1
 
 
-def _synthetic_daily(verdicts: dict[str, bool]) -> dg.Definitions:
-    """Pipeline ``daily``: a daily-partitioned ``source`` whose check passes per ``verdicts``."""
-    days = dg.DailyPartitionsDefinition(start_date="2026-11-01")
+def _synthetic_daily(verdicts: dict[str, bool], *, partitioned: bool = True) -> dg.Definitions:
+    """Pipeline ``daily``: a daily-partitioned ``source`` whose check passes per ``verdicts``.
+
+    Not ``partitioned``: the same asset and check without partitions (verdict ``"whole"``).
+    """
+    days = dg.DailyPartitionsDefinition(start_date="2026-11-01") if partitioned else None
     source = dg.AssetSpec(["daily", "source"], tags={PIPELINE_TAG: "daily"}, partitions_def=days)
     with warnings.catch_warnings():  # per-partition checks: a preview feature of Dagster
         warnings.simplefilter("ignore", dg.PreviewWarning)
@@ -374,8 +377,9 @@ def _synthetic_daily(verdicts: dict[str, bool]) -> dg.Definitions:
         yield dg.MaterializeResult(asset_key=source.key)
         yield dg.AssetCheckResult(
             asset_key=source.key, check_name="reject_rate",
-            passed=verdicts[context.partition_key], severity=dg.AssetCheckSeverity.ERROR,
-            metadata={"day": context.partition_key},
+            passed=verdicts[context.partition_key if partitioned else "whole"],
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"day": context.partition_key if partitioned else "whole"},
         )  # fmt: skip
 
     return dg.Definitions(assets=[build_source])
@@ -430,6 +434,28 @@ def test_a_partitioned_asset_shows_its_newest_day_and_counts_failed_days(
         last = scrape(collector)
         assert value(last, "secure_pipeline_check_passed", **labels) == 1.0
         assert value(last, failed, **labels, severity="ERROR") == 1.0
+
+
+def test_an_asset_no_longer_partitioned_is_judged_by_its_new_evaluations(
+    isolated_env: Path,
+) -> None:
+    # Its old days: one failed, the newest passed; its first evaluation as a whole fails. The
+    # days' verdicts must not
+    # hide that failure, nor keep counting as failed partitions of an unpartitioned asset.
+    with dg.DagsterInstance.get() as instance:
+        old = _synthetic_daily({"2026-11-01": False, "2026-11-02": True})
+        for day in ("2026-11-01", "2026-11-02"):
+            dg.materialize(old.assets, instance=instance, partition_key=day, raise_on_error=False)
+        now = _synthetic_daily({"whole": False}, partitioned=False)
+        dg.materialize(now.assets, instance=instance, raise_on_error=False)
+        collector = PipelineCollector(
+            now, instance, lambda: LocalSnapshotStore(isolated_env / "store"), trust_policy,
+            pipelines={},
+        )  # fmt: skip
+        found = scrape(collector)
+    labels = {"pipeline": "daily", "asset": "source", "check": "reject_rate"}
+    assert value(found, "secure_pipeline_check_passed", **labels) == 0.0
+    assert "secure_pipeline_check_failed_partitions" not in found
 
 
 def test_an_unpartitioned_check_has_no_failed_partitions_sample(
