@@ -693,7 +693,8 @@ class _ScoreHistogram:
             (value,) = values.tolist()
             with self._lock:
                 series = self._opened(key)
-                series[0][bisect.bisect_left(self._upper, value)] += 1
+                if value == value:  # NaN is in no bucket (as in prometheus-client), only the sum
+                    series[0][bisect.bisect_left(self._upper, value)] += 1
                 series[1][0] += value
             return
         counts = np.bincount(

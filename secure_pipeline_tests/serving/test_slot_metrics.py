@@ -5,6 +5,7 @@ A real slot (the shared reference run's verified model, in process) answers real
 linted by the real ``promtool check metrics``.
 """
 
+import math
 import re
 import shutil
 import subprocess
@@ -181,6 +182,8 @@ def test_the_score_histogram_exposes_what_prometheus_clients_histogram_would() -
     # Requests of several rows and of one row (observed by bisection, not numpy), on bounds too.
     requests = [("blue", values[:4]), ("blue", values[4:]), ("green", values[:1])]
     requests += [("red", values[i : i + 1]) for i in range(len(values))]
+    # NaN (a graph fed a value it does not impute): in no bucket and not counted, either path
+    requests += [("nan", np.array([math.nan])), ("nan", np.array([0.2, math.nan]))]
     for slot, chunk in requests:
         batched.observe({"slot": slot}, chunk)
         for value in chunk:
@@ -197,6 +200,7 @@ def test_the_score_histogram_exposes_what_prometheus_clients_histogram_would() -
     mine, expected = samples(ours), samples(theirs)
     assert mine.keys() == expected.keys()
     for key, value in expected.items():  # sums added in another order: equal to the last bits
-        assert mine[key] == pytest.approx(value, rel=1e-12), key
+        assert mine[key] == pytest.approx(value, rel=1e-12, nan_ok=True), key
+    assert mine[("s_count", (("slot", "nan"),))] == 1
     assert mine[("s_count", (("slot", "blue"),))] == len(values)
     assert mine[("s_count", (("slot", "red"),))] == len(values)
