@@ -68,6 +68,7 @@ bench: sync
 	$(RUN) python benchmarks/bench_subject_lookup.py
 	$(RUN) python benchmarks/bench_s3_store.py
 	$(RUN) python benchmarks/bench_validation.py
+	$(RUN) python benchmarks/bench_expectations.py
 	$(RUN) python benchmarks/bench_streaming.py
 	$(RUN) python benchmarks/bench_https_ingest.py
 	$(RUN) python benchmarks/bench_ml_checks.py

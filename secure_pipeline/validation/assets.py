@@ -19,6 +19,7 @@ On ``validated_<source>``:
 Every verdict is also an audit record.
 """
 
+import itertools
 import json
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
@@ -47,7 +48,6 @@ from secure_pipeline.retries import retry_transient_io
 from secure_pipeline.spec import RESERVED_SPLIT_COLUMN, PipelineSpec
 from secure_pipeline.storage.io_manager import (
     latest_record,
-    load_recorded,
     recorded_snapshot,
     store_snapshot,
 )
@@ -437,8 +437,10 @@ def build_validation_stage(
         description=(
             "The validated batch meets the statistical expectations (Great Expectations): row "
             "count bounds, share of missing values, value ranges and means, every label class "
-            "present. The full result is stored as a snapshot. A failure means the batch does "
-            "not look like this dataset: nothing downstream is built from it."
+            "present. A batch of more than one chunk is judged by the same suite a row group "
+            "at a time, in bounded memory (metadata 'engine'). The full result is stored as a "
+            "snapshot. A failure means the batch does not look like this dataset: nothing "
+            "downstream is built from it."
         ),
         op_tags=pipeline.orchestration.ingest.dagster_tags(INGEST),
         **partition_check_options(pipeline),
@@ -447,14 +449,16 @@ def build_validation_stage(
     def expectations_met(
         context: dg.AssetCheckExecutionContext, snapshot_store: SnapshotStoreResource
     ) -> dg.AssetCheckResult:
-        from secure_pipeline.validation.expectations import run_expectations
-
         partition = partition_of(context)
         record = latest_record(context.instance, validated_key, partition)
         store = snapshot_store.get_store()
-        frame = load_recorded(store, record, validated_key, partition)
-        report = run_expectations(frame, schema)
-        subject = recorded_snapshot(record, validated_key, partition)[1]
+        key, subject, fmt = recorded_snapshot(record, validated_key, partition)
+        if fmt != "parquet":
+            raise IntegrityError(
+                f"{validated_key.to_user_string()} records a {fmt!r} snapshot, expected a "
+                "Parquet table: it was not made by this pipeline. Re-materialize it."
+            )
+        report = _expectations_report(store, (key, subject), schema)
         document = store.put_bytes(
             [*validated_key.path, "_expectations"],
             canonical_json(json.loads(json.dumps(report.document, default=str))),
@@ -491,6 +495,7 @@ def build_validation_stage(
             metadata={
                 "expectations": len(report.outcomes),
                 "failed": len(report.failed),
+                "engine": report.document["meta"]["engine"],
                 "success_rate": round(
                     1.0 - len(report.failed) / len(report.outcomes) if report.outcomes else 0.0, 6
                 ),
@@ -503,3 +508,26 @@ def build_validation_stage(
         )
 
     return [validated], [provenance_complete, schema_conforms, expectations_met]
+
+
+def _expectations_report(store: Any, ref: tuple[str, str], schema: Any) -> Any:
+    """The expectations' verdict on a validated snapshot, verified before it is read.
+
+    A snapshot of one row group (one chunk of the source, or less) is judged whole by Great
+    Expectations; a larger one a row group at a time (`stream_expectations`), so memory holds
+    at most two row groups, never the table.
+    """
+    from secure_pipeline.storage.tables import verified_row_groups
+    from secure_pipeline.validation.expectations import run_expectations, stream_expectations
+
+    with verified_row_groups(store, ref) as groups:
+        head = list(itertools.islice(groups, 2))
+        if len(head) == 1:
+            return run_expectations(head.pop().to_pandas(), schema)
+
+        def tables() -> Iterator[Any]:
+            while head:  # handed on, not kept: each row group is freed once judged
+                yield head.pop(0)
+            yield from groups
+
+        return stream_expectations(tables(), schema)

@@ -6,9 +6,20 @@ class is present. They run on the validated (post-quarantine) rows in an ephemer
 nothing is written to disk and nothing is sent anywhere; the full result document is returned
 for the caller to store as a snapshot.
 
+A batch larger than one chunk is judged by `stream_expectations` instead, a row group at a
+time, so memory stays bounded by the chunk: every expectation in the suite is a statistic that
+adds up exactly over row groups (row and null counts, extremes, the sum behind a mean, the set
+of labels), judged against the same bounds with the rules Great Expectations applies. Both give
+the same outcomes on the same rows (``test_expectations`` proves it on passing and failing
+batches); the streamed result document has the same ``results`` layout, marked by its
+``meta.engine``.
+
 great_expectations takes seconds to import, so it is imported only inside `run_expectations`.
 """
 
+import math
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +27,11 @@ from secure_pipeline.spec import DatasetSchema
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
+
+# What `ExpectationsReport.document["meta"]["engine"]` says judged the batch.
+GX_ENGINE = "great_expectations"
+STREAMED_ENGINE = "streamed_row_groups"
 
 
 @dataclass(frozen=True)
@@ -57,6 +73,54 @@ class ExpectationsReport:
         return [o for o in self.outcomes if not o.success]
 
 
+@dataclass(frozen=True)
+class _Rule:
+    """One expectation of the suite: its GX class name and keyword arguments."""
+
+    kind: str
+    kwargs: dict[str, Any]
+
+    @property
+    def type(self) -> str:
+        """GX's snake-case expectation type (``ExpectTableRow...`` -> ``expect_table_row...``)."""
+        return re.sub(r"(?<!^)(?=[A-Z])", "_", self.kind).lower()
+
+    @property
+    def column(self) -> str | None:
+        """The column it is about (None for table-level ones)."""
+        return self.kwargs.get("column")
+
+
+def _rules(schema: DatasetSchema) -> list[_Rule]:
+    """The suite as data, shared by the GX objects and the streamed evaluation."""
+    rules = [_Rule("ExpectTableRowCountToBeBetween",
+                   {"min_value": schema.min_rows, "max_value": schema.max_rows})]  # fmt: skip
+    for column in schema.kept_columns:
+        name = column.name
+        if column.max_null_fraction is not None:
+            mostly = 1.0 - column.max_null_fraction
+            rules.append(_Rule("ExpectColumnValuesToNotBeNull", {"column": name, "mostly": mostly}))
+        if column.mean_between is not None and column.role != "personal":
+            # floats, as GX holds them (its result document shows them so)
+            bounds = {"min_value": _float(column.minimum), "max_value": _float(column.maximum)}
+            low, high = column.mean_between
+            rules += [
+                _Rule("ExpectColumnMinToBeBetween", {"column": name, **bounds}),
+                _Rule("ExpectColumnMaxToBeBetween", {"column": name, **bounds}),
+                _Rule("ExpectColumnMeanToBeBetween",
+                      {"column": name, "min_value": float(low), "max_value": float(high)}),
+            ]  # fmt: skip
+        if name == schema.label and column.allowed is not None:
+            # every class must be present, or a model cannot learn (or be judged on) it
+            rules.append(_Rule("ExpectColumnDistinctValuesToEqualSet",
+                               {"column": name, "value_set": list(column.allowed)}))  # fmt: skip
+    return rules
+
+
+def _float(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
 def expectation_suite(schema: DatasetSchema) -> list[Any]:
     """The GX expectations a schema implies: what the batch as a whole must look like.
 
@@ -76,32 +140,7 @@ def expectation_suite(schema: DatasetSchema) -> list[Any]:
     """
     import great_expectations.expectations as gxe
 
-    suite: list[Any] = [
-        gxe.ExpectTableRowCountToBeBetween(min_value=schema.min_rows, max_value=schema.max_rows)
-    ]
-    for column in schema.kept_columns:
-        if column.max_null_fraction is not None:
-            suite.append(
-                gxe.ExpectColumnValuesToNotBeNull(
-                    column=column.name, mostly=1.0 - column.max_null_fraction
-                )
-            )
-        if column.mean_between is not None and column.role != "personal":
-            bounds = {"min_value": column.minimum, "max_value": column.maximum}
-            low, high = column.mean_between
-            suite += [
-                gxe.ExpectColumnMinToBeBetween(column=column.name, **bounds),
-                gxe.ExpectColumnMaxToBeBetween(column=column.name, **bounds),
-                gxe.ExpectColumnMeanToBeBetween(column=column.name, min_value=low, max_value=high),
-            ]
-        if column.name == schema.label and column.allowed is not None:
-            # every class must be present, or a model cannot learn (or be judged on) it
-            suite.append(
-                gxe.ExpectColumnDistinctValuesToEqualSet(
-                    column=column.name, value_set=list(column.allowed)
-                )
-            )
-    return suite
+    return [getattr(gxe, rule.kind)(**rule.kwargs) for rule in _rules(schema)]
 
 
 def _speed_up_gx() -> None:
@@ -175,25 +214,157 @@ def run_expectations(frame: "pd.DataFrame", schema: DatasetSchema) -> Expectatio
     # cost about as much again on a million rows and add nothing the report uses.
     result = batch.validate(suite, result_format="BASIC")
     document = result.to_json_dict()
+    document.setdefault("meta", {})["engine"] = GX_ENGINE
+    return ExpectationsReport(bool(document["success"]), _outcomes(document), document)
+
+
+def _outcomes(document: dict[str, Any]) -> list[ExpectationOutcome]:
+    """One outcome per result of a GX (or streamed) result document, observed values as text."""
     outcomes = []
     for item in document["results"]:
         config = item["expectation_config"]
         kwargs = {k: v for k, v in config["kwargs"].items() if k not in ("batch_id", "column")}
-        result = item.get("result", {})
-        observed = result.get("observed_value")
-        if observed is None and result.get("partial_unexpected_list"):
-            observed = f"unexpected values {result['partial_unexpected_list']}"
-        elif observed is None and "unexpected_percent" in result:
-            observed = f"{result['unexpected_percent']:.2f}% unexpected"
-        elif observed is None:
-            observed = "as expected" if item["success"] else "not as expected"
         outcomes.append(
             ExpectationOutcome(
                 expectation=config["type"],
                 column=config["kwargs"].get("column"),
                 success=bool(item["success"]),
-                observed=_text(observed),
+                observed=_text(_observed(item.get("result", {}), item["success"])),
                 expected=_text(kwargs),
             )
         )
-    return ExpectationsReport(bool(document["success"]), outcomes, document)
+    return outcomes
+
+
+def _observed(result: dict[str, Any], success: bool) -> Any:
+    """What a result observed, for a reader: a value, a share missing, or the classes at fault."""
+    observed = result.get("observed_value")
+    if observed is not None:
+        return observed
+    if "missing_count" in result and "partial_missing_list" in result:
+        # a distinct-values set: the classes absent from the batch, or present but not expected
+        parts = []
+        if result.get("partial_missing_list"):
+            parts.append(f"missing {result['partial_missing_list']}")
+        if result.get("partial_unexpected_list"):
+            parts.append(f"unexpected {result['partial_unexpected_list']}")
+        return "; ".join(parts) or "as expected"
+    if result.get("unexpected_percent") is not None:
+        return (f"{result['unexpected_percent']:.2f}% unexpected ({result['unexpected_count']:,} "
+                f"of {result['element_count']:,} rows)")  # fmt: skip
+    return "as expected" if success else "not as expected"
+
+
+def stream_expectations(tables: "Iterable[pa.Table]", schema: DatasetSchema) -> ExpectationsReport:
+    """Judge the schema's suite on a batch read a table (row group) at a time.
+
+    Memory holds one table and the running statistics. Each expectation is judged as Great
+    Expectations judges it: bounds inclusive and a missing bound unbounded; a column's minimum,
+    maximum and mean over its non-null values (none: the expectation fails); ``mostly`` against
+    the share of rows not null (an empty batch holds vacuously); the distinct non-null labels
+    equal to the set. A float NaN counts as null, as pandas counts it.
+
+    Args:
+        tables: The batch's row groups, each with (at least) the suite's columns.
+        schema: The declared schema.
+
+    Returns:
+        The verdict, with a result document in GX's ``results`` layout (``meta.engine`` is
+        `STREAMED_ENGINE`).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    rules = _rules(schema)
+    nulls: dict[str, int] = {}
+    extremes: dict[str, list[Any]] = {}  # column -> [min, max, sum, count]
+    distinct: dict[str, set[Any]] = {}
+    for rule in rules:
+        if rule.kind == "ExpectColumnValuesToNotBeNull":
+            nulls[rule.column] = 0
+        elif rule.kind == "ExpectColumnMeanToBeBetween":
+            extremes[rule.column] = [None, None, 0, 0]
+        elif rule.kind == "ExpectColumnDistinctValuesToEqualSet":
+            distinct[rule.column] = set()
+    rows = groups = 0
+    for table in tables:
+        groups += 1
+        rows += table.num_rows
+        for name in {*nulls, *extremes, *distinct}:
+            values = table.column(name)
+            if pa.types.is_floating(values.type):
+                values = pc.if_else(pc.is_nan(values), None, values)
+            if name in nulls:
+                nulls[name] += values.null_count
+            if name in extremes:
+                _accumulate(extremes[name], values)
+            if name in distinct:
+                distinct[name].update(v for v in pc.unique(values).to_pylist() if v is not None)
+    results = []
+    for rule in rules:
+        low, high = rule.kwargs.get("min_value"), rule.kwargs.get("max_value")
+        if rule.kind == "ExpectTableRowCountToBeBetween":
+            result: dict[str, Any] = {"observed_value": rows}
+            success = _between(rows, low, high)
+        elif rule.kind == "ExpectColumnValuesToNotBeNull":
+            missing = nulls[rule.column]
+            success = rows == 0 or (rows - missing) / rows >= rule.kwargs["mostly"]
+            result = {"element_count": rows, "unexpected_count": missing,
+                      "unexpected_percent": missing / rows * 100 if rows else None}  # fmt: skip
+        elif rule.kind == "ExpectColumnDistinctValuesToEqualSet":
+            expected = set(rule.kwargs["value_set"])
+            unexpected = sorted(map(str, distinct[rule.column] - expected))
+            missing_values = sorted(map(str, expected - distinct[rule.column]))
+            success = not unexpected and not missing_values
+            result = {"observed_value": None, "unexpected_count": len(unexpected),
+                      "missing_count": len(missing_values), "partial_unexpected_list": unexpected,
+                      "partial_missing_list": missing_values}  # fmt: skip
+        else:
+            smallest, largest, total, count = extremes[rule.column]
+            observed = {"ExpectColumnMinToBeBetween": smallest,
+                        "ExpectColumnMaxToBeBetween": largest,
+                        "ExpectColumnMeanToBeBetween": total / count if count else None,
+                        }[rule.kind]  # fmt: skip
+            result = {"observed_value": observed}
+            success = observed is not None and _between(observed, low, high)
+        results.append({"expectation_config": {"type": rule.type, "kwargs": dict(rule.kwargs)},
+                        "success": success, "result": result})  # fmt: skip
+    passed = sum(item["success"] for item in results)
+    document = {
+        "success": passed == len(results),
+        "results": results,
+        "suite_name": f"{schema.name}_expectations",
+        "statistics": {
+            "evaluated_expectations": len(results),
+            "successful_expectations": passed,
+            "unsuccessful_expectations": len(results) - passed,
+            "success_percent": passed / len(results) * 100 if results else None,
+        },
+        "meta": {"engine": STREAMED_ENGINE, "row_groups": groups, "rows": rows},
+    }
+    return ExpectationsReport(document["success"], _outcomes(document), document)
+
+
+def _accumulate(state: list[Any], values: "pa.ChunkedArray") -> None:
+    """Fold a row group's column into ``[min, max, sum, count]`` of its non-null values."""
+    import pyarrow.compute as pc
+
+    count = len(values) - values.null_count
+    if not count:
+        return
+    extremes = pc.min_max(values)
+    smallest, largest = extremes["min"].as_py(), extremes["max"].as_py()
+    state[0] = smallest if state[0] is None else min(state[0], smallest)
+    state[1] = largest if state[1] is None else max(state[1], largest)
+    # Integers add up exactly as Python ints (no int64 overflow over billions of rows); floats
+    # in float64, as the whole-batch mean does.
+    total = pc.sum(values).as_py()
+    state[2] = state[2] + total
+    state[3] += count
+
+
+def _between(value: Any, low: Any, high: Any) -> bool:
+    """GX's inclusive range test: a missing bound is no bound; NaN is never in range."""
+    if isinstance(value, float) and math.isnan(value):
+        return False
+    return (low is None or value >= low) and (high is None or value <= high)

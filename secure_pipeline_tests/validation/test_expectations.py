@@ -84,3 +84,78 @@ def test_no_progress_bars_or_temp_sites(adult, capfd, tmp_path, monkeypatch) -> 
     run_expectations(adult, ADULT_SCHEMA)
     assert "Calculating Metrics" not in capfd.readouterr().err
     assert not os.listdir(private)
+
+
+def _row_groups(frame, rows_per_group):
+    """``frame`` as the row groups of a Parquet file, read back one at a time."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink,
+                   row_group_size=rows_per_group)  # fmt: skip
+    file = pq.ParquetFile(pa.BufferReader(sink.getvalue()))
+    assert file.num_row_groups > 1
+    return file, (file.read_row_group(i) for i in range(file.num_row_groups))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda f: f,
+        lambda f: f.assign(age=f["age"] + 25).assign(age=lambda g: g["age"].clip(upper=90)),
+        lambda f: f[f["income"] == "<=50K"],
+        lambda f: f.assign(occupation=f["occupation"].where(np.arange(len(f)) % 4 != 0)),
+        lambda f: f.head(1000),
+        # nulls only in the last row groups: counted wherever they fall
+        lambda f: f.assign(workclass=f["workclass"].where(np.arange(len(f)) < len(f) - 9000)),
+    ],
+    ids=["clean", "mean", "label_set", "nulls", "rows", "late_nulls"],
+)
+def test_a_batch_streamed_by_row_group_gets_the_outcomes_gx_gives_it_whole(adult, change):
+    from secure_pipeline.validation.expectations import STREAMED_ENGINE, stream_expectations
+
+    frame = change(adult.copy()).reset_index(drop=True)
+    file, groups = _row_groups(frame, 300 if len(frame) <= 1000 else 4000)
+    streamed = stream_expectations(groups, ADULT_SCHEMA)
+    whole = run_expectations(file.read().to_pandas(), ADULT_SCHEMA)
+    assert streamed.outcomes == whole.outcomes
+    assert streamed.success == whole.success
+    assert streamed.document["meta"]["engine"] == STREAMED_ENGINE
+    assert streamed.document["meta"]["row_groups"] == file.num_row_groups
+
+
+def test_streamed_float_columns_count_nan_as_missing_and_an_all_null_column_fails() -> None:
+    """Float NaN, row groups where a column is all null, and a column with no value at all."""
+    import pandas as pd
+
+    from secure_pipeline.spec import Column, DatasetSchema
+    from secure_pipeline.validation.expectations import stream_expectations
+
+    schema = DatasetSchema(
+        name="floats",
+        columns=(
+            Column("x", "float", nullable=True, minimum=0, maximum=10, max_null_fraction=0.5,
+                   mean_between=(2, 3)),
+            Column("empty", "float", nullable=True, minimum=0, maximum=10, max_null_fraction=1.0,
+                   mean_between=(0, 10)),
+        ),
+        min_rows=10,
+    )  # fmt: skip
+    x = np.arange(40, dtype="float64") % 5  # mean 2.0
+    x[:10] = np.nan  # the whole first row group, then 25 % missing
+    frame = pd.DataFrame({"x": x, "empty": np.full(40, np.nan)})
+    file, groups = _row_groups(frame, 10)
+    streamed = stream_expectations(groups, schema)
+    whole = run_expectations(file.read().to_pandas(), schema)
+    assert [(o.expectation, o.column, o.success) for o in streamed.outcomes] == [
+        (o.expectation, o.column, o.success) for o in whole.outcomes
+    ]
+    by = {(o.expectation, o.column): o for o in streamed.outcomes}
+    assert by[("expect_column_values_to_not_be_null", "x")].success
+    assert by[("expect_column_values_to_not_be_null", "x")].observed.startswith("25.00%")
+    assert float(by[("expect_column_mean_to_be_between", "x")].observed) == pytest.approx(2.0)
+    # no value at all: no mean, no extremes, and the expectations about them fail
+    assert not by[("expect_column_mean_to_be_between", "empty")].success
+    assert not by[("expect_column_min_to_be_between", "empty")].success
+    assert not streamed.success
