@@ -419,19 +419,23 @@ def test_malformed_request_gets_4xx_and_the_gateway_stays_up(env: Env) -> None:
 def test_access_log_records_requests_but_never_bodies_or_queries(env: Env) -> None:
     marker = "SECRET-MARKER-4c1d"
     body = json.dumps({"rows": [{"name": marker}]}).encode()
+    access_log = env.gateway.access_log
+    start = len(access_log.read_text().splitlines())
     assert env.request("alice", "POST", f"/predict?q={marker}", body)[0] == 200
     assert env.blue.received[0].body == body
-    before = len(env.gateway.access_log.read_text().splitlines())
     env.request("ops", "POST", "/predict", body, headers={"X-Note": marker})
-    # nginx writes a request's line after answering it: wait for the ops line to be written.
+    # nginx writes a request's line after answering it (after the client has its answer): wait
+    # for both requests' lines, found by identity rather than by their place in the file.
+    alice, ops = (f"spiffe://secure-pipeline/{who}" for who in ("alice", "ops"))
     deadline = time.monotonic() + 5
-    while len(env.gateway.access_log.read_text().splitlines()) <= before:
-        assert time.monotonic() < deadline, "the ops request was never logged"
+    while True:
+        lines = [json.loads(line) for line in access_log.read_text().splitlines()[start:]]
+        if {alice, ops} <= {line.get("identity") for line in lines}:
+            break
+        assert time.monotonic() < deadline, f"both requests were never logged: {lines}"
         time.sleep(0.02)
-    log = env.gateway.access_log.read_text()
-    assert marker not in log
-    last = json.loads(log.strip().splitlines()[-2])
-    assert last["identity"] == "spiffe://secure-pipeline/alice"
+    assert marker not in access_log.read_text()
+    last = next(line for line in lines if line.get("identity") == alice)
     assert (last["method"], last["uri"], last["status"]) == ("POST", "/predict", 200)
     assert last["upstream"] == env.blue.address
     assert set(last) >= {"time", "request_time"}
