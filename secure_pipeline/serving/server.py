@@ -551,6 +551,8 @@ def _valid_columns(
 def _columns(rows: list[dict[str, Any]], fields: Sequence[InputField]) -> dict[str, Sequence[Any]]:
     """Each field's values, one per row (every row holds every field), taken once."""
     names = [field.name for field in fields]
+    if not names:  # itemgetter() takes at least one name
+        return {}
     if len(names) == 1:
         (name,) = names
         return {name: [row[name] for row in rows]}

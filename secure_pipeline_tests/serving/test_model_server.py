@@ -606,3 +606,13 @@ def test_the_fast_value_test_passes_only_what_check_passes(column: Column) -> No
             "bool": [True, False], "string": ["anything"]}[column.dtype]  # fmt: skip
     assert all(field._accepts(v) for v in good)
     assert field.all_valid(good * 10)
+
+
+def test_columns_are_taken_once_for_any_number_of_fields() -> None:
+    from secure_pipeline.serving.server import InputField, _columns
+
+    fields = [InputField(Column(n, "int"), ()) for n in ("a", "b", "c")]
+    rows = [{"a": 1, "b": 2, "c": 3}, {"c": 6, "b": 5, "a": 4}]
+    assert _columns(rows, fields) == {"a": (1, 4), "b": (2, 5), "c": (3, 6)}
+    assert _columns(rows, fields[:1]) == {"a": [1, 4]}
+    assert _columns(rows, []) == {}

@@ -211,9 +211,8 @@ def test_a_batch_of_many_row_groups_meets_its_expectations_a_row_group_at_a_time
     failed = evaluation.metadata["failed_expectations"].value
     assert ("expect_column_values_to_not_be_null(region)" in failed) is missing
     store = LocalSnapshotStore(isolated_env / "store")
-    uri = evaluation.metadata["result_uri"].value
-    document = json.loads(store.read_bytes((uri.split("/store/", 1)[1],
-                                            evaluation.metadata["result_sha256"].value)))  # fmt: skip
+    key = evaluation.metadata["result_uri"].value.split("/store/", 1)[1]
+    document = json.loads(store.read_bytes((key, evaluation.metadata["result_sha256"].value)))
     assert document["meta"]["engine"] == STREAMED_ENGINE
     assert document["meta"]["rows"] == 150
     assert document["meta"]["row_groups"] > 10
