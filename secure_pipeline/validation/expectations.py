@@ -11,8 +11,9 @@ time, so memory stays bounded by the chunk: every expectation in the suite is a 
 adds up exactly over row groups (row and null counts, extremes, the sum behind a mean, the set
 of labels), judged against the same bounds with the rules Great Expectations applies. Both give
 the same outcomes on the same rows (``test_expectations`` proves it on passing and failing
-batches); the streamed result document has the same ``results`` layout, marked by its
-``meta.engine``.
+batches), but for the mean of a float column, equal to the last bits only (the sums are added
+in another order; integer sums are exact); the streamed result document has the same
+``results`` layout, marked by its ``meta.engine``.
 
 great_expectations takes seconds to import, so it is imported only inside `run_expectations`.
 """
@@ -114,7 +115,8 @@ def _rules(schema: DatasetSchema) -> list[_Rule]:
             # every class must be present, or a model cannot learn (or be judged on) it
             rules.append(_Rule("ExpectColumnDistinctValuesToEqualSet",
                                {"column": name, "value_set": list(column.allowed)}))  # fmt: skip
-    return rules
+    # An unset bound is no argument at all, as GX records it (and an unbounded side to both).
+    return [_Rule(r.kind, {k: v for k, v in r.kwargs.items() if v is not None}) for r in rules]
 
 
 def _float(value: float | None) -> float | None:
@@ -262,7 +264,8 @@ def stream_expectations(tables: "Iterable[pa.Table]", schema: DatasetSchema) -> 
     Expectations judges it: bounds inclusive and a missing bound unbounded; a column's minimum,
     maximum and mean over its non-null values (none: the expectation fails); ``mostly`` against
     the share of rows not null (an empty batch holds vacuously); the distinct non-null labels
-    equal to the set. A float NaN counts as null, as pandas counts it.
+    equal to the set. A float NaN counts as null, as pandas counts it. Integer sums are exact
+    (no int64 wrap-around); a float column's mean equals the whole-table one to the last bits.
 
     Args:
         tables: The batch's row groups, each with (at least) the suite's columns.
@@ -277,13 +280,13 @@ def stream_expectations(tables: "Iterable[pa.Table]", schema: DatasetSchema) -> 
 
     rules = _rules(schema)
     nulls: dict[str, int] = {}
-    extremes: dict[str, list[Any]] = {}  # column -> [min, max, sum, count]
+    extremes: dict[str, list[Any]] = {}  # column -> `_accumulate`'s state
     distinct: dict[str, set[Any]] = {}
     for rule in rules:
         if rule.kind == "ExpectColumnValuesToNotBeNull":
             nulls[rule.column] = 0
         elif rule.kind == "ExpectColumnMeanToBeBetween":
-            extremes[rule.column] = [None, None, 0, 0]
+            extremes[rule.column] = [None, None, 0, [], 0]
         elif rule.kind == "ExpectColumnDistinctValuesToEqualSet":
             distinct[rule.column] = set()
     rows = groups = 0
@@ -320,10 +323,10 @@ def stream_expectations(tables: "Iterable[pa.Table]", schema: DatasetSchema) -> 
                       "missing_count": len(missing_values), "partial_unexpected_list": unexpected,
                       "partial_missing_list": missing_values}  # fmt: skip
         else:
-            smallest, largest, total, count = extremes[rule.column]
+            smallest, largest = extremes[rule.column][:2]
             observed = {"ExpectColumnMinToBeBetween": smallest,
                         "ExpectColumnMaxToBeBetween": largest,
-                        "ExpectColumnMeanToBeBetween": total / count if count else None,
+                        "ExpectColumnMeanToBeBetween": _mean(extremes[rule.column]),
                         }[rule.kind]  # fmt: skip
             result = {"observed_value": observed}
             success = observed is not None and _between(observed, low, high)
@@ -346,7 +349,11 @@ def stream_expectations(tables: "Iterable[pa.Table]", schema: DatasetSchema) -> 
 
 
 def _accumulate(state: list[Any], values: "pa.ChunkedArray") -> None:
-    """Fold a row group's column into ``[min, max, sum, count]`` of its non-null values."""
+    """Fold a row group's column into its non-null values' state.
+
+    The state is ``[min, max, integer sum, row groups' float sums, count]``.
+    """
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     count = len(values) - values.null_count
@@ -356,11 +363,25 @@ def _accumulate(state: list[Any], values: "pa.ChunkedArray") -> None:
     smallest, largest = extremes["min"].as_py(), extremes["max"].as_py()
     state[0] = smallest if state[0] is None else min(state[0], smallest)
     state[1] = largest if state[1] is None else max(state[1], largest)
-    # Integers add up exactly as Python ints (no int64 overflow over billions of rows); floats
-    # in float64, as the whole-batch mean does.
-    total = pc.sum(values).as_py()
-    state[2] = state[2] + total
-    state[3] += count
+    if pa.types.is_integer(values.type):
+        # Exact: an int64 sum wraps silently past 9.2e18, a 38-digit decimal does not (a row
+        # group's values sum below 1e38), and Python ints carry it over the row groups.
+        state[2] += int(pc.sum(pc.cast(values, pa.decimal128(38, 0))).as_py())
+    else:
+        # Each row group's float64 sum, added without rounding over the row groups (`_mean`):
+        # equal to the whole-table mean up to the last bits (a different summation order).
+        state[3].append(pc.sum(values).as_py())
+    state[4] += count
+
+
+def _mean(state: list[Any]) -> float | None:
+    """The mean of `_accumulate`'s state (None when no value was seen)."""
+    integers, floats, count = state[2:]
+    if not count:
+        return None
+    if not floats:
+        return integers / count  # exact integers: one rounding, in the division
+    return math.fsum([*floats, float(integers)]) / count
 
 
 def _between(value: Any, low: Any, high: Any) -> bool:
