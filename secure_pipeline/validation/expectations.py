@@ -364,9 +364,13 @@ def _accumulate(state: list[Any], values: "pa.ChunkedArray") -> None:
     state[0] = smallest if state[0] is None else min(state[0], smallest)
     state[1] = largest if state[1] is None else max(state[1], largest)
     if pa.types.is_integer(values.type):
-        # Exact: an int64 sum wraps silently past 9.2e18, a 38-digit decimal does not (a row
-        # group's values sum below 1e38), and Python ints carry it over the row groups.
-        state[2] += int(pc.sum(pc.cast(values, pa.decimal128(38, 0))).as_py())
+        # Exact: an int64 sum wraps silently past 9.2e18, so a row group whose values could get
+        # there is summed as 38-digit decimals (its sum is below 1e38); Python ints carry the
+        # sums over the row groups.
+        if max(abs(smallest), abs(largest)) * count < 2**63:
+            state[2] += pc.sum(values).as_py()
+        else:
+            state[2] += int(pc.sum(pc.cast(values, pa.decimal128(38, 0))).as_py())
     else:
         # Each row group's float64 sum, added without rounding over the row groups (`_mean`):
         # equal to the whole-table mean up to the last bits (a different summation order).
