@@ -23,7 +23,7 @@ import itertools
 import json
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
@@ -55,6 +55,11 @@ from secure_pipeline.storage.resources import SnapshotStoreResource
 from secure_pipeline.storage.snapshots import FILESET_FORMAT, canonical_json
 from secure_pipeline.trust.identities import INGEST
 from secure_pipeline.verdicts import verdict
+
+if TYPE_CHECKING:
+    from secure_pipeline.spec import DatasetSchema
+    from secure_pipeline.storage.snapshots import SnapshotStore
+    from secure_pipeline.validation.expectations import ExpectationsReport
 
 # What schema_conforms parsed and validated, for validated_* in the same process: pipeline name
 # -> (fileset digest, schema version, chunks, report). At most one entry per pipeline, popped on
@@ -510,7 +515,9 @@ def build_validation_stage(
     return [validated], [provenance_complete, schema_conforms, expectations_met]
 
 
-def _expectations_report(store: Any, ref: tuple[str, str], schema: Any) -> Any:
+def _expectations_report(
+    store: "SnapshotStore", ref: tuple[str, str], schema: "DatasetSchema"
+) -> "ExpectationsReport":
     """The expectations' verdict on a validated snapshot, verified before it is read.
 
     A snapshot of one row group (one chunk of the source, or less) is judged whole by Great

@@ -280,13 +280,13 @@ def stream_expectations(tables: "Iterable[pa.Table]", schema: DatasetSchema) -> 
 
     rules = _rules(schema)
     nulls: dict[str, int] = {}
-    extremes: dict[str, list[Any]] = {}  # column -> `_accumulate`'s state
+    extremes: dict[str, _Extremes] = {}
     distinct: dict[str, set[Any]] = {}
     for rule in rules:
         if rule.kind == "ExpectColumnValuesToNotBeNull":
             nulls[rule.column] = 0
         elif rule.kind == "ExpectColumnMeanToBeBetween":
-            extremes[rule.column] = [None, None, 0, [], 0]
+            extremes[rule.column] = _Extremes()
         elif rule.kind == "ExpectColumnDistinctValuesToEqualSet":
             distinct[rule.column] = set()
     rows = groups = 0
@@ -300,7 +300,7 @@ def stream_expectations(tables: "Iterable[pa.Table]", schema: DatasetSchema) -> 
             if name in nulls:
                 nulls[name] += values.null_count
             if name in extremes:
-                _accumulate(extremes[name], values)
+                extremes[name].add(values)
             if name in distinct:
                 distinct[name].update(v for v in pc.unique(values).to_pylist() if v is not None)
     results = []
@@ -323,10 +323,10 @@ def stream_expectations(tables: "Iterable[pa.Table]", schema: DatasetSchema) -> 
                       "missing_count": len(missing_values), "partial_unexpected_list": unexpected,
                       "partial_missing_list": missing_values}  # fmt: skip
         else:
-            smallest, largest = extremes[rule.column][:2]
-            observed = {"ExpectColumnMinToBeBetween": smallest,
-                        "ExpectColumnMaxToBeBetween": largest,
-                        "ExpectColumnMeanToBeBetween": _mean(extremes[rule.column]),
+            seen = extremes[rule.column]
+            observed = {"ExpectColumnMinToBeBetween": seen.smallest,
+                        "ExpectColumnMaxToBeBetween": seen.largest,
+                        "ExpectColumnMeanToBeBetween": seen.mean,
                         }[rule.kind]  # fmt: skip
             result = {"observed_value": observed}
             success = observed is not None and _between(observed, low, high)
@@ -348,44 +348,58 @@ def stream_expectations(tables: "Iterable[pa.Table]", schema: DatasetSchema) -> 
     return ExpectationsReport(document["success"], _outcomes(document), document)
 
 
-def _accumulate(state: list[Any], values: "pa.ChunkedArray") -> None:
-    """Fold a row group's column into its non-null values' state.
+@dataclass
+class _Extremes:
+    """A numeric column's non-null values so far: extremes, sums and count.
 
-    The state is ``[min, max, integer sum, row groups' float sums, count]``.
+    Attributes:
+        smallest: The minimum (None until a value is seen).
+        largest: The maximum.
+        integers: The exact sum of an integer column.
+        floats: Each row group's float64 sum of a float column.
+        count: Values seen.
     """
-    import pyarrow as pa
-    import pyarrow.compute as pc
 
-    count = len(values) - values.null_count
-    if not count:
-        return
-    extremes = pc.min_max(values)
-    smallest, largest = extremes["min"].as_py(), extremes["max"].as_py()
-    state[0] = smallest if state[0] is None else min(state[0], smallest)
-    state[1] = largest if state[1] is None else max(state[1], largest)
-    if pa.types.is_integer(values.type):
-        # Exact: an int64 sum wraps silently past 9.2e18, so a row group whose values could get
-        # there is summed as 38-digit decimals (its sum is below 1e38); Python ints carry the
-        # sums over the row groups.
-        if max(abs(smallest), abs(largest)) * count < 2**63:
-            state[2] += pc.sum(values).as_py()
+    smallest: Any = None
+    largest: Any = None
+    integers: int = 0
+    floats: list[float] = field(default_factory=list)
+    count: int = 0
+
+    def add(self, values: "pa.ChunkedArray") -> None:
+        """Fold in a row group's column (nulls already standing for NaN)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        count = len(values) - values.null_count
+        if not count:
+            return
+        extremes = pc.min_max(values)
+        smallest, largest = extremes["min"].as_py(), extremes["max"].as_py()
+        self.smallest = smallest if self.smallest is None else min(self.smallest, smallest)
+        self.largest = largest if self.largest is None else max(self.largest, largest)
+        if pa.types.is_integer(values.type):
+            # Exact: an int64 sum wraps silently past 9.2e18, so a row group whose values could
+            # get there is summed as 38-digit decimals (its sum is below 1e38); Python ints carry
+            # the sums over the row groups.
+            if max(abs(smallest), abs(largest)) * count < 2**63:
+                self.integers += pc.sum(values).as_py()
+            else:
+                self.integers += int(pc.sum(pc.cast(values, pa.decimal128(38, 0))).as_py())
         else:
-            state[2] += int(pc.sum(pc.cast(values, pa.decimal128(38, 0))).as_py())
-    else:
-        # Each row group's float64 sum, added without rounding over the row groups (`_mean`):
-        # equal to the whole-table mean up to the last bits (a different summation order).
-        state[3].append(pc.sum(values).as_py())
-    state[4] += count
+            # Each row group's float64 sum, added without rounding over the row groups (`mean`):
+            # equal to the whole-table mean up to the last bits (a different summation order).
+            self.floats.append(pc.sum(values).as_py())
+        self.count += count
 
-
-def _mean(state: list[Any]) -> float | None:
-    """The mean of `_accumulate`'s state (None when no value was seen)."""
-    integers, floats, count = state[2:]
-    if not count:
-        return None
-    if not floats:
-        return integers / count  # exact integers: one rounding, in the division
-    return math.fsum([*floats, float(integers)]) / count
+    @property
+    def mean(self) -> float | None:
+        """The mean of the values seen (None when none was)."""
+        if not self.count:
+            return None
+        if not self.floats:
+            return self.integers / self.count  # exact integers: one rounding, in the division
+        return math.fsum([*self.floats, float(self.integers)]) / self.count
 
 
 def _between(value: Any, low: Any, high: Any) -> bool:
