@@ -216,3 +216,47 @@ def test_a_batch_of_many_row_groups_meets_its_expectations_a_row_group_at_a_time
     assert document["meta"]["engine"] == STREAMED_ENGINE
     assert document["meta"]["rows"] == 150
     assert document["meta"]["row_groups"] > 10
+
+
+def test_a_validated_snapshot_rewritten_behind_the_store_is_not_judged(
+    isolated_env: Path, tmp_path
+) -> None:
+    # The insider (write access to the store, no key) replaces a batch that failed its
+    # expectations with a valid Parquet file of as many row groups whose late regions are
+    # filled in, and has the check judged again: it must refuse the bytes, not pass them.
+    import pyarrow.parquet as pq
+
+    from secure_pipeline.environment import Environment
+    from secure_pipeline.names import EXPECTATIONS_MET
+
+    rows = GOOD_ROWS * 15
+    rows = rows[:110] + [r.replace(b",N,", b",,").replace(b",S,", b",,") for r in rows[110:]]
+    pipeline = loans_pipeline(_source(tmp_path, HEADER + b"\n".join(rows) + b"\n"),
+                              chunk_bytes=64)  # fmt: skip
+    check = dg.AssetCheckKey(pipeline.names.validated, EXPECTATIONS_MET)
+    judge = dg.define_asset_job("judge", selection=dg.AssetSelection.checks(check))
+    defs = dg.Definitions.merge(
+        pipeline.build_definitions(Environment.LOCAL), dg.Definitions(jobs=[judge])
+    )
+    with dg.instance_for_test(temp_dir=str(isolated_env)) as instance:
+        first = materialize(pipeline, instance, assets=["raw_loans", "validated_loans"],
+                            raise_on_error=False)  # fmt: skip
+        assert not next(e for e in first.get_asset_check_evaluations()
+                        if e.check_name == EXPECTATIONS_MET).passed  # fmt: skip
+        store = LocalSnapshotStore(isolated_env / "store")
+        (member,) = [k for k in store.list_keys("snapshots/loans/validated_loans/")
+                     if k.endswith(".parquet") and "quarantine" not in k]  # fmt: skip
+        table = pq.read_table(store.root / member)
+        filled = pa.array(["N"] * table.num_rows).dictionary_encode()
+        forged = table.set_column(table.schema.get_field_index("region"), "region",
+                                  filled.cast(table.schema.field("region").type))  # fmt: skip
+        sink = pa.BufferOutputStream()
+        pq.write_table(forged, sink, row_group_size=8)
+        overwrite_raw(store, member, sink.getvalue().to_pybytes())
+        again = defs.resolve_job_def("judge").execute_in_process(
+            instance=instance, raise_on_error=False
+        )
+    assert not again.success
+    assert not [e for e in again.get_asset_check_evaluations() if e.passed]
+    failure = next(e for e in again.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "failed verification" in str(failure.event_specific_data.error.to_string())
